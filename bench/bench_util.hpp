@@ -1,0 +1,71 @@
+#pragma once
+// Small helpers shared by the plain benchmark harnesses in bench/: flag
+// parsing and order statistics. Benchmarks never run in the test suite.
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace syncbn::bench {
+
+/// Value of `--name V` (or the fallback).
+inline std::string flag(int argc, char** argv, const std::string& name, const std::string& fallback) {
+  for (int i = 1; i + 1 < argc; ++i)
+    if (name == argv[i]) return argv[i + 1];
+  return fallback;
+}
+
+/// True when `--name` is present.
+inline bool has_flag(int argc, char** argv, const std::string& name) {
+  for (int i = 1; i < argc; ++i)
+    if (name == argv[i]) return true;
+  return false;
+}
+
+/// Parses "a,b,c" as integers (exits with a message on a bad token).
+inline std::vector<long> int_list(const std::string& text, const char* what) {
+  std::vector<long> out;
+  std::stringstream in(text);
+  std::string token;
+  while (std::getline(in, token, ',')) {
+    char* end = nullptr;
+    const long v = std::strtol(token.c_str(), &end, 10);
+    if (token.empty() || *end != '\0' || v < 0) {
+      std::fprintf(stderr, "%s: expected a comma-separated list of non-negative integers, got '%s'\n", what,
+                   text.c_str());
+      std::exit(2);
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
+/// Splits "a,b,c".
+inline std::vector<std::string> str_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  std::string token;
+  while (std::getline(in, token, ',')) out.push_back(token);
+  return out;
+}
+
+/// Median, min and max of a sample.
+struct Summary {
+  double median = 0, min = 0, max = 0;
+};
+
+inline Summary summarize(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  Summary s;
+  if (v.empty()) return s;
+  const std::size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  s.min = v.front();
+  s.max = v.back();
+  return s;
+}
+
+}  // namespace syncbn::bench
