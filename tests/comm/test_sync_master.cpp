@@ -89,6 +89,15 @@ std::string mismatch(const char* what, std::uint64_t round, int id) {
   return std::string(what) + " wrong in round " + std::to_string(round) + " on replica " + std::to_string(id);
 }
 
+// Replies with the sum of all messages to every participant.
+std::vector<std::pair<int, int>> sum_to_everyone(std::vector<std::pair<int, int>> msgs) {
+  int total = 0;
+  for (const auto& m : msgs) total += m.second;
+  std::vector<std::pair<int, int>> replies;
+  for (const auto& m : msgs) replies.emplace_back(m.first, total);
+  return replies;
+}
+
 // Every replica's payload of every round and the expected totals, computed
 // once up front so that the threads only exchange and compare.
 struct Script {
@@ -238,13 +247,7 @@ TEST_CASE("Replies returned in another order still reach their own slave", "[com
 }
 
 TEST_CASE("Registering after a round has run starts a fresh registration with a different K", "[comm]") {
-  SyncMaster<int, int> master([](std::vector<std::pair<int, int>> msgs) {
-    int total = 0;
-    for (const auto& m : msgs) total += m.second;
-    std::vector<std::pair<int, int>> replies;
-    for (const auto& m : msgs) replies.emplace_back(m.first, total);
-    return replies;
-  });
+  SyncMaster<int, int> master(sum_to_everyone);
   auto run_rounds = [&](std::vector<SlavePipe<int, int>>& pipes, int rounds) {
     const int k = static_cast<int>(pipes.size()) + 1;
     return run_in_threads(k, [&](int id) -> std::string {
@@ -305,13 +308,7 @@ TEST_CASE("An unregistered pipe refuses to run", "[comm]") {
 }
 
 TEST_CASE("Eight threads run 100k back-to-back rounds", "[comm][.stress]") {
-  SyncMaster<int, int> master([](std::vector<std::pair<int, int>> msgs) {
-    int total = 0;
-    for (const auto& m : msgs) total += m.second;
-    std::vector<std::pair<int, int>> replies;
-    for (const auto& m : msgs) replies.emplace_back(m.first, total);
-    return replies;
-  });
+  SyncMaster<int, int> master(sum_to_everyone);
   std::vector<SlavePipe<int, int>> pipes;
   for (int id = 1; id < 8; ++id) pipes.push_back(master.register_slave(id));
   const auto results = run_in_threads(8, [&](int id) -> std::string {
