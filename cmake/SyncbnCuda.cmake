@@ -35,7 +35,10 @@ if(NOT SYNCBN_CUDA STREQUAL "OFF")
 endif()
 
 if(SYNCBN_WITH_CUDA)
-  set(CMAKE_CUDA_STANDARD 20)
+  # CMake 3.25 cannot name nvcc's C++20 dialect (and would otherwise derive
+  # CUDA20 from CMAKE_CXX_STANDARD_REQUIRED). The .cu files include only
+  # headers that are valid C++17, so they are compiled as C++17.
+  set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   # NCCL ships with the toolkit on some installs (lib/, not lib64/) and
   # separately on others.

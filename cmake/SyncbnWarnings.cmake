@@ -1,8 +1,15 @@
 # Compile flags for syncbn's own targets: warnings (-Wall -Wextra clean is a
-# release gate) and -fno-math-errno, which lets GCC vectorize sqrt in the
-# statistics loops (syncbn never reads errno after a math call).
+# release gate), -fno-math-errno, which lets GCC vectorize sqrt in the
+# statistics loops (syncbn never reads errno after a math call), and, with
+# SYNCBN_NATIVE_ARCH, -march=native for the CPU kernels.
+include(CheckCXXCompilerFlag)
+check_cxx_compiler_flag(-march=native SYNCBN_HAS_MARCH_NATIVE)
+
 function(syncbn_target_warnings target)
   set(flags -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor)
+  if(SYNCBN_NATIVE_ARCH AND SYNCBN_HAS_MARCH_NATIVE)
+    list(APPEND flags -march=native)
+  endif()
   if(SYNCBN_WERROR)
     list(APPEND flags -Werror)
   endif()

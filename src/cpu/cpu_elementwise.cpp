@@ -1,0 +1,55 @@
+// CPU backend: element-wise arithmetic (the specification of the CUDA kernels).
+
+#include <cstdint>
+
+#include "backend/dispatch.hpp"
+#include "cpu/cpu_kernels.hpp"
+
+namespace syncbn::detail {
+namespace {
+
+void cpu_binary(Device /*device*/, BinaryOp op, DType dtype, std::int64_t n, const void* a, const void* b, void* out) {
+  dispatch_floating(dtype, "binary", [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = static_cast<const T*>(a);
+    const T* y = static_cast<const T*>(b);
+    T* z = static_cast<T*>(out);
+    switch (op) {
+      case BinaryOp::Add: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] + y[i]; break;
+      case BinaryOp::Sub: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] - y[i]; break;
+      case BinaryOp::Mul: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] * y[i]; break;
+    }
+  });
+}
+
+void cpu_axpby(Device /*device*/, DType dtype, std::int64_t n, double alpha, const void* x, double beta, void* y) {
+  dispatch_floating(dtype, "axpby", [&](auto tag) {
+    using T = decltype(tag);
+    const T* xs = static_cast<const T*>(x);
+    T* ys = static_cast<T*>(y);
+    const T a = static_cast<T>(alpha);
+    const T b = static_cast<T>(beta);
+    if (beta == 1.0) {
+      for (std::int64_t i = 0; i < n; ++i) ys[i] += a * xs[i];
+    } else if (beta == 0.0) {  // y may hold garbage (or NaN): do not read it
+      for (std::int64_t i = 0; i < n; ++i) ys[i] = a * xs[i];
+    } else {
+      for (std::int64_t i = 0; i < n; ++i) ys[i] = a * xs[i] + b * ys[i];
+    }
+  });
+}
+
+void cpu_scale(Device /*device*/, DType dtype, std::int64_t n, double alpha, void* x) {
+  dispatch_floating(dtype, "scale", [&](auto tag) {
+    using T = decltype(tag);
+    T* xs = static_cast<T*>(x);
+    const T a = static_cast<T>(alpha);
+    for (std::int64_t i = 0; i < n; ++i) xs[i] *= a;
+  });
+}
+
+}  // namespace
+
+const ElementwiseKernels kCpuElementwiseKernels{cpu_binary, cpu_axpby, cpu_scale};
+
+}  // namespace syncbn::detail

@@ -1,0 +1,92 @@
+// CPU backend: host allocations, copies, fills and dtype conversions.
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/cpu_kernels.hpp"
+#include "cpu/half_float.hpp"
+#include "cpu/host_block_cache.hpp"
+#include "syncbn/error.hpp"
+
+namespace syncbn::detail {
+namespace {
+
+void* cpu_allocate(Device /*device*/, std::size_t nbytes) { return host_block_cache().allocate(nbytes); }
+
+void cpu_release(Device /*device*/, void* ptr, std::size_t nbytes) noexcept { host_block_cache().release(ptr, nbytes); }
+
+void cpu_copy(void* dst, Device /*dst_device*/, const void* src, Device /*src_device*/, std::size_t nbytes) {
+  if (nbytes > 0 && dst != src) std::memmove(dst, src, nbytes);
+}
+
+// Element load/store through float or double for every dtype.
+double load(const void* p, DType t, std::int64_t i) {
+  switch (t) {
+    case DType::Float32: return static_cast<const float*>(p)[i];
+    case DType::Float64: return static_cast<const double*>(p)[i];
+    case DType::Float16: return half_to_float(static_cast<const std::uint16_t*>(p)[i]);
+    case DType::BFloat16: return bfloat16_to_float(static_cast<const std::uint16_t*>(p)[i]);
+    case DType::Int64: return static_cast<double>(static_cast<const std::int64_t*>(p)[i]);
+  }
+  return 0;
+}
+
+void store(void* p, DType t, std::int64_t i, double v) {
+  switch (t) {
+    case DType::Float32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
+    case DType::Float64: static_cast<double*>(p)[i] = v; break;
+    case DType::Float16: static_cast<std::uint16_t*>(p)[i] = float_to_half(static_cast<float>(v)); break;
+    case DType::BFloat16: static_cast<std::uint16_t*>(p)[i] = float_to_bfloat16(static_cast<float>(v)); break;
+    case DType::Int64: static_cast<std::int64_t*>(p)[i] = static_cast<std::int64_t>(v); break;
+  }
+}
+
+template <class T>
+void fill_typed(T* dst, std::int64_t n, T value) {
+  for (std::int64_t i = 0; i < n; ++i) dst[i] = value;
+}
+
+void cpu_fill(Device /*device*/, void* dst, DType dtype, std::int64_t n, double value) {
+  switch (dtype) {
+    case DType::Float32: fill_typed(static_cast<float*>(dst), n, static_cast<float>(value)); return;
+    case DType::Float64: fill_typed(static_cast<double*>(dst), n, value); return;
+    case DType::Int64: fill_typed(static_cast<std::int64_t*>(dst), n, static_cast<std::int64_t>(value)); return;
+    case DType::Float16:
+      fill_typed(static_cast<std::uint16_t*>(dst), n, float_to_half(static_cast<float>(value)));
+      return;
+    case DType::BFloat16:
+      fill_typed(static_cast<std::uint16_t*>(dst), n, float_to_bfloat16(static_cast<float>(value)));
+      return;
+  }
+}
+
+void cpu_convert(Device /*device*/, void* dst, DType dst_dtype, const void* src, DType src_dtype, std::int64_t n) {
+  if (dst_dtype == src_dtype) {
+    cpu_copy(dst, Device(), src, Device(), static_cast<std::size_t>(n) * dtype_size(dst_dtype));
+    return;
+  }
+  // The common mixed-precision pairs get direct loops; the rest go through double.
+  if (src_dtype == DType::Float32 && dst_dtype == DType::Float64) {
+    const auto* s = static_cast<const float*>(src);
+    auto* d = static_cast<double*>(dst);
+    for (std::int64_t i = 0; i < n; ++i) d[i] = s[i];
+    return;
+  }
+  if (src_dtype == DType::Float64 && dst_dtype == DType::Float32) {
+    const auto* s = static_cast<const double*>(src);
+    auto* d = static_cast<float*>(dst);
+    for (std::int64_t i = 0; i < n; ++i) d[i] = static_cast<float>(s[i]);
+    return;
+  }
+  // float64 -> half/bf16 rounds twice (to float, then to 16 bits), exactly as
+  // the CUDA backend does, so both backends agree bit for bit.
+  for (std::int64_t i = 0; i < n; ++i) store(dst, dst_dtype, i, load(src, src_dtype, i));
+}
+
+void cpu_synchronize(Device /*device*/) {}
+
+}  // namespace
+
+const MemoryKernels kCpuMemoryKernels{cpu_allocate, cpu_release, cpu_copy, cpu_fill, cpu_convert, cpu_synchronize};
+
+}  // namespace syncbn::detail

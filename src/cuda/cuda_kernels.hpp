@@ -1,0 +1,12 @@
+#pragma once
+// Declarations of the CUDA backend's kernel tables (defined in src/cuda/*.cu).
+
+#include "backend/kernels.hpp"
+
+namespace syncbn::detail {
+
+extern const MemoryKernels kCudaMemoryKernels;
+extern const ElementwiseKernels kCudaElementwiseKernels;
+extern const ReduceKernels kCudaReduceKernels;
+
+}  // namespace syncbn::detail

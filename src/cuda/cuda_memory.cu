@@ -1,0 +1,130 @@
+// CUDA backend: stream-ordered allocation, copies between host and GPUs,
+// fills and dtype conversions. The CPU versions (src/cpu/cpu_memory.cpp) are
+// the specification.
+
+#include <cstdint>
+
+#include "cuda/cuda_check.hpp"
+#include "cuda/cuda_kernels.hpp"
+#include "cuda/cuda_runtime.hpp"
+#include "cuda/cuda_types.cuh"
+
+namespace syncbn::detail {
+namespace {
+
+using syncbn::cuda::detail::DeviceGuard;
+using syncbn::cuda::detail::dispatch_any;
+using syncbn::cuda::detail::from_double;
+using syncbn::cuda::detail::grid_for;
+using syncbn::cuda::detail::kBlock;
+using syncbn::cuda::detail::order_after;
+using syncbn::cuda::detail::stream_for;
+using syncbn::cuda::detail::to_double;
+
+void* cuda_allocate(Device device, std::size_t nbytes) {
+  DeviceGuard guard(device.index());
+  void* ptr = nullptr;
+  SYNCBN_CUDA_CHECK(cudaMallocAsync(&ptr, nbytes, stream_for(device.index())));
+  return ptr;
+}
+
+void cuda_release(Device device, void* ptr, std::size_t /*nbytes*/) noexcept {
+  // Stream-ordered: the block returns to the pool after the work queued on
+  // the device's stream so far, without a host wait. Errors cannot be
+  // reported from here (called by destructors).
+  try {
+    DeviceGuard guard(device.index());
+    (void)cudaFreeAsync(ptr, stream_for(device.index()));
+  } catch (...) {
+  }
+}
+
+void cuda_copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t nbytes) {
+  if (nbytes == 0) return;
+  if (dst_device.is_cuda() && src_device.is_cpu()) {
+    const int d = dst_device.index();
+    DeviceGuard guard(d);
+    // From pageable memory the call returns once the source has been staged,
+    // so the caller may reuse its host buffer at once.
+    SYNCBN_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, stream_for(d)));
+    return;
+  }
+  if (dst_device.is_cpu() && src_device.is_cuda()) {
+    const int s = src_device.index();
+    DeviceGuard guard(s);
+    cudaStream_t stream = stream_for(s);
+    SYNCBN_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToHost, stream));
+    SYNCBN_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host reads dst next
+    return;
+  }
+  const int d = dst_device.index();
+  const int s = src_device.index();
+  if (d == s) {
+    DeviceGuard guard(d);
+    SYNCBN_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, stream_for(d)));
+    return;
+  }
+  // Between GPUs: the copy runs on the destination's stream after the
+  // source's pending writes, and the source's later writes wait for the copy.
+  order_after(d, s);
+  {
+    DeviceGuard guard(d);
+    SYNCBN_CUDA_CHECK(cudaMemcpyPeerAsync(dst, d, src, s, nbytes, stream_for(d)));
+  }
+  order_after(s, d);
+}
+
+template <class T>
+__global__ void fill_kernel(T* dst, long long n, double value) {
+  const T v = from_double<T>(value);
+  SYNCBN_GRID_STRIDE(i, n)
+    dst[i] = v;
+}
+
+void cuda_fill(Device device, void* dst, DType dtype, std::int64_t n, double value) {
+  if (n == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  dispatch_any(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    fill_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(static_cast<T*>(dst), n, value);
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <class D, class S>
+__global__ void convert_kernel(D* dst, const S* src, long long n) {
+  SYNCBN_GRID_STRIDE(i, n)
+    dst[i] = from_double<D>(to_double<S>(src[i]));
+}
+
+void cuda_convert(Device device, void* dst, DType dst_dtype, const void* src, DType src_dtype, std::int64_t n) {
+  if (n == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  if (dst_dtype == src_dtype) {
+    SYNCBN_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<std::size_t>(n) * dtype_size(dst_dtype),
+                                      cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  dispatch_any(dst_dtype, [&](auto dst_tag) {
+    using D = decltype(dst_tag);
+    dispatch_any(src_dtype, [&](auto src_tag) {
+      using S = decltype(src_tag);
+      convert_kernel<D, S><<<grid_for(n), kBlock, 0, stream>>>(static_cast<D*>(dst), static_cast<const S*>(src), n);
+      SYNCBN_CUDA_LAUNCH_CHECK();
+    });
+  });
+}
+
+void cuda_synchronize(Device device) {
+  DeviceGuard guard(device.index());
+  SYNCBN_CUDA_CHECK(cudaStreamSynchronize(stream_for(device.index())));
+}
+
+}  // namespace
+
+const MemoryKernels kCudaMemoryKernels{cuda_allocate, cuda_release, cuda_copy, cuda_fill, cuda_convert,
+                                       cuda_synchronize};
+
+}  // namespace syncbn::detail
