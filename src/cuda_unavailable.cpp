@@ -9,6 +9,10 @@ bool is_built() noexcept { return false; }
 
 int device_count() noexcept { return 0; }
 
+void set_device(Device device) {
+  if (device.is_cuda()) device.check_available();  // throws Unsupported
+}
+
 void synchronize(Device device) {
   if (device.is_cuda()) device.check_available();  // throws Unsupported
 }

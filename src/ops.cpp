@@ -84,4 +84,52 @@ Tensor sum_rows(const Tensor& a) {
   return out;
 }
 
+void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
+             double beta) {
+  check_math_operand(a, "matmul", "a");
+  check_math_operand(b, "matmul", "b");
+  check_math_operand(c, "matmul", "c");
+  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul: a and b must be 2-D, got ranks ", a.rank(), " and ", b.rank());
+  SYNCBN_CHECK(b.device() == a.device() && c.device() == a.device(), "matmul: operands are on ", a.device(), ", ",
+               b.device(), " and ", c.device(), ", expected one device");
+  SYNCBN_CHECK(b.dtype() == a.dtype() && c.dtype() == a.dtype(), "matmul: operands have dtypes ",
+               dtype_name(a.dtype()), ", ", dtype_name(b.dtype()), " and ", dtype_name(c.dtype()),
+               ", expected one dtype");
+  const std::int64_t m = trans_a ? a.size(1) : a.size(0);
+  const std::int64_t k = trans_a ? a.size(0) : a.size(1);
+  const std::int64_t kb = trans_b ? b.size(1) : b.size(0);
+  const std::int64_t n = trans_b ? b.size(0) : b.size(1);
+  SYNCBN_CHECK(k == kb, "matmul: op(a) is ", m, " x ", k, " and op(b) is ", kb, " x ", n, ", expected inner sizes to match");
+  SYNCBN_CHECK(c.shape() == Shape({m, n}), "matmul: c has shape ", c.shape(), ", expected ", Shape({m, n}));
+  detail::blas_kernels(a.device().kind())
+      .gemm(a.device(), a.dtype(), trans_a, trans_b, m, n, k, alpha, a.raw_data(), b.raw_data(), beta, c.raw_data());
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  check_math_operand(a, "matmul", "a");
+  check_math_operand(b, "matmul", "b");
+  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul: a and b must be 2-D, got ranks ", a.rank(), " and ", b.rank());
+  const std::int64_t m = trans_a ? a.size(1) : a.size(0);
+  const std::int64_t n = trans_b ? b.size(0) : b.size(1);
+  Tensor c = Tensor::empty(Shape{m, n}, a.dtype(), a.device());
+  matmul_(c, a, b, trans_a, trans_b, 1.0, 0.0);
+  return c;
+}
+
+Tensor relu(const Tensor& x) {
+  check_math_operand(x, "relu", "x");
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  detail::activation_kernels(x.device().kind()).relu_forward(x.device(), x.dtype(), x.numel(), x.raw_data(), y.raw_data());
+  return y;
+}
+
+Tensor relu_backward(const Tensor& grad_output, const Tensor& output) {
+  check_same(output, grad_output, "relu_backward", "output", "grad_output");
+  Tensor dx = Tensor::empty(output.shape(), output.dtype(), output.device());
+  detail::activation_kernels(output.device().kind())
+      .relu_backward(output.device(), output.dtype(), output.numel(), grad_output.raw_data(), output.raw_data(),
+                     dx.raw_data());
+  return dx;
+}
+
 }  // namespace syncbn

@@ -12,6 +12,10 @@ bool is_built() noexcept;
 /// no driver is loaded or no GPU exists. Never throws.
 int device_count() noexcept;
 
+/// Makes `device` the calling thread's current GPU (no-op for a CPU device).
+/// Throws as Device::check_available for an unavailable GPU.
+void set_device(Device device);
+
 /// Blocks until all work syncbn queued on `device` has finished (no-op for a
 /// CPU device). Throws CudaError if that work failed.
 void synchronize(Device device);

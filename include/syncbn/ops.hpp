@@ -32,4 +32,16 @@ Tensor sum(const Tensor& a);
 /// Sum over dimension 0: (N, d1, ...) -> (d1, ...), rank >= 1.
 Tensor sum_rows(const Tensor& a);
 
+/// op(a) * op(b) for 2-D a and b, op = transpose when the flag is set:
+/// (m x k) * (k x n) -> (m x n). Same dtype and device.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+/// c = alpha * op(a) * op(b) + beta * c, in place (beta == 0 never reads c).
+void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha = 1.0,
+             double beta = 0.0);
+
+/// max(x, 0) element-wise.
+Tensor relu(const Tensor& x);
+/// dy where y > 0, else 0 (y is relu's output).
+Tensor relu_backward(const Tensor& grad_output, const Tensor& output);
+
 }  // namespace syncbn

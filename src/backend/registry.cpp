@@ -46,6 +46,22 @@ const ReduceKernels& reduce_kernels(DeviceKind kind) {
   return pick(kind, kCpuReduceKernels, SYNCBN_CUDA_TABLE(kCudaReduceKernels), "reduce");
 }
 
+const BlasKernels& blas_kernels(DeviceKind kind) {
+  return pick(kind, kCpuBlasKernels, SYNCBN_CUDA_TABLE(kCudaBlasKernels), "gemm");
+}
+
+const ActivationKernels& activation_kernels(DeviceKind kind) {
+  return pick(kind, kCpuActivationKernels, SYNCBN_CUDA_TABLE(kCudaActivationKernels), "activation");
+}
+
+const BatchNormKernels& batchnorm_kernels(DeviceKind kind) {
+  return pick(kind, kCpuBatchNormKernels, SYNCBN_CUDA_TABLE(kCudaBatchNormKernels), "batch norm");
+}
+
+const LossKernels& loss_kernels(DeviceKind kind) {
+  return pick(kind, kCpuLossKernels, SYNCBN_CUDA_TABLE(kCudaLossKernels), "loss");
+}
+
 const MemoryKernels& copy_kernels(Device dst, Device src) {
   return memory_kernels(dst.is_cuda() || src.is_cuda() ? DeviceKind::CUDA : DeviceKind::CPU);
 }

@@ -29,6 +29,12 @@ int device_count() noexcept {
   return count;
 }
 
+void set_device(Device device) {
+  if (!device.is_cuda()) return;
+  detail::check_device_index(device.index());
+  SYNCBN_CUDA_CHECK(cudaSetDevice(device.index()));
+}
+
 void synchronize(Device device) {
   if (!device.is_cuda()) return;
   detail::check_device_index(device.index());
@@ -41,6 +47,17 @@ void check_device_index(int device) {
   const int count = device_count();
   SYNCBN_CHECK(device >= 0 && device < count, "Device: cuda:", device, " does not exist, expected an index below ",
                count, " (", count, " CUDA device(s) found)");
+}
+
+int multiprocessor_count(int device) {
+  check_device_index(device);
+  static std::mutex mutex;
+  static std::vector<int> counts;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (counts.empty()) counts.assign(static_cast<std::size_t>(device_count()), 0);
+  int& count = counts[static_cast<std::size_t>(device)];
+  if (count == 0) SYNCBN_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
 }
 
 DeviceGuard::DeviceGuard(int device) {

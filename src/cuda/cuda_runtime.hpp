@@ -87,6 +87,9 @@ cudaStream_t stream_for(int device);
 /// same device).
 void order_after(int consumer_device, int producer_device);
 
+/// Number of streaming multiprocessors of `device` (cached).
+int multiprocessor_count(int device);
+
 /// Throws InvalidArgument unless 0 <= device < device_count().
 void check_device_index(int device);
 

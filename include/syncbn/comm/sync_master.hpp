@@ -369,9 +369,13 @@ class SyncMaster {
 
   /// Fails the current round on behalf of the master (replica 0); see
   /// SlavePipe::abort. Thread-safe; does not block.
-  void abort(const std::string& reason) {
+  void abort(const std::string& reason) { abort_for(0, reason); }
+
+  /// Fails the current round on behalf of `replica` (e.g. a runtime that saw
+  /// that replica fail outside the rendezvous): the error names `replica`.
+  void abort_for(int replica, const std::string& reason) {
     auto reg = current();
-    reg->abort(0, reg->master_rounds.load(), reason);
+    reg->abort(replica, reg->master_rounds.load(), reason);
   }
 
   /// abort() with the message of a captured exception.

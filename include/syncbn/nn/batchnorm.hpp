@@ -1,0 +1,152 @@
+#pragma once
+// Batch normalization with PyTorch's options, defaults and running-statistics
+// rules, per replica (BatchNorm1d/2d/3d). SyncBatchNorm*d derive from the
+// same implementation and override how statistics are gathered.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "syncbn/nn/module.hpp"
+
+namespace syncbn::nn {
+
+/// How eps enters the inverse standard deviation.
+enum class EpsMode : std::uint8_t {
+  Plus,   ///< 1 / sqrt(var + eps) (PyTorch; default)
+  Clamp,  ///< 1 / sqrt(max(var, eps)) (the original SynchronizedBatchNorm)
+};
+
+/// Options of the batch-norm layers (PyTorch's defaults).
+struct BatchNormOptions {
+  double eps = 1e-5;
+  /// Running-statistics factor; std::nullopt means a cumulative moving average
+  /// (factor 1 / num_batches_tracked).
+  std::optional<double> momentum = 0.1;
+  /// Learnable weight (ones) and bias (zeros).
+  bool affine = true;
+  /// Keep running_mean (zeros), running_var (ones) and num_batches_tracked;
+  /// when false, batch statistics are used in eval mode too.
+  bool track_running_stats = true;
+  EpsMode eps_mode = EpsMode::Plus;
+  /// dtype of parameters and running statistics: float64 for float64
+  /// inputs, float32 for float32, float16 and bfloat16 inputs.
+  DType dtype = DType::Float32;
+  Device device = Device();
+};
+
+/// The batch-norm implementation shared by BatchNorm*d and SyncBatchNorm*d.
+///
+/// Training (or track_running_stats = false): normalises with the batch's
+/// biased variance; in training with tracking, updates running_mean and the
+/// unbiased running_var once per forward and counts num_batches_tracked.
+/// Eval with tracking: normalises with the running statistics.
+/// Input (N, C, *): C must equal num_features; the rank depends on the layer.
+/// An empty batch gives an empty output and changes no state; a batch with
+/// one value per channel in training is an InvalidArgument.
+class BatchNorm : public Module {
+ public:
+  std::string describe() const override;
+  Tensor forward(const Tensor& input) override;
+  Tensor backward(const Tensor& grad_output) override;
+
+  std::int64_t num_features() const noexcept { return features_; }
+  const BatchNormOptions& options() const noexcept { return options_; }
+  /// "BatchNorm2d", "SyncBatchNorm2d", ...
+  const std::string& kind() const noexcept { return kind_; }
+  /// 1, 2 or 3.
+  int spatial_dims() const noexcept { return dims_; }
+
+  /// Throw InvalidArgument when the layer is not affine.
+  Parameter& weight();
+  Parameter& bias();
+  /// Throw InvalidArgument when the layer does not track running statistics.
+  Tensor& running_mean();
+  Tensor& running_var();
+  /// An int64 scalar tensor.
+  Tensor& num_batches_tracked();
+
+ protected:
+  BatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options);
+  BatchNorm(const BatchNorm&) = default;
+
+  /// Per-channel statistics of one shard: count values per channel, their
+  /// mean and M2 (float64 tensors of shape (C)).
+  struct ShardStats {
+    std::int64_t count = 0;
+    Tensor mean;
+    Tensor m2;
+  };
+  /// What normalisation uses: the batch's count, mean and inverse std.
+  struct NormStats {
+    std::int64_t count = 0;
+    Tensor mean;
+    Tensor invstd;
+  };
+  /// Per-channel sum(dy) and sum(dy * (x - mean)) (float64, shape (C)).
+  struct GradSums {
+    Tensor sum_dy;
+    Tensor sum_dy_xmu;
+  };
+
+  /// The statistics that normalise a training batch, given this shard's.
+  /// Default (per-replica): finalize_and_track(shard).
+  virtual NormStats batch_statistics(const ShardStats& shard);
+  /// The gradient sums over the whole batch, given this shard's.
+  /// Default (per-replica): the shard's own.
+  virtual GradSums gradient_sums(const GradSums& local);
+
+  /// From merged statistics: rejects a count of 1 in training, computes
+  /// invstd, and (training with tracking, count > 0) updates the running
+  /// statistics of this module once.
+  NormStats finalize_and_track(const ShardStats& merged);
+
+  /// Merges partial statistics (in the given order) with Chan's update, on
+  /// `device` (partials may live elsewhere; they are copied there).
+  static ShardStats merge_statistics(const std::vector<ShardStats>& parts, Device device);
+
+  /// The device of this layer's parameters and buffers.
+  std::optional<Device> state_device() const;
+
+  void clear_cache() override;
+
+ private:
+  void check_input(const Tensor& input) const;
+  DType param_dtype() const noexcept { return options_.dtype; }
+
+  std::string kind_;
+  int dims_;
+  std::int64_t features_;
+  BatchNormOptions options_;
+  std::size_t weight_ = 0, bias_ = 0;
+  std::size_t running_mean_ = 0, running_var_ = 0, batches_ = 0;
+  // Kept by forward for backward.
+  Tensor input_;
+  Tensor coef_;
+  Tensor invstd_;
+  std::int64_t count_ = 0;
+  bool used_batch_stats_ = false;
+};
+
+/// Batch norm over (N, C) or (N, C, L) input.
+class BatchNorm1d : public Cloneable<BatchNorm1d, BatchNorm> {
+ public:
+  explicit BatchNorm1d(std::int64_t num_features, BatchNormOptions options = {})
+      : Cloneable("BatchNorm1d", 1, num_features, options) {}
+};
+
+/// Batch norm over (N, C, H, W) input.
+class BatchNorm2d : public Cloneable<BatchNorm2d, BatchNorm> {
+ public:
+  explicit BatchNorm2d(std::int64_t num_features, BatchNormOptions options = {})
+      : Cloneable("BatchNorm2d", 2, num_features, options) {}
+};
+
+/// Batch norm over (N, C, D, H, W) input.
+class BatchNorm3d : public Cloneable<BatchNorm3d, BatchNorm> {
+ public:
+  explicit BatchNorm3d(std::int64_t num_features, BatchNormOptions options = {})
+      : Cloneable("BatchNorm3d", 3, num_features, options) {}
+};
+
+}  // namespace syncbn::nn

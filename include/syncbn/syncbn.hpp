@@ -1,0 +1,22 @@
+#pragma once
+// Everything syncbn offers, in one include.
+
+#include "syncbn/comm/collectives.hpp"
+#include "syncbn/comm/future_result.hpp"
+#include "syncbn/comm/sync_master.hpp"
+#include "syncbn/cuda.hpp"
+#include "syncbn/device.hpp"
+#include "syncbn/dtype.hpp"
+#include "syncbn/error.hpp"
+#include "syncbn/nn/activation.hpp"
+#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/linear.hpp"
+#include "syncbn/nn/loss.hpp"
+#include "syncbn/nn/module.hpp"
+#include "syncbn/nn/sequential.hpp"
+#include "syncbn/ops.hpp"
+#include "syncbn/optim/sgd.hpp"
+#include "syncbn/parallel/data_parallel.hpp"
+#include "syncbn/parallel/replicate.hpp"
+#include "syncbn/shape.hpp"
+#include "syncbn/tensor.hpp"

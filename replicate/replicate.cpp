@@ -1,0 +1,74 @@
+// replicate(): copies of a module tree per device and the replication callback.
+
+#include "syncbn/parallel/replicate.hpp"
+
+namespace syncbn::parallel {
+namespace {
+
+// True when a tensor on `from` can be viewed as a tensor on `to`.
+bool same_memory(Device from, Device to) { return from.kind() == to.kind() && (from.is_cpu() || from == to); }
+
+Tensor alias_or_copy(const Tensor& source, Device device, bool alias) {
+  if (alias && same_memory(source.device(), device)) return source.relabel(device);
+  return source.to(device);
+}
+
+}  // namespace
+
+void ReplicationContext::abort(int failed, const std::string& reason) noexcept {
+  for (auto& h : handlers_) {
+    try {
+      if (h.abort) h.abort(failed, reason);
+    } catch (...) {
+      // Releasing peers is best effort; the failure itself is reported by the caller.
+    }
+  }
+}
+
+void ReplicationContext::reset() {
+  for (auto& h : handlers_)
+    if (h.reset) h.reset();
+}
+
+void Replication::abort(int failed, const std::string& reason) noexcept {
+  for (auto& c : contexts_) c->abort(failed, reason);
+}
+
+void Replication::reset() {
+  for (auto& c : contexts_) c->reset();
+}
+
+Replication replicate(nn::Module& module, const std::vector<Device>& devices) {
+  SYNCBN_CHECK(!devices.empty(), "replicate: no devices, expected at least one");
+  for (Device d : devices) d.check_available();
+
+  Replication out;
+  out.devices_ = devices;
+  auto source_params = module.named_parameters();
+  auto source_buffers = module.named_buffers();
+  for (std::size_t k = 0; k < devices.size(); ++k) {
+    std::shared_ptr<nn::Module> copy = module.clone_structure();
+    auto params = copy->named_parameters();
+    for (std::size_t j = 0; j < params.size(); ++j) {
+      nn::Parameter& p = *params[j].second;
+      p.value = alias_or_copy(source_params[j].second->value, devices[k], /*alias=*/true);
+      p.grad = Tensor::zeros(p.value.shape(), p.value.dtype(), devices[k]);
+    }
+    auto buffers = copy->named_buffers();
+    for (std::size_t j = 0; j < buffers.size(); ++j)
+      *buffers[j].second = alias_or_copy(*source_buffers[j].second, devices[k], /*alias=*/k == 0);
+    out.modules_.push_back(std::move(copy));
+  }
+
+  // The replication callback: one context per module position; every copy in
+  // order, so copy 0 (the master) meets each position first.
+  const std::size_t positions = out.modules_.front()->named_modules().size();
+  for (std::size_t p = 0; p < positions; ++p) out.contexts_.push_back(std::make_shared<ReplicationContext>(devices));
+  for (std::size_t k = 0; k < out.modules_.size(); ++k) {
+    auto modules = out.modules_[k]->named_modules();
+    for (std::size_t p = 0; p < positions; ++p) modules[p].second->on_replicate(*out.contexts_[p], static_cast<int>(k));
+  }
+  return out;
+}
+
+}  // namespace syncbn::parallel

@@ -1,0 +1,419 @@
+// CUDA backend: batch-norm kernels. Specification: src/cpu/cpu_batchnorm.cpp
+// and its Note [Batch-norm numerics]. Float64 accumulation of shifted values
+// (the H100/H200 targets run float64 at half the float32 rate, and these
+// kernels are memory-bound), float32 element arithmetic with the hi/lo mean.
+//
+// The per-channel reductions are split: a channel's n*l elements are spread
+// over `splits` blocks (enough blocks in all to fill the GPU even for C = 64),
+// whose partial sums a second kernel adds in split order (deterministic).
+
+#include <cub/block/block_reduce.cuh>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "backend/dispatch.hpp"
+#include "cuda/cuda_check.hpp"
+#include "cuda/cuda_kernels.hpp"
+#include "cuda/cuda_runtime.hpp"
+#include "cuda/cuda_types.cuh"
+
+namespace syncbn::detail {
+namespace {
+
+using syncbn::cuda::detail::ComputeOf;
+using syncbn::cuda::detail::DeviceGuard;
+using syncbn::cuda::detail::dispatch_floating_device;
+using syncbn::cuda::detail::grid_for;
+using syncbn::cuda::detail::kBlock;
+using syncbn::cuda::detail::load_compute;
+using syncbn::cuda::detail::multiprocessor_count;
+using syncbn::cuda::detail::ScratchBuffer;
+using syncbn::cuda::detail::store_compute;
+using syncbn::cuda::detail::stream_for;
+
+// Blocks per channel for a reduction over `count` elements of each of c channels.
+int splits_for(int device, long long c, long long count) {
+  const long long target_blocks = 4LL * multiprocessor_count(device);
+  const long long by_occupancy = (target_blocks + c - 1) / c;
+  const long long by_work = std::max(1LL, count / (static_cast<long long>(kBlock) * 8));
+  return static_cast<int>(std::max(1LL, std::min({by_occupancy, by_work, 1024LL})));
+}
+
+// Visits the elements of channel `ch` assigned to split `split` of `splits`:
+// rows of l contiguous elements when l is large (no division), a flat index
+// otherwise.
+template <class Visit>
+__device__ void for_channel_elements(long long n, long long c, long long l, long long ch, int split, int splits,
+                                     Visit&& visit) {
+  if (l >= kBlock) {
+    for (long long i = split; i < n; i += splits) {
+      const long long base = (i * c + ch) * l;
+      for (long long k = threadIdx.x; k < l; k += kBlock) visit(base + k);
+    }
+  } else {
+    const long long count = n * l;
+    for (long long e = static_cast<long long>(split) * kBlock + threadIdx.x; e < count;
+         e += static_cast<long long>(splits) * kBlock) {
+      const long long i = e / l;
+      visit((i * c + ch) * l + (e - i * l));
+    }
+  }
+}
+
+// Two sums per block, reduced with CUB in a fixed order.
+__device__ void block_sum2(double a, double b, double* out_a, double* out_b) {
+  using Reduce = cub::BlockReduce<double, kBlock>;
+  __shared__ typename Reduce::TempStorage temp_a;
+  __shared__ typename Reduce::TempStorage temp_b;
+  const double ta = Reduce(temp_a).Sum(a);
+  const double tb = Reduce(temp_b).Sum(b);
+  if (threadIdx.x == 0) {
+    *out_a = ta;
+    *out_b = tb;
+  }
+}
+
+template <class T>
+__global__ void stats_partial_kernel(long long n, long long c, long long l, const T* x, int splits, double* ps,
+                                     double* pss) {
+  using C = typename ComputeOf<T>::type;
+  const long long ch = blockIdx.x;
+  const int split = static_cast<int>(blockIdx.y);
+  const C shift = load_compute(x, ch * l);
+  double s = 0, ss = 0;
+  for_channel_elements(n, c, l, ch, split, splits, [&](long long at) {
+    const double d = static_cast<double>(load_compute(x, at) - shift);
+    s += d;
+    ss += d * d;
+  });
+  block_sum2(s, ss, &ps[ch * splits + split], &pss[ch * splits + split]);
+}
+
+template <class T>
+__global__ void stats_finish_kernel(long long c, long long l, long long count, const T* x, int splits, const double* ps,
+                                    const double* pss, double* mean, double* m2) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    double s = 0, ss = 0;
+    for (int k = 0; k < splits; ++k) {
+      s += ps[ch * splits + k];
+      ss += pss[ch * splits + k];
+    }
+    const double local = s / static_cast<double>(count);
+    mean[ch] = static_cast<double>(load_compute(x, ch * l)) + local;
+    m2[ch] = fmax(0.0, ss - s * local);
+  }
+}
+
+void cuda_stats(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
+                double* mean, double* m2) {
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  const long long count = n * l;
+  if (count == 0) {
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(mean, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(m2, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
+    return;
+  }
+  const int splits = splits_for(device.index(), c, count);
+  ScratchBuffer ps(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
+  ScratchBuffer pss(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
+  dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
+    stats_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(x), splits, ps.as<double>(),
+                                                         pss.as<double>());
+    SYNCBN_CUDA_LAUNCH_CHECK();
+    stats_finish_kernel<T><<<grid_for(c), kBlock, 0, stream>>>(c, l, count, static_cast<const T*>(x), splits,
+                                                               ps.as<double>(), pss.as<double>(), mean, m2);
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+struct Partials {
+  long long counts[kMaxSumSources];
+  const double* means[kMaxSumSources];
+  const double* m2s[kMaxSumSources];
+};
+
+__global__ void merge_kernel(long long c, int parts, Partials p, double* mean, double* m2) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    double na = 0, mean_a = 0, m2_a = 0;
+    for (int k = 0; k < parts; ++k) {
+      if (p.counts[k] == 0) continue;
+      const double nb = static_cast<double>(p.counts[k]);
+      if (na == 0) {
+        na = nb;
+        mean_a = p.means[k][ch];
+        m2_a = p.m2s[k][ch];
+        continue;
+      }
+      const double total = na + nb;
+      const double delta = p.means[k][ch] - mean_a;
+      mean_a += delta * (nb / total);
+      m2_a += p.m2s[k][ch] + delta * delta * (na * nb / total);
+      na = total;
+    }
+    mean[ch] = mean_a;
+    m2[ch] = m2_a;
+  }
+}
+
+void cuda_merge_stats(Device device, std::int64_t c, int parts, const std::int64_t* counts, const double* const* means,
+                      const double* const* m2s, double* mean, double* m2) {
+  SYNCBN_CHECK(parts >= 1 && parts <= kMaxSumSources, "batch_norm: ", parts, " partial statistics, expected 1 to ",
+               kMaxSumSources);
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  Partials p{};
+  for (int k = 0; k < parts; ++k) {
+    p.counts[k] = counts[k];
+    p.means[k] = means[k];
+    p.m2s[k] = m2s[k];
+  }
+  merge_kernel<<<grid_for(c), kBlock, 0, stream_for(device.index())>>>(c, parts, p, mean, m2);
+  SYNCBN_CUDA_LAUNCH_CHECK();
+}
+
+__global__ void finalize_kernel(long long c, long long count, const double* m2, double eps, bool clamp, double* invstd,
+                                double* unbiased) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    const double n = static_cast<double>(count);
+    const double var = count > 0 ? m2[ch] / n : 0.0;
+    invstd[ch] = 1.0 / sqrt(clamp ? fmax(var, eps) : var + eps);
+    unbiased[ch] = count > 1 ? m2[ch] / (n - 1.0) : 0.0;
+  }
+}
+
+void cuda_finalize(Device device, std::int64_t c, std::int64_t count, const double* m2, double eps, bool eps_clamp,
+                   double* invstd, double* unbiased_var) {
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  finalize_kernel<<<grid_for(c), kBlock, 0, stream_for(device.index())>>>(c, count, m2, eps, eps_clamp, invstd,
+                                                                          unbiased_var);
+  SYNCBN_CUDA_LAUNCH_CHECK();
+}
+
+// One block: thread 0 counts the batch, then every thread uses the new count.
+template <class P>
+__global__ void update_running_kernel(long long c, double momentum, const double* mean, const double* unbiased, P* rm,
+                                      P* rv, long long* batches) {
+  __shared__ double factor;
+  if (threadIdx.x == 0) {
+    const long long count = ++*batches;
+    factor = momentum < 0 ? 1.0 / static_cast<double>(count) : momentum;
+  }
+  __syncthreads();
+  for (long long ch = threadIdx.x; ch < c; ch += blockDim.x) {
+    rm[ch] = static_cast<P>((1.0 - factor) * static_cast<double>(rm[ch]) + factor * mean[ch]);
+    rv[ch] = static_cast<P>((1.0 - factor) * static_cast<double>(rv[ch]) + factor * unbiased[ch]);
+  }
+}
+
+void cuda_update_running(Device device, DType param_dtype, std::int64_t c, double momentum, const double* mean,
+                         const double* unbiased_var, void* running_mean, void* running_var,
+                         std::int64_t* num_batches_tracked) {
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+    using P = decltype(tag);
+    update_running_kernel<P><<<1, kBlock, 0, stream>>>(c, momentum, mean, unbiased_var, static_cast<P*>(running_mean),
+                                                       static_cast<P*>(running_var),
+                                                       reinterpret_cast<long long*>(num_batches_tracked));
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <class P>
+__global__ void forward_coef_kernel(long long c, const double* mean, const double* invstd, const P* w, const P* b,
+                                    double* coef) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    const double hi = static_cast<double>(static_cast<P>(mean[ch]));
+    coef[4 * ch + 0] = hi;
+    coef[4 * ch + 1] = static_cast<double>(static_cast<P>(mean[ch] - hi));
+    coef[4 * ch + 2] = invstd[ch] * (w != nullptr ? static_cast<double>(w[ch]) : 1.0);
+    coef[4 * ch + 3] = b != nullptr ? static_cast<double>(b[ch]) : 0.0;
+  }
+}
+
+void cuda_forward_coefficients(Device device, DType param_dtype, std::int64_t c, const double* mean,
+                               const double* invstd, const void* weight, const void* bias, double* coef) {
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+    using P = decltype(tag);
+    forward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, mean, invstd, static_cast<const P*>(weight),
+                                                               static_cast<const P*>(bias), coef);
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+// Visits every element with its channel: planes of l elements when l is
+// large, a flat index with a division otherwise.
+template <class Visit>
+__device__ void for_all_elements(long long n, long long c, long long l, Visit&& visit) {
+  if (l >= kBlock) {
+    for (long long plane = blockIdx.y; plane < n * c; plane += gridDim.y) {
+      const long long ch = plane % c;
+      for (long long k = blockIdx.x * static_cast<long long>(kBlock) + threadIdx.x; k < l;
+           k += static_cast<long long>(gridDim.x) * kBlock)
+        visit(plane * l + k, ch);
+    }
+  } else {
+    SYNCBN_GRID_STRIDE(e, n * c * l) { visit(e, (e / l) % c); }
+  }
+}
+
+dim3 elementwise_grid(long long n, long long c, long long l) {
+  if (l >= kBlock) {
+    const long long x = std::min<long long>((l + kBlock - 1) / kBlock, 64);
+    return dim3(static_cast<unsigned>(x), static_cast<unsigned>(std::min<long long>(n * c, 65535)));
+  }
+  return dim3(grid_for(n * c * l));
+}
+
+template <class T>
+__global__ void apply_kernel(long long n, long long c, long long l, const T* x, const double* coef, T* y) {
+  using C = typename ComputeOf<T>::type;
+  for_all_elements(n, c, l, [&](long long at, long long ch) {
+    const C hi = static_cast<C>(coef[4 * ch]), lo = static_cast<C>(coef[4 * ch + 1]);
+    const C scale = static_cast<C>(coef[4 * ch + 2]), shift = static_cast<C>(coef[4 * ch + 3]);
+    store_compute(y, at, ((load_compute(x, at) - hi) - lo) * scale + shift);
+  });
+}
+
+void cuda_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
+                const double* coef, void* y) {
+  if (n * c * l == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
+    using T = decltype(tag);
+    apply_kernel<T><<<elementwise_grid(n, c, l), kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(x), coef,
+                                                                      static_cast<T*>(y));
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <class T>
+__global__ void backward_partial_kernel(long long n, long long c, long long l, const T* dy, const T* x,
+                                        const double* coef, int splits, double* ps, double* psx) {
+  using C = typename ComputeOf<T>::type;
+  const long long ch = blockIdx.x;
+  const int split = static_cast<int>(blockIdx.y);
+  const C hi = static_cast<C>(coef[4 * ch]), lo = static_cast<C>(coef[4 * ch + 1]);
+  double s = 0, sx = 0;
+  for_channel_elements(n, c, l, ch, split, splits, [&](long long at) {
+    const C g = load_compute(dy, at);
+    const C xmu = (load_compute(x, at) - hi) - lo;
+    s += static_cast<double>(g);
+    sx += static_cast<double>(g * xmu);
+  });
+  block_sum2(s, sx, &ps[ch * splits + split], &psx[ch * splits + split]);
+}
+
+__global__ void backward_finish_kernel(long long c, int splits, const double* ps, const double* psx, double* sum_dy,
+                                       double* sum_dy_xmu) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    double s = 0, sx = 0;
+    for (int k = 0; k < splits; ++k) {
+      s += ps[ch * splits + k];
+      sx += psx[ch * splits + k];
+    }
+    sum_dy[ch] = s;
+    sum_dy_xmu[ch] = sx;
+  }
+}
+
+void cuda_backward_reduce(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                          const void* x, const double* coef, double* sum_dy, double* sum_dy_xmu) {
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  const long long count = n * l;
+  if (count == 0) {
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(sum_dy, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
+    SYNCBN_CUDA_CHECK(cudaMemsetAsync(sum_dy_xmu, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
+    return;
+  }
+  const int splits = splits_for(device.index(), c, count);
+  ScratchBuffer ps(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
+  ScratchBuffer psx(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
+  dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
+    backward_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(dy), static_cast<const T*>(x),
+                                                            coef, splits, ps.as<double>(), psx.as<double>());
+    SYNCBN_CUDA_LAUNCH_CHECK();
+    backward_finish_kernel<<<grid_for(c), kBlock, 0, stream>>>(c, splits, ps.as<double>(), psx.as<double>(), sum_dy,
+                                                               sum_dy_xmu);
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <class P>
+__global__ void backward_coef_kernel(long long c, long long count, const double* invstd, const P* w,
+                                     const double* sum_dy, const double* sum_dy_xmu, const double* local_sum_dy,
+                                     const double* local_sum_dy_xmu, P* gw, P* gb, double* coef_b) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
+    const double inv = invstd[ch];
+    coef_b[3 * ch + 0] = sum_dy[ch] * per;
+    coef_b[3 * ch + 1] = sum_dy_xmu[ch] * per * inv * inv;
+    coef_b[3 * ch + 2] = inv * (w != nullptr ? static_cast<double>(w[ch]) : 1.0);
+    if (gw != nullptr) gw[ch] = static_cast<P>(static_cast<double>(gw[ch]) + local_sum_dy_xmu[ch] * inv);
+    if (gb != nullptr) gb[ch] = static_cast<P>(static_cast<double>(gb[ch]) + local_sum_dy[ch]);
+  }
+}
+
+void cuda_backward_coefficients(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
+                                const double* invstd, const void* weight, const double* sum_dy,
+                                const double* sum_dy_xmu, const double* local_sum_dy, const double* local_sum_dy_xmu,
+                                void* grad_weight, void* grad_bias, double* coef_b) {
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+    using P = decltype(tag);
+    backward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(
+        c, count, invstd, static_cast<const P*>(weight), sum_dy, sum_dy_xmu, local_sum_dy, local_sum_dy_xmu,
+        static_cast<P*>(grad_weight), static_cast<P*>(grad_bias), coef_b);
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+template <class T>
+__global__ void backward_apply_kernel(long long n, long long c, long long l, const T* dy, const T* x, const double* coef,
+                                      const double* coef_b, T* dx) {
+  using C = typename ComputeOf<T>::type;
+  for_all_elements(n, c, l, [&](long long at, long long ch) {
+    const C hi = static_cast<C>(coef[4 * ch]), lo = static_cast<C>(coef[4 * ch + 1]);
+    const C a = static_cast<C>(coef_b[3 * ch]), b = static_cast<C>(coef_b[3 * ch + 1]);
+    const C g = static_cast<C>(coef_b[3 * ch + 2]);
+    const C xmu = (load_compute(x, at) - hi) - lo;
+    store_compute(dx, at, (load_compute(dy, at) - a - xmu * b) * g);
+  });
+}
+
+void cuda_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                         const void* x, const double* coef, const double* coef_b, void* dx) {
+  if (n * c * l == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
+    using T = decltype(tag);
+    backward_apply_kernel<T><<<elementwise_grid(n, c, l), kBlock, 0, stream>>>(
+        n, c, l, static_cast<const T*>(dy), static_cast<const T*>(x), coef, coef_b, static_cast<T*>(dx));
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+const BatchNormKernels kCudaBatchNormKernels{cuda_stats,          cuda_merge_stats,          cuda_finalize,
+                                             cuda_update_running, cuda_forward_coefficients, cuda_apply,
+                                             cuda_backward_reduce, cuda_backward_coefficients, cuda_backward_apply};
+
+}  // namespace syncbn::detail

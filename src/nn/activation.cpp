@@ -1,0 +1,38 @@
+// ReLU and Flatten.
+
+#include "syncbn/nn/activation.hpp"
+
+#include "nn/layer_checks.hpp"
+#include "syncbn/ops.hpp"
+
+namespace syncbn::nn {
+
+Tensor ReLU::forward(const Tensor& input) {
+  SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
+  output_ = relu(input);
+  return output_;
+}
+
+Tensor ReLU::backward(const Tensor& grad_output) {
+  detail::check_backward(output_.defined(), grad_output, output_.shape(), describe());
+  return relu_backward(grad_output, output_);
+}
+
+Tensor Flatten::forward(const Tensor& input) {
+  SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
+  SYNCBN_CHECK(input.rank() >= 2, describe(), ": expected input of rank >= 2 (N, ...), got ", input.rank(),
+               "-D input");
+  std::int64_t features = 1;
+  for (int i = 1; i < input.rank(); ++i) features *= input.size(i);
+  input_shape_ = input.shape();
+  output_shape_ = Shape{input.size(0), features};
+  has_input_ = true;
+  return input.reshape(output_shape_);
+}
+
+Tensor Flatten::backward(const Tensor& grad_output) {
+  detail::check_backward(has_input_, grad_output, output_shape_, describe());
+  return grad_output.reshape(input_shape_);
+}
+
+}  // namespace syncbn::nn

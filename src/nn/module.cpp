@@ -1,0 +1,124 @@
+// Module: registries, tree walks, copies and moves.
+
+#include "syncbn/nn/module.hpp"
+
+#include "syncbn/error.hpp"
+
+namespace syncbn::nn {
+
+void Module::on_replicate(parallel::ReplicationContext& /*context*/, int /*copy_id*/) {}
+
+std::size_t Module::register_parameter(const std::string& name, Tensor value) {
+  SYNCBN_CHECK(value.defined(), describe(), ": parameter '", name, "' is undefined, expected a tensor");
+  Tensor grad = Tensor::zeros(value.shape(), value.dtype(), value.device());
+  params_.emplace_back(name, Parameter{std::move(value), std::move(grad)});
+  return params_.size() - 1;
+}
+
+std::size_t Module::register_buffer(const std::string& name, Tensor value) {
+  buffers_.emplace_back(name, std::move(value));
+  return buffers_.size() - 1;
+}
+
+std::size_t Module::register_module(const std::string& name, std::shared_ptr<Module> child) {
+  SYNCBN_CHECK(child != nullptr, "Module: child '", name, "' is null, expected a module");
+  children_.emplace_back(name, std::move(child));
+  return children_.size() - 1;
+}
+
+void Module::replace_child(const std::string& name, std::shared_ptr<Module> child) {
+  SYNCBN_CHECK(child != nullptr, describe(), ": replace_child('", name, "') got a null module, expected a module");
+  for (auto& [child_name, module] : children_) {
+    if (child_name == name) {
+      module = std::move(child);
+      return;
+    }
+  }
+  SYNCBN_THROW(InvalidArgument, describe(), ": replace_child: no child named '", name, "'");
+}
+
+void Module::collect_parameters(const std::string& prefix, std::vector<std::pair<std::string, Parameter*>>& out) {
+  for (auto& [name, p] : params_) out.emplace_back(prefix + name, &p);
+  for (auto& [name, c] : children_) c->collect_parameters(prefix + name + ".", out);
+}
+
+void Module::collect_buffers(const std::string& prefix, std::vector<std::pair<std::string, Tensor*>>& out) {
+  for (auto& [name, b] : buffers_)
+    if (b.defined()) out.emplace_back(prefix + name, &b);
+  for (auto& [name, c] : children_) c->collect_buffers(prefix + name + ".", out);
+}
+
+void Module::collect_modules(const std::string& prefix, std::vector<std::pair<std::string, Module*>>& out) {
+  out.emplace_back(prefix.empty() ? prefix : prefix.substr(0, prefix.size() - 1), this);
+  for (auto& [name, c] : children_) c->collect_modules(prefix + name + ".", out);
+}
+
+std::vector<std::pair<std::string, Parameter*>> Module::named_parameters() {
+  std::vector<std::pair<std::string, Parameter*>> out;
+  collect_parameters("", out);
+  return out;
+}
+
+std::vector<Parameter*> Module::parameters() {
+  std::vector<Parameter*> out;
+  for (auto& [name, p] : named_parameters()) out.push_back(p);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor*>> Module::named_buffers() {
+  std::vector<std::pair<std::string, Tensor*>> out;
+  collect_buffers("", out);
+  return out;
+}
+
+std::vector<std::pair<std::string, Module*>> Module::named_modules() {
+  std::vector<std::pair<std::string, Module*>> out;
+  collect_modules("", out);
+  return out;
+}
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& [name, c] : children_) c->train(on);
+}
+
+void Module::zero_grad() {
+  for (auto& [name, p] : named_parameters()) p->grad.fill_(0.0);
+}
+
+void Module::to(Device device) {
+  device.check_available();
+  for (auto& [name, p] : params_) {
+    p.value = p.value.to(device);
+    p.grad = p.grad.to(device);
+  }
+  for (auto& [name, b] : buffers_)
+    if (b.defined()) b = b.to(device);
+  for (auto& [name, c] : children_) c->to(device);
+}
+
+std::shared_ptr<Module> Module::clone_structure() const {
+  std::shared_ptr<Module> copy = shallow_copy();
+  for (auto& [name, c] : copy->children_) c = c->clone_structure();
+  copy->clear_cache();
+  return copy;
+}
+
+std::shared_ptr<Module> Module::clone() const {
+  std::shared_ptr<Module> copy = clone_structure();
+  for (auto& [name, p] : copy->named_parameters()) {
+    p->value = p->value.clone();
+    p->grad = p->grad.clone();
+  }
+  for (auto& [name, b] : copy->named_buffers()) *b = b->clone();
+  return copy;
+}
+
+std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t stream) {
+  std::uint64_t x = seed ^ (stream * 0x9E3779B97F4A7C15ULL);
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace syncbn::nn

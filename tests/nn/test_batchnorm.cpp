@@ -1,0 +1,195 @@
+// Per-replica BatchNorm1d/2d/3d against the float64 reference: outputs,
+// gradients, running statistics, modes, edge cases and errors.
+
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "support/compare.hpp"
+#include "support/device_under_test.hpp"
+#include "support/matchers.hpp"
+#include "support/reference.hpp"
+#include "support/seeds.hpp"
+#include "syncbn/error.hpp"
+#include "syncbn/nn/batchnorm.hpp"
+
+using namespace syncbn;
+using syncbn::testing::check_close;
+using syncbn::testing::MessageIs;
+using syncbn::testing::test_device;
+using syncbn::testing::Tolerance;
+
+namespace {
+
+struct Layout {
+  std::string name;
+  Shape shape;
+};
+
+std::shared_ptr<nn::BatchNorm> make_bn(int dims, std::int64_t c, const nn::BatchNormOptions& o) {
+  if (dims == 1) return std::make_shared<nn::BatchNorm1d>(c, o);
+  if (dims == 2) return std::make_shared<nn::BatchNorm2d>(c, o);
+  return std::make_shared<nn::BatchNorm3d>(c, o);
+}
+
+int dims_of(const Shape& s) { return s.rank() <= 3 ? 1 : s.rank() - 2; }
+
+std::int64_t spatial(const Shape& s) {
+  std::int64_t l = 1;
+  for (int i = 2; i < s.rank(); ++i) l *= s[i];
+  return l;
+}
+
+constexpr Tolerance kFp32{1e-5, 1e-5};
+
+}  // namespace
+
+TEST_CASE("BatchNorm matches the float64 reference over several training steps and in eval", "[nn]") {
+  const Layout layout = GENERATE(Layout{"1d (N, C)", Shape{13, 5}}, Layout{"1d (N, C, L)", Shape{6, 4, 7}},
+                                 Layout{"2d", Shape{5, 3, 4, 6}}, Layout{"3d", Shape{3, 2, 3, 4, 5}});
+  const bool affine = GENERATE(true, false);
+  const std::optional<double> momentum = GENERATE(std::optional<double>(0.1), std::optional<double>(1.0),
+                                                  std::optional<double>());
+  const bool clamp = GENERATE(false, true);
+  CAPTURE(layout.name, affine, momentum.value_or(-1), clamp, syncbn::testing::kSeed);
+
+  const std::int64_t n = layout.shape[0], c = layout.shape[1], l = spatial(layout.shape);
+  nn::BatchNormOptions options;
+  options.momentum = momentum;
+  options.affine = affine;
+  options.eps_mode = clamp ? nn::EpsMode::Clamp : nn::EpsMode::Plus;
+  options.device = test_device();
+  auto bn = make_bn(dims_of(layout.shape), c, options);
+  if (affine) {  // non-trivial affine parameters
+    bn->weight().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 50, DType::Float32, test_device(), 1.0, 0.5));
+    bn->bias().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 51, DType::Float32, test_device()));
+  }
+  const auto wv = affine ? bn->weight().value.to_vector<double>() : std::vector<double>{};
+  const auto bv = affine ? bn->bias().value.to_vector<double>() : std::vector<double>{};
+  testing::ref::BnConfig cfg{1e-5, momentum, clamp};
+  std::vector<double> rm(static_cast<std::size_t>(c), 0.0), rv(static_cast<std::size_t>(c), 1.0);
+
+  for (int step = 1; step <= 3; ++step) {
+    INFO("training step " << step);
+    const Tensor x = Tensor::randn(layout.shape, syncbn::testing::kSeed + static_cast<std::uint64_t>(step),
+                                   DType::Float32, test_device(), 3.0, 2.0);
+    const Tensor dy = Tensor::randn(layout.shape, syncbn::testing::kSeed + 100 + static_cast<std::uint64_t>(step),
+                                    DType::Float32, test_device());
+    const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(), wv, bv, n, c, l, cfg);
+    bn->zero_grad();
+    check_close(bn->forward(x), r.y, kFp32, "y");
+    check_close(bn->backward(dy), r.dx, kFp32, "dx");
+    if (affine) {
+      check_close(bn->weight().grad, r.dweight, kFp32, "dweight");
+      check_close(bn->bias().grad, r.dbias, kFp32, "dbias");
+    }
+    testing::ref::update_running(rm, rv, r, cfg, step);
+    check_close(bn->running_mean(), rm, kFp32, "running_mean");
+    check_close(bn->running_var(), rv, kFp32, "running_var");
+    CHECK(bn->num_batches_tracked().item() == step);
+  }
+
+  bn->eval();
+  const Tensor x = Tensor::randn(layout.shape, syncbn::testing::kSeed + 9, DType::Float32, test_device(), 3.0, 2.0);
+  check_close(bn->forward(x), testing::ref::batch_norm_eval(x.to_vector<double>(), wv, bv, rm, rv, n, c, l, cfg), kFp32,
+              "eval output");
+  CHECK(bn->num_batches_tracked().item() == 3);  // eval does not count
+  // Eval backward: statistics are constants, dx = dy * w / sqrt(rv + eps).
+  const Tensor dy = Tensor::ones(layout.shape, DType::Float32, test_device());
+  const auto dx = bn->backward(dy).to_vector<double>();
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < c; ++j) {
+      const auto u = static_cast<std::size_t>(j);
+      const double want = (affine ? wv[u] : 1.0) / std::sqrt(clamp ? std::max(rv[u], 1e-5) : rv[u] + 1e-5);
+      REQUIRE_THAT(dx[static_cast<std::size_t>((i * c + j) * l)],
+                   Catch::Matchers::WithinRel(want, 1e-5) || Catch::Matchers::WithinAbs(want, 1e-5));
+    }
+}
+
+TEST_CASE("BatchNorm is accurate when the mean is 1e4 times the standard deviation", "[nn]") {
+  const Shape shape{16, 3, 8, 8};
+  nn::BatchNorm2d bn(3, nn::BatchNormOptions{.device = test_device()});
+  const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed, DType::Float32, test_device(), 1e4, 1.0);
+  const Tensor dy = Tensor::randn(shape, syncbn::testing::kSeed + 1, DType::Float32, test_device());
+  const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(), {}, {}, 16, 3, 64, {});
+  check_close(bn.forward(x), r.y, kFp32, "y");
+  check_close(bn.backward(dy), r.dx, kFp32, "dx");
+  std::vector<double> rm(3, 0.0), rv(3, 1.0);
+  testing::ref::update_running(rm, rv, r, {}, 1);
+  check_close(bn.running_mean(), rm, kFp32, "running_mean");
+  check_close(bn.running_var(), rv, kFp32, "running_var");
+}
+
+TEST_CASE("BatchNorm in float64 matches the reference to float64 precision", "[nn]") {
+  const Shape shape{7, 3, 5};
+  nn::BatchNorm1d bn(3, nn::BatchNormOptions{.dtype = DType::Float64, .device = test_device()});
+  const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed, DType::Float64, test_device(), -2.0, 3.0);
+  const Tensor dy = Tensor::randn(shape, syncbn::testing::kSeed + 1, DType::Float64, test_device());
+  const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(), {}, {}, 7, 3, 5, {});
+  check_close(bn.forward(x), r.y, {1e-12, 1e-12}, "y");
+  check_close(bn.backward(dy), r.dx, {1e-12, 1e-12}, "dx");
+}
+
+TEST_CASE("BatchNorm without running statistics uses batch statistics in eval too", "[nn]") {
+  nn::BatchNorm1d bn(4, nn::BatchNormOptions{.track_running_stats = false, .device = test_device()});
+  CHECK(bn.named_buffers().empty());
+  const Tensor x = Tensor::randn(Shape{9, 4}, syncbn::testing::kSeed, DType::Float32, test_device(), 5.0, 3.0);
+  const auto y_train = bn.forward(x).to_vector<float>();
+  bn.eval();
+  CHECK(bn.forward(x).to_vector<float>() == y_train);
+  CHECK_THROWS_MATCHES(bn.running_mean(), InvalidArgument,
+                       MessageIs("BatchNorm1d: the layer does not track running statistics"));
+}
+
+TEST_CASE("One value per channel in training is rejected and leaves the state unchanged", "[nn]") {
+  nn::BatchNorm1d bn(3, nn::BatchNormOptions{.device = test_device()});
+  bn.forward(Tensor::randn(Shape{4, 3}, syncbn::testing::kSeed, DType::Float32, test_device()));
+  const auto rm = bn.running_mean().to_vector<float>();
+  const auto rv = bn.running_var().to_vector<float>();
+  CHECK_THROWS_MATCHES(
+      bn.forward(Tensor::ones(Shape{1, 3}, DType::Float32, test_device())), InvalidArgument,
+      MessageIs("BatchNorm1d: expected more than 1 value per channel when training, got 1 (input of 3 channels with "
+                "one value each over the whole batch)"));
+  CHECK(bn.running_mean().to_vector<float>() == rm);
+  CHECK(bn.running_var().to_vector<float>() == rv);
+  CHECK(bn.num_batches_tracked().item() == 1);
+  bn.eval();
+  CHECK(bn.forward(Tensor::ones(Shape{1, 3}, DType::Float32, test_device())).numel() == 3);  // fine in eval
+}
+
+TEST_CASE("An empty batch gives an empty output and changes no state", "[nn]") {
+  nn::BatchNorm2d bn(2, nn::BatchNormOptions{.device = test_device()});
+  const Tensor y = bn.forward(Tensor::zeros(Shape{0, 2, 3, 3}, DType::Float32, test_device()));
+  CHECK(y.shape() == Shape{0, 2, 3, 3});
+  CHECK(bn.num_batches_tracked().item() == 0);
+  CHECK(bn.running_var().to_vector<float>() == std::vector<float>{1, 1});
+  CHECK(bn.backward(Tensor::zeros(Shape{0, 2, 3, 3}, DType::Float32, test_device())).numel() == 0);
+  CHECK(bn.weight().grad.to_vector<float>() == std::vector<float>{0, 0});
+}
+
+TEST_CASE("BatchNorm rejects inputs of the wrong rank, channels, dtype or device", "[nn]") {
+  nn::BatchNorm2d bn(4, nn::BatchNormOptions{.device = test_device()});
+  CHECK_THROWS_MATCHES(bn.forward(Tensor::zeros(Shape{2, 4, 3}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("BatchNorm2d: expected 4-D input (N, C, H, W), got 3-D input"));
+  CHECK_THROWS_MATCHES(bn.forward(Tensor::zeros(Shape{2, 3, 2, 2}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("BatchNorm2d: input has 3 channels, expected 4"));
+  CHECK_THROWS_MATCHES(bn.forward(Tensor::zeros(Shape{2, 4, 2, 2}, DType::Float64, test_device())), InvalidArgument,
+                       MessageIs("BatchNorm2d: input has dtype float64, expected float32, float16 or bfloat16 "
+                                 "(parameters are float32)"));
+  const Device other = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(1);
+  CHECK_THROWS_MATCHES(bn.forward(Tensor::zeros(Shape{2, 4, 2, 2}, DType::Float32, other)), InvalidArgument,
+                       MessageIs("BatchNorm2d: input is on " + other.str() + ", expected " + test_device().str() +
+                                 " (the device of its parameters)"));
+  nn::BatchNorm1d bn1(4, nn::BatchNormOptions{.device = test_device()});
+  CHECK_THROWS_MATCHES(bn1.forward(Tensor::zeros(Shape{2, 4, 2, 2}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("BatchNorm1d: expected 2-D (N, C) or 3-D (N, C, L) input, got 4-D input"));
+  nn::BatchNorm3d bn3(4, nn::BatchNormOptions{.device = test_device()});
+  CHECK_THROWS_MATCHES(bn3.forward(Tensor::zeros(Shape{2, 4, 2, 2}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("BatchNorm3d: expected 5-D input (N, C, D, H, W), got 4-D input"));
+  CHECK(bn.num_batches_tracked().item() == 0);  // nothing ran
+  CHECK_THROWS_AS(nn::BatchNorm2d(0), InvalidArgument);
+  CHECK_THROWS_AS(nn::BatchNorm2d(3, nn::BatchNormOptions{.momentum = 1.5}), InvalidArgument);
+  CHECK(bn.describe() == "BatchNorm2d(4, eps=1e-05, momentum=0.1, affine=true, track_running_stats=true)");
+}

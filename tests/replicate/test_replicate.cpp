@@ -1,0 +1,141 @@
+// replicate(): copies per device, aliasing rules, and the replication callback contract.
+
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "support/device_under_test.hpp"
+#include "support/matchers.hpp"
+#include "support/test_layers.hpp"
+#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/linear.hpp"
+#include "syncbn/nn/sequential.hpp"
+#include "syncbn/parallel/replicate.hpp"
+
+using namespace syncbn;
+using syncbn::testing::CallLog;
+using syncbn::testing::MessageIs;
+using syncbn::testing::Recorder;
+using syncbn::testing::test_device;
+using syncbn::testing::test_devices;
+
+namespace {
+
+std::shared_ptr<nn::Sequential> nested_model(const std::shared_ptr<CallLog>& log) {
+  auto inner = std::make_shared<nn::Sequential>();
+  inner->add(std::make_shared<Recorder>("B", log));
+  inner->add(std::make_shared<nn::Linear>(3, 3, nn::LinearOptions{true, 1, DType::Float32, test_device()}));
+  auto outer = std::make_shared<nn::Sequential>();
+  outer->add(std::make_shared<Recorder>("A", log));
+  outer->add(inner);
+  outer->add(std::make_shared<Recorder>("C", log));
+  return outer;
+}
+
+// tag -> (copy -> context address), and the call order.
+struct Parsed {
+  std::map<std::string, std::map<int, std::string>> contexts;
+  std::vector<std::pair<std::string, int>> order;
+};
+
+Parsed parse(const CallLog& log) {
+  Parsed p;
+  for (const auto& line : log.lines) {
+    const auto tag = line.substr(0, line.find(' '));
+    const int copy = std::stoi(line.substr(line.find("copy=") + 5));
+    const auto ctx = line.substr(line.find("ctx=") + 4);
+    CHECK(p.contexts[tag].count(copy) == 0);  // exactly once per copy
+    p.contexts[tag][copy] = ctx;
+    p.order.emplace_back(tag, copy);
+  }
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("The replication callback gives each module position one shared context, master copy first", "[replicate]") {
+  const int k = GENERATE(1, 2, 3, 5);
+  CAPTURE(k);
+  auto log = std::make_shared<CallLog>();
+  auto model = nested_model(log);
+  const auto replicas = parallel::replicate(*model, test_devices(k));
+  REQUIRE(replicas.size() == static_cast<std::size_t>(k));
+  const Parsed p = parse(*log);
+  REQUIRE(p.contexts.size() == 3);
+  std::set<std::string> distinct;
+  for (const auto& [tag, per_copy] : p.contexts) {
+    INFO("position " << tag);
+    REQUIRE(per_copy.size() == static_cast<std::size_t>(k));  // every copy, once
+    for (const auto& [copy, ctx] : per_copy) CHECK(ctx == per_copy.at(0));  // one shared context
+    distinct.insert(per_copy.at(0));
+  }
+  CHECK(distinct.size() == 3);  // one context per position
+  // Every position meets copy 0 before any other copy.
+  for (const auto& [tag, per_copy] : p.contexts) {
+    std::size_t first_master = p.order.size(), first_other = p.order.size();
+    for (std::size_t i = 0; i < p.order.size(); ++i) {
+      if (p.order[i].first != tag) continue;
+      if (p.order[i].second == 0) first_master = std::min(first_master, i);
+      else first_other = std::min(first_other, i);
+    }
+    CHECK(first_master < first_other);
+  }
+  // Each copy learnt its own id.
+  for (int c = 0; c < k; ++c)
+    CHECK(dynamic_cast<Recorder&>(*replicas.modules()[static_cast<std::size_t>(c)]->children()[0].second).copy_id() == c);
+}
+
+TEST_CASE("Replicating again with another device list makes new contexts and copies", "[replicate]") {
+  auto log = std::make_shared<CallLog>();
+  auto model = nested_model(log);
+  (void)parallel::replicate(*model, test_devices(2));
+  const auto first = parse(*log).contexts.at("A").at(0);
+  log->lines.clear();
+  const auto again = parallel::replicate(*model, test_devices(4));
+  CHECK(again.size() == 4);
+  const Parsed p = parse(*log);
+  CHECK(p.contexts.at("A").size() == 4);
+  CHECK(p.contexts.at("C").at(3) == p.contexts.at("C").at(0));
+  (void)first;  // the first replication's contexts are gone with it
+}
+
+TEST_CASE("Replicas alias the module's parameters where memory is shared and own their gradients", "[replicate]") {
+  auto model = std::make_shared<nn::Sequential>();
+  model->add(std::make_shared<nn::Linear>(3, 2, nn::LinearOptions{true, 4, DType::Float32, test_device()}));
+  model->add(std::make_shared<nn::BatchNorm1d>(2, nn::BatchNormOptions{.device = test_device()}));
+  const auto devices = test_devices(3);
+  auto replicas = parallel::replicate(*model, devices);
+  auto source = model->named_parameters();
+  auto source_buffers = model->named_buffers();
+  for (std::size_t k = 0; k < replicas.size(); ++k) {
+    auto params = replicas[k].named_parameters();
+    for (std::size_t j = 0; j < params.size(); ++j) {
+      CHECK(params[j].second->value.device() == devices[k]);
+      CHECK(params[j].second->value.shares_storage_with(source[j].second->value));
+      CHECK_FALSE(params[j].second->grad.shares_storage_with(source[j].second->grad));
+    }
+    auto buffers = replicas[k].named_buffers();
+    for (std::size_t j = 0; j < buffers.size(); ++j)
+      CHECK(buffers[j].second->shares_storage_with(*source_buffers[j].second) == (k == 0));
+  }
+}
+
+TEST_CASE("A replication context hands copy 0's object to the other copies and checks its type", "[replicate]") {
+  parallel::ReplicationContext ctx(test_devices(2));
+  CHECK(ctx.copies() == 2);
+  CHECK_THROWS_MATCHES(ctx.get<int>("Layer"), InvalidArgument,
+                       MessageIs("Layer: the replication context holds no shared object of the expected type; was copy "
+                                 "0 replicated first?"));
+  ctx.set(std::make_shared<int>(41));
+  CHECK(*ctx.get<int>("Layer") == 41);
+  CHECK_THROWS_AS(ctx.get<double>("Layer"), InvalidArgument);
+}
+
+TEST_CASE("replicate rejects an empty device list", "[replicate]") {
+  nn::Sequential model;
+  CHECK_THROWS_MATCHES(parallel::replicate(model, {}), InvalidArgument,
+                       MessageIs("replicate: no devices, expected at least one"));
+}
