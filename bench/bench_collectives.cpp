@@ -34,32 +34,11 @@ using syncbn::DType;
 using syncbn::Shape;
 using syncbn::Tensor;
 
-// Median seconds per call of fn over `reps` samples of at least `min_s` each.
+// Median seconds per call of fn, with the devices synchronised after each call.
 double time_op(const std::function<void()>& fn, const std::vector<Device>& devices, int reps, double min_s, int warmup) {
-  auto sync = [&] {
+  return syncbn::bench::median_seconds_per_call(fn, min_s, reps, warmup, [&] {
     for (Device d : devices) syncbn::cuda::synchronize(d);
-  };
-  for (int i = 0; i < warmup; ++i) fn();
-  sync();
-  std::vector<double> samples;
-  for (int r = 0; r < reps; ++r) {
-    long calls = 0;
-    const auto start = steady_clock::now();
-    double elapsed = 0;
-    do {
-      fn();
-      ++calls;
-      sync();
-      elapsed = duration<double>(steady_clock::now() - start).count();
-    } while (elapsed < min_s);
-    samples.push_back(elapsed / static_cast<double>(calls));
-  }
-  return syncbn::bench::summarize(samples).median;
-}
-
-// STREAM's copy kernel; noinline keeps the compiler from eliding repeats.
-[[gnu::noinline]] void stream_copy(float* __restrict dst, const float* __restrict src, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
+  });
 }
 
 long count_wrong(const Tensor& got, float want) {
@@ -100,7 +79,7 @@ int main(int argc, char** argv) {
     // STREAM copy on the host: the memory-bandwidth yardstick.
     const Tensor sa = Tensor::full(Shape{n}, 1.0, DType::Float32, Device::cpu());
     const Tensor sb = Tensor::zeros(Shape{n}, DType::Float32, Device::cpu());
-    const double t_stream = time_op([&] { stream_copy(sb.data<float>(), sa.data<float>(), n); }, {}, reps, min_s, warmup);
+    const double t_stream = time_op([&] { syncbn::bench::stream_copy(sb.data<float>(), sa.data<float>(), n); }, {}, reps, min_s, warmup);
     print_row("stream", bytes, 1, t_stream, 2 * s, count_wrong(sb, 1.0f));
 
     // Copy to the last device.

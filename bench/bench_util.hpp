@@ -1,9 +1,13 @@
 #pragma once
 // Small helpers shared by the plain benchmark harnesses in bench/: flag
-// parsing and order statistics. Benchmarks never run in the test suite.
+// parsing, order statistics, the timing loop and the streaming reference
+// kernel. Benchmarks never run in the test suite.
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <cstdlib>
 #include <sstream>
 #include <string>
@@ -66,6 +70,36 @@ inline Summary summarize(std::vector<double> v) {
   s.min = v.front();
   s.max = v.back();
   return s;
+}
+
+/// Median seconds per call of fn: `warmup` calls, then `reps` samples, each
+/// repeating fn (followed by `settle`, e.g. a device synchronisation) until
+/// at least min_s seconds have passed.
+inline double median_seconds_per_call(const std::function<void()>& fn, double min_s, int reps, int warmup,
+                                      const std::function<void()>& settle = [] {}) {
+  using clock = std::chrono::steady_clock;
+  for (int i = 0; i < warmup; ++i) fn();
+  settle();
+  std::vector<double> samples;
+  for (int r = 0; r < reps; ++r) {
+    long calls = 0;
+    const auto start = clock::now();
+    double elapsed = 0;
+    do {
+      fn();
+      ++calls;
+      settle();
+      elapsed = std::chrono::duration<double>(clock::now() - start).count();
+    } while (elapsed < min_s);
+    samples.push_back(elapsed / static_cast<double>(calls));
+  }
+  return summarize(samples).median;
+}
+
+/// STREAM's copy kernel, the same-size bandwidth reference; noinline keeps
+/// the compiler from eliding repeats.
+[[gnu::noinline]] inline void stream_copy(float* __restrict dst, const float* __restrict src, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
 }
 
 }  // namespace syncbn::bench

@@ -62,11 +62,11 @@ Replication replicate(nn::Module& module, const std::vector<Device>& devices) {
 
   // The replication callback: one context per module position; every copy in
   // order, so copy 0 (the master) meets each position first.
-  const std::size_t positions = out.modules_.front()->named_modules().size();
-  for (std::size_t p = 0; p < positions; ++p) out.contexts_.push_back(std::make_shared<ReplicationContext>(devices));
+  const auto positions = out.modules_.front()->named_modules();
+  for (const auto& [name, m] : positions) out.contexts_.push_back(std::make_shared<ReplicationContext>(name, devices));
   for (std::size_t k = 0; k < out.modules_.size(); ++k) {
     auto modules = out.modules_[k]->named_modules();
-    for (std::size_t p = 0; p < positions; ++p) modules[p].second->on_replicate(*out.contexts_[p], static_cast<int>(k));
+    for (std::size_t p = 0; p < positions.size(); ++p) modules[p].second->on_replicate(*out.contexts_[p], static_cast<int>(k));
   }
   return out;
 }

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh build
-exec build/examples/comm_demo "$@"
+exec build/examples/train_demo "$@"

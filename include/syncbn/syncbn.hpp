@@ -10,6 +10,7 @@
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/sync_batchnorm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/module.hpp"

@@ -19,6 +19,7 @@
 
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
+#include "cpu/simd.hpp"
 
 namespace syncbn::detail {
 namespace {
@@ -26,27 +27,8 @@ namespace {
 constexpr std::int64_t kRows = 6;
 constexpr std::int64_t kDepth = 256;
 
-// 32-byte vectors: one AVX register (two SSE registers without AVX).
-template <class T>
-using Vec [[gnu::vector_size(32)]] = T;
-
-template <class T>
-constexpr std::int64_t kLanes = 32 / static_cast<std::int64_t>(sizeof(T));
-
 template <class T>
 constexpr std::int64_t kCols = 2 * kLanes<T>;
-
-template <class T>
-Vec<T> load(const T* p) {
-  Vec<T> v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-
-template <class T>
-void store(T* p, Vec<T> v) {
-  __builtin_memcpy(p, &v, sizeof v);
-}
 
 // One full tile: C[0..kRows)[0..kCols) += alpha * A[0..kRows)[0..depth) * B[0..depth)[0..kCols).
 template <class T>
@@ -58,7 +40,7 @@ void tile_full(std::int64_t depth, T alpha, const T* __restrict a, std::int64_t 
     const Vec<T> b0 = load<T>(b + p * ldb);
     const Vec<T> b1 = load<T>(b + p * ldb + lanes);
     for (std::int64_t r = 0; r < kRows; ++r) {
-      const Vec<T> av = Vec<T>{} + a[r * lda + p];
+      const Vec<T> av = splat<T>(a[r * lda + p]);
       lo[r] += av * b0;
       hi[r] += av * b1;
     }

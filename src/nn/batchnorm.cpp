@@ -142,8 +142,11 @@ BatchNorm::ShardStats BatchNorm::merge_statistics(const std::vector<ShardStats>&
   for (const auto& p : parts) {
     counts.push_back(p.count);
     total += p.count;
-    means.push_back(p.mean.device() == device ? p.mean : p.mean.to(device));
-    m2s.push_back(p.m2.device() == device ? p.m2 : p.m2.to(device));
+    // Partials in the same memory (any CPU device, the same GPU) are read in
+    // place; others are copied to `device`.
+    const bool shared = p.mean.device().kind() == device.kind() && (device.is_cpu() || p.mean.device() == device);
+    means.push_back(shared ? p.mean.relabel(device) : p.mean.to(device));
+    m2s.push_back(shared ? p.m2.relabel(device) : p.m2.to(device));
     mean_ptrs.push_back(means.back().data<double>());
     m2_ptrs.push_back(m2s.back().data<double>());
   }

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "support/batchnorm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
@@ -28,20 +29,6 @@ struct Layout {
   Shape shape;
 };
 
-std::shared_ptr<nn::BatchNorm> make_bn(int dims, std::int64_t c, const nn::BatchNormOptions& o) {
-  if (dims == 1) return std::make_shared<nn::BatchNorm1d>(c, o);
-  if (dims == 2) return std::make_shared<nn::BatchNorm2d>(c, o);
-  return std::make_shared<nn::BatchNorm3d>(c, o);
-}
-
-int dims_of(const Shape& s) { return s.rank() <= 3 ? 1 : s.rank() - 2; }
-
-std::int64_t spatial(const Shape& s) {
-  std::int64_t l = 1;
-  for (int i = 2; i < s.rank(); ++i) l *= s[i];
-  return l;
-}
-
 constexpr Tolerance kFp32{1e-5, 1e-5};
 
 }  // namespace
@@ -55,13 +42,13 @@ TEST_CASE("BatchNorm matches the float64 reference over several training steps a
   const bool clamp = GENERATE(false, true);
   CAPTURE(layout.name, affine, momentum.value_or(-1), clamp, syncbn::testing::kSeed);
 
-  const std::int64_t n = layout.shape[0], c = layout.shape[1], l = spatial(layout.shape);
+  const std::int64_t n = layout.shape[0], c = layout.shape[1], l = syncbn::testing::spatial_size(layout.shape);
   nn::BatchNormOptions options;
   options.momentum = momentum;
   options.affine = affine;
   options.eps_mode = clamp ? nn::EpsMode::Clamp : nn::EpsMode::Plus;
   options.device = test_device();
-  auto bn = make_bn(dims_of(layout.shape), c, options);
+  auto bn = syncbn::testing::make_batchnorm(false, syncbn::testing::spatial_dims_of(layout.shape), c, options);
   if (affine) {  // non-trivial affine parameters
     bn->weight().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 50, DType::Float32, test_device(), 1.0, 0.5));
     bn->bias().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 51, DType::Float32, test_device()));

@@ -124,8 +124,9 @@ TEST_CASE("Replicas alias the module's parameters where memory is shared and own
 }
 
 TEST_CASE("A replication context hands copy 0's object to the other copies and checks its type", "[replicate]") {
-  parallel::ReplicationContext ctx(test_devices(2));
+  parallel::ReplicationContext ctx("block.bn", test_devices(2));
   CHECK(ctx.copies() == 2);
+  CHECK(ctx.name() == "block.bn");
   CHECK_THROWS_MATCHES(ctx.get<int>("Layer"), InvalidArgument,
                        MessageIs("Layer: the replication context holds no shared object of the expected type; was copy "
                                  "0 replicated first?"));

@@ -22,8 +22,12 @@ namespace syncbn::parallel {
 /// rendezvous also register how to release it when a replica fails.
 class ReplicationContext {
  public:
-  explicit ReplicationContext(std::vector<Device> devices) : devices_(std::move(devices)) {}
+  ReplicationContext(std::string name, std::vector<Device> devices)
+      : name_(std::move(name)), devices_(std::move(devices)) {}
 
+  /// The module position's dotted path in the replicated tree ("" for the
+  /// root), for error messages such as a rendezvous's timeout.
+  const std::string& name() const noexcept { return name_; }
   /// Number of copies being made.
   int copies() const noexcept { return static_cast<int>(devices_.size()); }
   /// The device of copy `copy_id`.
@@ -61,6 +65,7 @@ class ReplicationContext {
     std::function<void(int, const std::string&)> abort;
     std::function<void()> reset;
   };
+  std::string name_;
   std::vector<Device> devices_;
   std::any value_;
   std::vector<Handlers> handlers_;

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""PyTorch CPU batch norm (training mode) on the shapes of bench_batchnorm:
+forward and forward+backward, NCHW and channels-last, one thread.
+
+Run it with glibc's malloc told to keep large blocks (scripts/bench_batchnorm.sh
+does), or page faults on every call dominate PyTorch's figures:
+    MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824 \\
+    python3 bench/torch_batchnorm.py [--shapes 32x64x56x56,...] [--min-ms 200] [--reps 5]
+
+GB/s counts the same passes as bench_batchnorm: forward 3 S, forward+backward 8 S.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def time_it(fn, min_s, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(reps):
+        calls = 0
+        start = time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_s:
+                break
+        samples.append(elapsed / calls)
+    return statistics.median(samples)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="32x64x56x56,64x256x14x14,256x1024,8x32x16x32x32")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--min-ms", type=float, default=200)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print("# torch_batchnorm: torch %s, %d thread(s), float32, training mode" % (torch.__version__, args.threads))
+    print("%-16s %-22s %10s %8s" % ("shape", "what", "time_ms", "GB/s"))
+    for text in args.shapes.split(","):
+        shape = [int(v) for v in text.split("x")]
+        nbytes = 4.0 * torch.Size(shape).numel()
+        bn = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}[len(shape)](shape[1])
+        layouts = [("NCHW", torch.contiguous_format)]
+        if len(shape) == 4:
+            layouts.append(("channels-last", torch.channels_last))
+        if len(shape) == 5:
+            layouts.append(("channels-last", torch.channels_last_3d))
+        for name, fmt in layouts:
+            x = (torch.randn(*shape) * 2 + 0.5).contiguous(memory_format=fmt)
+            dy = torch.randn(*shape).contiguous(memory_format=fmt)
+            x.requires_grad_(True)
+
+            def forward():
+                with torch.no_grad():
+                    bn(x)
+
+            def forward_backward():
+                x.grad = None
+                bn(x).backward(dy)
+
+            t = time_it(forward, args.min_ms / 1e3, args.reps, args.warmup)
+            print("%-16s %-22s %10.3f %8.1f" % (text, "fwd " + name, t * 1e3, 3 * nbytes / t / 1e9), flush=True)
+            t = time_it(forward_backward, args.min_ms / 1e3, args.reps, args.warmup)
+            print("%-16s %-22s %10.3f %8.1f" % (text, "fwd+bwd " + name, t * 1e3, 8 * nbytes / t / 1e9), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+#pragma once
+// Synchronized batch normalization: batch statistics over the whole batch
+// split across replicas, exchanged through a SyncMaster / SlavePipe
+// rendezvous wired by the replication callback.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+
+#include "syncbn/comm/sync_master.hpp"
+#include "syncbn/nn/batchnorm.hpp"
+
+namespace syncbn::nn {
+
+/// The synchronized batch norm shared by SyncBatchNorm1d/2d/3d.
+///
+/// Options, defaults, input ranks and running-statistics rules are those of
+/// the matching BatchNorm*d. In training, every replica computes its shard's
+/// per-channel (count, mean, M2) and sends it through the layer's forward
+/// rendezvous; the master (copy 0) merges the partials in replica order,
+/// checks that the batch has more than one value per channel, computes the
+/// mean and the inverse standard deviation from the biased variance, updates
+/// the running statistics (unbiased variance, count-weighted) once, and
+/// replies (count, mean, invstd) to every replica, which normalises its
+/// shard. Backward exchanges the per-channel sum(dy) and sum(dy * (x - mean))
+/// the same way, so grad_input equals full-batch batch norm's; grad_weight
+/// and grad_bias are each replica's share, whose sum over replicas (done by
+/// DataParallel's gradient reduction) equals the full-batch gradients.
+///
+/// Eval mode uses the running statistics and never communicates; with
+/// track_running_stats = false, eval uses the shard's own batch statistics
+/// (as PyTorch: synchronisation happens only in training). A layer that is
+/// not replicated, or replicated once, behaves exactly as BatchNorm*d.
+///
+/// A replica that skips the layer leaves the others waiting: they fail with
+/// a Timeout naming the layer and the missing replica after `sync_timeout`,
+/// or at once with a CommError when the runtime aborts the step.
+class SyncBatchNorm : public BatchNorm {
+ public:
+  void on_replicate(parallel::ReplicationContext& context, int copy_id) override;
+  /// The copy id given by the replication callback; -1 when not replicated.
+  int copy_id() const noexcept { return copy_id_; }
+  /// How long a replica waits for the others in one exchange.
+  std::chrono::milliseconds sync_timeout() const noexcept { return timeout_; }
+
+ protected:
+  SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
+                std::chrono::milliseconds sync_timeout);
+  SyncBatchNorm(const SyncBatchNorm&) = default;
+
+  NormStats batch_statistics(const ShardStats& shard) override;
+  GradSums gradient_sums(const GradSums& local) override;
+  void clear_cache() override;
+
+ private:
+  struct Link;
+  std::chrono::milliseconds timeout_;
+  int copy_id_ = -1;
+  std::shared_ptr<Link> link_;
+  bool synced_forward_ = false;
+};
+
+/// Synchronized batch norm over (N, C) or (N, C, L) input.
+class SyncBatchNorm1d : public Cloneable<SyncBatchNorm1d, SyncBatchNorm> {
+ public:
+  explicit SyncBatchNorm1d(std::int64_t num_features, BatchNormOptions options = {},
+                           std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout)
+      : Cloneable("SyncBatchNorm1d", 1, num_features, options, sync_timeout) {}
+};
+
+/// Synchronized batch norm over (N, C, H, W) input.
+class SyncBatchNorm2d : public Cloneable<SyncBatchNorm2d, SyncBatchNorm> {
+ public:
+  explicit SyncBatchNorm2d(std::int64_t num_features, BatchNormOptions options = {},
+                           std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout)
+      : Cloneable("SyncBatchNorm2d", 2, num_features, options, sync_timeout) {}
+};
+
+/// Synchronized batch norm over (N, C, D, H, W) input.
+class SyncBatchNorm3d : public Cloneable<SyncBatchNorm3d, SyncBatchNorm> {
+ public:
+  explicit SyncBatchNorm3d(std::int64_t num_features, BatchNormOptions options = {},
+                           std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout)
+      : Cloneable("SyncBatchNorm3d", 3, num_features, options, sync_timeout) {}
+};
+
+/// Replaces every BatchNorm1d/2d/3d in `module`'s tree by the matching
+/// SyncBatchNorm*d, which takes over the same parameters (values and
+/// gradients), buffers (running statistics and num_batches_tracked), options
+/// and training mode. Returns the converted root: `module` itself, or a new
+/// layer when the root is a BatchNorm. Throws InvalidArgument for a null module.
+/// Create optimizers after converting: they hold pointers to the layers'
+/// parameter entries, and a replaced layer's entries go away with it.
+std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
+                                               std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout);
+
+}  // namespace syncbn::nn

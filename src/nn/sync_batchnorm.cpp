@@ -1,0 +1,194 @@
+// SyncBatchNorm: batch statistics and gradient sums exchanged through two
+// SyncMaster rendezvous per layer (see docs/design.md, "Synchronized batch
+// norm"). Numerics: Note [Batch-norm numerics] in src/cpu/cpu_batchnorm.cpp.
+
+#include "syncbn/nn/sync_batchnorm.hpp"
+
+#include <typeinfo>
+
+#include "syncbn/comm/collectives.hpp"
+#include "syncbn/parallel/replicate.hpp"
+
+namespace syncbn::nn {
+namespace {
+
+// A shard's partial statistics: count (host), mean and M2 (float64, on the replica's device).
+struct StatsMessage {
+  std::int64_t count = 0;
+  Tensor mean;
+  Tensor m2;
+};
+
+// What every replica normalises with: the batch's count, mean and invstd.
+struct StatsReply {
+  std::int64_t count = 0;
+  Tensor mean;
+  Tensor invstd;
+};
+
+// Per-channel sum(dy) and sum(dy * (x - mean)).
+struct GradMessage {
+  Tensor sum_dy;
+  Tensor sum_dy_xmu;
+};
+
+using ForwardMaster = comm::SyncMaster<StatsMessage, StatsReply>;
+using BackwardMaster = comm::SyncMaster<GradMessage, GradMessage>;
+
+// Copy 0's rendezvous, handed to the other copies through the replication context.
+struct Masters {
+  std::shared_ptr<ForwardMaster> forward;
+  std::shared_ptr<BackwardMaster> backward;
+};
+
+bool same_memory(Device a, Device b) { return a.kind() == b.kind() && (a.is_cpu() || a == b); }
+
+// A reply tensor for a replica on `device`: shared where the memory is (the
+// replicas only read it), copied to another GPU otherwise.
+Tensor onto(const Tensor& t, Device device) {
+  if (t.device() == device) return t;
+  return same_memory(t.device(), device) ? t.relabel(device) : t.to(device);
+}
+
+}  // namespace
+
+struct SyncBatchNorm::Link {
+  std::shared_ptr<ForwardMaster> forward_master;
+  std::shared_ptr<BackwardMaster> backward_master;
+  ForwardMaster::Pipe forward_pipe;
+  BackwardMaster::Pipe backward_pipe;
+};
+
+SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
+                             std::chrono::milliseconds sync_timeout)
+    : BatchNorm(std::move(kind), spatial_dims, num_features, options), timeout_(sync_timeout) {
+  SYNCBN_CHECK(sync_timeout.count() >= 0, this->kind(), ": sync_timeout is ", sync_timeout.count(),
+               " ms, expected >= 0 (0 waits forever)");
+}
+
+void SyncBatchNorm::clear_cache() {
+  BatchNorm::clear_cache();
+  // A copy is not wired to anything until the replication callback runs on it.
+  copy_id_ = -1;
+  link_.reset();
+  synced_forward_ = false;
+}
+
+void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy_id) {
+  copy_id_ = copy_id;
+  synced_forward_ = false;
+  link_ = std::make_shared<Link>();
+  const std::string name = kind() + (context.name().empty() ? std::string() : " '" + context.name() + "'");
+  if (copy_id == 0) {
+    // The callbacks run on copy 0's thread and use copy 0 (`this`), which owns
+    // the masters through link_: they never outlive it.
+    link_->forward_master = std::make_shared<ForwardMaster>(
+        [this](std::vector<std::pair<int, StatsMessage>> parts) {
+          const Device home = parts.front().second.mean.device();
+          std::vector<ShardStats> shards;
+          for (auto& [id, m] : parts) shards.push_back(ShardStats{m.count, m.mean, m.m2});
+          // Merged in replica order; rejects one value per channel before any
+          // state changes; updates copy 0's running statistics once (they are
+          // the user's module's, aliased or written back by the runtime).
+          const NormStats norm = finalize_and_track(merge_statistics(shards, home));
+          std::vector<std::pair<int, StatsReply>> replies;
+          for (auto& [id, m] : parts) {
+            const Device device = m.mean.device();
+            replies.emplace_back(id, StatsReply{norm.count, onto(norm.mean, device), onto(norm.invstd, device)});
+          }
+          return replies;
+        },
+        comm::SyncOptions{name + " forward", timeout_, {}});
+    link_->backward_master = std::make_shared<BackwardMaster>(
+        [](std::vector<std::pair<int, GradMessage>> parts) {
+          const Device home = parts.front().second.sum_dy.device();
+          std::vector<std::vector<Tensor>> groups;
+          for (auto& [id, m] : parts) groups.push_back({m.sum_dy, m.sum_dy_xmu});
+          // Float64, in replica order: deterministic.
+          const auto totals = comm::reduce_add_coalesced(groups, home, comm::Transport::Copy);
+          std::vector<std::pair<int, GradMessage>> replies;
+          for (auto& [id, m] : parts) {
+            const Device device = m.sum_dy.device();
+            replies.emplace_back(id, GradMessage{onto(totals[0], device), onto(totals[1], device)});
+          }
+          return replies;
+        },
+        comm::SyncOptions{name + " backward", timeout_, {}});
+    context.set(std::make_shared<Masters>(Masters{link_->forward_master, link_->backward_master}));
+    std::weak_ptr<ForwardMaster> forward = link_->forward_master;
+    std::weak_ptr<BackwardMaster> backward = link_->backward_master;
+    context.on_failure(
+        [forward, backward](int failed, const std::string& reason) {
+          if (auto f = forward.lock()) f->abort_for(failed, reason);
+          if (auto b = backward.lock()) b->abort_for(failed, reason);
+        },
+        [forward, backward] {
+          if (auto f = forward.lock()) f->reset();
+          if (auto b = backward.lock()) b->reset();
+        });
+  } else {
+    const auto masters = context.get<Masters>(name);
+    link_->forward_pipe = masters->forward->register_slave(copy_id);
+    link_->backward_pipe = masters->backward->register_slave(copy_id);
+  }
+}
+
+BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
+  synced_forward_ = false;
+  if (copy_id_ < 0 || !is_training()) return BatchNorm::batch_statistics(shard);
+  StatsMessage message{shard.count, shard.mean, shard.m2};
+  const StatsReply reply = copy_id_ == 0 ? link_->forward_master->run_master(std::move(message))
+                                         : link_->forward_pipe.run_slave(std::move(message));
+  synced_forward_ = true;
+  return NormStats{reply.count, reply.mean, reply.invstd};
+}
+
+BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {
+  if (!synced_forward_) return local;
+  GradMessage message{local.sum_dy, local.sum_dy_xmu};
+  const GradMessage reply = copy_id_ == 0 ? link_->backward_master->run_master(std::move(message))
+                                          : link_->backward_pipe.run_slave(std::move(message));
+  return GradSums{reply.sum_dy, reply.sum_dy_xmu};
+}
+
+namespace {
+
+std::shared_ptr<SyncBatchNorm> make_sync(const BatchNorm& bn, std::chrono::milliseconds timeout) {
+  switch (bn.spatial_dims()) {
+    case 1: return std::make_shared<SyncBatchNorm1d>(bn.num_features(), bn.options(), timeout);
+    case 2: return std::make_shared<SyncBatchNorm2d>(bn.num_features(), bn.options(), timeout);
+    default: return std::make_shared<SyncBatchNorm3d>(bn.num_features(), bn.options(), timeout);
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, std::chrono::milliseconds sync_timeout) {
+  SYNCBN_CHECK(module != nullptr, "convert_sync_batchnorm: module is null, expected a module");
+  const auto& type = typeid(*module);
+  if (type == typeid(BatchNorm1d) || type == typeid(BatchNorm2d) || type == typeid(BatchNorm3d)) {
+    auto& bn = static_cast<BatchNorm&>(*module);
+    auto sync = make_sync(bn, sync_timeout);
+    // Take over the very tensors (values, gradients, buffers), as PyTorch's
+    // conversion does: nothing is copied or reset.
+    if (bn.options().affine) {
+      sync->weight() = bn.weight();
+      sync->bias() = bn.bias();
+    }
+    if (bn.options().track_running_stats) {
+      sync->running_mean() = bn.running_mean();
+      sync->running_var() = bn.running_var();
+      sync->num_batches_tracked() = bn.num_batches_tracked();
+    }
+    sync->train(bn.is_training());
+    return sync;
+  }
+  const auto children = module->children();  // a copy: replace_child edits the list
+  for (const auto& [name, child] : children) {
+    auto converted = convert_sync_batchnorm(child, sync_timeout);
+    if (converted != child) module->replace_child(name, std::move(converted));
+  }
+  return module;
+}
+
+}  // namespace syncbn::nn

@@ -1,0 +1,74 @@
+// convert_sync_batchnorm keeps parameters, buffers, options and the mode.
+
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <typeinfo>
+
+#include "support/device_under_test.hpp"
+#include "support/matchers.hpp"
+#include "syncbn/error.hpp"
+#include "syncbn/nn/activation.hpp"
+#include "syncbn/nn/linear.hpp"
+#include "syncbn/nn/sequential.hpp"
+#include "syncbn/nn/sync_batchnorm.hpp"
+
+using namespace syncbn;
+using syncbn::testing::MessageIs;
+using syncbn::testing::test_device;
+using namespace std::chrono_literals;
+
+TEST_CASE("convert_sync_batchnorm replaces every BatchNorm and keeps its state", "[nn]") {
+  nn::BatchNormOptions custom;
+  custom.eps = 1e-3;
+  custom.momentum = std::nullopt;
+  custom.eps_mode = nn::EpsMode::Clamp;
+  custom.device = test_device();
+  auto bn1 = std::make_shared<nn::BatchNorm1d>(4, custom);
+  auto bn2 = std::make_shared<nn::BatchNorm2d>(3, nn::BatchNormOptions{.affine = false, .device = test_device()});
+  auto bn3 = std::make_shared<nn::BatchNorm3d>(2, nn::BatchNormOptions{.track_running_stats = false, .device = test_device()});
+  auto linear = std::make_shared<nn::Linear>(4, 4, nn::LinearOptions{.device = test_device()});
+  auto inner = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{bn2, bn3});
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{linear, bn1, inner});
+  // State that a conversion must not drop.
+  bn1->weight().value.fill_(2.5);
+  bn1->bias().grad.fill_(0.75);
+  bn1->running_mean().fill_(-1.0);
+  bn1->running_var().fill_(4.0);
+  bn1->num_batches_tracked().fill_(17);
+  bn1->eval();
+  const Tensor weight = bn1->weight().value;
+
+  auto converted = nn::convert_sync_batchnorm(model, 250ms);
+  CHECK(converted == model);
+  CHECK(model->children()[0].second == linear);  // other modules untouched
+  auto& s1 = dynamic_cast<nn::SyncBatchNorm1d&>(*model->children()[1].second);
+  auto& s2 = dynamic_cast<nn::SyncBatchNorm2d&>(*inner->children()[0].second);
+  auto& s3 = dynamic_cast<nn::SyncBatchNorm3d&>(*inner->children()[1].second);
+  CHECK(s1.describe() == "SyncBatchNorm1d(4, eps=0.001, momentum=None, affine=true, track_running_stats=true, eps_mode=clamp)");
+  CHECK(s1.sync_timeout() == 250ms);
+  CHECK(s1.weight().value.shares_storage_with(weight));
+  CHECK(s1.weight().value.to_vector<float>() == std::vector<float>(4, 2.5f));
+  CHECK(s1.bias().grad.to_vector<float>() == std::vector<float>(4, 0.75f));
+  CHECK(s1.running_mean().to_vector<float>() == std::vector<float>(4, -1.0f));
+  CHECK(s1.running_var().to_vector<float>() == std::vector<float>(4, 4.0f));
+  CHECK(s1.num_batches_tracked().item() == 17);
+  CHECK_FALSE(s1.is_training());
+  CHECK_FALSE(s2.options().affine);
+  CHECK(s2.is_training());
+  CHECK_FALSE(s3.options().track_running_stats);
+  // linear (2) + bn1 (2) + bn3 (2, affine by default); bn2 is not affine.
+  CHECK(model->named_parameters().size() == 6);
+  CHECK(s3.options().affine);
+}
+
+TEST_CASE("convert_sync_batchnorm converts a BatchNorm root and leaves synchronized layers alone", "[nn]") {
+  auto root = std::make_shared<nn::BatchNorm2d>(3, nn::BatchNormOptions{.device = test_device()});
+  auto converted = nn::convert_sync_batchnorm(root);
+  CHECK(typeid(*converted) == typeid(nn::SyncBatchNorm2d));
+  CHECK(nn::convert_sync_batchnorm(converted) == converted);
+  auto relu = std::make_shared<nn::ReLU>();
+  CHECK(nn::convert_sync_batchnorm(relu) == relu);
+  CHECK_THROWS_MATCHES(nn::convert_sync_batchnorm(nullptr), InvalidArgument,
+                       MessageIs("convert_sync_batchnorm: module is null, expected a module"));
+}
