@@ -370,25 +370,34 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
 
 void cpu_merge_stats(Device /*device*/, std::int64_t c, int parts, const std::int64_t* counts,
                      const double* const* means, const double* const* m2s, double* mean, double* m2) {
-  for (std::int64_t j = 0; j < c; ++j) {
-    double na = 0, mean_a = 0, m2_a = 0;
-    for (int p = 0; p < parts; ++p) {
-      if (counts[p] == 0) continue;
-      const auto nb = static_cast<double>(counts[p]);
-      if (na == 0) {
-        na = nb;
-        mean_a = means[p][j];
-        m2_a = m2s[p][j];
-        continue;
-      }
-      const double total = na + nb;
-      const double delta = means[p][j] - mean_a;
-      mean_a += delta * (nb / total);
-      m2_a += m2s[p][j] + delta * delta * (na * nb / total);
-      na = total;
+  // Chan's update, part by part in replica order. The weights depend on the
+  // counts only (the same for every channel), so they are computed once per
+  // part and the channel loops vectorise; this runs on the master while the
+  // other replicas wait.
+  double na = 0;
+  for (int p = 0; p < parts; ++p) {
+    if (counts[p] == 0) continue;
+    const auto nb = static_cast<double>(counts[p]);
+    const double* mb = means[p];
+    const double* m2b = m2s[p];
+    if (na == 0) {
+      std::copy(mb, mb + c, mean);
+      std::copy(m2b, m2b + c, m2);
+      na = nb;
+      continue;
     }
-    mean[j] = mean_a;
-    m2[j] = m2_a;
+    const double total = na + nb;
+    const double w_mean = nb / total, w_m2 = na * nb / total;
+    for (std::int64_t j = 0; j < c; ++j) {
+      const double delta = mb[j] - mean[j];
+      mean[j] += delta * w_mean;
+      m2[j] += m2b[j] + delta * delta * w_m2;
+    }
+    na = total;
+  }
+  if (na == 0) {
+    std::fill(mean, mean + c, 0.0);
+    std::fill(m2, m2 + c, 0.0);
   }
 }
 
