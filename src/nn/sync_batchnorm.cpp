@@ -12,35 +12,6 @@
 namespace syncbn::nn {
 namespace {
 
-// A shard's partial statistics: count (host), mean and M2 (float64, on the replica's device).
-struct StatsMessage {
-  std::int64_t count = 0;
-  Tensor mean;
-  Tensor m2;
-};
-
-// What every replica normalises with: the batch's count, mean and invstd.
-struct StatsReply {
-  std::int64_t count = 0;
-  Tensor mean;
-  Tensor invstd;
-};
-
-// Per-channel sum(dy) and sum(dy * (x - mean)).
-struct GradMessage {
-  Tensor sum_dy;
-  Tensor sum_dy_xmu;
-};
-
-using ForwardMaster = comm::SyncMaster<StatsMessage, StatsReply>;
-using BackwardMaster = comm::SyncMaster<GradMessage, GradMessage>;
-
-// Copy 0's rendezvous, handed to the other copies through the replication context.
-struct Masters {
-  std::shared_ptr<ForwardMaster> forward;
-  std::shared_ptr<BackwardMaster> backward;
-};
-
 bool same_memory(Device a, Device b) { return a.kind() == b.kind() && (a.is_cpu() || a == b); }
 
 // A reply tensor for a replica on `device`: shared where the memory is (the
@@ -52,7 +23,17 @@ Tensor onto(const Tensor& t, Device device) {
 
 }  // namespace
 
+// The messages are BatchNorm's own: a shard's (count, mean, M2) up, the
+// batch's (count, mean, invstd) down; gradient sums both ways.
 struct SyncBatchNorm::Link {
+  using ForwardMaster = comm::SyncMaster<ShardStats, NormStats>;
+  using BackwardMaster = comm::SyncMaster<GradSums, GradSums>;
+  // Copy 0's rendezvous, handed to the other copies through the replication context.
+  struct Masters {
+    std::shared_ptr<ForwardMaster> forward;
+    std::shared_ptr<BackwardMaster> backward;
+  };
+
   std::shared_ptr<ForwardMaster> forward_master;
   std::shared_ptr<BackwardMaster> backward_master;
   ForwardMaster::Pipe forward_pipe;
@@ -82,41 +63,41 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
   if (copy_id == 0) {
     // The callbacks run on copy 0's thread and use copy 0 (`this`), which owns
     // the masters through link_: they never outlive it.
-    link_->forward_master = std::make_shared<ForwardMaster>(
-        [this](std::vector<std::pair<int, StatsMessage>> parts) {
+    link_->forward_master = std::make_shared<Link::ForwardMaster>(
+        [this](std::vector<std::pair<int, ShardStats>> parts) {
           const Device home = parts.front().second.mean.device();
           std::vector<ShardStats> shards;
-          for (auto& [id, m] : parts) shards.push_back(ShardStats{m.count, m.mean, m.m2});
+          for (auto& [id, m] : parts) shards.push_back(m);
           // Merged in replica order; rejects one value per channel before any
           // state changes; updates copy 0's running statistics once (they are
           // the user's module's, aliased or written back by the runtime).
           const NormStats norm = finalize_and_track(merge_statistics(shards, home));
-          std::vector<std::pair<int, StatsReply>> replies;
+          std::vector<std::pair<int, NormStats>> replies;
           for (auto& [id, m] : parts) {
             const Device device = m.mean.device();
-            replies.emplace_back(id, StatsReply{norm.count, onto(norm.mean, device), onto(norm.invstd, device)});
+            replies.emplace_back(id, NormStats{norm.count, onto(norm.mean, device), onto(norm.invstd, device)});
           }
           return replies;
         },
         comm::SyncOptions{name + " forward", timeout_, {}});
-    link_->backward_master = std::make_shared<BackwardMaster>(
-        [](std::vector<std::pair<int, GradMessage>> parts) {
+    link_->backward_master = std::make_shared<Link::BackwardMaster>(
+        [](std::vector<std::pair<int, GradSums>> parts) {
           const Device home = parts.front().second.sum_dy.device();
           std::vector<std::vector<Tensor>> groups;
           for (auto& [id, m] : parts) groups.push_back({m.sum_dy, m.sum_dy_xmu});
           // Float64, in replica order: deterministic.
           const auto totals = comm::reduce_add_coalesced(groups, home, comm::Transport::Copy);
-          std::vector<std::pair<int, GradMessage>> replies;
+          std::vector<std::pair<int, GradSums>> replies;
           for (auto& [id, m] : parts) {
             const Device device = m.sum_dy.device();
-            replies.emplace_back(id, GradMessage{onto(totals[0], device), onto(totals[1], device)});
+            replies.emplace_back(id, GradSums{onto(totals[0], device), onto(totals[1], device)});
           }
           return replies;
         },
         comm::SyncOptions{name + " backward", timeout_, {}});
-    context.set(std::make_shared<Masters>(Masters{link_->forward_master, link_->backward_master}));
-    std::weak_ptr<ForwardMaster> forward = link_->forward_master;
-    std::weak_ptr<BackwardMaster> backward = link_->backward_master;
+    context.set(std::make_shared<Link::Masters>(Link::Masters{link_->forward_master, link_->backward_master}));
+    std::weak_ptr<Link::ForwardMaster> forward = link_->forward_master;
+    std::weak_ptr<Link::BackwardMaster> backward = link_->backward_master;
     context.on_failure(
         [forward, backward](int failed, const std::string& reason) {
           if (auto f = forward.lock()) f->abort_for(failed, reason);
@@ -127,7 +108,7 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
           if (auto b = backward.lock()) b->reset();
         });
   } else {
-    const auto masters = context.get<Masters>(name);
+    const auto masters = context.get<Link::Masters>(name);
     link_->forward_pipe = masters->forward->register_slave(copy_id);
     link_->backward_pipe = masters->backward->register_slave(copy_id);
   }
@@ -136,19 +117,14 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
 BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
   synced_forward_ = false;
   if (copy_id_ < 0 || !is_training()) return BatchNorm::batch_statistics(shard);
-  StatsMessage message{shard.count, shard.mean, shard.m2};
-  const StatsReply reply = copy_id_ == 0 ? link_->forward_master->run_master(std::move(message))
-                                         : link_->forward_pipe.run_slave(std::move(message));
+  NormStats batch = copy_id_ == 0 ? link_->forward_master->run_master(shard) : link_->forward_pipe.run_slave(shard);
   synced_forward_ = true;
-  return NormStats{reply.count, reply.mean, reply.invstd};
+  return batch;
 }
 
 BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {
   if (!synced_forward_) return local;
-  GradMessage message{local.sum_dy, local.sum_dy_xmu};
-  const GradMessage reply = copy_id_ == 0 ? link_->backward_master->run_master(std::move(message))
-                                          : link_->backward_pipe.run_slave(std::move(message));
-  return GradSums{reply.sum_dy, reply.sum_dy_xmu};
+  return copy_id_ == 0 ? link_->backward_master->run_master(local) : link_->backward_pipe.run_slave(local);
 }
 
 namespace {
