@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -107,6 +108,41 @@ TEST_CASE("BatchNorm is accurate when the mean is 1e4 times the standard deviati
   testing::ref::update_running(rm, rv, r, {}, 1);
   check_close(bn.running_mean(), rm, kFp32, "running_mean");
   check_close(bn.running_var(), rv, kFp32, "running_var");
+}
+
+TEST_CASE("BatchNorm matches the reference on shapes that take every vectorised CPU path", "[nn]") {
+  // The small cases above never fill a float32 lane's 32 additions or a
+  // 16-channel column block. These do: (N, C) with several row tiles, a
+  // partial tile and channels past the last block; (N, C, L) runs longer than
+  // one flush period, with leftover vectors and odd elements, accumulated
+  // across samples; runs of 9 (one vector and one odd element each) whose
+  // vectors rotate over the accumulators; and a 2-D image.
+  const Layout layout = GENERATE(Layout{"(N, C) 100x40", Shape{100, 40}}, Layout{"(N, C, L) long runs", Shape{3, 5, 1517}},
+                                 Layout{"(N, C, L) runs of 9", Shape{600, 3, 9}}, Layout{"2d", Shape{4, 3, 33, 35}});
+  const double mean = GENERATE(3.0, 1e4);
+  CAPTURE(layout.name, mean, syncbn::testing::kSeed);
+  const std::int64_t n = layout.shape[0], c = layout.shape[1], l = syncbn::testing::spatial_size(layout.shape);
+  auto bn = syncbn::testing::make_batchnorm(false, syncbn::testing::spatial_dims_of(layout.shape), c,
+                                            nn::BatchNormOptions{.device = test_device()});
+  bn->weight().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 50, DType::Float32, test_device(), 1.0, 0.5));
+  bn->bias().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 51, DType::Float32, test_device()));
+  const Tensor x = Tensor::randn(layout.shape, syncbn::testing::kSeed + 3, DType::Float32, test_device(), mean, 2.0);
+  const Tensor dy = Tensor::randn(layout.shape, syncbn::testing::kSeed + 4, DType::Float32, test_device());
+  const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(),
+                                          bn->weight().value.to_vector<double>(), bn->bias().value.to_vector<double>(),
+                                          n, c, l, {});
+  check_close(bn->forward(x), r.y, kFp32, "y");
+  check_close(bn->backward(dy), r.dx, kFp32, "dx");
+  // grad_weight and grad_bias sum n * l products of order 1 whose total can
+  // cancel: their float32 rounding is bounded by a random walk over the
+  // count, not by the result's size.
+  const Tolerance sums{1e-5, 1e-6 * std::sqrt(static_cast<double>(n * l))};
+  check_close(bn->weight().grad, r.dweight, sums, "dweight");
+  check_close(bn->bias().grad, r.dbias, sums, "dbias");
+  std::vector<double> rm(static_cast<std::size_t>(c), 0.0), rv(static_cast<std::size_t>(c), 1.0);
+  testing::ref::update_running(rm, rv, r, {}, 1);
+  check_close(bn->running_mean(), rm, kFp32, "running_mean");
+  check_close(bn->running_var(), rv, kFp32, "running_var");
 }
 
 TEST_CASE("BatchNorm in float64 matches the reference to float64 precision", "[nn]") {
