@@ -241,6 +241,15 @@ void row_backward(const T* __restrict dy, const T* __restrict x, T* __restrict d
   for (std::int64_t j = 0; j < c; ++j) dx[j] = (dy[j] - a[j] - ((x[j] - hi[j]) - lo[j]) * b[j]) * g[j];
 }
 
+// Per-channel coefficients as T arrays (k of them per channel, channel-major in `coef`).
+template <class T>
+std::vector<std::vector<T>> coefficient_columns(const double* coef, std::int64_t c, int k) {
+  std::vector<std::vector<T>> out(static_cast<std::size_t>(k), std::vector<T>(static_cast<std::size_t>(c)));
+  for (std::int64_t j = 0; j < c; ++j)
+    for (int q = 0; q < k; ++q) out[static_cast<std::size_t>(q)][static_cast<std::size_t>(j)] = static_cast<T>(coef[k * j + q]);
+  return out;
+}
+
 // Reductions over (N, C) input in column blocks of two vectors of channels:
 // the block's accumulators stay in registers while the loop walks the rows
 // (row-wise accumulation re-read and re-wrote per-channel arrays each row and
@@ -248,16 +257,6 @@ void row_backward(const T* __restrict dy, const T* __restrict x, T* __restrict d
 // directly in float64 by the caller.
 template <class T>
 constexpr std::int64_t kBlockChannels = 2 * kLanes<T>;
-
-// Coefficient `index` of channels [j0, j0 + block) from channel-major `coef`
-// (`stride` values per channel), as two vectors.
-template <class T>
-void load_coefficient(const double* coef, std::int64_t stride, std::int64_t index, std::int64_t j0, Vec<T>* out) {
-  T values[kBlockChannels<T>];
-  for (std::int64_t q = 0; q < kBlockChannels<T>; ++q) values[q] = static_cast<T>(coef[stride * (j0 + q) + index]);
-  out[0] = load(values);
-  out[1] = load(values + kLanes<T>);
-}
 
 template <class T>
 void flush_pair(Vec<T>& a0, Vec<T>& a1, double* out) {
@@ -305,12 +304,13 @@ std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::
                                   double* s, double* sx) {
   constexpr std::int64_t lanes = kLanes<T>, block = kBlockChannels<T>;
   const std::int64_t full = c / block * block;
+  // Converted once, not per tile: the tiles revisit every block.
+  const auto cols = coefficient_columns<T>(coef, c, 4);
   for (std::int64_t i0 = 0; i0 < n; i0 += kAddsPerFlush) {
     const std::int64_t i1 = std::min(n, i0 + kAddsPerFlush);
     for (std::int64_t j0 = 0; j0 < full; j0 += block) {
-      Vec<T> hi[2], lo[2];
-      load_coefficient<T>(coef, 4, 0, j0, hi);
-      load_coefficient<T>(coef, 4, 1, j0, lo);
+      const Vec<T> hi[2] = {load(cols[0].data() + j0), load(cols[0].data() + j0 + lanes)};
+      const Vec<T> lo[2] = {load(cols[1].data() + j0), load(cols[1].data() + j0 + lanes)};
       Vec<T> a0{}, a1{}, b0{}, b1{};
       for (std::int64_t i = i0; i < i1; ++i) {
         const std::int64_t at = i * c + j0;
@@ -476,15 +476,6 @@ void cpu_forward_coefficients(Device /*device*/, DType param_dtype, std::int64_t
       coef[4 * j + 3] = b != nullptr ? static_cast<double>(b[j]) : 0.0;
     }
   });
-}
-
-// Per-channel coefficients as T arrays (k of them per channel, channel-major in `coef`).
-template <class T>
-std::vector<std::vector<T>> coefficient_columns(const double* coef, std::int64_t c, int k) {
-  std::vector<std::vector<T>> out(static_cast<std::size_t>(k), std::vector<T>(static_cast<std::size_t>(c)));
-  for (std::int64_t j = 0; j < c; ++j)
-    for (int q = 0; q < k; ++q) out[static_cast<std::size_t>(q)][static_cast<std::size_t>(j)] = static_cast<T>(coef[k * j + q]);
-  return out;
 }
 
 void cpu_apply(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
