@@ -112,12 +112,13 @@ TEST_CASE("BatchNorm is accurate when the mean is 1e4 times the standard deviati
 
 TEST_CASE("BatchNorm matches the reference on shapes that take every vectorised CPU path", "[nn]") {
   // The small cases above never fill a float32 lane's 32 additions or a
-  // 16-channel column block. These do: (N, C) with several row tiles, a
-  // partial tile and channels past the last block; (N, C, L) runs longer than
+  // column block. These do: (N, C) with several flush periods, a partial
+  // tile and period, and channels in 4-vector blocks, in a 1-vector block and
+  // past the last vector (77 = 2 * 32 + 8 + 5); (N, C, L) runs longer than
   // one flush period, with leftover vectors and odd elements, accumulated
   // across samples; runs of 9 (one vector and one odd element each) whose
   // vectors rotate over the accumulators; and a 2-D image.
-  const Layout layout = GENERATE(Layout{"(N, C) 100x40", Shape{100, 40}}, Layout{"(N, C, L) long runs", Shape{3, 5, 1517}},
+  const Layout layout = GENERATE(Layout{"(N, C) 103x77", Shape{103, 77}}, Layout{"(N, C, L) long runs", Shape{3, 5, 1517}},
                                  Layout{"(N, C, L) runs of 9", Shape{600, 3, 9}}, Layout{"2d", Shape{4, 3, 33, 35}});
   const double mean = GENERATE(3.0, 1e4);
   CAPTURE(layout.name, mean, syncbn::testing::kSeed);
