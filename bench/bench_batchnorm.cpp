@@ -16,12 +16,16 @@
 //             exchanged every forward and backward);
 // sync/local is the cost of synchronising: local and sync samples alternate
 // (--pair-reps pairs), and the ratio row is the median of the per-pair ratios
-// (each pair measured seconds apart), which this drifting VM needs. Check pass: the two-replica
+// (each pair measured seconds apart), which this drifting VM needs. The
+// "joined" rows repeat both with a barrier after every step (as a
+// DataParallel step joins its threads), so that their ratio is the cost of
+// the exchange alone. Check pass: the two-replica
 // SyncBatchNorm output must equal the one-replica output (#wrong counts
 // elements off by more than 1e-4 * (1 + |y|)). Each sample repeats the step
 // until --min-ms have passed; the median of --reps samples is reported.
 
 #include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -178,27 +182,34 @@ int main(int argc, char** argv) {
       const auto a = y.to_vector<float>(), b = y_single.to_vector<float>();
       for (std::size_t i = 0; i < a.size(); ++i) wrong += std::abs(a[i] - b[i]) > 1e-4 * (1 + std::abs(b[i]));
     }
-    for (const bool backward : {false, true}) {
-      auto step = [&](parallel::Replication& r, int i) {
-        r[static_cast<std::size_t>(i)].forward(xs[static_cast<std::size_t>(i)]);
-        if (backward) r[static_cast<std::size_t>(i)].backward(dys[static_cast<std::size_t>(i)]);
-      };
-      Pair local_pair([&](int i) { step(local, i); });
-      Pair sync_pair([&](int i) { step(synced, i); });
-      std::vector<double> local_samples, sync_samples, ratios;
-      for (int r = 0; r < pair_reps; ++r) {
-        local_samples.push_back(time_pair(local_pair, min_s, 1, r == 0 ? warmup : 0));
-        sync_samples.push_back(time_pair(sync_pair, min_s, 1, r == 0 ? warmup : 0));
-        ratios.push_back(sync_samples.back() / local_samples.back());
+    for (const bool joined : {false, true})
+      for (const bool backward : {false, true}) {
+        // joined: both threads meet at a barrier after every step, as the
+        // threads of a DataParallel step do when its outputs are gathered;
+        // the two variants then differ by the exchange alone, not by how far
+        // the per-shard threads may drift apart between joins.
+        std::barrier<> join(2);
+        auto step = [&](parallel::Replication& r, int i) {
+          r[static_cast<std::size_t>(i)].forward(xs[static_cast<std::size_t>(i)]);
+          if (backward) r[static_cast<std::size_t>(i)].backward(dys[static_cast<std::size_t>(i)]);
+          if (joined) join.arrive_and_wait();
+        };
+        Pair local_pair([&](int i) { step(local, i); });
+        Pair sync_pair([&](int i) { step(synced, i); });
+        std::vector<double> local_samples, sync_samples, ratios;
+        for (int r = 0; r < pair_reps; ++r) {
+          local_samples.push_back(time_pair(local_pair, min_s, 1, r == 0 ? warmup : 0));
+          sync_samples.push_back(time_pair(sync_pair, min_s, 1, r == 0 ? warmup : 0));
+          ratios.push_back(sync_samples.back() / local_samples.back());
+        }
+        const double tl = bench::summarize(local_samples).median, ts = bench::summarize(sync_samples).median;
+        const auto ratio = bench::summarize(ratios);
+        const std::string phase = std::string(backward ? "fwd+bwd" : "fwd") + (joined ? " joined" : "");
+        row(text.c_str(), (phase + " local-2").c_str(), tl, backward ? 8 : 3, bytes, 0);
+        row(text.c_str(), (phase + " sync-2").c_str(), ts, backward ? 8 : 3, bytes, wrong);
+        std::printf("%-16s %-12s %10.3f  (min %.3f, max %.3f)\n", text.c_str(), (phase + " ratio").c_str(), ratio.median,
+                    ratio.min, ratio.max);
       }
-      const double tl = bench::summarize(local_samples).median, ts = bench::summarize(sync_samples).median;
-      const auto ratio = bench::summarize(ratios);
-      const char* phase = backward ? "fwd+bwd" : "fwd";
-      row(text.c_str(), (std::string(phase) + " local-2").c_str(), tl, backward ? 8 : 3, bytes, 0);
-      row(text.c_str(), (std::string(phase) + " sync-2").c_str(), ts, backward ? 8 : 3, bytes, wrong);
-      std::printf("%-16s %-12s %10.3f  (min %.3f, max %.3f)\n", text.c_str(), (std::string(phase) + " ratio").c_str(),
-                  ratio.median, ratio.min, ratio.max);
-    }
   }
   return 0;
 }
