@@ -33,6 +33,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "backend/dispatch.hpp"
@@ -234,9 +235,12 @@ class TermTable {
  public:
   template <class Terms>  // terms(j) -> std::array<T, K>
   TermTable(std::int64_t c, Terms&& terms) : data_(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>)) {
-    for (std::int64_t j = 0; j < c; ++j) {
-      const std::array<T, K> t = terms(j);
-      for (int q = 0; q < K; ++q) data_[index(j, q)] = t[static_cast<std::size_t>(q)];
+    for (std::int64_t j0 = 0; j0 < c; j0 += kLanes<T>) {
+      T* block = data_.data() + j0 * K;
+      for (std::int64_t lane = 0; lane < kLanes<T> && j0 + lane < c; ++lane) {
+        const std::array<T, K> t = terms(j0 + lane);
+        for (int q = 0; q < K; ++q) block[q * kLanes<T> + lane] = t[static_cast<std::size_t>(q)];
+      }
     }
   }
   // The K vectors of terms of the channels [j, j + lanes); j is a multiple
@@ -341,6 +345,8 @@ std::vector<std::vector<T>> coefficient_columns(const double* coef, std::int64_t
 constexpr std::int64_t kTileRows = 4;
 constexpr int kWideBlock = 4;  // vectors per block
 
+// The first tile starts its accumulators at zero, the others from the
+// partials (no separate clearing pass over them).
 template <class T, int V, class Body>
 void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, T* ps, T* pss, Body&& body) {
   constexpr std::int64_t lanes = kLanes<T>;
@@ -349,8 +355,8 @@ void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, T* ps, T* p
     for (std::int64_t j = j0; j + V * lanes <= j1; j += V * lanes) {
       Vec<T> a[V], b[V];
       for (int v = 0; v < V; ++v) {
-        a[v] = load(ps + j + v * lanes);
-        b[v] = load(pss + j + v * lanes);
+        a[v] = i0 == 0 ? Vec<T>{} : load(ps + j + v * lanes);
+        b[v] = i0 == 0 ? Vec<T>{} : load(pss + j + v * lanes);
       }
       for (std::int64_t i = i0; i < i1; ++i)
         for (int v = 0; v < V; ++v) body(i, j + v * lanes, a[v], b[v]);
@@ -369,17 +375,18 @@ template <class T, class Body>
 std::int64_t column_vectors(std::int64_t n, std::int64_t c, double* s, double* ss, Body&& body) {
   constexpr std::int64_t lanes = kLanes<T>, wide = kWideBlock * lanes;
   const std::int64_t wide_end = c / wide * wide, end = c / lanes * lanes;
-  std::vector<T> ps(static_cast<std::size_t>(end)), pss(static_cast<std::size_t>(end));
+  // Float partials of the current flush period (no initial values needed).
+  const auto partials = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(2 * end));
+  T* ps = partials.get();
+  T* pss = ps + end;
   for (std::int64_t i0 = 0; i0 < n; i0 += kAddsPerFlush) {
     const std::int64_t rows = std::min<std::int64_t>(kAddsPerFlush, n - i0);
-    std::fill(ps.begin(), ps.end(), T(0));
-    std::fill(pss.begin(), pss.end(), T(0));
     auto shifted = [&](std::int64_t i, std::int64_t j, Vec<T>& a, Vec<T>& b) { body(i0 + i, j, a, b); };
-    column_blocks<T, kWideBlock>(rows, 0, wide_end, ps.data(), pss.data(), shifted);
-    column_blocks<T, 1>(rows, wide_end, end, ps.data(), pss.data(), shifted);
+    column_blocks<T, kWideBlock>(rows, 0, wide_end, ps, pss, shifted);
+    column_blocks<T, 1>(rows, wide_end, end, ps, pss, shifted);
     for (std::int64_t j = 0; j < end; ++j) {
-      s[j] += static_cast<double>(ps[static_cast<std::size_t>(j)]);
-      ss[j] += static_cast<double>(pss[static_cast<std::size_t>(j)]);
+      s[j] += static_cast<double>(ps[j]);
+      ss[j] += static_cast<double>(pss[j]);
     }
   }
   return end;
