@@ -461,8 +461,14 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
       for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
         std::fill(ps.begin(), ps.end(), T(0));
         std::fill(pss.begin(), pss.end(), T(0));
-        for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i)
-          for_runs<T>(x, dtype, i * c, c, [&](const T* row, std::int64_t) { row_shifted_sums(row, shift.data(), ps.data(), pss.data(), c); });
+        for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i) {
+          // A row wider than the staging chunk arrives in pieces.
+          std::int64_t done = 0;
+          for_runs<T>(x, dtype, i * c, c, [&](const T* row, std::int64_t len) {
+            row_shifted_sums(row, shift.data() + done, ps.data() + done, pss.data() + done, len);
+            done += len;
+          });
+        }
         for (std::int64_t j = 0; j < c; ++j) {
           s[static_cast<std::size_t>(j)] += static_cast<double>(ps[static_cast<std::size_t>(j)]);
           ss[static_cast<std::size_t>(j)] += static_cast<double>(pss[static_cast<std::size_t>(j)]);

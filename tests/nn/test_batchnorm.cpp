@@ -146,6 +146,33 @@ TEST_CASE("BatchNorm matches the reference on shapes that take every vectorised 
   check_close(bn->running_var(), rv, kFp32, "running_var");
 }
 
+TEST_CASE("BatchNorm takes float16 and bfloat16 input through its staged paths", "[nn]") {
+  // 16-bit inputs are converted to float32 in chunks of 1024 values: (N, C)
+  // rows wider than a chunk (the second chunk starts mid-row, with leftover
+  // vectors and odd channels) and (N, C, L) runs longer than one.
+  const Layout layout = GENERATE(Layout{"(N, C) 37x1100", Shape{37, 1100}}, Layout{"(N, C, L) 5x3x1500", Shape{5, 3, 1500}});
+  const DType dtype = GENERATE(DType::Float16, DType::BFloat16);
+  CAPTURE(layout.name, dtype, syncbn::testing::kSeed);
+  const std::int64_t n = layout.shape[0], c = layout.shape[1], l = syncbn::testing::spatial_size(layout.shape);
+  nn::BatchNorm1d bn(c, nn::BatchNormOptions{.device = test_device()});
+  bn.weight().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 60, DType::Float32, test_device(), 1.0, 0.5));
+  bn.bias().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 61, DType::Float32, test_device()));
+  const Tensor x = Tensor::randn(layout.shape, syncbn::testing::kSeed + 5, DType::Float32, test_device(), 2.0, 3.0).to(dtype);
+  const Tensor dy = Tensor::randn(layout.shape, syncbn::testing::kSeed + 6, DType::Float32, test_device()).to(dtype);
+  // The reference sees the same rounded inputs, in float64.
+  const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(),
+                                          bn.weight().value.to_vector<double>(), bn.bias().value.to_vector<double>(), n,
+                                          c, l, {});
+  const Tensor y = bn.forward(x);
+  CHECK(y.dtype() == dtype);
+  check_close(y, r.y, syncbn::testing::tolerance_for(dtype), "y");
+  check_close(bn.backward(dy), r.dx, syncbn::testing::tolerance_for(dtype), "dx");
+  std::vector<double> rm(static_cast<std::size_t>(c), 0.0), rv(static_cast<std::size_t>(c), 1.0);
+  testing::ref::update_running(rm, rv, r, {}, 1);
+  check_close(bn.running_mean(), rm, kFp32, "running_mean");
+  check_close(bn.running_var(), rv, kFp32, "running_var");
+}
+
 TEST_CASE("BatchNorm in float64 matches the reference to float64 precision", "[nn]") {
   const Shape shape{7, 3, 5};
   nn::BatchNorm1d bn(3, nn::BatchNormOptions{.dtype = DType::Float64, .device = test_device()});
