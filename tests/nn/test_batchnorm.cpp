@@ -174,11 +174,14 @@ TEST_CASE("BatchNorm takes float16 and bfloat16 input through its staged paths",
 }
 
 TEST_CASE("BatchNorm in float64 matches the reference to float64 precision", "[nn]") {
-  const Shape shape{7, 3, 5};
-  nn::BatchNorm1d bn(3, nn::BatchNormOptions{.dtype = DType::Float64, .device = test_device()});
+  // (N, C) 70x37: float64 column blocks of 16 channels, one of 4, one odd channel.
+  const Shape shape = GENERATE(Shape{7, 3, 5}, Shape{70, 37});
+  CAPTURE(shape.str());
+  const std::int64_t n = shape[0], c = shape[1], l = syncbn::testing::spatial_size(shape);
+  nn::BatchNorm1d bn(c, nn::BatchNormOptions{.dtype = DType::Float64, .device = test_device()});
   const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed, DType::Float64, test_device(), -2.0, 3.0);
   const Tensor dy = Tensor::randn(shape, syncbn::testing::kSeed + 1, DType::Float64, test_device());
-  const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(), {}, {}, 7, 3, 5, {});
+  const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(), {}, {}, n, c, l, {});
   check_close(bn.forward(x), r.y, {1e-12, 1e-12}, "y");
   check_close(bn.backward(dy), r.dx, {1e-12, 1e-12}, "dx");
 }
