@@ -222,3 +222,19 @@ TEST_CASE("SyncBatchNorm accepts float16 and bfloat16 input with float32 statist
   check_close(layer->running_mean(), rm, kFp32, "running_mean (float32)");
   check_close(layer->running_var(), rv, kFp32, "running_var (float32)");
 }
+
+TEST_CASE("SyncBatchNorm over replicas whose shards are all empty gives empty outputs and changes no state", "[nn]") {
+  // Every partial has count 0: the merge has nothing to weigh, and the step
+  // must neither produce NaN anywhere nor count a batch.
+  auto layer = std::make_shared<nn::SyncBatchNorm2d>(2, nn::BatchNormOptions{.device = test_device()});
+  auto replicas = parallel::replicate(*layer, test_devices(3));
+  const Tensor x = Tensor::zeros(Shape{0, 2, 3, 3}, DType::Float32, test_device());
+  const auto [y, dx] = split_step(replicas, x, x, {0, 0, 0});
+  CHECK(y.shape() == Shape{0, 2, 3, 3});
+  CHECK(dx.shape() == Shape{0, 2, 3, 3});
+  CHECK(layer->num_batches_tracked().item() == 0);
+  CHECK(layer->running_mean().to_vector<float>() == std::vector<float>{0, 0});
+  CHECK(layer->running_var().to_vector<float>() == std::vector<float>{1, 1});
+  CHECK(take_grad_sum(replicas, 0) == std::vector<double>{0, 0});
+  CHECK(take_grad_sum(replicas, 1) == std::vector<double>{0, 0});
+}
