@@ -25,8 +25,9 @@
 //    The CPU element-wise kernels fold mean_lo into a per-channel constant
 //    computed in float64 (see "element-wise terms" below); the CUDA kernels
 //    subtract it per element. Both give the same values up to rounding.
-// Every summation order depends on the shard's shape only, so results are
-// deterministic. Counts are integers (int64) whatever the dtype. float16 and
+// Every summation order depends on the shard's shape only (on a GPU also on
+// its multiprocessor count, which sets how many blocks split a channel), so
+// results are deterministic, on a GPU for a given device model. Counts are integers (int64) whatever the dtype. float16 and
 // bfloat16 inputs are converted to float32 in chunks and take the float32 path.
 
 #include <algorithm>

@@ -5,7 +5,8 @@
 //
 // The per-channel reductions are split: a channel's n*l elements are spread
 // over `splits` blocks (enough blocks in all to fill the GPU even for C = 64),
-// whose partial sums a second kernel adds in split order (deterministic).
+// whose partial sums a second kernel adds in split order (deterministic for
+// a given device: the split count follows its multiprocessor count).
 
 #include <cub/block/block_reduce.cuh>
 
@@ -181,7 +182,9 @@ __global__ void finalize_kernel(long long c, long long count, const double* m2, 
   SYNCBN_GRID_STRIDE(ch, c) {
     const double n = static_cast<double>(count);
     const double var = count > 0 ? m2[ch] / n : 0.0;
-    invstd[ch] = 1.0 / sqrt(clamp ? fmax(var, eps) : var + eps);
+    // max(var, eps) as std::max computes it: a NaN variance stays NaN
+    // (fmax would return eps).
+    invstd[ch] = 1.0 / sqrt(clamp ? (var < eps ? eps : var) : var + eps);
     unbiased[ch] = count > 1 ? m2[ch] / (n - 1.0) : 0.0;
   }
 }

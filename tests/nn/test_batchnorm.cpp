@@ -186,6 +186,19 @@ TEST_CASE("BatchNorm in float64 matches the reference to float64 precision", "[n
   check_close(bn.backward(dy), r.dx, {1e-12, 1e-12}, "dx");
 }
 
+TEST_CASE("Clamp mode keeps a NaN running variance NaN in eval", "[nn]") {
+  // The spec is max(var, eps) with var first: a NaN variance stays NaN (as
+  // the original's clamp does) rather than turning into eps.
+  nn::BatchNorm1d bn(2, nn::BatchNormOptions{.eps_mode = nn::EpsMode::Clamp, .device = test_device()});
+  bn.running_var().copy_(Tensor::from_vector(std::vector<float>{std::nanf(""), 4.0f}, Shape{2}, test_device()));
+  bn.eval();
+  const auto y = bn.forward(Tensor::ones(Shape{3, 2}, DType::Float32, test_device())).to_vector<float>();
+  for (int i = 0; i < 3; ++i) {
+    CHECK(std::isnan(y[static_cast<std::size_t>(2 * i)]));
+    CHECK(y[static_cast<std::size_t>(2 * i + 1)] == 0.5f);  // (1 - 0) / sqrt(4), exact
+  }
+}
+
 TEST_CASE("BatchNorm without running statistics uses batch statistics in eval too", "[nn]") {
   nn::BatchNorm1d bn(4, nn::BatchNormOptions{.track_running_stats = false, .device = test_device()});
   CHECK(bn.named_buffers().empty());
