@@ -236,9 +236,12 @@ template <class T, int K>
 class TermTable {
  public:
   template <class Terms>  // terms(j) -> std::array<T, K>
-  TermTable(std::int64_t c, Terms&& terms) : data_(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>)) {
+  TermTable(std::int64_t c, Terms&& terms)
+      : data_(std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
+    // Lanes past the last channel stay unset: only whole vectors of channels
+    // are read as vectors, the rest through at().
     for (std::int64_t j0 = 0; j0 < c; j0 += kLanes<T>) {
-      T* block = data_.data() + j0 * K;
+      T* block = data_.get() + j0 * K;
       for (std::int64_t lane = 0; lane < kLanes<T> && j0 + lane < c; ++lane) {
         const std::array<T, K> t = terms(j0 + lane);
         for (int q = 0; q < K; ++q) block[q * kLanes<T> + lane] = t[static_cast<std::size_t>(q)];
@@ -247,14 +250,14 @@ class TermTable {
   }
   // The K vectors of terms of the channels [j, j + lanes); j is a multiple
   // of the lane count, and the next channels' terms follow.
-  const T* vectors(std::int64_t j) const { return data_.data() + j * K; }
+  const T* vectors(std::int64_t j) const { return data_.get() + j * K; }
   T at(std::int64_t j, int q) const { return data_[index(j, q)]; }
 
  private:
   static std::size_t index(std::int64_t j, int q) {
     return static_cast<std::size_t>(j / kLanes<T> * K * kLanes<T> + q * kLanes<T> + j % kLanes<T>);
   }
-  std::vector<T> data_;
+  std::unique_ptr<T[]> data_;
 };
 
 template <class T>
@@ -324,14 +327,26 @@ void row_gradient_sums(const T* __restrict dy, const T* __restrict x, std::int64
   }
 }
 
-// Per-channel coefficients as T arrays (k of them per channel, channel-major in `coef`).
+// The mean's hi and lo parts of every channel as two T arrays (hi(), lo()),
+// converted once from the forward coefficients (hi, lo, scale, shift per
+// channel) for the gradient sums, which revisit every channel per tile.
 template <class T>
-std::vector<std::vector<T>> coefficient_columns(const double* coef, std::int64_t c, int k) {
-  std::vector<std::vector<T>> out(static_cast<std::size_t>(k), std::vector<T>(static_cast<std::size_t>(c)));
-  for (std::int64_t j = 0; j < c; ++j)
-    for (int q = 0; q < k; ++q) out[static_cast<std::size_t>(q)][static_cast<std::size_t>(j)] = static_cast<T>(coef[k * j + q]);
-  return out;
-}
+class MeanColumns {
+ public:
+  MeanColumns(const double* coef, std::int64_t c)
+      : c_(c), data_(std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(2 * c))) {
+    for (std::int64_t j = 0; j < c; ++j) {
+      data_[static_cast<std::size_t>(j)] = static_cast<T>(coef[4 * j]);
+      data_[static_cast<std::size_t>(c + j)] = static_cast<T>(coef[4 * j + 1]);
+    }
+  }
+  const T* hi() const { return data_.get(); }
+  const T* lo() const { return data_.get() + c_; }
+
+ private:
+  std::int64_t c_;
+  std::unique_ptr<T[]> data_;
+};
 
 // Reductions over (N, C) input, in column blocks of V vectors of channels
 // whose accumulators stay in registers while the loop walks a tile of rows
@@ -408,10 +423,9 @@ std::int64_t column_shifted_sums(const T* x, std::int64_t n, std::int64_t c, con
 template <class T>
 std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::int64_t c, const double* coef,
                                   double* s, double* sx) {
-  // Converted once, not per tile: the tiles revisit every block.
-  const auto cols = coefficient_columns<T>(coef, c, 4);
-  const T* hi = cols[0].data();
-  const T* lo = cols[1].data();
+  const MeanColumns<T> mean(coef, c);
+  const T* hi = mean.hi();
+  const T* lo = mean.lo();
   return column_vectors<T>(n, c, s, sx, [&](std::int64_t i, std::int64_t j, Vec<T>& a, Vec<T>& b) {
     const Vec<T> g = load(dy + i * c + j);
     a += g;
@@ -664,7 +678,7 @@ void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::in
       return;
     }
     if (l == 1) {
-      const auto cols = coefficient_columns<T>(coef, c, 4);
+      const MeanColumns<T> mean(coef, c);
       std::vector<T> ps(static_cast<std::size_t>(c)), psx(static_cast<std::size_t>(c));
       for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
         std::fill(ps.begin(), ps.end(), T(0));
@@ -673,7 +687,7 @@ void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::in
           std::int64_t done = 0;
           both(i * c, c, [&](const T* g, const T* xp, std::int64_t len) {
             const auto u = static_cast<std::size_t>(done);
-            row_gradient_sums(g, xp, len, cols[0].data() + u, cols[1].data() + u, ps.data() + u, psx.data() + u);
+            row_gradient_sums(g, xp, len, mean.hi() + u, mean.lo() + u, ps.data() + u, psx.data() + u);
             done += len;
           });
         }
