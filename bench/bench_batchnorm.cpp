@@ -3,7 +3,13 @@
 // copy measured in the same run.
 //
 //   bench_batchnorm [--shapes 32x64x56x56,64x256x14x14,256x1024,8x32x16x32x32]
-//                   [--device-list cpu:0,cpu:1] [--min-ms 200] [--reps 5] [--pair-reps 11] [--warmup 3]
+//                   [--device cpu:0] [--device-list cpu:0,cpu:1]
+//                   [--min-ms 200] [--reps 5] [--pair-reps 11] [--warmup 3]
+//
+// --device cuda:0 runs the one-replica rows on that GPU, with a
+// device-to-device copy as `stream`, and the pairs on two logical replicas
+// of it (--device-list cuda:0,cuda:0) unless --device-list says otherwise;
+// every timed call then waits for the device to finish.
 //
 // Effective GB/s counts the passes an ideal kernel makes over the tensor of
 // S bytes: forward 3 S (read for the statistics, read and write to
@@ -29,6 +35,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -36,6 +43,7 @@
 #include <vector>
 
 #include "bench_util.hpp"
+#include "syncbn/cuda.hpp"
 #include "syncbn/syncbn.hpp"
 
 namespace {
@@ -43,16 +51,17 @@ namespace {
 using namespace std::chrono;
 using namespace syncbn;
 
-std::shared_ptr<nn::BatchNorm> make_bn(bool sync, int rank, std::int64_t c) {
+std::shared_ptr<nn::BatchNorm> make_bn(bool sync, int rank, std::int64_t c, Device device) {
   const int dims = rank <= 3 ? 1 : rank - 2;
+  const nn::BatchNormOptions options{.device = device};
   if (sync) {
-    if (dims == 1) return std::make_shared<nn::SyncBatchNorm1d>(c);
-    if (dims == 2) return std::make_shared<nn::SyncBatchNorm2d>(c);
-    return std::make_shared<nn::SyncBatchNorm3d>(c);
+    if (dims == 1) return std::make_shared<nn::SyncBatchNorm1d>(c, options);
+    if (dims == 2) return std::make_shared<nn::SyncBatchNorm2d>(c, options);
+    return std::make_shared<nn::SyncBatchNorm3d>(c, options);
   }
-  if (dims == 1) return std::make_shared<nn::BatchNorm1d>(c);
-  if (dims == 2) return std::make_shared<nn::BatchNorm2d>(c);
-  return std::make_shared<nn::BatchNorm3d>(c);
+  if (dims == 1) return std::make_shared<nn::BatchNorm1d>(c, options);
+  if (dims == 2) return std::make_shared<nn::BatchNorm2d>(c, options);
+  return std::make_shared<nn::BatchNorm3d>(c, options);
 }
 
 double time_it(const std::function<void()>& fn, double min_s, int reps, int warmup) {
@@ -128,18 +137,22 @@ void row(const char* shape, const char* what, double seconds, double passes, dou
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   using bench::flag;
   const auto shapes = bench::str_list(flag(argc, argv, "--shapes", "32x64x56x56,64x256x14x14,256x1024,8x32x16x32x32"));
+  // The one-replica rows and the stream run on --device; the pairs on
+  // --device-list (by default two replicas of --device's kind).
+  const Device device = Device::parse(flag(argc, argv, "--device", "cpu:0"));
   std::vector<Device> pair_devices;
-  for (const auto& d : bench::str_list(flag(argc, argv, "--device-list", "cpu:0,cpu:1")))
+  for (const auto& d : bench::str_list(flag(argc, argv, "--device-list", device.is_cuda() ? device.str() + "," + device.str() : "cpu:0,cpu:1")))
     pair_devices.push_back(Device::parse(d));
   const double min_s = std::stod(flag(argc, argv, "--min-ms", "200")) / 1e3;
   const int reps = std::stoi(flag(argc, argv, "--reps", "5"));
   const int warmup = std::stoi(flag(argc, argv, "--warmup", "3"));
   const int pair_reps = std::stoi(flag(argc, argv, "--pair-reps", "11"));
 
-  std::printf("# bench_batchnorm: float32 NCHW, training mode, median of %d samples of >= %.0f ms\n", reps, min_s * 1e3);
+  std::printf("# bench_batchnorm: float32 NCHW, training mode, on %s, median of %d samples of >= %.0f ms\n",
+              device.str().c_str(), reps, min_s * 1e3);
   std::printf("%-16s %-12s %10s %8s %7s\n", "shape", "what", "time_ms", "GB/s", "#wrong");
   for (const auto& text : shapes) {
     std::vector<std::int64_t> dims;
@@ -153,18 +166,25 @@ int main(int argc, char** argv) {
     const Shape shape(dims);
     const std::int64_t c = shape[1];
     const double bytes = static_cast<double>(shape.numel()) * 4.0;
-    const Tensor x = Tensor::randn(shape, 1, DType::Float32, Device::cpu(), 0.5, 2.0);
-    const Tensor dy = Tensor::randn(shape, 2, DType::Float32, Device::cpu());
+    const Tensor x = Tensor::randn(shape, 1, DType::Float32, Device::cpu(), 0.5, 2.0).to(device);
+    const Tensor dy = Tensor::randn(shape, 2, DType::Float32, Device::cpu()).to(device);
 
-    const Tensor sink = Tensor::empty(shape, DType::Float32, Device::cpu());
-    row(text.c_str(), "stream", time_it([&] { bench::stream_copy(sink.data<float>(), x.data<float>(), shape.numel()); }, min_s, reps, warmup),
+    // On a GPU every timed call ends when the device has finished its work.
+    auto timed = [&](const std::function<void()>& fn) {
+      return time_it([&] { fn(); cuda::synchronize(device); }, min_s, reps, warmup);
+    };
+    const Tensor sink = Tensor::empty(shape, DType::Float32, device);
+    row(text.c_str(), "stream", timed([&] {
+          if (device.is_cuda()) sink.copy_(x);  // device-to-device copy
+          else bench::stream_copy(sink.data<float>(), x.data<float>(), shape.numel());
+        }),
         2, bytes, 0);
 
     // One replica.
-    auto bn = make_bn(false, shape.rank(), c);
-    const Tensor y_single = bn->forward(x);
-    row(text.c_str(), "fwd bn-1", time_it([&] { bn->forward(x); }, min_s, reps, warmup), 3, bytes, 0);
-    row(text.c_str(), "fwd+bwd bn-1", time_it([&] { bn->forward(x); bn->backward(dy); }, min_s, reps, warmup), 8, bytes, 0);
+    auto bn = make_bn(false, shape.rank(), c, device);
+    const Tensor y_single = bn->forward(x).to(Device::cpu());
+    row(text.c_str(), "fwd bn-1", timed([&] { bn->forward(x); }), 3, bytes, 0);
+    row(text.c_str(), "fwd+bwd bn-1", timed([&] { bn->forward(x); bn->backward(dy); }), 8, bytes, 0);
 
     // Two replicas on two shards: per-shard BatchNorm and SyncBatchNorm,
     // sampled alternately so that both see the same machine conditions (this
@@ -172,8 +192,8 @@ int main(int argc, char** argv) {
     const auto sizes = comm::even_chunk_sizes(shape[0], 2);
     const auto xs = comm::scatter(x, pair_devices, sizes);
     const auto dys = comm::scatter(dy, pair_devices, sizes);
-    auto local_layer = make_bn(false, shape.rank(), c);
-    auto sync_layer = make_bn(true, shape.rank(), c);
+    auto local_layer = make_bn(false, shape.rank(), c, pair_devices.front());
+    auto sync_layer = make_bn(true, shape.rank(), c, pair_devices.front());
     auto local = parallel::replicate(*local_layer, pair_devices);
     auto synced = parallel::replicate(*sync_layer, pair_devices);
     long wrong = 0;
@@ -192,6 +212,7 @@ int main(int argc, char** argv) {
         auto step = [&](parallel::Replication& r, int i) {
           r[static_cast<std::size_t>(i)].forward(xs[static_cast<std::size_t>(i)]);
           if (backward) r[static_cast<std::size_t>(i)].backward(dys[static_cast<std::size_t>(i)]);
+          cuda::synchronize(pair_devices[static_cast<std::size_t>(i)]);  // no-op on a CPU device
           if (joined) join.arrive_and_wait();
         };
         Pair local_pair([&](int i) { step(local, i); });
@@ -212,4 +233,13 @@ int main(int argc, char** argv) {
       }
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_batchnorm: %s\n", e.what());
+    return 1;
+  }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""PyTorch CPU batch norm (training mode) on the shapes of bench_batchnorm:
-forward and forward+backward, NCHW and channels-last, one thread.
+"""PyTorch batch norm (training mode) on the shapes of bench_batchnorm:
+forward and forward+backward, NCHW and channels-last, one thread, on the CPU
+or (--device cuda) a GPU.
 
 Run it with glibc's malloc told to keep large blocks (scripts/bench_batchnorm.sh
 does), or page faults on every call dominate PyTorch's figures:
@@ -40,31 +41,37 @@ def main():
     ap.add_argument("--min-ms", type=float, default=200)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]; on a GPU every timed call synchronizes")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print("# torch_batchnorm: torch %s, %d thread(s), float32, training mode" % (torch.__version__, args.threads))
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print("# torch_batchnorm: torch %s, %d thread(s), float32, training mode, on %s"
+          % (torch.__version__, args.threads, device))
     print("%-16s %-22s %10s %8s" % ("shape", "what", "time_ms", "GB/s"))
     for text in args.shapes.split(","):
         shape = [int(v) for v in text.split("x")]
         nbytes = 4.0 * torch.Size(shape).numel()
-        bn = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}[len(shape)](shape[1])
+        bn = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}[len(shape)](shape[1]).to(device)
         layouts = [("NCHW", torch.contiguous_format)]
         if len(shape) == 4:
             layouts.append(("channels-last", torch.channels_last))
         if len(shape) == 5:
             layouts.append(("channels-last", torch.channels_last_3d))
         for name, fmt in layouts:
-            x = (torch.randn(*shape) * 2 + 0.5).contiguous(memory_format=fmt)
-            dy = torch.randn(*shape).contiguous(memory_format=fmt)
+            x = (torch.randn(*shape, device=device) * 2 + 0.5).contiguous(memory_format=fmt)
+            dy = torch.randn(*shape, device=device).contiguous(memory_format=fmt)
             x.requires_grad_(True)
 
             def forward():
                 with torch.no_grad():
                     bn(x)
+                sync()
 
             def forward_backward():
                 x.grad = None
                 bn(x).backward(dy)
+                sync()
 
             t = time_it(forward, args.min_ms / 1e3, args.reps, args.warmup)
             print("%-16s %-22s %10.3f %8.1f" % (text, "fwd " + name, t * 1e3, 3 * nbytes / t / 1e9), flush=True)
