@@ -51,17 +51,16 @@ namespace {
 using namespace std::chrono;
 using namespace syncbn;
 
+// BatchNorm{1,2,3}d for an input of `rank`, made synchronized by the
+// library's own conversion when `sync`.
 std::shared_ptr<nn::BatchNorm> make_bn(bool sync, int rank, std::int64_t c, Device device) {
-  const int dims = rank <= 3 ? 1 : rank - 2;
   const nn::BatchNormOptions options{.device = device};
-  if (sync) {
-    if (dims == 1) return std::make_shared<nn::SyncBatchNorm1d>(c, options);
-    if (dims == 2) return std::make_shared<nn::SyncBatchNorm2d>(c, options);
-    return std::make_shared<nn::SyncBatchNorm3d>(c, options);
-  }
-  if (dims == 1) return std::make_shared<nn::BatchNorm1d>(c, options);
-  if (dims == 2) return std::make_shared<nn::BatchNorm2d>(c, options);
-  return std::make_shared<nn::BatchNorm3d>(c, options);
+  std::shared_ptr<nn::Module> bn;
+  if (rank <= 3) bn = std::make_shared<nn::BatchNorm1d>(c, options);
+  else if (rank == 4) bn = std::make_shared<nn::BatchNorm2d>(c, options);
+  else bn = std::make_shared<nn::BatchNorm3d>(c, options);
+  if (sync) bn = nn::convert_sync_batchnorm(bn);
+  return std::static_pointer_cast<nn::BatchNorm>(bn);
 }
 
 double time_it(const std::function<void()>& fn, double min_s, int reps, int warmup) {
