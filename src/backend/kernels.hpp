@@ -108,8 +108,10 @@ struct BatchNormKernels {
                          const double* unbiased_var, void* running_mean, void* running_var,
                          std::int64_t* num_batches_tracked);
   /// Per-channel forward coefficients {mean_hi, mean_lo, scale, shift}
-  /// (4c doubles, channel-major) from mean, invstd and the optional affine
-  /// weight and bias (null: 1 and 0).
+  /// (4c doubles) from mean, invstd and the optional affine weight and bias
+  /// (null: 1 and 0). The layout of the 4c values, and of the 3c backward
+  /// coefficients, is the backend's own (CPU: one plane per coefficient;
+  /// CUDA: one record per channel): they pass only between its kernels.
   void (*forward_coefficients)(Device device, DType param_dtype, std::int64_t c, const double* mean,
                                const double* invstd, const void* weight, const void* bias, double* coef);
   /// y = ((x - mean_hi) - mean_lo) * scale + shift.

@@ -109,23 +109,32 @@ void BatchNorm::check_input(const Tensor& input) const {
   }
 }
 
-BatchNorm::NormStats BatchNorm::finalize_and_track(const ShardStats& merged) {
-  const bool training = is_training();
-  SYNCBN_CHECK(!(training && merged.count == 1), kind_,
+BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) const {
+  SYNCBN_CHECK(!(is_training() && merged.count == 1), kind_,
                ": expected more than 1 value per channel when training, got 1 (input of ", features_,
                " channels with one value each over the whole batch)");
   const Device device = merged.mean.device();
-  NormStats out{merged.count, merged.mean, channel_tensor(features_, device)};
-  Tensor unbiased = channel_tensor(features_, device);
-  const auto& bn = syncbn::detail::batchnorm_kernels(device.kind());
-  bn.finalize(device, features_, merged.count, merged.m2.data<double>(), options_.eps,
-              options_.eps_mode == EpsMode::Clamp, out.invstd.data<double>(), unbiased.data<double>());
-  if (training && options_.track_running_stats && merged.count > 0) {
-    bn.update_running(device, options_.dtype, features_, options_.momentum.value_or(-1.0), merged.mean.data<double>(),
-                      unbiased.data<double>(), buffer(running_mean_).raw_data(), buffer(running_var_).raw_data(),
-                      buffer(batches_).data<std::int64_t>());
-  }
+  Finalized out{NormStats{merged.count, merged.mean, channel_tensor(features_, device)}, channel_tensor(features_, device)};
+  syncbn::detail::batchnorm_kernels(device.kind())
+      .finalize(device, features_, merged.count, merged.m2.data<double>(), options_.eps,
+                options_.eps_mode == EpsMode::Clamp, out.norm.invstd.data<double>(), out.unbiased_var.data<double>());
   return out;
+}
+
+void BatchNorm::track_running(const Finalized& finalized) {
+  if (!is_training() || !options_.track_running_stats || finalized.norm.count == 0) return;
+  const Device device = finalized.norm.mean.device();
+  syncbn::detail::batchnorm_kernels(device.kind())
+      .update_running(device, options_.dtype, features_, options_.momentum.value_or(-1.0),
+                      finalized.norm.mean.data<double>(), finalized.unbiased_var.data<double>(),
+                      buffer(running_mean_).raw_data(), buffer(running_var_).raw_data(),
+                      buffer(batches_).data<std::int64_t>());
+}
+
+BatchNorm::NormStats BatchNorm::finalize_and_track(const ShardStats& merged) {
+  const Finalized finalized = finalize_statistics(merged);
+  track_running(finalized);
+  return finalized.norm;
 }
 
 BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) { return finalize_and_track(shard); }
@@ -136,19 +145,24 @@ BatchNorm::ShardStats BatchNorm::merge_statistics(const std::vector<ShardStats>&
   SYNCBN_CHECK(!parts.empty(), "BatchNorm: no partial statistics to merge");
   const std::int64_t c = parts.front().mean.numel();
   std::vector<std::int64_t> counts;
-  std::vector<Tensor> means, m2s;
+  std::vector<Tensor> copies;  // partials that had to be brought to `device`
   std::vector<const double*> mean_ptrs, m2_ptrs;
   std::int64_t total = 0;
   for (const auto& p : parts) {
     counts.push_back(p.count);
     total += p.count;
     // Partials in the same memory (any CPU device, the same GPU) are read in
-    // place; others are copied to `device`.
-    const bool shared = p.mean.device().kind() == device.kind() && (device.is_cpu() || p.mean.device() == device);
-    means.push_back(shared ? p.mean.relabel(device) : p.mean.to(device));
-    m2s.push_back(shared ? p.m2.relabel(device) : p.m2.to(device));
-    mean_ptrs.push_back(means.back().data<double>());
-    m2_ptrs.push_back(m2s.back().data<double>());
+    // place, without taking a reference (the tensors' reference counts live
+    // in the other replicas' caches); others are copied to `device`.
+    if (p.mean.device().kind() == device.kind() && (device.is_cpu() || p.mean.device() == device)) {
+      mean_ptrs.push_back(p.mean.data<double>());
+      m2_ptrs.push_back(p.m2.data<double>());
+    } else {
+      copies.push_back(p.mean.to(device));
+      mean_ptrs.push_back(copies.back().data<double>());
+      copies.push_back(p.m2.to(device));
+      m2_ptrs.push_back(copies.back().data<double>());
+    }
   }
   ShardStats out{total, channel_tensor(c, device), channel_tensor(c, device)};
   syncbn::detail::batchnorm_kernels(device.kind())

@@ -4,6 +4,7 @@
 
 #include "syncbn/nn/sync_batchnorm.hpp"
 
+#include <optional>
 #include <typeinfo>
 
 #include "syncbn/comm/collectives.hpp"
@@ -38,6 +39,9 @@ struct SyncBatchNorm::Link {
   std::shared_ptr<BackwardMaster> backward_master;
   ForwardMaster::Pipe forward_pipe;
   BackwardMaster::Pipe backward_pipe;
+  // Copy 0: the statistics of the current round, kept by the forward
+  // callback for the running-statistics update that follows the replies.
+  std::optional<Finalized> finalized;
 };
 
 SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
@@ -67,16 +71,21 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
         [this](std::vector<std::pair<int, ShardStats>> parts) {
           const Device home = parts.front().second.mean.device();
           std::vector<ShardStats> shards;
-          for (auto& [id, m] : parts) shards.push_back(m);
-          // Merged in replica order; rejects one value per channel before any
-          // state changes; updates copy 0's running statistics once (they are
-          // the user's module's, aliased or written back by the runtime).
-          const NormStats norm = finalize_and_track(merge_statistics(shards, home));
-          std::vector<std::pair<int, NormStats>> replies;
+          std::vector<std::pair<int, Device>> devices;
+          shards.reserve(parts.size());
           for (auto& [id, m] : parts) {
-            const Device device = m.mean.device();
-            replies.emplace_back(id, NormStats{norm.count, onto(norm.mean, device), onto(norm.invstd, device)});
+            devices.emplace_back(id, m.mean.device());
+            shards.push_back(std::move(m));
           }
+          // Merged in replica order; rejects one value per channel before any
+          // state changes. The running statistics are updated after the
+          // replies are out (batch_statistics), not while the others wait.
+          link_->finalized = finalize_statistics(merge_statistics(shards, home));
+          const NormStats& norm = link_->finalized->norm;
+          std::vector<std::pair<int, NormStats>> replies;
+          replies.reserve(devices.size());
+          for (const auto& [id, device] : devices)
+            replies.emplace_back(id, NormStats{norm.count, onto(norm.mean, device), onto(norm.invstd, device)});
           return replies;
         },
         comm::SyncOptions{name + " forward", timeout_, {}});
@@ -84,14 +93,18 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
         [](std::vector<std::pair<int, GradSums>> parts) {
           const Device home = parts.front().second.sum_dy.device();
           std::vector<std::vector<Tensor>> groups;
-          for (auto& [id, m] : parts) groups.push_back({m.sum_dy, m.sum_dy_xmu});
+          std::vector<std::pair<int, Device>> devices;
+          groups.reserve(parts.size());
+          for (auto& [id, m] : parts) {
+            devices.emplace_back(id, m.sum_dy.device());
+            groups.push_back({std::move(m.sum_dy), std::move(m.sum_dy_xmu)});
+          }
           // Float64, in replica order: deterministic.
           const auto totals = comm::reduce_add_coalesced(groups, home, comm::Transport::Copy);
           std::vector<std::pair<int, GradSums>> replies;
-          for (auto& [id, m] : parts) {
-            const Device device = m.sum_dy.device();
+          replies.reserve(devices.size());
+          for (const auto& [id, device] : devices)
             replies.emplace_back(id, GradSums{onto(totals[0], device), onto(totals[1], device)});
-          }
           return replies;
         },
         comm::SyncOptions{name + " backward", timeout_, {}});
@@ -117,7 +130,18 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
 BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
   synced_forward_ = false;
   if (copy_id_ < 0 || !is_training()) return BatchNorm::batch_statistics(shard);
-  NormStats batch = copy_id_ == 0 ? link_->forward_master->run_master(shard) : link_->forward_pipe.run_slave(shard);
+  if (copy_id_ != 0) {
+    NormStats batch = link_->forward_pipe.run_slave(shard);
+    synced_forward_ = true;
+    return batch;
+  }
+  link_->finalized.reset();
+  NormStats batch = link_->forward_master->run_master(shard);
+  // Once per step, on copy 0 (whose buffers are the user's module's, aliased
+  // or written back by the runtime), after every replica has its reply; a
+  // round that failed updates nothing.
+  track_running(*link_->finalized);
+  link_->finalized.reset();
   synced_forward_ = true;
   return batch;
 }

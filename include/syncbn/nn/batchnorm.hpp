@@ -96,9 +96,22 @@ class BatchNorm : public Module {
   /// Default (per-replica): the shard's own.
   virtual GradSums gradient_sums(const GradSums& local);
 
-  /// From merged statistics: rejects a count of 1 in training, computes
-  /// invstd, and (training with tracking, count > 0) updates the running
-  /// statistics of this module once.
+  /// Normalising statistics and the unbiased variance that the running
+  /// statistics take, from merged statistics.
+  struct Finalized {
+    NormStats norm;
+    Tensor unbiased_var;
+  };
+
+  /// From merged statistics: rejects a count of 1 in training and computes
+  /// invstd and the unbiased variance; changes no state.
+  Finalized finalize_statistics(const ShardStats& merged) const;
+
+  /// In training with tracking and a count > 0, updates the running
+  /// statistics of this module once from `finalized`.
+  void track_running(const Finalized& finalized);
+
+  /// finalize_statistics, then track_running.
   NormStats finalize_and_track(const ShardStats& merged);
 
   /// Merges partial statistics (in the given order) with Chan's update, on
