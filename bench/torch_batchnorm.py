@@ -53,24 +53,31 @@ def main():
         shape = [int(v) for v in text.split("x")]
         nbytes = 4.0 * torch.Size(shape).numel()
         bn = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d, 5: torch.nn.BatchNorm3d}[len(shape)](shape[1]).to(device)
-        layouts = [("NCHW", torch.contiguous_format)]
+        # (name, shape, memory format, module)
+        layouts = [("NCHW", shape, torch.contiguous_format, bn)]
         if len(shape) == 4:
-            layouts.append(("channels-last", torch.channels_last))
+            layouts.append(("channels-last", shape, torch.channels_last, bn))
         if len(shape) == 5:
-            layouts.append(("channels-last", torch.channels_last_3d))
-        for name, fmt in layouts:
-            x = (torch.randn(*shape, device=device) * 2 + 0.5).contiguous(memory_format=fmt)
-            dy = torch.randn(*shape, device=device).contiguous(memory_format=fmt)
+            layouts.append(("channels-last", shape, torch.channels_last_3d, bn))
+        if len(shape) == 2:
+            # (N, C) as (N, C, 1, 1) in channels-last: PyTorch's CPU kernels
+            # treat a contiguous input with one value per sample and channel
+            # as channels-last already, so the two rows should agree.
+            layouts.append(("channels-last", shape + [1, 1], torch.channels_last,
+                            torch.nn.BatchNorm2d(shape[1]).to(device)))
+        for name, xshape, fmt, layer in layouts:
+            x = (torch.randn(*xshape, device=device) * 2 + 0.5).contiguous(memory_format=fmt)
+            dy = torch.randn(*xshape, device=device).contiguous(memory_format=fmt)
             x.requires_grad_(True)
 
-            def forward():
+            def forward(layer=layer, x=x):
                 with torch.no_grad():
-                    bn(x)
+                    layer(x)
                 sync()
 
-            def forward_backward():
+            def forward_backward(layer=layer, x=x, dy=dy):
                 x.grad = None
-                bn(x).backward(dy)
+                layer(x).backward(dy)
                 sync()
 
             t = time_it(forward, args.min_ms / 1e3, args.reps, args.warmup)
