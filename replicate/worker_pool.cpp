@@ -57,6 +57,12 @@ void WorkerPool::loop(int index) {
       } catch (...) {
         // on_failure is best effort; the error itself is returned.
       }
+      // Drop this thread's reference before signalling completion: the
+      // caller may destroy the exception as soon as it has the results, and
+      // the worker must not touch it afterwards (exception_ptr's reference
+      // count is not visible to ThreadSanitizer, which reported the release
+      // here as a race with the caller reading the message).
+      error = nullptr;
     }
     if (pending_.fetch_sub(1) == 1) done_.notify_all();
   }
