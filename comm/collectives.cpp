@@ -19,9 +19,6 @@ Tensor view_of(const Tensor& flat, std::int64_t offset, const Shape& shape) {
   return Tensor(flat.storage(), flat.storage_offset() + offset, shape, flat.dtype(), flat.device());
 }
 
-// True when both devices address the same memory (one GPU, or host memory).
-bool same_memory(Device a, Device b) { return a.kind() == b.kind() && (a.is_cpu() || a.index() == b.index()); }
-
 // Packs tensors (same dtype) into one new flat buffer on `device`.
 Tensor pack_onto(const std::vector<Tensor>& tensors, const std::vector<std::size_t>& which, std::int64_t total,
                  Device device) {
@@ -107,7 +104,7 @@ std::vector<Tensor> scatter(const Tensor& input, const std::vector<Device>& devi
   for (std::size_t i = 0; i < devices.size(); ++i) {
     const Tensor view = input.rows(begin, begin + sizes[i]);
     begin += sizes[i];
-    chunks.push_back(same_memory(devices[i], input.device()) ? view.relabel(devices[i]) : view.to(devices[i]));
+    chunks.push_back(devices[i].shares_memory_with(input.device()) ? view.relabel(devices[i]) : view.to(devices[i]));
   }
   return chunks;
 }
@@ -195,7 +192,7 @@ std::vector<Tensor> reduce_add_coalesced(const std::vector<std::vector<Tensor>>&
       std::vector<Tensor> moved;
       std::vector<const void*> srcs;
       for (const Tensor& p : packed) {
-        moved.push_back(same_memory(p.device(), target) ? p : p.to(target));
+        moved.push_back(p.device().shares_memory_with(target) ? p : p.to(target));
         srcs.push_back(moved.back().raw_data());
       }
       result = Tensor::empty(Shape{total}, packed.front().dtype(), target);
@@ -233,7 +230,7 @@ std::vector<std::vector<Tensor>> broadcast_coalesced(const std::vector<Tensor>& 
       // buffer; others get one copy of a pack made once on the source.
       Tensor packed;
       for (Device d : devices) {
-        if (same_memory(d, source)) {
+        if (d.shares_memory_with(source)) {
           copies.push_back(pack_onto(tensors, bucket, total, d));
         } else {
           if (!packed.defined()) packed = pack(tensors, bucket, total);

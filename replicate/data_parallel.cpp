@@ -21,14 +21,6 @@ struct DataParallel::Workers {
 
 namespace {
 
-bool same_memory(Device a, Device b) { return a.kind() == b.kind() && (a.is_cpu() || a == b); }
-
-// `t` on `device`: the same tensor, a relabelled view of shared memory, or a copy.
-Tensor onto(const Tensor& t, Device device) {
-  if (t.device() == device) return t;
-  return same_memory(t.device(), device) ? t.relabel(device) : t.to(device);
-}
-
 bool same_view(const Tensor& a, const Tensor& b) {
   return a.shares_storage_with(b) && a.storage_offset() == b.storage_offset();
 }
@@ -168,7 +160,7 @@ Tensor DataParallel::forward(const Tensor& input) {
   has_forward_ = false;
   Tensor out;
   if (devices_.size() == 1) {
-    out = onto(module_->forward(onto(input, devices_.front())), output_device_);
+    out = module_->forward(input.onto(devices_.front())).onto(output_device_);
     chunk_sizes_ = {input.size(0)};
   } else {
     ensure_replicas();
@@ -193,7 +185,7 @@ Tensor DataParallel::backward(const Tensor& grad_output) {
   SYNCBN_CHECK(grad_output.defined(), "DataParallel::backward: grad_output is undefined, expected a tensor");
   SYNCBN_CHECK(grad_output.shape() == output_shape_, "DataParallel::backward: grad_output has shape ",
                grad_output.shape(), ", expected ", output_shape_, " (the output's)");
-  if (devices_.size() == 1) return onto(module_->backward(onto(grad_output, devices_.front())), input_device_);
+  if (devices_.size() == 1) return module_->backward(grad_output.onto(devices_.front())).onto(input_device_);
 
   const auto chunks = comm::scatter(grad_output, devices_, chunk_sizes_);
   std::vector<Tensor> grad_inputs(devices_.size());

@@ -5,11 +5,8 @@
 namespace syncbn::parallel {
 namespace {
 
-// True when a tensor on `from` can be viewed as a tensor on `to`.
-bool same_memory(Device from, Device to) { return from.kind() == to.kind() && (from.is_cpu() || from == to); }
-
 Tensor alias_or_copy(const Tensor& source, Device device, bool alias) {
-  if (alias && same_memory(source.device(), device)) return source.relabel(device);
+  if (alias && source.device().shares_memory_with(device)) return source.relabel(device);
   return source.to(device);
 }
 

@@ -176,9 +176,14 @@ Tensor Tensor::reshape(const Shape& shape) const {
 
 Tensor Tensor::relabel(Device device) const {
   check_defined(*this, "Tensor::relabel");
-  SYNCBN_CHECK(device.kind() == device_.kind() && (device.is_cpu() || device == device_), "Tensor::relabel: ",
+  SYNCBN_CHECK(device.shares_memory_with(device_), "Tensor::relabel: ",
                device, " does not share memory with ", device_, ", expected another logical CPU device");
   return Tensor(storage_, offset_, shape_, dtype_, device);
+}
+
+Tensor Tensor::onto(Device device) const {
+  if (device == device_) return *this;
+  return device.shares_memory_with(device_) ? relabel(device) : to(device);
 }
 
 const Tensor& Tensor::fill_(double value) const {

@@ -35,6 +35,11 @@ class Device {
   constexpr int index() const noexcept { return index_; }
   constexpr bool is_cpu() const noexcept { return kind_ == DeviceKind::CPU; }
   constexpr bool is_cuda() const noexcept { return kind_ == DeviceKind::CUDA; }
+  /// True when tensors on both devices address the same memory: any two
+  /// logical CPU devices (host memory), or the same GPU.
+  constexpr bool shares_memory_with(Device other) const noexcept {
+    return kind_ == other.kind_ && (is_cpu() || index_ == other.index_);
+  }
 
   /// "cpu:3" or "cuda:0".
   std::string str() const;

@@ -122,6 +122,9 @@ class Tensor {
   /// and memory (CPU devices share host memory): how scatter gives cpu:i a
   /// zero-copy shard.
   Tensor relabel(Device device) const;
+  /// This tensor on `device`: itself, a relabelled view where the memory is
+  /// shared (Device::shares_memory_with), or a copy.
+  Tensor onto(Device device) const;
 
  private:
   void check_dtype_for_data(DType requested) const;

@@ -154,7 +154,7 @@ BatchNorm::ShardStats BatchNorm::merge_statistics(const std::vector<ShardStats>&
     // Partials in the same memory (any CPU device, the same GPU) are read in
     // place, without taking a reference (the tensors' reference counts live
     // in the other replicas' caches); others are copied to `device`.
-    if (p.mean.device().kind() == device.kind() && (device.is_cpu() || p.mean.device() == device)) {
+    if (p.mean.device().shares_memory_with(device)) {
       mean_ptrs.push_back(p.mean.data<double>());
       m2_ptrs.push_back(p.m2.data<double>());
     } else {

@@ -13,15 +13,6 @@
 namespace syncbn::nn {
 namespace {
 
-bool same_memory(Device a, Device b) { return a.kind() == b.kind() && (a.is_cpu() || a == b); }
-
-// A reply tensor for a replica on `device`: shared where the memory is (the
-// replicas only read it), copied to another GPU otherwise.
-Tensor onto(const Tensor& t, Device device) {
-  if (t.device() == device) return t;
-  return same_memory(t.device(), device) ? t.relabel(device) : t.to(device);
-}
-
 }  // namespace
 
 // The messages are BatchNorm's own: a shard's (count, mean, M2) up, the
@@ -85,7 +76,7 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
           std::vector<std::pair<int, NormStats>> replies;
           replies.reserve(devices.size());
           for (const auto& [id, device] : devices)
-            replies.emplace_back(id, NormStats{norm.count, onto(norm.mean, device), onto(norm.invstd, device)});
+            replies.emplace_back(id, NormStats{norm.count, norm.mean.onto(device), norm.invstd.onto(device)});
           return replies;
         },
         comm::SyncOptions{name + " forward", timeout_, {}});
@@ -104,7 +95,7 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
           std::vector<std::pair<int, GradSums>> replies;
           replies.reserve(devices.size());
           for (const auto& [id, device] : devices)
-            replies.emplace_back(id, GradSums{onto(totals[0], device), onto(totals[1], device)});
+            replies.emplace_back(id, GradSums{totals[0].onto(device), totals[1].onto(device)});
           return replies;
         },
         comm::SyncOptions{name + " backward", timeout_, {}});
