@@ -43,7 +43,7 @@
 #include <vector>
 
 #include "bench_util.hpp"
-#include "syncbn/cuda.hpp"
+#include "syncbn/core/cuda.hpp"
 #include "syncbn/syncbn.hpp"
 
 namespace {

@@ -23,8 +23,8 @@
 
 #include "bench_util.hpp"
 #include "syncbn/comm/collectives.hpp"
-#include "syncbn/cuda.hpp"
-#include "syncbn/tensor.hpp"
+#include "syncbn/core/cuda.hpp"
+#include "syncbn/core/tensor.hpp"
 
 namespace {
 

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "bench_util.hpp"
-#include "syncbn/comm/sync_master.hpp"
+#include "syncbn/sync/sync_master.hpp"
 
 namespace {
 

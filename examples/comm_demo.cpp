@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "syncbn/comm/sync_master.hpp"
+#include "syncbn/sync/sync_master.hpp"
 
 namespace {
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 
 which=${1:-all}
-labels='comm|tensor|nn|replicate'
+labels='sync|core|comm|nn|optim|parallel'
 jobs=$(nproc 2>/dev/null || echo 2)
 # ASLR with high entropy breaks the shadow-memory layout of GCC 12's TSan
 # ("unexpected memory mapping"); run the tests without address randomisation.

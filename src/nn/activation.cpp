@@ -3,7 +3,7 @@
 #include "syncbn/nn/activation.hpp"
 
 #include "nn/layer_checks.hpp"
-#include "syncbn/ops.hpp"
+#include "syncbn/core/ops.hpp"
 
 namespace syncbn::nn {
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "syncbn/error.hpp"
-#include "syncbn/tensor.hpp"
+#include "syncbn/core/tensor.hpp"
 
 namespace syncbn::nn::detail {
 

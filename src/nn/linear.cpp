@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "nn/layer_checks.hpp"
-#include "syncbn/ops.hpp"
+#include "syncbn/core/ops.hpp"
 
 namespace syncbn::nn {
 

@@ -4,7 +4,7 @@
 
 #include "backend/kernels.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/ops.hpp"
+#include "syncbn/core/ops.hpp"
 
 namespace syncbn::nn {
 

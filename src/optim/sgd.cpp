@@ -3,7 +3,7 @@
 #include "syncbn/optim/sgd.hpp"
 
 #include "syncbn/error.hpp"
-#include "syncbn/ops.hpp"
+#include "syncbn/core/ops.hpp"
 
 namespace syncbn::optim {
 

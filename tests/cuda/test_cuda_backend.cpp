@@ -12,8 +12,8 @@
 #include "support/compare.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/comm/collectives.hpp"
-#include "syncbn/cuda.hpp"
-#include "syncbn/ops.hpp"
+#include "syncbn/core/cuda.hpp"
+#include "syncbn/core/ops.hpp"
 
 using syncbn::Device;
 using syncbn::DType;

@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "syncbn/nn/sync_batchnorm.hpp"
-#include "syncbn/shape.hpp"
+#include "syncbn/core/shape.hpp"
 
 namespace syncbn::testing {
 

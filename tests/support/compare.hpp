@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "syncbn/tensor.hpp"
+#include "syncbn/core/tensor.hpp"
 
 namespace syncbn::testing {
 

@@ -7,7 +7,7 @@
 #include <cstdio>
 
 #include "support/skip_code.hpp"
-#include "syncbn/cuda.hpp"
+#include "syncbn/core/cuda.hpp"
 
 int main(int argc, char** argv) {
   Catch::Session session;

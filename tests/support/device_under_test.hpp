@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "syncbn/device.hpp"
+#include "syncbn/core/device.hpp"
 
 namespace syncbn::testing {
 

@@ -11,7 +11,7 @@
 
 #include "support/compare.hpp"
 #include "syncbn/nn/module.hpp"
-#include "syncbn/ops.hpp"
+#include "syncbn/core/ops.hpp"
 
 namespace syncbn::testing {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "syncbn/comm/sync_master.hpp"
+#include "syncbn/sync/sync_master.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/module.hpp"
 #include "syncbn/parallel/replicate.hpp"

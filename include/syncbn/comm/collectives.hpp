@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "syncbn/device.hpp"
-#include "syncbn/tensor.hpp"
+#include "syncbn/core/device.hpp"
+#include "syncbn/core/tensor.hpp"
 
 namespace syncbn::comm {
 

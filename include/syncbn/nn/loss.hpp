@@ -2,7 +2,7 @@
 // Losses with mean reduction: forward(input, target) returns a rank-0 tensor;
 // backward(g) returns dL/dinput scaled by g for the latest forward.
 
-#include "syncbn/tensor.hpp"
+#include "syncbn/core/tensor.hpp"
 
 namespace syncbn::nn {
 

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "syncbn/device.hpp"
-#include "syncbn/tensor.hpp"
+#include "syncbn/core/device.hpp"
+#include "syncbn/core/tensor.hpp"
 
 namespace syncbn::parallel {
 class ReplicationContext;

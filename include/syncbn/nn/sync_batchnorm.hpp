@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "syncbn/comm/sync_master.hpp"
+#include "syncbn/sync/sync_master.hpp"
 #include "syncbn/nn/batchnorm.hpp"
 
 namespace syncbn::nn {

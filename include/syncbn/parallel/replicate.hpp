@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "syncbn/device.hpp"
+#include "syncbn/core/device.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/module.hpp"
 

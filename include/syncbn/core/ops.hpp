@@ -1,0 +1,47 @@
+#pragma once
+// Element-wise and reduction operations on tensors.
+//
+// Every operation checks its arguments first (same device, same dtype, same
+// shape where required; float32 or float64) and throws InvalidArgument naming
+// the operation, what it expected and what it got; nothing is written then.
+// Reductions accumulate in float64 whatever the dtype. CUDA operations are
+// queued on the device's stream and return without waiting.
+
+#include "syncbn/core/tensor.hpp"
+
+namespace syncbn {
+
+/// a + b, element-wise (same shape, dtype and device).
+Tensor add(const Tensor& a, const Tensor& b);
+/// a - b, element-wise.
+Tensor sub(const Tensor& a, const Tensor& b);
+/// a * b, element-wise.
+Tensor mul(const Tensor& a, const Tensor& b);
+/// alpha * a.
+Tensor scale(const Tensor& a, double alpha);
+
+/// y += alpha * x, in place (same shape, dtype and device).
+void add_(const Tensor& y, const Tensor& x, double alpha = 1.0);
+/// y = alpha * x + beta * y, in place; beta == 0 never reads y.
+void axpby_(const Tensor& y, double alpha, const Tensor& x, double beta);
+/// x *= alpha, in place.
+void scale_(const Tensor& x, double alpha);
+
+/// The sum of all elements, as a rank-0 tensor of a's dtype and device.
+Tensor sum(const Tensor& a);
+/// Sum over dimension 0: (N, d1, ...) -> (d1, ...), rank >= 1.
+Tensor sum_rows(const Tensor& a);
+
+/// op(a) * op(b) for 2-D a and b, op = transpose when the flag is set:
+/// (m x k) * (k x n) -> (m x n). Same dtype and device.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+/// c = alpha * op(a) * op(b) + beta * c, in place (beta == 0 never reads c).
+void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha = 1.0,
+             double beta = 0.0);
+
+/// max(x, 0) element-wise.
+Tensor relu(const Tensor& x);
+/// dy where y > 0, else 0 (y is relu's output).
+Tensor relu_backward(const Tensor& grad_output, const Tensor& output);
+
+}  // namespace syncbn

@@ -1,0 +1,165 @@
+#pragma once
+// The operation tables of the backends: one table per kernel family,
+// chosen at run time by device kind (see Note [Backend tables]).
+//
+// Note [Backend tables]
+// Every kernel family is a struct of function pointers. The CPU backend
+// always provides one (src/cpu/), the CUDA backend where it was built
+// (src/cuda/). The public entry points (Tensor, ops, collectives, layers)
+// validate their arguments, then call `<family>_kernels(device.kind())`.
+// Asking for the CUDA table in a build without CUDA throws Unsupported.
+// The CPU entry of each kernel is its specification: CUDA kernels are tested
+// against it. Pointers are raw element pointers of the given dtype; counts
+// are elements. CUDA entries enqueue on the device's stream and return
+// without waiting, unless their comment says otherwise.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "syncbn/core/device.hpp"
+#include "syncbn/core/dtype.hpp"
+
+namespace syncbn::detail {
+
+/// Allocation, copies, fills and conversions.
+struct MemoryKernels {
+  /// Allocates `nbytes` (> 0) on `device`; throws on failure.
+  void* (*allocate)(Device device, std::size_t nbytes);
+  /// Releases memory from allocate() of `nbytes`; never throws.
+  void (*release)(Device device, void* ptr, std::size_t nbytes) noexcept;
+  /// Copies `nbytes` from `src` on `src_device` to `dst` on `dst_device`.
+  /// The CUDA table handles every pair that involves a GPU.
+  void (*copy)(void* dst, Device dst_device, const void* src, Device src_device, std::size_t nbytes);
+  /// Sets n elements of `dtype` to `value` (rounded to dtype).
+  void (*fill)(Device device, void* dst, DType dtype, std::int64_t n, double value);
+  /// Converts n elements from `src_dtype` to `dst_dtype` (round to nearest even).
+  void (*convert)(Device device, void* dst, DType dst_dtype, const void* src, DType src_dtype, std::int64_t n);
+  /// Waits until the device's queued work is done (CPU: no-op).
+  void (*synchronize)(Device device);
+};
+
+/// Element-wise binary operators.
+enum class BinaryOp : std::uint8_t { Add, Sub, Mul };
+
+/// Element-wise arithmetic (float32 / float64).
+struct ElementwiseKernels {
+  /// out[i] = a[i] op b[i]; out may alias a or b.
+  void (*binary)(Device device, BinaryOp op, DType dtype, std::int64_t n, const void* a, const void* b, void* out);
+  /// y[i] = alpha * x[i] + beta * y[i].
+  void (*axpby)(Device device, DType dtype, std::int64_t n, double alpha, const void* x, double beta, void* y);
+  /// x[i] = alpha * x[i].
+  void (*scale)(Device device, DType dtype, std::int64_t n, double alpha, void* x);
+};
+
+/// Reductions, accumulated in float64 whatever the dtype.
+struct ReduceKernels {
+  /// out[0] = sum of x[0..n).
+  void (*sum_all)(Device device, DType dtype, std::int64_t n, const void* x, void* out);
+  /// out[j] = sum over i of x[i * cols + j], for a rows x cols matrix.
+  void (*sum_rows)(Device device, DType dtype, std::int64_t rows, std::int64_t cols, const void* x, void* out);
+  /// out[i] = srcs[0][i] + srcs[1][i] + ... in that order, for `count`
+  /// (<= kMaxSumSources) sources on `device`; out may alias srcs[0].
+  void (*sum_many)(Device device, DType dtype, std::int64_t n, const void* const* srcs, int count, void* out);
+};
+
+/// Dense matrix products (float32 / float64), row-major.
+struct BlasKernels {
+  /// C = alpha * op(A) * op(B) + beta * C with op(A) m x k and op(B) k x n;
+  /// A is stored m x k (k x m when trans_a), B k x n (n x k when trans_b).
+  /// beta == 0 never reads C. The k summation order of an element of C does
+  /// not depend on m or n, so splitting a batch across replicas leaves every
+  /// output row bit-identical.
+  void (*gemm)(Device device, DType dtype, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
+               double alpha, const void* a, const void* b, double beta, void* c);
+};
+
+/// Activations (float32 / float64).
+struct ActivationKernels {
+  /// y = max(x, 0).
+  void (*relu_forward)(Device device, DType dtype, std::int64_t n, const void* x, void* y);
+  /// dx = dy where y > 0, else 0.
+  void (*relu_backward)(Device device, DType dtype, std::int64_t n, const void* dy, const void* y, void* dx);
+};
+
+/// Batch normalization over x viewed as (n, c, l): channel j holds the n*l
+/// elements x[i][j][k]. Statistics and coefficients are float64 arrays of
+/// length c on the device (see Note [Batch-norm numerics] in
+/// src/cpu/cpu_batchnorm.cpp). Parameters and running statistics have
+/// `param_dtype` (float64 for float64 input, float32 otherwise); x may also
+/// be float16 / bfloat16 on CUDA (computed in float32).
+struct BatchNormKernels {
+  /// Per-channel mean and M2 (sum of squared deviations from the mean) of
+  /// this shard, from sums shifted by each channel's first element.
+  void (*stats)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x, double* mean,
+                double* m2);
+  /// Merges `parts` partial (count, mean, M2) per channel in order (Chan et
+  /// al.); counts are host integers, parts with count 0 are skipped.
+  void (*merge_stats)(Device device, std::int64_t c, int parts, const std::int64_t* counts, const double* const* means,
+                      const double* const* m2s, double* mean, double* m2);
+  /// invstd = 1/sqrt(var + eps) (or 1/sqrt(max(var, eps)) with eps_clamp) and
+  /// the unbiased variance m2/(count-1), from the biased var = m2/count.
+  void (*finalize)(Device device, std::int64_t c, std::int64_t count, const double* m2, double eps, bool eps_clamp,
+                   double* invstd, double* unbiased_var);
+  /// Counts the batch (++*num_batches_tracked, an int64 on the device) and
+  /// updates running = (1 - f) * running + f * batch for mean and variance,
+  /// with f = momentum, or f = 1 / num_batches_tracked (a cumulative average)
+  /// when momentum < 0. Runs without a host round-trip.
+  void (*update_running)(Device device, DType param_dtype, std::int64_t c, double momentum, const double* mean,
+                         const double* unbiased_var, void* running_mean, void* running_var,
+                         std::int64_t* num_batches_tracked);
+  /// Per-channel forward coefficients {mean_hi, mean_lo, scale, shift}
+  /// (4c doubles) from mean, invstd and the optional affine weight and bias
+  /// (null: 1 and 0). The layout of the 4c values, and of the 3c backward
+  /// coefficients, is the backend's own (CPU: one plane per coefficient;
+  /// CUDA: one record per channel): they pass only between its kernels.
+  void (*forward_coefficients)(Device device, DType param_dtype, std::int64_t c, const double* mean,
+                               const double* invstd, const void* weight, const void* bias, double* coef);
+  /// y = ((x - mean_hi) - mean_lo) * scale + shift.
+  void (*apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
+                const double* coef, void* y);
+  /// Per-channel sum(dy) and sum(dy * (x - mean)) of this shard (coef from the forward).
+  void (*backward_reduce)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                          const void* x, const double* coef, double* sum_dy, double* sum_dy_xmu);
+  /// Per-channel backward coefficients {a, b, g} (3c doubles) from the sums
+  /// over all `count` elements of the batch (count 0: the statistics were
+  /// constants, as in eval mode, so a = b = 0), and, when grad_weight/grad_bias
+  /// are not null, accumulates this shard's weight and bias gradients from its
+  /// local sums: grad_weight += local_sum_dy_xmu * invstd, grad_bias += local_sum_dy.
+  void (*backward_coefficients)(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
+                                const double* invstd, const void* weight, const double* sum_dy,
+                                const double* sum_dy_xmu, const double* local_sum_dy, const double* local_sum_dy_xmu,
+                                void* grad_weight, void* grad_bias, double* coef_b);
+  /// dx = (dy - a - (x - mean) * b) * g.
+  void (*backward_apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                         const void* x, const double* coef, const double* coef_b, void* dx);
+};
+
+/// Losses (float32 / float64 logits, int64 targets).
+struct LossKernels {
+  /// loss[0] = mean over rows of (logsumexp(row) - row[target]); targets
+  /// must be in [0, c) (checked by the caller).
+  void (*cross_entropy_forward)(Device device, DType dtype, std::int64_t n, std::int64_t c, const void* logits,
+                                const std::int64_t* targets, void* loss);
+  /// grad = (softmax(row) - onehot(target)) * scale.
+  void (*cross_entropy_backward)(Device device, DType dtype, std::int64_t n, std::int64_t c, const void* logits,
+                                 const std::int64_t* targets, double scale, void* grad);
+};
+
+/// The most sources one sum_many call takes (a CUDA kernel takes the
+/// pointers by value).
+inline constexpr int kMaxSumSources = 64;
+
+/// The tables of a device kind. Throw Unsupported for CUDA in a build without CUDA.
+const MemoryKernels& memory_kernels(DeviceKind kind);
+const ElementwiseKernels& elementwise_kernels(DeviceKind kind);
+const ReduceKernels& reduce_kernels(DeviceKind kind);
+const BlasKernels& blas_kernels(DeviceKind kind);
+const ActivationKernels& activation_kernels(DeviceKind kind);
+const BatchNormKernels& batchnorm_kernels(DeviceKind kind);
+const LossKernels& loss_kernels(DeviceKind kind);
+
+/// The memory table that copies between these two devices (CUDA whenever
+/// either is a GPU).
+const MemoryKernels& copy_kernels(Device dst, Device src);
+
+}  // namespace syncbn::detail

@@ -1,0 +1,31 @@
+#pragma once
+// Storage: the owner of one device allocation (RAII), shared by tensors.
+
+#include <cstddef>
+
+#include "syncbn/core/device.hpp"
+
+namespace syncbn::detail {
+
+/// One allocation on one device, released through its backend's memory table
+/// when the last tensor viewing it goes away. Move-free and copy-free: it is
+/// always held by shared_ptr.
+class Storage {
+ public:
+  /// Allocates `nbytes` on `device` (no allocation for 0 bytes).
+  Storage(Device device, std::size_t nbytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const noexcept { return data_; }
+  std::size_t nbytes() const noexcept { return nbytes_; }
+  Device device() const noexcept { return device_; }
+
+ private:
+  Device device_;
+  std::size_t nbytes_;
+  void* data_ = nullptr;
+};
+
+}  // namespace syncbn::detail

@@ -1,0 +1,135 @@
+// Element-wise and reduction operations: one validation gate, then the
+// backend table of the tensors' device kind.
+
+#include "syncbn/core/ops.hpp"
+
+#include "backend/kernels.hpp"
+#include "syncbn/error.hpp"
+
+namespace syncbn {
+namespace {
+
+void check_math_operand(const Tensor& t, const char* op, const char* name) {
+  SYNCBN_CHECK(t.defined(), op, ": ", name, " is undefined, expected a tensor");
+  SYNCBN_CHECK(t.dtype() == DType::Float32 || t.dtype() == DType::Float64, op, ": ", name, " has dtype ",
+               dtype_name(t.dtype()), ", expected float32 or float64");
+}
+
+// b must match a in shape, dtype and device.
+void check_same(const Tensor& a, const Tensor& b, const char* op, const char* a_name, const char* b_name) {
+  check_math_operand(a, op, a_name);
+  check_math_operand(b, op, b_name);
+  SYNCBN_CHECK(b.device() == a.device(), op, ": ", b_name, " is on ", b.device(), ", expected ", a.device(), " (as ",
+               a_name, ")");
+  SYNCBN_CHECK(b.dtype() == a.dtype(), op, ": ", b_name, " has dtype ", dtype_name(b.dtype()), ", expected ",
+               dtype_name(a.dtype()), " (as ", a_name, ")");
+  SYNCBN_CHECK(b.shape() == a.shape(), op, ": ", b_name, " has shape ", b.shape(), ", expected ", a.shape(), " (as ",
+               a_name, ")");
+}
+
+Tensor binary(const Tensor& a, const Tensor& b, detail::BinaryOp op, const char* name) {
+  check_same(a, b, name, "a", "b");
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  detail::elementwise_kernels(a.device().kind())
+      .binary(a.device(), op, a.dtype(), a.numel(), a.raw_data(), b.raw_data(), out.raw_data());
+  return out;
+}
+
+}  // namespace
+
+Tensor add(const Tensor& a, const Tensor& b) { return binary(a, b, detail::BinaryOp::Add, "add"); }
+Tensor sub(const Tensor& a, const Tensor& b) { return binary(a, b, detail::BinaryOp::Sub, "sub"); }
+Tensor mul(const Tensor& a, const Tensor& b) { return binary(a, b, detail::BinaryOp::Mul, "mul"); }
+
+Tensor scale(const Tensor& a, double alpha) {
+  check_math_operand(a, "scale", "a");
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  detail::elementwise_kernels(a.device().kind())
+      .axpby(a.device(), a.dtype(), a.numel(), alpha, a.raw_data(), 0.0, out.raw_data());
+  return out;
+}
+
+void add_(const Tensor& y, const Tensor& x, double alpha) { axpby_(y, alpha, x, 1.0); }
+
+void axpby_(const Tensor& y, double alpha, const Tensor& x, double beta) {
+  check_same(y, x, "axpby_", "y", "x");
+  detail::elementwise_kernels(y.device().kind())
+      .axpby(y.device(), y.dtype(), y.numel(), alpha, x.raw_data(), beta, y.raw_data());
+}
+
+void scale_(const Tensor& x, double alpha) {
+  check_math_operand(x, "scale_", "x");
+  detail::elementwise_kernels(x.device().kind()).scale(x.device(), x.dtype(), x.numel(), alpha, x.raw_data());
+}
+
+Tensor sum(const Tensor& a) {
+  check_math_operand(a, "sum", "a");
+  Tensor out = Tensor::empty(Shape{}, a.dtype(), a.device());
+  detail::reduce_kernels(a.device().kind()).sum_all(a.device(), a.dtype(), a.numel(), a.raw_data(), out.raw_data());
+  return out;
+}
+
+Tensor sum_rows(const Tensor& a) {
+  check_math_operand(a, "sum_rows", "a");
+  SYNCBN_CHECK(a.rank() >= 1, "sum_rows: a is a scalar, expected rank >= 1");
+  const std::vector<std::int64_t> dims = a.shape().dims();
+  Tensor out = Tensor::empty(Shape(std::vector<std::int64_t>(dims.begin() + 1, dims.end())), a.dtype(), a.device());
+  const std::int64_t rows = a.size(0);
+  const std::int64_t cols = out.numel();
+  if (rows == 0) {
+    out.fill_(0.0);
+    return out;
+  }
+  detail::reduce_kernels(a.device().kind()).sum_rows(a.device(), a.dtype(), rows, cols, a.raw_data(), out.raw_data());
+  return out;
+}
+
+void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
+             double beta) {
+  check_math_operand(a, "matmul", "a");
+  check_math_operand(b, "matmul", "b");
+  check_math_operand(c, "matmul", "c");
+  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul: a and b must be 2-D, got ranks ", a.rank(), " and ", b.rank());
+  SYNCBN_CHECK(b.device() == a.device() && c.device() == a.device(), "matmul: operands are on ", a.device(), ", ",
+               b.device(), " and ", c.device(), ", expected one device");
+  SYNCBN_CHECK(b.dtype() == a.dtype() && c.dtype() == a.dtype(), "matmul: operands have dtypes ",
+               dtype_name(a.dtype()), ", ", dtype_name(b.dtype()), " and ", dtype_name(c.dtype()),
+               ", expected one dtype");
+  const std::int64_t m = trans_a ? a.size(1) : a.size(0);
+  const std::int64_t k = trans_a ? a.size(0) : a.size(1);
+  const std::int64_t kb = trans_b ? b.size(1) : b.size(0);
+  const std::int64_t n = trans_b ? b.size(0) : b.size(1);
+  SYNCBN_CHECK(k == kb, "matmul: op(a) is ", m, " x ", k, " and op(b) is ", kb, " x ", n, ", expected inner sizes to match");
+  SYNCBN_CHECK(c.shape() == Shape({m, n}), "matmul: c has shape ", c.shape(), ", expected ", Shape({m, n}));
+  detail::blas_kernels(a.device().kind())
+      .gemm(a.device(), a.dtype(), trans_a, trans_b, m, n, k, alpha, a.raw_data(), b.raw_data(), beta, c.raw_data());
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+  check_math_operand(a, "matmul", "a");
+  check_math_operand(b, "matmul", "b");
+  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul: a and b must be 2-D, got ranks ", a.rank(), " and ", b.rank());
+  const std::int64_t m = trans_a ? a.size(1) : a.size(0);
+  const std::int64_t n = trans_b ? b.size(0) : b.size(1);
+  Tensor c = Tensor::empty(Shape{m, n}, a.dtype(), a.device());
+  matmul_(c, a, b, trans_a, trans_b, 1.0, 0.0);
+  return c;
+}
+
+Tensor relu(const Tensor& x) {
+  check_math_operand(x, "relu", "x");
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  detail::activation_kernels(x.device().kind()).relu_forward(x.device(), x.dtype(), x.numel(), x.raw_data(), y.raw_data());
+  return y;
+}
+
+Tensor relu_backward(const Tensor& grad_output, const Tensor& output) {
+  check_same(output, grad_output, "relu_backward", "output", "grad_output");
+  Tensor dx = Tensor::empty(output.shape(), output.dtype(), output.device());
+  detail::activation_kernels(output.device().kind())
+      .relu_backward(output.device(), output.dtype(), output.numel(), grad_output.raw_data(), output.raw_data(),
+                     dx.raw_data());
+  return dx;
+}
+
+}  // namespace syncbn

@@ -1,0 +1,233 @@
+// DataParallel: persistent replicas and workers, scatter / parallel run /
+// gather, gradient reduction, and failure handling.
+
+#include "syncbn/parallel/data_parallel.hpp"
+
+#include <functional>
+#include <set>
+#include <string>
+
+#include "replica_errors.hpp"
+#include "worker_pool.hpp"
+#include "syncbn/sync/sync_master.hpp"
+#include "syncbn/core/ops.hpp"
+
+namespace syncbn::parallel {
+
+struct DataParallel::Workers {
+  explicit Workers(const std::vector<Device>& devices) : pool(devices) {}
+  detail::WorkerPool pool;
+};
+
+namespace {
+
+bool same_view(const Tensor& a, const Tensor& b) {
+  return a.shares_storage_with(b) && a.storage_offset() == b.storage_offset();
+}
+
+void mix(std::size_t& h, std::size_t v) { h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2); }
+
+// Identifies the module tree and the storage of its tensors: replicas alias
+// that storage, so a replaced tensor or a changed tree needs new replicas.
+std::size_t fingerprint(nn::Module& module) {
+  std::size_t h = 0;
+  const std::hash<std::string> hs;
+  for (auto& [name, m] : module.named_modules()) {
+    mix(h, hs(name));
+    mix(h, hs(m->describe()));
+  }
+  auto tensor_id = [&](const Tensor& t) {
+    mix(h, hs(t.shape().str()));
+    mix(h, static_cast<std::size_t>(t.dtype()));
+    mix(h, std::hash<Device>()(t.device()));
+    mix(h, reinterpret_cast<std::size_t>(t.raw_data()));
+  };
+  for (auto& [name, p] : module.named_parameters()) {
+    mix(h, hs(name));
+    tensor_id(p->value);
+  }
+  for (auto& [name, b] : module.named_buffers()) {
+    mix(h, hs(name));
+    tensor_id(*b);
+  }
+  return h;
+}
+
+// Runs task(i) on every replica's worker; on failure releases the other
+// replicas, waits for all, resets the rendezvous and rethrows the root cause.
+void run_tasks(detail::WorkerPool& pool, Replication& replicas, const std::string& who, const char* phase,
+               const std::function<void(int)>& task, const std::function<void()>& cleanup) {
+  const auto& devices = replicas.devices();
+  auto errors = pool.run(task, [&](int i, const std::exception_ptr& error) {
+    replicas.abort(i, "replica " + std::to_string(i) + " on " + devices[static_cast<std::size_t>(i)].str() +
+                          " failed: " + comm::detail::describe(error));
+  });
+  const int root = detail::root_failure(errors);
+  if (root < 0) return;
+  try {
+    replicas.reset();  // every replica is idle now
+    cleanup();
+  } catch (...) {
+    // The step failed already; report its cause, not the clean-up's.
+  }
+  detail::rethrow_with_context(errors[static_cast<std::size_t>(root)],
+                               who + ": replica " + std::to_string(root) + " on " +
+                                   devices[static_cast<std::size_t>(root)].str() + " failed in " + phase + ": ");
+}
+
+}  // namespace
+
+DataParallel::DataParallel(std::shared_ptr<nn::Module> module, std::vector<Device> devices,
+                           std::optional<Device> output_device, DataParallelOptions options)
+    : module_(std::move(module)), devices_(std::move(devices)), options_(options) {
+  SYNCBN_CHECK(module_ != nullptr, "DataParallel: module is null, expected a module");
+  SYNCBN_CHECK(!devices_.empty(), "DataParallel: no devices, expected at least one");
+  for (Device d : devices_) d.check_available();
+  if (!options.allow_shared_devices) {
+    std::set<std::pair<int, int>> seen;
+    for (Device d : devices_)
+      SYNCBN_CHECK(seen.emplace(static_cast<int>(d.kind()), d.index()).second, "DataParallel: device ", d,
+                   " is listed twice, expected distinct devices (set allow_shared_devices for logical replicas "
+                   "sharing a GPU)");
+  }
+  output_device_ = output_device.value_or(devices_.front());
+  output_device_.check_available();
+  check_module_device();
+  if (devices_.size() > 1) workers_ = std::make_unique<Workers>(devices_);
+}
+
+DataParallel::~DataParallel() = default;
+
+void DataParallel::check_module_device() const {
+  const Device home = devices_.front();
+  for (auto& [name, p] : module_->named_parameters())
+    SYNCBN_CHECK(p->value.device() == home, "DataParallel: parameter '", name, "' is on ", p->value.device(),
+                 ", expected ", home, " (devices[0])");
+  for (auto& [name, b] : module_->named_buffers())
+    SYNCBN_CHECK(b->device() == home, "DataParallel: buffer '", name, "' is on ", b->device(), ", expected ", home,
+                 " (devices[0])");
+}
+
+void DataParallel::train(bool on) { module_->train(on); }
+
+void DataParallel::ensure_replicas() {
+  const std::size_t fp = fingerprint(*module_);
+  if (!replication_.empty() && fp == fingerprint_) return;
+  replication_ = replicate(*module_, devices_);
+  fingerprint_ = fp;
+  ++replications_;
+}
+
+void DataParallel::refresh_replicas() {
+  auto params = module_->named_parameters();
+  auto buffers = module_->named_buffers();
+  for (std::size_t k = 0; k < replication_.size(); ++k) {
+    nn::Module& replica = replication_[k];
+    replica.train(module_->is_training());
+    auto rp = replica.named_parameters();
+    for (std::size_t j = 0; j < rp.size(); ++j)
+      if (!same_view(rp[j].second->value, params[j].second->value)) rp[j].second->value.copy_(params[j].second->value);
+    auto rb = replica.named_buffers();
+    for (std::size_t j = 0; j < rb.size(); ++j)
+      if (!same_view(*rb[j].second, *buffers[j].second)) rb[j].second->copy_(*buffers[j].second);
+  }
+}
+
+void DataParallel::write_back_buffers() {
+  auto buffers = module_->named_buffers();
+  auto rb = replication_[0].named_buffers();
+  for (std::size_t j = 0; j < rb.size(); ++j)
+    if (!same_view(*rb[j].second, *buffers[j].second)) buffers[j].second->copy_(*rb[j].second);
+}
+
+void DataParallel::zero_replica_grads() {
+  for (std::size_t k = 0; k < replication_.size(); ++k) replication_[k].zero_grad();
+}
+
+void DataParallel::run_on_replicas(const char* phase, const std::function<void(int)>& task) {
+  run_tasks(workers_->pool, replication_, "DataParallel", phase, task, [this] {
+    has_forward_ = false;
+    zero_replica_grads();
+  });
+}
+
+Tensor DataParallel::forward(const Tensor& input) {
+  SYNCBN_CHECK(input.defined(), "DataParallel::forward: input is undefined, expected a tensor");
+  SYNCBN_CHECK(input.rank() >= 1, "DataParallel::forward: input is a scalar, expected a batch (rank >= 1)");
+  SYNCBN_CHECK(input.device() == devices_.front() || input.device().is_cpu(), "DataParallel::forward: input is on ",
+               input.device(), ", expected ", devices_.front(), " (devices[0]) or host memory");
+  check_module_device();
+  has_forward_ = false;
+  Tensor out;
+  if (devices_.size() == 1) {
+    out = module_->forward(input.onto(devices_.front())).onto(output_device_);
+    chunk_sizes_ = {input.size(0)};
+  } else {
+    ensure_replicas();
+    refresh_replicas();
+    chunk_sizes_ = comm::even_chunk_sizes(input.size(0), static_cast<int>(devices_.size()));
+    const auto chunks = comm::scatter(input, devices_, chunk_sizes_);
+    std::vector<Tensor> outputs(devices_.size());
+    run_on_replicas("forward", [&](int i) {
+      outputs[static_cast<std::size_t>(i)] = replication_[static_cast<std::size_t>(i)].forward(chunks[static_cast<std::size_t>(i)]);
+    });
+    write_back_buffers();
+    out = comm::gather(outputs, output_device_);
+  }
+  input_device_ = input.device();
+  output_shape_ = out.shape();
+  has_forward_ = true;
+  return out;
+}
+
+Tensor DataParallel::backward(const Tensor& grad_output) {
+  SYNCBN_CHECK(has_forward_, "DataParallel::backward: no forward to differentiate, expected a successful forward first");
+  SYNCBN_CHECK(grad_output.defined(), "DataParallel::backward: grad_output is undefined, expected a tensor");
+  SYNCBN_CHECK(grad_output.shape() == output_shape_, "DataParallel::backward: grad_output has shape ",
+               grad_output.shape(), ", expected ", output_shape_, " (the output's)");
+  if (devices_.size() == 1) return module_->backward(grad_output.onto(devices_.front())).onto(input_device_);
+
+  const auto chunks = comm::scatter(grad_output, devices_, chunk_sizes_);
+  std::vector<Tensor> grad_inputs(devices_.size());
+  run_on_replicas("backward", [&](int i) {
+    grad_inputs[static_cast<std::size_t>(i)] = replication_[static_cast<std::size_t>(i)].backward(chunks[static_cast<std::size_t>(i)]);
+  });
+  auto params = module_->named_parameters();
+  if (!params.empty()) {
+    std::vector<std::vector<Tensor>> groups(replication_.size());
+    for (std::size_t k = 0; k < replication_.size(); ++k)
+      for (auto& [name, p] : replication_[k].named_parameters()) groups[k].push_back(p->grad);
+    const auto reduced = comm::reduce_add_coalesced(groups, devices_.front());
+    for (std::size_t j = 0; j < params.size(); ++j) add_(params[j].second->grad, reduced[j]);
+  }
+  zero_replica_grads();
+  return comm::gather(grad_inputs, input_device_);
+}
+
+namespace {
+
+std::vector<Tensor> run_each(Replication& replicas, const std::vector<Tensor>& inputs, const char* who,
+                             const char* phase, bool forward) {
+  SYNCBN_CHECK(!replicas.empty(), who, ": no replicas, expected the result of replicate()");
+  SYNCBN_CHECK(inputs.size() == replicas.size(), who, ": ", inputs.size(), " inputs, expected ", replicas.size(),
+               " (one per replica)");
+  detail::WorkerPool pool(replicas.devices());
+  std::vector<Tensor> outputs(inputs.size());
+  run_tasks(pool, replicas, who, phase, [&](int i) {
+    const auto u = static_cast<std::size_t>(i);
+    outputs[u] = forward ? replicas[u].forward(inputs[u]) : replicas[u].backward(inputs[u]);
+  }, [] {});
+  return outputs;
+}
+
+}  // namespace
+
+std::vector<Tensor> parallel_apply(Replication& replicas, const std::vector<Tensor>& inputs) {
+  return run_each(replicas, inputs, "parallel_apply", "forward", true);
+}
+
+std::vector<Tensor> parallel_backward(Replication& replicas, const std::vector<Tensor>& grad_outputs) {
+  return run_each(replicas, grad_outputs, "parallel_backward", "backward", false);
+}
+
+}  // namespace syncbn::parallel

@@ -1,0 +1,138 @@
+// Element-wise and reduction ops against float64 references, and their
+// argument errors. Device-generic.
+
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <vector>
+
+#include "support/compare.hpp"
+#include "support/device_under_test.hpp"
+#include "support/matchers.hpp"
+#include "support/seeds.hpp"
+#include "syncbn/error.hpp"
+#include "syncbn/core/ops.hpp"
+
+using syncbn::Device;
+using syncbn::DType;
+using syncbn::InvalidArgument;
+using syncbn::Shape;
+using syncbn::Tensor;
+using syncbn::testing::check_close;
+using syncbn::testing::MessageIs;
+using syncbn::testing::test_device;
+using syncbn::testing::tolerance_for;
+
+namespace {
+
+struct Inputs {
+  Tensor a, b;
+  std::vector<double> ra, rb;  // float64 copies of the (rounded) inputs
+};
+
+Inputs make_inputs(const Shape& shape, DType dtype) {
+  const std::uint64_t seed = syncbn::testing::kSeed;
+  Inputs in;
+  in.a = Tensor::randn(shape, seed, dtype, test_device());
+  in.b = Tensor::randn(shape, seed + 7, dtype, test_device(), 1.0, 3.0);
+  in.ra = in.a.to_vector<double>();
+  in.rb = in.b.to_vector<double>();
+  return in;
+}
+
+}  // namespace
+
+TEST_CASE("Element-wise add, sub, mul and scale match a float64 reference", "[tensor]") {
+  const DType dtype = GENERATE(DType::Float32, DType::Float64);
+  const std::int64_t n = GENERATE(0, 1, 7, 1000, 4099);
+  CAPTURE(dtype, n, syncbn::testing::kSeed);
+  const auto in = make_inputs(Shape{n}, dtype);
+  std::vector<double> sum(in.ra.size()), diff(in.ra.size()), prod(in.ra.size()), scaled(in.ra.size());
+  for (std::size_t i = 0; i < in.ra.size(); ++i) {
+    sum[i] = in.ra[i] + in.rb[i];
+    diff[i] = in.ra[i] - in.rb[i];
+    prod[i] = in.ra[i] * in.rb[i];
+    scaled[i] = -2.5 * in.ra[i];
+  }
+  const auto tol = tolerance_for(dtype);
+  check_close(syncbn::add(in.a, in.b), sum, tol, "add");
+  check_close(syncbn::sub(in.a, in.b), diff, tol, "sub");
+  check_close(syncbn::mul(in.a, in.b), prod, tol, "mul");
+  check_close(syncbn::scale(in.a, -2.5), scaled, tol, "scale");
+}
+
+TEST_CASE("In-place add_, axpby_ and scale_ match a float64 reference", "[tensor]") {
+  const DType dtype = GENERATE(DType::Float32, DType::Float64);
+  CAPTURE(dtype, syncbn::testing::kSeed);
+  const auto in = make_inputs(Shape{33, 5}, dtype);
+  const auto tol = tolerance_for(dtype);
+
+  Tensor y = in.a.clone();
+  syncbn::add_(y, in.b, 0.5);
+  std::vector<double> want(in.ra.size());
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] = in.ra[i] + 0.5 * in.rb[i];
+  check_close(y, want, tol, "add_");
+
+  y = in.a.clone();
+  syncbn::axpby_(y, 2.0, in.b, -3.0);
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] = 2.0 * in.rb[i] - 3.0 * in.ra[i];
+  check_close(y, want, tol, "axpby_");
+
+  // beta == 0 never reads y, so NaN in y does not leak.
+  y = Tensor::full(in.a.shape(), std::nan(""), dtype, test_device());
+  syncbn::axpby_(y, 1.0, in.b, 0.0);
+  check_close(y, in.rb, tol, "axpby_ with beta 0 over NaN");
+
+  y = in.a.clone();
+  syncbn::scale_(y, 0.25);
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] = 0.25 * in.ra[i];
+  check_close(y, want, tol, "scale_");
+}
+
+TEST_CASE("sum and sum_rows accumulate in float64 and match a float64 reference", "[tensor]") {
+  const DType dtype = GENERATE(DType::Float32, DType::Float64);
+  const std::int64_t rows = GENERATE(0, 1, 3, 257, 1000);
+  const std::int64_t cols = GENERATE(1, 5, 70);
+  CAPTURE(dtype, rows, cols, syncbn::testing::kSeed);
+  const auto in = make_inputs(Shape{rows, cols}, dtype);
+  double total = 0;
+  std::vector<double> column(static_cast<std::size_t>(cols), 0.0);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      total += in.rb[static_cast<std::size_t>(r * cols + c)];
+      column[static_cast<std::size_t>(c)] += in.rb[static_cast<std::size_t>(r * cols + c)];
+    }
+  const auto tol = tolerance_for(dtype);
+  const Tensor s = syncbn::sum(in.b);
+  CHECK(s.rank() == 0);
+  check_close(s, {total}, tol, "sum");
+  const Tensor cs = syncbn::sum_rows(in.b);
+  CHECK(cs.shape() == Shape{cols});
+  check_close(cs, column, tol, "sum_rows");
+}
+
+TEST_CASE("sum_rows keeps the trailing dimensions", "[tensor]") {
+  const Tensor x = Tensor::ones(Shape{4, 2, 3}, DType::Float64, test_device());
+  const Tensor s = syncbn::sum_rows(x);
+  CHECK(s.shape() == Shape{2, 3});
+  check_close(s, std::vector<double>(6, 4.0), tolerance_for(DType::Float64), "sum_rows of ones");
+}
+
+TEST_CASE("Ops reject mismatched shapes, dtypes and devices before writing anything", "[tensor]") {
+  const Tensor a = Tensor::ones(Shape{2, 3}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(syncbn::add(a, Tensor::ones(Shape{3, 2}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("add: b has shape (3, 2), expected (2, 3) (as a)"));
+  CHECK_THROWS_MATCHES(syncbn::mul(a, Tensor::ones(Shape{2, 3}, DType::Float64, test_device())), InvalidArgument,
+                       MessageIs("mul: b has dtype float64, expected float32 (as a)"));
+  const Device other = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(1);
+  CHECK_THROWS_MATCHES(syncbn::sub(a, Tensor::ones(Shape{2, 3}, DType::Float32, other)), InvalidArgument,
+                       MessageIs("sub: b is on " + other.str() + ", expected " + a.device().str() + " (as a)"));
+  CHECK_THROWS_MATCHES(syncbn::sum(Tensor::ones(Shape{2}, DType::Int64, test_device())), InvalidArgument,
+                       MessageIs("sum: a has dtype int64, expected float32 or float64"));
+  CHECK_THROWS_MATCHES(syncbn::sum_rows(Tensor::ones(Shape{}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("sum_rows: a is a scalar, expected rank >= 1"));
+
+  const Tensor y = Tensor::ones(Shape{2, 3}, DType::Float32, test_device());
+  CHECK_THROWS_AS(syncbn::add_(y, Tensor::ones(Shape{6}, DType::Float32, test_device())), InvalidArgument);
+  check_close(y, std::vector<double>(6, 1.0), tolerance_for(DType::Float32), "y unchanged after a rejected add_");
+}

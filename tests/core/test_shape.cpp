@@ -1,0 +1,35 @@
+// Shape: ranks 0..5, element counts and errors.
+
+#include <catch2/catch.hpp>
+
+#include "support/matchers.hpp"
+#include "syncbn/error.hpp"
+#include "syncbn/core/shape.hpp"
+
+using syncbn::InvalidArgument;
+using syncbn::Shape;
+using syncbn::testing::MessageIs;
+
+TEST_CASE("A shape knows its rank, dimensions and element count", "[tensor]") {
+  const Shape s{2, 3, 4};
+  CHECK(s.rank() == 3);
+  CHECK(s[0] == 2);
+  CHECK(s[-1] == 4);
+  CHECK(s.numel() == 24);
+  CHECK(s.str() == "(2, 3, 4)");
+  CHECK(Shape{}.numel() == 1);
+  CHECK(Shape{}.str() == "()");
+  CHECK(Shape{5, 0, 3}.numel() == 0);
+  CHECK(Shape{1, 2, 3, 4, 5}.rank() == 5);
+  CHECK(s.with_rows(7) == Shape{7, 3, 4});
+  CHECK(Shape{2, 3} != Shape{3, 2});
+}
+
+TEST_CASE("Shapes of rank above 5 or with negative dimensions are rejected", "[tensor]") {
+  CHECK_THROWS_MATCHES((Shape{1, 2, 3, 4, 5, 6}), InvalidArgument,
+                       MessageIs("Shape: rank 6 is too large, expected at most 5"));
+  CHECK_THROWS_MATCHES((Shape{2, -1}), InvalidArgument, MessageIs("Shape: dimension 1 is -1, expected >= 0"));
+  CHECK_THROWS_MATCHES((Shape{2, 3}[2]), InvalidArgument,
+                       MessageIs("Shape: dimension index 2 is out of range for rank 2"));
+  CHECK_THROWS_AS(Shape{}.with_rows(1), InvalidArgument);
+}
