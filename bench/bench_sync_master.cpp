@@ -31,9 +31,9 @@
 namespace {
 
 using namespace std::chrono;
-using syncbn::comm::SyncMaster;
-using syncbn::comm::SyncOptions;
-using syncbn::comm::WaitPolicy;
+using syncbn::sync::SyncMaster;
+using syncbn::sync::SyncOptions;
+using syncbn::sync::WaitPolicy;
 
 struct Partial {
   std::vector<double> sum, ssum;

@@ -2,7 +2,7 @@
 # build must configure and pass on machines without a toolkit.
 #
 # Sets SYNCBN_WITH_CUDA (ON/OFF) and, when ON, the imported targets
-# CUDA::cudart and syncbn_nccl.
+# CUDA::cudart and syncbn::nccl.
 set(SYNCBN_WITH_CUDA OFF)
 if(NOT SYNCBN_CUDA MATCHES "^(AUTO|ON|OFF)$")
   message(FATAL_ERROR "SYNCBN_CUDA: expected AUTO, ON or OFF, got '${SYNCBN_CUDA}'")
@@ -25,7 +25,7 @@ if(NOT SYNCBN_CUDA STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     enable_language(CUDA)
-    find_package(CUDAToolkit REQUIRED)
+    find_package(CUDAToolkit REQUIRED GLOBAL)
     set(SYNCBN_WITH_CUDA ON)
   elseif(SYNCBN_CUDA STREQUAL "ON")
     message(FATAL_ERROR "SYNCBN_CUDA=ON but no CUDA compiler was found (set CUDACXX or CMAKE_CUDA_COMPILER)")
@@ -46,9 +46,9 @@ if(SYNCBN_WITH_CUDA)
   find_library(SYNCBN_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} ${CUDAToolkit_TARGET_DIR}/lib
                ENV NCCL_HOME PATH_SUFFIXES lib lib64)
   if(SYNCBN_NCCL_INCLUDE_DIR AND SYNCBN_NCCL_LIBRARY)
-    add_library(syncbn_nccl INTERFACE IMPORTED)
-    target_include_directories(syncbn_nccl INTERFACE "${SYNCBN_NCCL_INCLUDE_DIR}")
-    target_link_libraries(syncbn_nccl INTERFACE "${SYNCBN_NCCL_LIBRARY}")
+    add_library(syncbn::nccl INTERFACE IMPORTED GLOBAL)
+    target_include_directories(syncbn::nccl INTERFACE "${SYNCBN_NCCL_INCLUDE_DIR}")
+    target_link_libraries(syncbn::nccl INTERFACE "${SYNCBN_NCCL_LIBRARY}")
     set(SYNCBN_WITH_NCCL ON)
     message(STATUS "syncbn: NCCL ${SYNCBN_NCCL_LIBRARY}")
   else()

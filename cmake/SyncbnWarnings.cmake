@@ -1,7 +1,7 @@
 # Compile flags for syncbn's own targets: warnings (-Wall -Wextra clean is a
 # release gate), -fno-math-errno, which lets GCC vectorize sqrt in the
 # statistics loops (syncbn never reads errno after a math call), and, with
-# SYNCBN_NATIVE_ARCH, -march=native for the CPU kernels.
+# SYNCBN_NATIVE_ARCH (off by default: not portable), -march=native.
 include(CheckCXXCompilerFlag)
 check_cxx_compiler_flag(-march=native SYNCBN_HAS_MARCH_NATIVE)
 

@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   const int channels = parse_flag(argc, argv, "--channels", 3);
   const int rounds = parse_flag(argc, argv, "--rounds", 3);
 
-  using Master = syncbn::comm::SyncMaster<Partial, Total>;
+  using Master = syncbn::sync::SyncMaster<Partial, Total>;
   Master master([](std::vector<std::pair<int, Partial>> parts) {
     // Reduce-add in replica order (deterministic), then mean and biased variance.
     Partial acc = std::move(parts.front().second);

@@ -1,23 +1,33 @@
 #pragma once
-// Everything syncbn offers, in one include.
+// Everything syncbn offers, in one include, layer by layer (bottom up).
 
-#include "syncbn/comm/collectives.hpp"
+// sync: the rendezvous and the error types.
+#include "syncbn/error.hpp"
 #include "syncbn/sync/future_result.hpp"
+#include "syncbn/sync/parker.hpp"
 #include "syncbn/sync/sync_master.hpp"
+#include "syncbn/sync/wait_policy.hpp"
+// core: devices, tensors, ops, batch-norm stages, backends.
+#include "syncbn/core/batch_norm.hpp"
 #include "syncbn/core/cuda.hpp"
 #include "syncbn/core/device.hpp"
 #include "syncbn/core/dtype.hpp"
-#include "syncbn/error.hpp"
+#include "syncbn/core/ops.hpp"
+#include "syncbn/core/shape.hpp"
+#include "syncbn/core/tensor.hpp"
+// comm: collectives.
+#include "syncbn/comm/collectives.hpp"
+// nn: modules.
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/module.hpp"
+#include "syncbn/nn/replication_context.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/core/ops.hpp"
+#include "syncbn/nn/sync_batchnorm.hpp"
+// optim: optimizers.
 #include "syncbn/optim/sgd.hpp"
+// parallel: replicate and DataParallel.
 #include "syncbn/parallel/data_parallel.hpp"
 #include "syncbn/parallel/replicate.hpp"
-#include "syncbn/core/shape.hpp"
-#include "syncbn/core/tensor.hpp"

@@ -7,17 +7,12 @@
 #include <map>
 #include <set>
 
-#include "backend/kernels.hpp"
 #include "nccl_transport.hpp"
+#include "syncbn/core/ops.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::comm {
 namespace {
-
-// A tensor over elements [offset, offset + shape.numel()) of a flat buffer.
-Tensor view_of(const Tensor& flat, std::int64_t offset, const Shape& shape) {
-  return Tensor(flat.storage(), flat.storage_offset() + offset, shape, flat.dtype(), flat.device());
-}
 
 // Packs tensors (same dtype) into one new flat buffer on `device`.
 Tensor pack_onto(const std::vector<Tensor>& tensors, const std::vector<std::size_t>& which, std::int64_t total,
@@ -27,7 +22,7 @@ Tensor pack_onto(const std::vector<Tensor>& tensors, const std::vector<std::size
   std::int64_t offset = 0;
   for (std::size_t j : which) {
     const Tensor& t = tensors[j];
-    view_of(flat, offset, t.shape()).copy_(t);
+    flat.view(offset, t.shape()).copy_(t);
     offset += t.numel();
   }
   return flat;
@@ -136,8 +131,8 @@ Tensor gather(const std::vector<Tensor>& tensors, Device device) {
 std::vector<Tensor> reduce_add_coalesced(const std::vector<std::vector<Tensor>>& groups, Device target,
                                          Transport transport) {
   SYNCBN_CHECK(!groups.empty(), "reduce_add_coalesced: no groups, expected one per replica");
-  SYNCBN_CHECK(groups.size() <= static_cast<std::size_t>(kMaxReplicas), "reduce_add_coalesced: ", groups.size(),
-               " groups, expected at most ", kMaxReplicas);
+  SYNCBN_CHECK(groups.size() <= static_cast<std::size_t>(core::kMaxReplicas), "reduce_add_coalesced: ", groups.size(),
+               " groups, expected at most ", core::kMaxReplicas);
   target.check_available();
   const std::vector<Tensor>& first = groups.front();
   std::vector<Device> group_devices;
@@ -166,13 +161,10 @@ std::vector<Tensor> reduce_add_coalesced(const std::vector<std::vector<Tensor>>&
                                                        [](Device d) { return d.is_cpu(); });
   if (all_host) {
     // Host memory: sum straight from the sources, no packing or copies.
-    std::vector<const void*> srcs(groups.size());
+    std::vector<const Tensor*> sources(groups.size());
     for (std::size_t j = 0; j < first.size(); ++j) {
-      out[j] = Tensor::empty(first[j].shape(), first[j].dtype(), target);
-      for (std::size_t k = 0; k < groups.size(); ++k) srcs[k] = groups[k][j].raw_data();
-      syncbn::detail::reduce_kernels(DeviceKind::CPU)
-          .sum_many(target, first[j].dtype(), first[j].numel(), srcs.data(), static_cast<int>(srcs.size()),
-                    out[j].raw_data());
+      for (std::size_t k = 0; k < groups.size(); ++k) sources[k] = &groups[k][j];
+      out[j] = core::sum_tensors(sources, target);
     }
     return out;
   }
@@ -190,18 +182,15 @@ std::vector<Tensor> reduce_add_coalesced(const std::vector<std::vector<Tensor>>&
     } else {
       // One copy per replica onto the target, then one ordered float64 sum.
       std::vector<Tensor> moved;
-      std::vector<const void*> srcs;
-      for (const Tensor& p : packed) {
-        moved.push_back(p.device().shares_memory_with(target) ? p : p.to(target));
-        srcs.push_back(moved.back().raw_data());
-      }
-      result = Tensor::empty(Shape{total}, packed.front().dtype(), target);
-      syncbn::detail::reduce_kernels(target.kind())
-          .sum_many(target, result.dtype(), total, srcs.data(), static_cast<int>(srcs.size()), result.raw_data());
+      moved.reserve(packed.size());
+      for (const Tensor& p : packed) moved.push_back(p.onto(target));
+      std::vector<const Tensor*> sources;
+      for (const Tensor& m : moved) sources.push_back(&m);
+      result = core::sum_tensors(sources, target);
     }
     std::int64_t offset = 0;
     for (std::size_t j : bucket) {
-      out[j] = view_of(result, offset, first[j].shape());
+      out[j] = result.view(offset, first[j].shape());
       offset += first[j].numel();
     }
   }
@@ -241,7 +230,7 @@ std::vector<std::vector<Tensor>> broadcast_coalesced(const std::vector<Tensor>& 
     for (std::size_t d = 0; d < devices.size(); ++d) {
       std::int64_t offset = 0;
       for (std::size_t j : bucket) {
-        out[d][j] = view_of(copies[d], offset, tensors[j].shape());
+        out[d][j] = copies[d].view(offset, tensors[j].shape());
         offset += tensors[j].numel();
       }
     }

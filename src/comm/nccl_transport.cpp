@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/cuda_runtime.hpp"
+#include "syncbn/core/cuda.hpp"
 #include "syncbn/error.hpp"
 
 /// Throws syncbn::NcclError unless `expr` returns ncclSuccess.
@@ -80,6 +80,9 @@ class GroupGuard {
   GroupGuard& operator=(const GroupGuard&) = delete;
 };
 
+// syncbn's stream of GPU `device`, on which NCCL runs in order with syncbn's own work.
+cudaStream_t stream_of(int device) { return static_cast<cudaStream_t>(cuda::native_stream(Device::cuda(device))); }
+
 int rank_of(const std::vector<int>& devices, Device d) {
   return static_cast<int>(std::find(devices.begin(), devices.end(), d.index()) - devices.begin());
 }
@@ -101,7 +104,7 @@ Tensor nccl_reduce_sum(const std::vector<Tensor>& packed, Device target) {
     for (std::size_t r = 0; r < packed.size(); ++r) {
       void* recv = static_cast<int>(r) == root ? out.raw_data() : packed[r].raw_data();
       SYNCBN_NCCL_CHECK(ncclReduce(packed[r].raw_data(), recv, count, type, ncclSum, root, comms[r],
-                                   syncbn::cuda::detail::stream_for(devices[r])));
+                                   stream_of(devices[r])));
     }
   }
   return out;
@@ -120,7 +123,7 @@ std::vector<Tensor> nccl_broadcast(const Tensor& packed, const std::vector<Devic
     GroupGuard group;
     for (std::size_t r = 0; r < devices.size(); ++r) {
       SYNCBN_NCCL_CHECK(ncclBroadcast(packed.raw_data(), out[r].raw_data(), count, type, root, comms[r],
-                                      syncbn::cuda::detail::stream_for(indices[r])));
+                                      stream_of(indices[r])));
     }
   }
   return out;

@@ -8,7 +8,7 @@
 #include "syncbn/core/cuda.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn {
+namespace syncbn::core {
 
 Device Device::cpu(int index) {
   SYNCBN_CHECK(index >= 0, "Device: cpu index is ", index, ", expected >= 0");
@@ -51,4 +51,4 @@ void Device::check_available() const {
                " CUDA device(s) found)");
 }
 
-}  // namespace syncbn
+}  // namespace syncbn::core

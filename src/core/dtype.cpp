@@ -2,7 +2,7 @@
 
 #include "syncbn/core/dtype.hpp"
 
-namespace syncbn {
+namespace syncbn::core {
 
 const char* dtype_name(DType t) noexcept {
   switch (t) {
@@ -15,4 +15,4 @@ const char* dtype_name(DType t) noexcept {
   return "unknown";
 }
 
-}  // namespace syncbn
+}  // namespace syncbn::core

@@ -3,10 +3,13 @@
 
 #include "syncbn/core/ops.hpp"
 
+#include <utility>
+#include <vector>
+
 #include "backend/kernels.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn {
+namespace syncbn::core {
 namespace {
 
 void check_math_operand(const Tensor& t, const char* op, const char* name) {
@@ -116,6 +119,30 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return c;
 }
 
+Tensor sum_tensors(std::span<const Tensor* const> sources, Device device) {
+  SYNCBN_CHECK(!sources.empty() && sources.size() <= static_cast<std::size_t>(kMaxReplicas), "sum_tensors: ",
+               sources.size(), " sources, expected 1 to ", kMaxReplicas);
+  device.check_available();
+  const Tensor& first = *sources.front();
+  check_math_operand(first, "sum_tensors", "source 0");
+  std::vector<const void*> pointers(sources.size());
+  for (std::size_t k = 0; k < sources.size(); ++k) {
+    const Tensor& t = *sources[k];
+    SYNCBN_CHECK(t.defined(), "sum_tensors: source ", k, " is undefined, expected a tensor");
+    SYNCBN_CHECK(t.dtype() == first.dtype() && t.shape() == first.shape(), "sum_tensors: source ", k, " is ",
+                 dtype_name(t.dtype()), " ", t.shape(), ", expected ", dtype_name(first.dtype()), " ", first.shape(),
+                 " (as source 0)");
+    SYNCBN_CHECK(t.device().shares_memory_with(device), "sum_tensors: source ", k, " is on ", t.device(),
+                 ", expected memory that ", device, " shares");
+    pointers[k] = t.raw_data();
+  }
+  Tensor out = Tensor::empty(first.shape(), first.dtype(), device);
+  detail::reduce_kernels(device.kind())
+      .sum_many(device, first.dtype(), first.numel(), pointers.data(), static_cast<int>(pointers.size()),
+                out.raw_data());
+  return out;
+}
+
 Tensor relu(const Tensor& x) {
   check_math_operand(x, "relu", "x");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -132,4 +159,49 @@ Tensor relu_backward(const Tensor& grad_output, const Tensor& output) {
   return dx;
 }
 
-}  // namespace syncbn
+namespace {
+
+// Returns (N, C) after checking logits and targets.
+std::pair<std::int64_t, std::int64_t> check_cross_entropy(const Tensor& logits, const Tensor& targets, const char* op) {
+  SYNCBN_CHECK(logits.defined() && targets.defined(), op, ": logits or targets is undefined, expected tensors");
+  SYNCBN_CHECK(logits.rank() == 2, op, ": expected 2-D logits (N, C), got ", logits.rank(), "-D logits");
+  SYNCBN_CHECK(logits.dtype() == DType::Float32 || logits.dtype() == DType::Float64, op, ": logits have dtype ",
+               dtype_name(logits.dtype()), ", expected float32 or float64");
+  SYNCBN_CHECK(targets.dtype() == DType::Int64, op, ": targets have dtype ", dtype_name(targets.dtype()),
+               ", expected int64 class indices");
+  SYNCBN_CHECK(targets.shape() == Shape{logits.size(0)}, op, ": targets have shape ", targets.shape(), ", expected ",
+               Shape{logits.size(0)});
+  SYNCBN_CHECK(targets.device() == logits.device(), op, ": targets are on ", targets.device(), ", expected ",
+               logits.device(), " (the logits' device)");
+  const std::int64_t n = logits.size(0), c = logits.size(1);
+  SYNCBN_CHECK(n >= 1 && c >= 1, op, ": logits have shape ", logits.shape(), ", expected N >= 1 and C >= 1");
+  // Out-of-range classes would index out of bounds: check them on the host
+  // (a copy of N integers; a GPU caller synchronises here).
+  const auto labels = targets.to_vector<std::int64_t>();
+  for (std::size_t i = 0; i < labels.size(); ++i)
+    SYNCBN_CHECK(labels[i] >= 0 && labels[i] < c, op, ": target ", i, " is class ", labels[i],
+                 ", expected a class in [0, ", c, ")");
+  return {n, c};
+}
+
+}  // namespace
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const char* op) {
+  const auto [n, c] = check_cross_entropy(logits, targets, op);
+  Tensor loss = Tensor::empty(Shape{}, logits.dtype(), logits.device());
+  detail::loss_kernels(logits.device().kind())
+      .cross_entropy_forward(logits.device(), logits.dtype(), n, c, logits.raw_data(), targets.data<std::int64_t>(),
+                             loss.raw_data());
+  return loss;
+}
+
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, double grad_output, const char* op) {
+  const auto [n, c] = check_cross_entropy(logits, targets, op);
+  Tensor grad = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  detail::loss_kernels(logits.device().kind())
+      .cross_entropy_backward(logits.device(), logits.dtype(), n, c, logits.raw_data(), targets.data<std::int64_t>(),
+                              grad_output / static_cast<double>(n), grad.raw_data());
+  return grad;
+}
+
+}  // namespace syncbn::core

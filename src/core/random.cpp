@@ -5,7 +5,7 @@
 #include <cmath>
 #include <numbers>
 
-namespace syncbn::detail {
+namespace syncbn::core::detail {
 namespace {
 
 std::uint64_t splitmix64(std::uint64_t x) {
@@ -40,4 +40,4 @@ void fill_normal(double* out, std::int64_t n, std::uint64_t seed, double mean, d
   }
 }
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::core::detail

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-namespace syncbn::detail {
+namespace syncbn::core::detail {
 
 /// Fills out[0..n) with uniform samples in [low, high).
 void fill_uniform(double* out, std::int64_t n, std::uint64_t seed, double low, double high);
@@ -12,4 +12,4 @@ void fill_uniform(double* out, std::int64_t n, std::uint64_t seed, double low, d
 /// Fills out[0..n) with normal samples (Box-Muller over pairs of uniforms).
 void fill_normal(double* out, std::int64_t n, std::uint64_t seed, double mean, double stddev);
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::core::detail

@@ -4,7 +4,7 @@
 
 #include "syncbn/error.hpp"
 
-namespace syncbn {
+namespace syncbn::core {
 
 Shape::Shape(std::initializer_list<std::int64_t> dims) { assign(dims.begin(), dims.size()); }
 
@@ -49,4 +49,4 @@ std::string Shape::str() const {
   return out + ")";
 }
 
-}  // namespace syncbn
+}  // namespace syncbn::core

@@ -10,7 +10,7 @@
 #include "random.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn {
+namespace syncbn::core {
 
 namespace detail {
 
@@ -167,6 +167,13 @@ Tensor Tensor::rows(std::int64_t begin, std::int64_t end) const {
   return Tensor(storage_, offset_ + begin * row_elements, shape_.with_rows(end - begin), dtype_, device_);
 }
 
+Tensor Tensor::view(std::int64_t offset, const Shape& shape) const {
+  check_defined(*this, "Tensor::view");
+  SYNCBN_CHECK(offset >= 0 && offset + shape.numel() <= numel(), "Tensor::view: elements [", offset, ", ",
+               offset + shape.numel(), ") of shape ", shape, " are out of range, expected them within [0, ", numel(), ")");
+  return Tensor(storage_, offset_ + offset, shape, dtype_, device_);
+}
+
 Tensor Tensor::reshape(const Shape& shape) const {
   check_defined(*this, "Tensor::reshape");
   SYNCBN_CHECK(shape.numel() == numel(), "Tensor::reshape: shape ", shape, " has ", shape.numel(),
@@ -202,4 +209,4 @@ const Tensor& Tensor::copy_(const Tensor& src) const {
   return *this;
 }
 
-}  // namespace syncbn
+}  // namespace syncbn::core

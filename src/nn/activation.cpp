@@ -2,7 +2,7 @@
 
 #include "syncbn/nn/activation.hpp"
 
-#include "nn/layer_checks.hpp"
+#include "layer_checks.hpp"
 #include "syncbn/core/ops.hpp"
 
 namespace syncbn::nn {

@@ -1,17 +1,15 @@
-// BatchNorm: the shared implementation of BatchNorm*d and SyncBatchNorm*d.
-// Numerics: Note [Batch-norm numerics] in src/cpu/cpu_batchnorm.cpp.
+// BatchNorm: the shared implementation of BatchNorm*d and SyncBatchNorm*d,
+// on the batch-norm stages of core (syncbn/core/batch_norm.hpp).
+// Numerics: docs/numerics.md.
 
 #include "syncbn/nn/batchnorm.hpp"
 
 #include <cstdio>
 
-#include "backend/kernels.hpp"
-#include "nn/layer_checks.hpp"
+#include "layer_checks.hpp"
 
 namespace syncbn::nn {
 namespace {
-
-Tensor channel_tensor(std::int64_t c, Device device) { return Tensor::empty(Shape{c}, DType::Float64, device); }
 
 std::string format_double(double v) {
   char buffer[32];
@@ -113,100 +111,43 @@ BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) co
   SYNCBN_CHECK(!(is_training() && merged.count == 1), kind_,
                ": expected more than 1 value per channel when training, got 1 (input of ", features_,
                " channels with one value each over the whole batch)");
-  const Device device = merged.mean.device();
-  Finalized out{NormStats{merged.count, merged.mean, channel_tensor(features_, device)}, channel_tensor(features_, device)};
-  syncbn::detail::batchnorm_kernels(device.kind())
-      .finalize(device, features_, merged.count, merged.m2.data<double>(), options_.eps,
-                options_.eps_mode == EpsMode::Clamp, out.norm.invstd.data<double>(), out.unbiased_var.data<double>());
-  return out;
+  auto [invstd, unbiased_var] =
+      core::batch_norm_variance(merged, options_.eps, options_.eps_mode == EpsMode::Clamp);
+  return Finalized{NormStats{merged.count, merged.mean, std::move(invstd)}, std::move(unbiased_var)};
 }
 
 void BatchNorm::track_running(const Finalized& finalized) {
   if (!is_training() || !options_.track_running_stats || finalized.norm.count == 0) return;
-  const Device device = finalized.norm.mean.device();
-  syncbn::detail::batchnorm_kernels(device.kind())
-      .update_running(device, options_.dtype, features_, options_.momentum.value_or(-1.0),
-                      finalized.norm.mean.data<double>(), finalized.unbiased_var.data<double>(),
-                      buffer(running_mean_).raw_data(), buffer(running_var_).raw_data(),
-                      buffer(batches_).data<std::int64_t>());
+  core::update_running_stats(buffer(running_mean_), buffer(running_var_), buffer(batches_), finalized.norm.mean,
+                             finalized.unbiased_var, options_.momentum);
 }
 
-BatchNorm::NormStats BatchNorm::finalize_and_track(const ShardStats& merged) {
-  const Finalized finalized = finalize_statistics(merged);
+BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) {
+  const Finalized finalized = finalize_statistics(shard);
   track_running(finalized);
   return finalized.norm;
 }
 
-BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) { return finalize_and_track(shard); }
-
 BatchNorm::GradSums BatchNorm::gradient_sums(const GradSums& local) { return local; }
-
-BatchNorm::ShardStats BatchNorm::merge_statistics(const std::vector<ShardStats>& parts, Device device) {
-  SYNCBN_CHECK(!parts.empty(), "BatchNorm: no partial statistics to merge");
-  const std::int64_t c = parts.front().mean.numel();
-  std::vector<std::int64_t> counts;
-  std::vector<Tensor> copies;  // partials that had to be brought to `device`
-  std::vector<const double*> mean_ptrs, m2_ptrs;
-  std::int64_t total = 0;
-  for (const auto& p : parts) {
-    counts.push_back(p.count);
-    total += p.count;
-    // Partials in the same memory (any CPU device, the same GPU) are read in
-    // place, without taking a reference (the tensors' reference counts live
-    // in the other replicas' caches); others are copied to `device`.
-    if (p.mean.device().shares_memory_with(device)) {
-      mean_ptrs.push_back(p.mean.data<double>());
-      m2_ptrs.push_back(p.m2.data<double>());
-    } else {
-      copies.push_back(p.mean.to(device));
-      mean_ptrs.push_back(copies.back().data<double>());
-      copies.push_back(p.m2.to(device));
-      m2_ptrs.push_back(copies.back().data<double>());
-    }
-  }
-  ShardStats out{total, channel_tensor(c, device), channel_tensor(c, device)};
-  syncbn::detail::batchnorm_kernels(device.kind())
-      .merge_stats(device, c, static_cast<int>(parts.size()), counts.data(), mean_ptrs.data(), m2_ptrs.data(),
-                   out.mean.data<double>(), out.m2.data<double>());
-  return out;
-}
 
 Tensor BatchNorm::forward(const Tensor& input) {
   check_input(input);
-  const Device device = input.device();
-  const std::int64_t n = input.size(0);
-  const std::int64_t c = features_;
-  std::int64_t l = 1;
-  for (int i = 2; i < input.rank(); ++i) l *= input.size(i);
-  const auto& bn = syncbn::detail::batchnorm_kernels(device.kind());
   const bool batch_stats = is_training() || !options_.track_running_stats;
-
   NormStats norm;
   if (batch_stats) {
-    ShardStats shard{n * l, channel_tensor(c, device), channel_tensor(c, device)};
-    bn.stats(device, input.dtype(), n, c, l, input.raw_data(), shard.mean.data<double>(), shard.m2.data<double>());
-    norm = batch_statistics(shard);
+    norm = batch_statistics(core::batch_norm_moments(input));
   } else {
-    // Eval with running statistics: var = running_var (count 1 makes finalize's var = m2).
-    norm.count = 0;
+    // Eval with running statistics: constants, so count 0 (backward then
+    // leaves the batch terms out).
     norm.mean = buffer(running_mean_).to(DType::Float64);
-    norm.invstd = channel_tensor(c, device);
-    Tensor unused = channel_tensor(c, device);
-    const Tensor var = buffer(running_var_).to(DType::Float64);
-    bn.finalize(device, c, 1, var.data<double>(), options_.eps, options_.eps_mode == EpsMode::Clamp,
-                norm.invstd.data<double>(), unused.data<double>());
+    norm.invstd = core::batch_norm_invstd(buffer(running_var_), options_.eps, options_.eps_mode == EpsMode::Clamp);
   }
-
-  Tensor coef = Tensor::empty(Shape{4 * c}, DType::Float64, device);
-  bn.forward_coefficients(device, options_.dtype, c, norm.mean.data<double>(), norm.invstd.data<double>(),
-                          options_.affine ? parameter(weight_).value.raw_data() : nullptr,
-                          options_.affine ? parameter(bias_).value.raw_data() : nullptr, coef.data<double>());
-  Tensor out = Tensor::empty(input.shape(), input.dtype(), device);
-  bn.apply(device, input.dtype(), n, c, l, input.raw_data(), coef.data<double>(), out.raw_data());
-
+  Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, options_.affine ? parameter(weight_).value : Tensor(),
+                                              options_.affine ? parameter(bias_).value : Tensor(), options_.dtype);
+  Tensor out = core::batch_norm_apply(input, coef);
   input_ = input;
-  coef_ = coef;
-  invstd_ = norm.invstd;
+  coef_ = std::move(coef);
+  invstd_ = std::move(norm.invstd);
   count_ = norm.count;
   used_batch_stats_ = batch_stats;
   return out;
@@ -215,29 +156,15 @@ Tensor BatchNorm::forward(const Tensor& input) {
 Tensor BatchNorm::backward(const Tensor& grad_output) {
   detail::check_backward(input_.defined(), grad_output, input_.shape(), kind_);
   detail::check_tensor(grad_output, kind_, "grad_output", input_.device(), input_.dtype());
-  const Device device = input_.device();
-  const std::int64_t n = input_.size(0);
-  const std::int64_t c = features_;
-  const std::int64_t l = n == 0 ? 1 : input_.numel() / (n * c);
-  const auto& bn = syncbn::detail::batchnorm_kernels(device.kind());
-
-  GradSums local{channel_tensor(c, device), channel_tensor(c, device)};
-  bn.backward_reduce(device, input_.dtype(), n, c, l, grad_output.raw_data(), input_.raw_data(), coef_.data<double>(),
-                     local.sum_dy.data<double>(), local.sum_dy_xmu.data<double>());
+  const GradSums local = core::batch_norm_grad_sums(grad_output, input_, coef_);
   // With batch statistics the mean and variance depend on every input, so
   // the sums over the whole batch enter dx; with running statistics they do not.
   const GradSums total = used_batch_stats_ ? gradient_sums(local) : local;
-  Tensor coef_b = Tensor::empty(Shape{3 * c}, DType::Float64, device);
-  bn.backward_coefficients(device, options_.dtype, c, used_batch_stats_ ? count_ : 0, invstd_.data<double>(),
-                           options_.affine ? parameter(weight_).value.raw_data() : nullptr,
-                           total.sum_dy.data<double>(), total.sum_dy_xmu.data<double>(), local.sum_dy.data<double>(),
-                           local.sum_dy_xmu.data<double>(),
-                           options_.affine ? parameter(weight_).grad.raw_data() : nullptr,
-                           options_.affine ? parameter(bias_).grad.raw_data() : nullptr, coef_b.data<double>());
-  Tensor dx = Tensor::empty(input_.shape(), input_.dtype(), device);
-  bn.backward_apply(device, input_.dtype(), n, c, l, grad_output.raw_data(), input_.raw_data(), coef_.data<double>(),
-                    coef_b.data<double>(), dx.raw_data());
-  return dx;
+  const Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
+  const Tensor coef_b =
+      core::batch_norm_backward_coefficients(used_batch_stats_ ? count_ : 0, invstd_, weight, total, options_.dtype);
+  if (options_.affine) core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
+  return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b);
 }
 
 }  // namespace syncbn::nn

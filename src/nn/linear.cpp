@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "nn/layer_checks.hpp"
+#include "layer_checks.hpp"
 #include "syncbn/core/ops.hpp"
 
 namespace syncbn::nn {

@@ -6,7 +6,7 @@
 
 namespace syncbn::nn {
 
-void Module::on_replicate(parallel::ReplicationContext& /*context*/, int /*copy_id*/) {}
+void Module::on_replicate(ReplicationContext& /*context*/, int /*copy_id*/) {}
 
 std::size_t Module::register_parameter(const std::string& name, Tensor value) {
   SYNCBN_CHECK(value.defined(), describe(), ": parameter '", name, "' is undefined, expected a tensor");

@@ -1,6 +1,6 @@
 // SyncBatchNorm: batch statistics and gradient sums exchanged through two
 // SyncMaster rendezvous per layer (see docs/design.md, "Synchronized batch
-// norm"). Numerics: Note [Batch-norm numerics] in src/cpu/cpu_batchnorm.cpp.
+// norm"). Numerics: docs/numerics.md.
 
 #include "syncbn/nn/sync_batchnorm.hpp"
 
@@ -8,18 +8,17 @@
 #include <typeinfo>
 
 #include "syncbn/comm/collectives.hpp"
-#include "syncbn/parallel/replicate.hpp"
+#include "syncbn/core/batch_norm.hpp"
+#include "syncbn/nn/replication_context.hpp"
 
 namespace syncbn::nn {
-namespace {
 
-}  // namespace
-
-// The messages are BatchNorm's own: a shard's (count, mean, M2) up, the
-// batch's (count, mean, invstd) down; gradient sums both ways.
+// The messages are BatchNorm's own: a shard's (count, mean, M2) up; down,
+// the batch's (count, mean, invstd), with the unbiased variance in copy 0's
+// reply for its running-statistics update; gradient sums both ways.
 struct SyncBatchNorm::Link {
-  using ForwardMaster = comm::SyncMaster<ShardStats, NormStats>;
-  using BackwardMaster = comm::SyncMaster<GradSums, GradSums>;
+  using ForwardMaster = sync::SyncMaster<ShardStats, Finalized>;
+  using BackwardMaster = sync::SyncMaster<GradSums, GradSums>;
   // Copy 0's rendezvous, handed to the other copies through the replication context.
   struct Masters {
     std::shared_ptr<ForwardMaster> forward;
@@ -30,9 +29,6 @@ struct SyncBatchNorm::Link {
   std::shared_ptr<BackwardMaster> backward_master;
   ForwardMaster::Pipe forward_pipe;
   BackwardMaster::Pipe backward_pipe;
-  // Copy 0: the statistics of the current round, kept by the forward
-  // callback for the running-statistics update that follows the replies.
-  std::optional<Finalized> finalized;
 };
 
 SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
@@ -50,7 +46,51 @@ void SyncBatchNorm::clear_cache() {
   synced_forward_ = false;
 }
 
-void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy_id) {
+std::vector<std::pair<int, BatchNorm::Finalized>> SyncBatchNorm::merge_round(
+    std::vector<std::pair<int, ShardStats>> parts) const {
+  std::vector<ShardStats> shards;
+  std::vector<std::pair<int, Device>> devices;
+  shards.reserve(parts.size());
+  devices.reserve(parts.size());
+  for (auto& [id, m] : parts) {
+    devices.emplace_back(id, m.mean.device());
+    shards.push_back(std::move(m));
+  }
+  // Merged on copy 0's device in replica order; finalize_statistics rejects
+  // one value per channel and changes no state (the running statistics are
+  // updated by copy 0 once the replies are out).
+  Finalized batch = finalize_statistics(core::merge_moments(shards, devices.front().second));
+  std::vector<std::pair<int, Finalized>> replies;
+  replies.reserve(devices.size());
+  for (const auto& [id, device] : devices) {
+    if (id == 0) continue;
+    const NormStats& norm = batch.norm;
+    replies.emplace_back(id, Finalized{NormStats{norm.count, norm.mean.onto(device), norm.invstd.onto(device)}, {}});
+  }
+  replies.emplace(replies.begin(), 0, std::move(batch));
+  return replies;
+}
+
+std::vector<std::pair<int, BatchNorm::GradSums>> SyncBatchNorm::sum_round(std::vector<std::pair<int, GradSums>> parts) {
+  const Device home = parts.front().second.sum_dy.device();
+  std::vector<std::vector<Tensor>> groups;
+  std::vector<std::pair<int, Device>> devices;
+  groups.reserve(parts.size());
+  devices.reserve(parts.size());
+  for (auto& [id, m] : parts) {
+    devices.emplace_back(id, m.sum_dy.device());
+    groups.push_back({std::move(m.sum_dy), std::move(m.sum_dy_xmu)});
+  }
+  // Copies and a float64 sum in replica order: deterministic.
+  const auto totals = comm::reduce_add_coalesced(groups, home, comm::Transport::Copy);
+  std::vector<std::pair<int, GradSums>> replies;
+  replies.reserve(devices.size());
+  for (const auto& [id, device] : devices)
+    replies.emplace_back(id, GradSums{totals[0].onto(device), totals[1].onto(device)});
+  return replies;
+}
+
+void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
   copy_id_ = copy_id;
   synced_forward_ = false;
   link_ = std::make_shared<Link>();
@@ -59,46 +99,10 @@ void SyncBatchNorm::on_replicate(parallel::ReplicationContext& context, int copy
     // The callbacks run on copy 0's thread and use copy 0 (`this`), which owns
     // the masters through link_: they never outlive it.
     link_->forward_master = std::make_shared<Link::ForwardMaster>(
-        [this](std::vector<std::pair<int, ShardStats>> parts) {
-          const Device home = parts.front().second.mean.device();
-          std::vector<ShardStats> shards;
-          std::vector<std::pair<int, Device>> devices;
-          shards.reserve(parts.size());
-          for (auto& [id, m] : parts) {
-            devices.emplace_back(id, m.mean.device());
-            shards.push_back(std::move(m));
-          }
-          // Merged in replica order; rejects one value per channel before any
-          // state changes. The running statistics are updated after the
-          // replies are out (batch_statistics), not while the others wait.
-          link_->finalized = finalize_statistics(merge_statistics(shards, home));
-          const NormStats& norm = link_->finalized->norm;
-          std::vector<std::pair<int, NormStats>> replies;
-          replies.reserve(devices.size());
-          for (const auto& [id, device] : devices)
-            replies.emplace_back(id, NormStats{norm.count, norm.mean.onto(device), norm.invstd.onto(device)});
-          return replies;
-        },
-        comm::SyncOptions{name + " forward", timeout_, {}});
-    link_->backward_master = std::make_shared<Link::BackwardMaster>(
-        [](std::vector<std::pair<int, GradSums>> parts) {
-          const Device home = parts.front().second.sum_dy.device();
-          std::vector<std::vector<Tensor>> groups;
-          std::vector<std::pair<int, Device>> devices;
-          groups.reserve(parts.size());
-          for (auto& [id, m] : parts) {
-            devices.emplace_back(id, m.sum_dy.device());
-            groups.push_back({std::move(m.sum_dy), std::move(m.sum_dy_xmu)});
-          }
-          // Float64, in replica order: deterministic.
-          const auto totals = comm::reduce_add_coalesced(groups, home, comm::Transport::Copy);
-          std::vector<std::pair<int, GradSums>> replies;
-          replies.reserve(devices.size());
-          for (const auto& [id, device] : devices)
-            replies.emplace_back(id, GradSums{totals[0].onto(device), totals[1].onto(device)});
-          return replies;
-        },
-        comm::SyncOptions{name + " backward", timeout_, {}});
+        [this](std::vector<std::pair<int, ShardStats>> parts) { return merge_round(std::move(parts)); },
+        sync::SyncOptions{name + " forward", timeout_, {}});
+    link_->backward_master =
+        std::make_shared<Link::BackwardMaster>(&SyncBatchNorm::sum_round, sync::SyncOptions{name + " backward", timeout_, {}});
     context.set(std::make_shared<Link::Masters>(Link::Masters{link_->forward_master, link_->backward_master}));
     std::weak_ptr<Link::ForwardMaster> forward = link_->forward_master;
     std::weak_ptr<Link::BackwardMaster> backward = link_->backward_master;
@@ -122,19 +126,17 @@ BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
   synced_forward_ = false;
   if (copy_id_ < 0 || !is_training()) return BatchNorm::batch_statistics(shard);
   if (copy_id_ != 0) {
-    NormStats batch = link_->forward_pipe.run_slave(shard);
+    NormStats norm = link_->forward_pipe.run_slave(shard).norm;
     synced_forward_ = true;
-    return batch;
+    return norm;
   }
-  link_->finalized.reset();
-  NormStats batch = link_->forward_master->run_master(shard);
+  const Finalized batch = link_->forward_master->run_master(shard);
   // Once per step, on copy 0 (whose buffers are the user's module's, aliased
   // or written back by the runtime), after every replica has its reply; a
   // round that failed updates nothing.
-  track_running(*link_->finalized);
-  link_->finalized.reset();
+  track_running(batch);
   synced_forward_ = true;
-  return batch;
+  return batch.norm;
 }
 
 BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {

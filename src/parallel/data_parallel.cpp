@@ -60,7 +60,7 @@ void run_tasks(detail::WorkerPool& pool, Replication& replicas, const std::strin
   const auto& devices = replicas.devices();
   auto errors = pool.run(task, [&](int i, const std::exception_ptr& error) {
     replicas.abort(i, "replica " + std::to_string(i) + " on " + devices[static_cast<std::size_t>(i)].str() +
-                          " failed: " + comm::detail::describe(error));
+                          " failed: " + sync::describe_exception(error));
   });
   const int root = detail::root_failure(errors);
   if (root < 0) return;
@@ -81,7 +81,8 @@ DataParallel::DataParallel(std::shared_ptr<nn::Module> module, std::vector<Devic
                            std::optional<Device> output_device, DataParallelOptions options)
     : module_(std::move(module)), devices_(std::move(devices)), options_(options) {
   SYNCBN_CHECK(module_ != nullptr, "DataParallel: module is null, expected a module");
-  SYNCBN_CHECK(!devices_.empty(), "DataParallel: no devices, expected at least one");
+  SYNCBN_CHECK(!devices_.empty() && devices_.size() <= static_cast<std::size_t>(core::kMaxReplicas),
+               "DataParallel: ", devices_.size(), " devices, expected 1 to ", core::kMaxReplicas);
   for (Device d : devices_) d.check_available();
   if (!options.allow_shared_devices) {
     std::set<std::pair<int, int>> seen;

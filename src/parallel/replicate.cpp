@@ -2,6 +2,8 @@
 
 #include "syncbn/parallel/replicate.hpp"
 
+#include "syncbn/core/ops.hpp"
+
 namespace syncbn::parallel {
 namespace {
 
@@ -12,21 +14,6 @@ Tensor alias_or_copy(const Tensor& source, Device device, bool alias) {
 
 }  // namespace
 
-void ReplicationContext::abort(int failed, const std::string& reason) noexcept {
-  for (auto& h : handlers_) {
-    try {
-      if (h.abort) h.abort(failed, reason);
-    } catch (...) {
-      // Releasing peers is best effort; the failure itself is reported by the caller.
-    }
-  }
-}
-
-void ReplicationContext::reset() {
-  for (auto& h : handlers_)
-    if (h.reset) h.reset();
-}
-
 void Replication::abort(int failed, const std::string& reason) noexcept {
   for (auto& c : contexts_) c->abort(failed, reason);
 }
@@ -36,7 +23,8 @@ void Replication::reset() {
 }
 
 Replication replicate(nn::Module& module, const std::vector<Device>& devices) {
-  SYNCBN_CHECK(!devices.empty(), "replicate: no devices, expected at least one");
+  SYNCBN_CHECK(!devices.empty() && devices.size() <= static_cast<std::size_t>(core::kMaxReplicas), "replicate: ",
+               devices.size(), " devices, expected 1 to ", core::kMaxReplicas);
   for (Device d : devices) d.check_available();
 
   Replication out;
@@ -60,7 +48,7 @@ Replication replicate(nn::Module& module, const std::vector<Device>& devices) {
   // The replication callback: one context per module position; every copy in
   // order, so copy 0 (the master) meets each position first.
   const auto positions = out.modules_.front()->named_modules();
-  for (const auto& [name, m] : positions) out.contexts_.push_back(std::make_shared<ReplicationContext>(name, devices));
+  for (const auto& [name, m] : positions) out.contexts_.push_back(std::make_shared<nn::ReplicationContext>(name, devices));
   for (std::size_t k = 0; k < out.modules_.size(); ++k) {
     auto modules = out.modules_[k]->named_modules();
     for (std::size_t p = 0; p < positions.size(); ++p) modules[p].second->on_replicate(*out.contexts_[p], static_cast<int>(k));

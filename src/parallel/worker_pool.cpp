@@ -8,7 +8,7 @@ namespace syncbn::parallel::detail {
 
 WorkerPool::WorkerPool(std::vector<Device> devices)
     : devices_(std::move(devices)),
-      policy_(comm::WaitPolicy{}.for_participants(static_cast<int>(devices_.size()) + 1)),
+      policy_(sync::WaitPolicy{}.for_participants(static_cast<int>(devices_.size()) + 1)),
       errors_(devices_.size()) {
   threads_.reserve(devices_.size());
   try {
@@ -38,7 +38,7 @@ void WorkerPool::loop(int index) {
   while (true) {
     // Idle workers wait without a deadline: the predicate is "new work or
     // stop", and the destructor always sets stop.
-    work_.wait_until([&] { return stop_.load() || generation_.load() != seen; }, comm::Clock::time_point::max(),
+    work_.wait_until([&] { return stop_.load() || generation_.load() != seen; }, sync::Clock::time_point::max(),
                      policy_);
     if (stop_.load()) return;
     seen = generation_.load();
@@ -76,7 +76,7 @@ std::vector<std::exception_ptr> WorkerPool::run(const std::function<void(int)>& 
   pending_.store(size());
   generation_.fetch_add(1);  // seq_cst: publishes the task to the workers
   work_.notify_all();
-  done_.wait_until([&] { return pending_.load() == 0; }, comm::Clock::time_point::max(), policy_);
+  done_.wait_until([&] { return pending_.load() == 0; }, sync::Clock::time_point::max(), policy_);
   return errors_;
 }
 

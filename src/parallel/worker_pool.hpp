@@ -40,15 +40,15 @@ class WorkerPool {
   void loop(int index);
 
   std::vector<Device> devices_;
-  comm::WaitPolicy policy_;
+  sync::WaitPolicy policy_;
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int> pending_{0};
   const std::function<void(int)>* task_ = nullptr;
   const std::function<void(int, const std::exception_ptr&)>* on_failure_ = nullptr;
   std::vector<std::exception_ptr> errors_;
-  syncbn::detail::Parker work_;
-  syncbn::detail::Parker done_;
+  sync::Parker work_;
+  sync::Parker done_;
   std::vector<std::thread> threads_;  // last: started after everything above exists
 };
 

@@ -8,18 +8,9 @@
 
 #include "syncbn/sync/sync_master.hpp"
 
-namespace syncbn::comm::detail {
+namespace syncbn::sync {
 
-std::string format_ids(const std::vector<int>& ids) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    if (i > 0) out += ", ";
-    out += std::to_string(ids[i]);
-  }
-  return out + "]";
-}
-
-std::string describe(const std::exception_ptr& error) {
+std::string describe_exception(const std::exception_ptr& error) {
   if (!error) return "no exception";
   try {
     std::rethrow_exception(error);
@@ -28,6 +19,17 @@ std::string describe(const std::exception_ptr& error) {
   } catch (...) {
     return "an exception not derived from std::exception";
   }
+}
+
+namespace detail {
+
+std::string format_ids(const std::vector<int>& ids) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) out += ", ";
+    out += std::to_string(ids[i]);
+  }
+  return out + "]";
 }
 
 std::exception_ptr RoundFailure::record(std::exception_ptr cause) {
@@ -46,7 +48,7 @@ std::exception_ptr RoundFailure::cause() const {
 
 void RoundFailure::throw_stale(const std::string& name) const {
   const std::exception_ptr recorded = cause();
-  const std::string message = name + ": cannot start a round after a failed one (" + describe(recorded) +
+  const std::string message = name + ": cannot start a round after a failed one (" + describe_exception(recorded) +
                               "), expected reset() or a new registration first";
   try {
     std::rethrow_exception(recorded);
@@ -63,4 +65,5 @@ void RoundFailure::clear() {
   failed_.store(false);
 }
 
-}  // namespace syncbn::comm::detail
+}  // namespace detail
+}  // namespace syncbn::sync

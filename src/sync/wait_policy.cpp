@@ -8,7 +8,7 @@
 #include <sched.h>
 #endif
 
-namespace syncbn::comm {
+namespace syncbn::sync {
 
 int available_cores() noexcept {
   // The affinity mask is what matters under taskset, cgroups and containers;
@@ -34,4 +34,4 @@ WaitPolicy WaitPolicy::for_participants(int participants) const noexcept {
   return out;
 }
 
-}  // namespace syncbn::comm
+}  // namespace syncbn::sync

@@ -8,7 +8,7 @@
 
 #include "cpu/host_block_cache.hpp"
 
-using syncbn::detail::HostBlockCache;
+using syncbn::cpu::HostBlockCache;
 
 TEST_CASE("A freed large block is handed out again for the same page-rounded size", "[tensor]") {
   HostBlockCache cache(std::size_t{1} << 24);

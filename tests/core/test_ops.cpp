@@ -55,10 +55,10 @@ TEST_CASE("Element-wise add, sub, mul and scale match a float64 reference", "[te
     scaled[i] = -2.5 * in.ra[i];
   }
   const auto tol = tolerance_for(dtype);
-  check_close(syncbn::add(in.a, in.b), sum, tol, "add");
-  check_close(syncbn::sub(in.a, in.b), diff, tol, "sub");
-  check_close(syncbn::mul(in.a, in.b), prod, tol, "mul");
-  check_close(syncbn::scale(in.a, -2.5), scaled, tol, "scale");
+  check_close(syncbn::core::add(in.a, in.b), sum, tol, "add");
+  check_close(syncbn::core::sub(in.a, in.b), diff, tol, "sub");
+  check_close(syncbn::core::mul(in.a, in.b), prod, tol, "mul");
+  check_close(syncbn::core::scale(in.a, -2.5), scaled, tol, "scale");
 }
 
 TEST_CASE("In-place add_, axpby_ and scale_ match a float64 reference", "[tensor]") {
@@ -68,23 +68,23 @@ TEST_CASE("In-place add_, axpby_ and scale_ match a float64 reference", "[tensor
   const auto tol = tolerance_for(dtype);
 
   Tensor y = in.a.clone();
-  syncbn::add_(y, in.b, 0.5);
+  syncbn::core::add_(y, in.b, 0.5);
   std::vector<double> want(in.ra.size());
   for (std::size_t i = 0; i < want.size(); ++i) want[i] = in.ra[i] + 0.5 * in.rb[i];
   check_close(y, want, tol, "add_");
 
   y = in.a.clone();
-  syncbn::axpby_(y, 2.0, in.b, -3.0);
+  syncbn::core::axpby_(y, 2.0, in.b, -3.0);
   for (std::size_t i = 0; i < want.size(); ++i) want[i] = 2.0 * in.rb[i] - 3.0 * in.ra[i];
   check_close(y, want, tol, "axpby_");
 
   // beta == 0 never reads y, so NaN in y does not leak.
   y = Tensor::full(in.a.shape(), std::nan(""), dtype, test_device());
-  syncbn::axpby_(y, 1.0, in.b, 0.0);
+  syncbn::core::axpby_(y, 1.0, in.b, 0.0);
   check_close(y, in.rb, tol, "axpby_ with beta 0 over NaN");
 
   y = in.a.clone();
-  syncbn::scale_(y, 0.25);
+  syncbn::core::scale_(y, 0.25);
   for (std::size_t i = 0; i < want.size(); ++i) want[i] = 0.25 * in.ra[i];
   check_close(y, want, tol, "scale_");
 }
@@ -103,36 +103,36 @@ TEST_CASE("sum and sum_rows accumulate in float64 and match a float64 reference"
       column[static_cast<std::size_t>(c)] += in.rb[static_cast<std::size_t>(r * cols + c)];
     }
   const auto tol = tolerance_for(dtype);
-  const Tensor s = syncbn::sum(in.b);
+  const Tensor s = syncbn::core::sum(in.b);
   CHECK(s.rank() == 0);
   check_close(s, {total}, tol, "sum");
-  const Tensor cs = syncbn::sum_rows(in.b);
+  const Tensor cs = syncbn::core::sum_rows(in.b);
   CHECK(cs.shape() == Shape{cols});
   check_close(cs, column, tol, "sum_rows");
 }
 
 TEST_CASE("sum_rows keeps the trailing dimensions", "[tensor]") {
   const Tensor x = Tensor::ones(Shape{4, 2, 3}, DType::Float64, test_device());
-  const Tensor s = syncbn::sum_rows(x);
+  const Tensor s = syncbn::core::sum_rows(x);
   CHECK(s.shape() == Shape{2, 3});
   check_close(s, std::vector<double>(6, 4.0), tolerance_for(DType::Float64), "sum_rows of ones");
 }
 
 TEST_CASE("Ops reject mismatched shapes, dtypes and devices before writing anything", "[tensor]") {
   const Tensor a = Tensor::ones(Shape{2, 3}, DType::Float32, test_device());
-  CHECK_THROWS_MATCHES(syncbn::add(a, Tensor::ones(Shape{3, 2}, DType::Float32, test_device())), InvalidArgument,
+  CHECK_THROWS_MATCHES(syncbn::core::add(a, Tensor::ones(Shape{3, 2}, DType::Float32, test_device())), InvalidArgument,
                        MessageIs("add: b has shape (3, 2), expected (2, 3) (as a)"));
-  CHECK_THROWS_MATCHES(syncbn::mul(a, Tensor::ones(Shape{2, 3}, DType::Float64, test_device())), InvalidArgument,
+  CHECK_THROWS_MATCHES(syncbn::core::mul(a, Tensor::ones(Shape{2, 3}, DType::Float64, test_device())), InvalidArgument,
                        MessageIs("mul: b has dtype float64, expected float32 (as a)"));
   const Device other = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(1);
-  CHECK_THROWS_MATCHES(syncbn::sub(a, Tensor::ones(Shape{2, 3}, DType::Float32, other)), InvalidArgument,
+  CHECK_THROWS_MATCHES(syncbn::core::sub(a, Tensor::ones(Shape{2, 3}, DType::Float32, other)), InvalidArgument,
                        MessageIs("sub: b is on " + other.str() + ", expected " + a.device().str() + " (as a)"));
-  CHECK_THROWS_MATCHES(syncbn::sum(Tensor::ones(Shape{2}, DType::Int64, test_device())), InvalidArgument,
+  CHECK_THROWS_MATCHES(syncbn::core::sum(Tensor::ones(Shape{2}, DType::Int64, test_device())), InvalidArgument,
                        MessageIs("sum: a has dtype int64, expected float32 or float64"));
-  CHECK_THROWS_MATCHES(syncbn::sum_rows(Tensor::ones(Shape{}, DType::Float32, test_device())), InvalidArgument,
+  CHECK_THROWS_MATCHES(syncbn::core::sum_rows(Tensor::ones(Shape{}, DType::Float32, test_device())), InvalidArgument,
                        MessageIs("sum_rows: a is a scalar, expected rank >= 1"));
 
   const Tensor y = Tensor::ones(Shape{2, 3}, DType::Float32, test_device());
-  CHECK_THROWS_AS(syncbn::add_(y, Tensor::ones(Shape{6}, DType::Float32, test_device())), InvalidArgument);
+  CHECK_THROWS_AS(syncbn::core::add_(y, Tensor::ones(Shape{6}, DType::Float32, test_device())), InvalidArgument);
   check_close(y, std::vector<double>(6, 1.0), tolerance_for(DType::Float32), "y unchanged after a rejected add_");
 }

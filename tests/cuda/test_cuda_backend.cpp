@@ -42,17 +42,17 @@ TEST_CASE("CUDA element-wise ops and reductions match the CPU backend", "[cuda]"
   const Tensor a = a_cpu.to(kGpu), b = b_cpu.to(kGpu);
   const auto tol = syncbn::testing::tolerance_for(dtype);
 
-  check_close(syncbn::add(a, b), host_of(syncbn::add(a_cpu, b_cpu)), tol, "add");
-  check_close(syncbn::sub(a, b), host_of(syncbn::sub(a_cpu, b_cpu)), tol, "sub");
-  check_close(syncbn::mul(a, b), host_of(syncbn::mul(a_cpu, b_cpu)), tol, "mul");
-  check_close(syncbn::scale(a, 0.3), host_of(syncbn::scale(a_cpu, 0.3)), tol, "scale");
+  check_close(syncbn::core::add(a, b), host_of(syncbn::core::add(a_cpu, b_cpu)), tol, "add");
+  check_close(syncbn::core::sub(a, b), host_of(syncbn::core::sub(a_cpu, b_cpu)), tol, "sub");
+  check_close(syncbn::core::mul(a, b), host_of(syncbn::core::mul(a_cpu, b_cpu)), tol, "mul");
+  check_close(syncbn::core::scale(a, 0.3), host_of(syncbn::core::scale(a_cpu, 0.3)), tol, "scale");
   const Tensor y = a.clone(), y_cpu = a_cpu.clone();
-  syncbn::axpby_(y, 1.5, b, -0.5);
-  syncbn::axpby_(y_cpu, 1.5, b_cpu, -0.5);
+  syncbn::core::axpby_(y, 1.5, b, -0.5);
+  syncbn::core::axpby_(y_cpu, 1.5, b_cpu, -0.5);
   check_close(y, host_of(y_cpu), tol, "axpby_");
   // Both backends accumulate in float64: the sums agree far below float32 rounding.
-  check_close(syncbn::sum(a), host_of(syncbn::sum(a_cpu)), tol, "sum");
-  check_close(syncbn::sum_rows(a), host_of(syncbn::sum_rows(a_cpu)), tol, "sum_rows");
+  check_close(syncbn::core::sum(a), host_of(syncbn::core::sum(a_cpu)), tol, "sum");
+  check_close(syncbn::core::sum_rows(a), host_of(syncbn::core::sum_rows(a_cpu)), tol, "sum_rows");
 }
 
 TEST_CASE("CUDA fills, copies and conversions give the CPU backend's bits", "[cuda]") {
@@ -76,8 +76,8 @@ TEST_CASE("Work queued on one GPU from several replica threads stays correct", "
       try {
         for (int round = 0; round < 50; ++round) {
           const Tensor a = Tensor::full(Shape{4096}, t + round, DType::Float32, kGpu);
-          const Tensor b = syncbn::add(a, a);
-          const double total = syncbn::sum(b).item();
+          const Tensor b = syncbn::core::add(a, a);
+          const double total = syncbn::core::sum(b).item();
           if (total != 2.0 * (t + round) * 4096) errors[static_cast<std::size_t>(t)] = "wrong sum in round " + std::to_string(round);
         }
       } catch (const std::exception& e) {

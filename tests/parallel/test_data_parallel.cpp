@@ -173,7 +173,7 @@ TEST_CASE("parallel_apply and parallel_backward run replicas made by replicate",
 TEST_CASE("DataParallel rejects bad devices, inputs and call orders", "[replicate]") {
   auto model = mlp(false);
   CHECK_THROWS_MATCHES(parallel::DataParallel(model, {}), InvalidArgument,
-                       MessageIs("DataParallel: no devices, expected at least one"));
+                       MessageIs("DataParallel: 0 devices, expected 1 to 64"));
   CHECK_THROWS_MATCHES(parallel::DataParallel(nullptr, test_devices(1)), InvalidArgument,
                        MessageIs("DataParallel: module is null, expected a module"));
   CHECK_THROWS_MATCHES(

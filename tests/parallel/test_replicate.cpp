@@ -124,7 +124,7 @@ TEST_CASE("Replicas alias the module's parameters where memory is shared and own
 }
 
 TEST_CASE("A replication context hands copy 0's object to the other copies and checks its type", "[replicate]") {
-  parallel::ReplicationContext ctx("block.bn", test_devices(2));
+  nn::ReplicationContext ctx("block.bn", test_devices(2));
   CHECK(ctx.copies() == 2);
   CHECK(ctx.name() == "block.bn");
   CHECK_THROWS_MATCHES(ctx.get<int>("Layer"), InvalidArgument,
@@ -138,5 +138,5 @@ TEST_CASE("A replication context hands copy 0's object to the other copies and c
 TEST_CASE("replicate rejects an empty device list", "[replicate]") {
   nn::Sequential model;
   CHECK_THROWS_MATCHES(parallel::replicate(model, {}), InvalidArgument,
-                       MessageIs("replicate: no devices, expected at least one"));
+                       MessageIs("replicate: 0 devices, expected 1 to 64"));
 }

@@ -31,7 +31,7 @@ class Recorder : public nn::Cloneable<Recorder> {
   std::string describe() const override { return "Recorder(" + tag_ + ")"; }
   Tensor forward(const Tensor& x) override { return x; }
   Tensor backward(const Tensor& g) override { return g; }
-  void on_replicate(parallel::ReplicationContext& ctx, int copy_id) override {
+  void on_replicate(nn::ReplicationContext& ctx, int copy_id) override {
     copy_id_ = copy_id;
     log_->add(tag_ + " copy=" + std::to_string(copy_id) + " ctx=" + std::to_string(reinterpret_cast<std::uintptr_t>(&ctx)));
   }
@@ -50,7 +50,7 @@ class ThrowAt : public nn::Cloneable<ThrowAt> {
   ThrowAt(int replica, int call, bool in_backward = false, Kind kind = Kind::Runtime)
       : replica_(replica), call_(call), in_backward_(in_backward), kind_(kind) {}
   std::string describe() const override { return "ThrowAt"; }
-  void on_replicate(parallel::ReplicationContext& /*ctx*/, int copy_id) override { copy_id_ = copy_id; }
+  void on_replicate(nn::ReplicationContext& /*ctx*/, int copy_id) override { copy_id_ = copy_id; }
   Tensor forward(const Tensor& x) override {
     if (!in_backward_) maybe_throw();
     return x;
@@ -78,11 +78,11 @@ class ThrowAt : public nn::Cloneable<ThrowAt> {
 /// through the replication callback) and logs how each replica left it.
 class Rendezvous : public nn::Cloneable<Rendezvous> {
  public:
-  using Master = comm::SyncMaster<int, int>;
+  using Master = sync::SyncMaster<int, int>;
   explicit Rendezvous(std::shared_ptr<CallLog> log, std::chrono::milliseconds timeout = std::chrono::seconds(60))
       : log_(std::move(log)), timeout_(timeout) {}
   std::string describe() const override { return "Rendezvous"; }
-  void on_replicate(parallel::ReplicationContext& ctx, int copy_id) override {
+  void on_replicate(nn::ReplicationContext& ctx, int copy_id) override {
     copy_id_ = copy_id;
     if (copy_id == 0) {
       master_ = std::make_shared<Master>(
@@ -93,7 +93,7 @@ class Rendezvous : public nn::Cloneable<Rendezvous> {
             for (auto& m : msgs) replies.emplace_back(m.first, total);
             return replies;
           },
-          comm::SyncOptions{"Rendezvous", timeout_, {}});
+          sync::SyncOptions{"Rendezvous", timeout_, {}});
       ctx.set(master_);
       std::weak_ptr<Master> weak = master_;
       ctx.on_failure([weak](int failed, const std::string& reason) { if (auto m = weak.lock()) m->abort_for(failed, reason); },

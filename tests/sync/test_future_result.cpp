@@ -1,4 +1,4 @@
-// Unit tests of syncbn::comm::FutureResult.
+// Unit tests of syncbn::sync::FutureResult.
 
 #include <catch2/catch.hpp>
 
@@ -13,8 +13,8 @@
 
 using syncbn::CommError;
 using syncbn::Timeout;
-using syncbn::comm::FutureResult;
-using syncbn::comm::WaitPolicy;
+using syncbn::sync::FutureResult;
+using syncbn::sync::WaitPolicy;
 using syncbn::testing::MessageContains;
 using syncbn::testing::MessageIs;
 using namespace std::chrono_literals;

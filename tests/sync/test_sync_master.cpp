@@ -19,9 +19,9 @@
 
 using syncbn::CommError;
 using syncbn::InvalidArgument;
-using syncbn::comm::SlavePipe;
-using syncbn::comm::SyncMaster;
-using syncbn::comm::SyncOptions;
+using syncbn::sync::SlavePipe;
+using syncbn::sync::SyncMaster;
+using syncbn::sync::SyncOptions;
 using syncbn::testing::make_rng;
 using syncbn::testing::run_in_threads;
 using syncbn::testing::MessageContains;

@@ -18,9 +18,9 @@
 
 using syncbn::CommError;
 using syncbn::Timeout;
-using syncbn::comm::SlavePipe;
-using syncbn::comm::SyncMaster;
-using syncbn::comm::SyncOptions;
+using syncbn::sync::SlavePipe;
+using syncbn::sync::SyncMaster;
+using syncbn::sync::SyncOptions;
 using syncbn::testing::capture_in_threads;
 using Catch::Matchers::Contains;
 using syncbn::testing::MessageContains;

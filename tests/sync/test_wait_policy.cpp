@@ -6,8 +6,8 @@
 
 #include "syncbn/sync/wait_policy.hpp"
 
-using syncbn::comm::available_cores;
-using syncbn::comm::WaitPolicy;
+using syncbn::sync::available_cores;
+using syncbn::sync::WaitPolicy;
 using namespace std::chrono_literals;
 
 TEST_CASE("The process may run on at least one core", "[comm]") { CHECK(available_cores() >= 1); }
@@ -28,6 +28,6 @@ TEST_CASE("A policy that does not adapt to cores keeps its spin phase", "[comm]"
 }
 
 TEST_CASE("A zero timeout means waiting forever", "[comm]") {
-  CHECK(syncbn::comm::deadline_after(0ms) == syncbn::comm::Clock::time_point::max());
-  CHECK(syncbn::comm::deadline_after(10ms) > syncbn::comm::Clock::now());
+  CHECK(syncbn::sync::deadline_after(0ms) == syncbn::sync::Clock::time_point::max());
+  CHECK(syncbn::sync::deadline_after(10ms) > syncbn::sync::Clock::now());
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "syncbn/core/device.hpp"
+#include "syncbn/core/ops.hpp"
 #include "syncbn/core/tensor.hpp"
 
 namespace syncbn::comm {
@@ -19,9 +20,6 @@ enum class Transport : std::uint8_t {
   /// bit-reproducible, and what the batch-norm statistics use.
   Copy,
 };
-
-/// The largest number of replicas one reduce_add_coalesced call sums.
-inline constexpr int kMaxReplicas = 64;
 
 /// Sizes of `parts` chunks of `n` rows that differ by at most one, the larger
 /// first: 10 rows in 4 parts -> {3, 3, 2, 2}; 2 rows in 4 parts -> {1, 1, 0, 0}.
@@ -40,7 +38,7 @@ std::vector<Tensor> scatter(const Tensor& input, const std::vector<Device>& devi
 /// (same dtype and trailing dimensions; zero-length chunks allowed).
 Tensor gather(const std::vector<Tensor>& tensors, Device device);
 
-/// Element-wise sums of per-replica groups: groups[k] holds replica k's
+/// Element-wise sums of per-replica groups (1 to core::kMaxReplicas groups): groups[k] holds replica k's
 /// tensors (all on one device); returns out[j] = groups[0][j] + groups[1][j]
 /// + ... on `target`. With Transport::Copy the sum is accumulated in float64
 /// in group order (deterministic); each group is first packed into one

@@ -20,4 +20,10 @@ void set_device(Device device);
 /// CPU device). Throws CudaError if that work failed.
 void synchronize(Device device);
 
+/// The CUDA stream (a cudaStream_t, as an opaque pointer) on which syncbn
+/// queues all work of GPU `device`, for handing syncbn's buffers to other
+/// CUDA libraries (NCCL, cuBLAS) in order with syncbn's own work. Throws as
+/// Device::check_available for a device that is not an available GPU.
+void* native_stream(Device device);
+
 }  // namespace syncbn::cuda

@@ -7,7 +7,13 @@
 #include <string>
 #include <string_view>
 
-namespace syncbn {
+namespace syncbn::core {
+
+/// The most replicas (devices) of one replicated model, and so the most
+/// tensors that one sum_tensors or merge_moments call combines (a CUDA
+/// kernel takes one pointer per replica, by value). replicate, DataParallel
+/// and the collectives check it up front.
+inline constexpr int kMaxReplicas = 64;
 
 /// Kind of a device.
 enum class DeviceKind : std::uint8_t { CPU, CUDA };
@@ -59,11 +65,17 @@ class Device {
   int index_ = 0;
 };
 
+}  // namespace syncbn::core
+
+// The vocabulary types are used everywhere: syncbn::Device names them too.
+namespace syncbn {
+using core::Device;
+using core::DeviceKind;
 }  // namespace syncbn
 
 template <>
-struct std::hash<syncbn::Device> {
-  std::size_t operator()(syncbn::Device d) const noexcept {
+struct std::hash<syncbn::core::Device> {
+  std::size_t operator()(syncbn::core::Device d) const noexcept {
     return std::hash<int>()(d.index() * 2 + (d.is_cuda() ? 1 : 0));
   }
 };

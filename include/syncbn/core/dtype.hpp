@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <ostream>
 
-namespace syncbn {
+namespace syncbn::core {
 
 /// Element type of a tensor. Float32 and Float64 support every operation;
 /// Float16 and BFloat16 are storage types (conversion, copies, fills and the
@@ -45,4 +45,9 @@ constexpr DType dtype_of<double>() { return DType::Float64; }
 template <>
 constexpr DType dtype_of<std::int64_t>() { return DType::Int64; }
 
+}  // namespace syncbn::core
+
+// The vocabulary types are used everywhere: syncbn::DType names them too.
+namespace syncbn {
+using core::DType;
 }  // namespace syncbn

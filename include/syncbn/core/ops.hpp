@@ -7,9 +7,11 @@
 // Reductions accumulate in float64 whatever the dtype. CUDA operations are
 // queued on the device's stream and return without waiting.
 
+#include <span>
+
 #include "syncbn/core/tensor.hpp"
 
-namespace syncbn {
+namespace syncbn::core {
 
 /// a + b, element-wise (same shape, dtype and device).
 Tensor add(const Tensor& a, const Tensor& b);
@@ -32,6 +34,13 @@ Tensor sum(const Tensor& a);
 /// Sum over dimension 0: (N, d1, ...) -> (d1, ...), rank >= 1.
 Tensor sum_rows(const Tensor& a);
 
+/// The element-wise sum sources[0] + sources[1] + ... on `device`,
+/// accumulated in float64 in source order (deterministic): 1 to
+/// kMaxReplicas float32 or float64 tensors of one shape and dtype whose
+/// memory `device` shares (Device::shares_memory_with); they are read in
+/// place.
+Tensor sum_tensors(std::span<const Tensor* const> sources, Device device);
+
 /// op(a) * op(b) for 2-D a and b, op = transpose when the flag is set:
 /// (m x k) * (k x n) -> (m x n). Same dtype and device.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
@@ -44,4 +53,14 @@ Tensor relu(const Tensor& x);
 /// dy where y > 0, else 0 (y is relu's output).
 Tensor relu_backward(const Tensor& grad_output, const Tensor& output);
 
-}  // namespace syncbn
+/// Cross-entropy of logits (N, C) (float32 / float64, N, C >= 1) against
+/// int64 class indices (N) in [0, C) on the same device: the mean over rows
+/// of logsumexp(row) - row[target], as a rank-0 tensor of the logits' dtype.
+/// Errors start with `op` (a layer passes its own name).
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const char* op = "cross_entropy");
+/// The gradient of cross_entropy times `grad_output`: (softmax(row) -
+/// onehot(target)) * grad_output / N.
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, double grad_output,
+                              const char* op = "cross_entropy_backward");
+
+}  // namespace syncbn::core

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-namespace syncbn {
+namespace syncbn::core {
 
 /// Dimensions of a tensor, outermost first (row-major). Rank 0 is a scalar
 /// with one element. Dimensions are >= 0; a zero dimension gives an empty tensor.
@@ -51,4 +51,9 @@ class Shape {
   int rank_ = 0;
 };
 
+}  // namespace syncbn::core
+
+// The vocabulary types are used everywhere: syncbn::Shape names them too.
+namespace syncbn {
+using core::Shape;
 }  // namespace syncbn

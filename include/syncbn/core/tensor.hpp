@@ -11,7 +11,7 @@
 #include "syncbn/core/dtype.hpp"
 #include "syncbn/core/shape.hpp"
 
-namespace syncbn {
+namespace syncbn::core {
 
 namespace detail {
 class Storage;
@@ -96,6 +96,11 @@ class Tensor {
   /// Zero-copy view of rows [begin, end) along dimension 0 (rank >= 1,
   /// 0 <= begin <= end <= size(0)).
   Tensor rows(std::int64_t begin, std::int64_t end) const;
+  /// Zero-copy view of `shape.numel()` consecutive elements starting at
+  /// element `offset` of this tensor, with the given shape (how a packed
+  /// buffer is split back into tensors). InvalidArgument unless
+  /// 0 <= offset and offset + shape.numel() <= numel().
+  Tensor view(std::int64_t offset, const Shape& shape) const;
   /// Zero-copy view with another shape of the same numel.
   Tensor reshape(const Shape& shape) const;
   /// True when both tensors view (part of) the same storage.
@@ -138,4 +143,9 @@ class Tensor {
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);
 
+}  // namespace syncbn::core
+
+// The vocabulary types are used everywhere: syncbn::Tensor names them too.
+namespace syncbn {
+using core::Tensor;
 }  // namespace syncbn

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "syncbn/core/batch_norm.hpp"
 #include "syncbn/nn/module.hpp"
 
 namespace syncbn::nn {
@@ -72,11 +73,7 @@ class BatchNorm : public Module {
 
   /// Per-channel statistics of one shard: count values per channel, their
   /// mean and M2 (float64 tensors of shape (C)).
-  struct ShardStats {
-    std::int64_t count = 0;
-    Tensor mean;
-    Tensor m2;
-  };
+  using ShardStats = core::ChannelMoments;
   /// What normalisation uses: the batch's count, mean and inverse std.
   struct NormStats {
     std::int64_t count = 0;
@@ -84,13 +81,10 @@ class BatchNorm : public Module {
     Tensor invstd;
   };
   /// Per-channel sum(dy) and sum(dy * (x - mean)) (float64, shape (C)).
-  struct GradSums {
-    Tensor sum_dy;
-    Tensor sum_dy_xmu;
-  };
+  using GradSums = core::ChannelGradSums;
 
   /// The statistics that normalise a training batch, given this shard's.
-  /// Default (per-replica): finalize_and_track(shard).
+  /// Default (per-replica): finalize_statistics(shard), then track_running.
   virtual NormStats batch_statistics(const ShardStats& shard);
   /// The gradient sums over the whole batch, given this shard's.
   /// Default (per-replica): the shard's own.
@@ -110,13 +104,6 @@ class BatchNorm : public Module {
   /// In training with tracking and a count > 0, updates the running
   /// statistics of this module once from `finalized`.
   void track_running(const Finalized& finalized);
-
-  /// finalize_statistics, then track_running.
-  NormStats finalize_and_track(const ShardStats& merged);
-
-  /// Merges partial statistics (in the given order) with Chan's update, on
-  /// `device` (partials may live elsewhere; they are copied there).
-  static ShardStats merge_statistics(const std::vector<ShardStats>& parts, Device device);
 
   /// The device of this layer's parameters and buffers.
   std::optional<Device> state_device() const;

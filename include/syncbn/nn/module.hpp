@@ -12,11 +12,9 @@
 #include "syncbn/core/device.hpp"
 #include "syncbn/core/tensor.hpp"
 
-namespace syncbn::parallel {
-class ReplicationContext;
-}
-
 namespace syncbn::nn {
+
+class ReplicationContext;
 
 /// A learnable tensor and its gradient (same shape, dtype and device).
 /// backward() accumulates into grad; zero_grad() clears it.
@@ -56,7 +54,7 @@ class Module {
   /// The replication callback: called once on every copy made by
   /// parallel::replicate, with one context per module position shared by
   /// all copies of this module, copy 0 (the master) first. Default: nothing.
-  virtual void on_replicate(parallel::ReplicationContext& context, int copy_id);
+  virtual void on_replicate(ReplicationContext& context, int copy_id);
 
   /// Parameters of this module and its descendants, named by dotted path
   /// ("0.weight"), in registration order (pre-order).

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "syncbn/sync/sync_master.hpp"
 #include "syncbn/nn/batchnorm.hpp"
@@ -37,7 +39,7 @@ namespace syncbn::nn {
 /// or at once with a CommError when the runtime aborts the step.
 class SyncBatchNorm : public BatchNorm {
  public:
-  void on_replicate(parallel::ReplicationContext& context, int copy_id) override;
+  void on_replicate(ReplicationContext& context, int copy_id) override;
   /// The copy id given by the replication callback; -1 when not replicated.
   int copy_id() const noexcept { return copy_id_; }
   /// How long a replica waits for the others in one exchange.
@@ -54,6 +56,15 @@ class SyncBatchNorm : public BatchNorm {
 
  private:
   struct Link;
+  // The master callbacks of the two rendezvous (they run on copy 0's thread).
+  // Forward: merges the shards' statistics in replica order and replies to
+  // each replica with the batch's statistics on its device (copy 0's reply
+  // also holds the unbiased variance for its running statistics).
+  std::vector<std::pair<int, Finalized>> merge_round(std::vector<std::pair<int, ShardStats>> parts) const;
+  // Backward: sums the shards' gradient sums in replica order and replies
+  // with the totals on each replica's device.
+  static std::vector<std::pair<int, GradSums>> sum_round(std::vector<std::pair<int, GradSums>> parts);
+
   std::chrono::milliseconds timeout_;
   int copy_id_ = -1;
   std::shared_ptr<Link> link_;
@@ -64,7 +75,7 @@ class SyncBatchNorm : public BatchNorm {
 class SyncBatchNorm1d : public Cloneable<SyncBatchNorm1d, SyncBatchNorm> {
  public:
   explicit SyncBatchNorm1d(std::int64_t num_features, BatchNormOptions options = {},
-                           std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout)
+                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout)
       : Cloneable("SyncBatchNorm1d", 1, num_features, options, sync_timeout) {}
 };
 
@@ -72,7 +83,7 @@ class SyncBatchNorm1d : public Cloneable<SyncBatchNorm1d, SyncBatchNorm> {
 class SyncBatchNorm2d : public Cloneable<SyncBatchNorm2d, SyncBatchNorm> {
  public:
   explicit SyncBatchNorm2d(std::int64_t num_features, BatchNormOptions options = {},
-                           std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout)
+                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout)
       : Cloneable("SyncBatchNorm2d", 2, num_features, options, sync_timeout) {}
 };
 
@@ -80,7 +91,7 @@ class SyncBatchNorm2d : public Cloneable<SyncBatchNorm2d, SyncBatchNorm> {
 class SyncBatchNorm3d : public Cloneable<SyncBatchNorm3d, SyncBatchNorm> {
  public:
   explicit SyncBatchNorm3d(std::int64_t num_features, BatchNormOptions options = {},
-                           std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout)
+                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout)
       : Cloneable("SyncBatchNorm3d", 3, num_features, options, sync_timeout) {}
 };
 
@@ -92,6 +103,6 @@ class SyncBatchNorm3d : public Cloneable<SyncBatchNorm3d, SyncBatchNorm> {
 /// Create optimizers after converting: they hold pointers to the layers'
 /// parameter entries, and a replaced layer's entries go away with it.
 std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
-                                               std::chrono::milliseconds sync_timeout = comm::kDefaultSyncTimeout);
+                                               std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout);
 
 }  // namespace syncbn::nn

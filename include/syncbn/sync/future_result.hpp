@@ -13,7 +13,7 @@
 #include "syncbn/sync/parker.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::comm {
+namespace syncbn::sync {
 
 /// A one-to-one, thread-safe future that is reused round after round.
 ///
@@ -128,7 +128,7 @@ class FutureResult {
   std::atomic<bool> failed_{false};
   mutable std::mutex error_mutex_;
   std::exception_ptr error_;
-  detail::Parker parker_;
+  Parker parker_;
 };
 
-}  // namespace syncbn::comm
+}  // namespace syncbn::sync

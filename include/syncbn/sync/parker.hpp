@@ -10,7 +10,7 @@
 
 #include "syncbn/sync/wait_policy.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::sync {
 
 /// Tells the CPU that this thread is busy-waiting (saves power, frees the
 /// sibling hyper-thread).
@@ -35,16 +35,16 @@ class Parker {
  public:
   /// Waits until `ready()` is true or `deadline` passes; returns `ready()`.
   template <class Ready>
-  bool wait_until(Ready&& ready, comm::Clock::time_point deadline, const comm::WaitPolicy& policy) {
+  bool wait_until(Ready&& ready, sync::Clock::time_point deadline, const sync::WaitPolicy& policy) {
     if (ready()) return true;
-    const auto start = comm::Clock::now();
+    const auto start = sync::Clock::now();
     if (policy.spin.count() > 0) {
       const auto spin_end = std::min(deadline, start + policy.spin);
       for (std::uint32_t i = 1;; ++i) {
         cpu_relax();
         if (ready()) return true;
         // Reading the clock costs ~20 ns; do it every 32 polls only.
-        if ((i & 31U) == 0 && comm::Clock::now() >= spin_end) break;
+        if ((i & 31U) == 0 && sync::Clock::now() >= spin_end) break;
       }
     }
     if (policy.yield.count() > 0) {
@@ -52,12 +52,12 @@ class Parker {
       do {
         std::this_thread::yield();
         if (ready()) return true;
-      } while (comm::Clock::now() < yield_end);
+      } while (sync::Clock::now() < yield_end);
     }
     std::unique_lock<std::mutex> lock(mutex_);
     sleepers_.fetch_add(1);
     bool ok = true;
-    if (deadline == comm::Clock::time_point::max()) {
+    if (deadline == sync::Clock::time_point::max()) {
       cv_.wait(lock, ready);
     } else {
       ok = cv_.wait_until(lock, deadline, ready);
@@ -81,4 +81,4 @@ class Parker {
   std::condition_variable cv_;
 };
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::sync

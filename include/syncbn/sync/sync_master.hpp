@@ -29,7 +29,7 @@
 #include "syncbn/sync/wait_policy.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::comm {
+namespace syncbn::sync {
 
 /// Default time a participant waits for its peers before the round fails
 /// with Timeout. Generous, because a peer may legitimately run a long layer
@@ -46,13 +46,14 @@ struct SyncOptions {
   WaitPolicy wait{};
 };
 
+/// what() of the exception in `error`, or a placeholder for a null pointer
+/// or an exception not derived from std::exception.
+std::string describe_exception(const std::exception_ptr& error);
+
 namespace detail {
 
 /// Formats replica ids as "[1, 3]".
 std::string format_ids(const std::vector<int>& ids);
-
-/// what() of the exception in `error`, or a placeholder for non-std exceptions.
-std::string describe(const std::exception_ptr& error);
 
 /// The failure of one registration: the first recorded cause wins.
 class RoundFailure {
@@ -228,7 +229,7 @@ class SlavePipe {
   }
 
   /// abort() with the message of a captured exception.
-  void abort(const std::exception_ptr& error) { abort(detail::describe(error)); }
+  void abort(const std::exception_ptr& error) { abort(describe_exception(error)); }
 
  private:
   template <class, class>
@@ -357,7 +358,7 @@ class SyncMaster {
     } catch (...) {
       reg->fail(std::make_exception_ptr(CommError(options_.name + ": master callback failed in round " +
                                                   std::to_string(round) + " on replica 0: " +
-                                                  detail::describe(std::current_exception()))));
+                                                  describe_exception(std::current_exception()))));
       throw;
     }
     // A slave may have timed out while the callback ran; it has already
@@ -379,7 +380,7 @@ class SyncMaster {
   }
 
   /// abort() with the message of a captured exception.
-  void abort(const std::exception_ptr& error) { abort(detail::describe(error)); }
+  void abort(const std::exception_ptr& error) { abort(describe_exception(error)); }
 
   /// Clears a failure and restarts round numbering with the same slaves.
   /// Throws CommError if a participant is still inside a round or a pipe of
@@ -479,4 +480,4 @@ class SyncMaster {
   std::atomic<bool> master_busy_{false};
 };
 
-}  // namespace syncbn::comm
+}  // namespace syncbn::sync

@@ -3,7 +3,7 @@
 
 #include <chrono>
 
-namespace syncbn::comm {
+namespace syncbn::sync {
 
 /// The clock every syncbn deadline is measured on.
 using Clock = std::chrono::steady_clock;
@@ -47,4 +47,4 @@ inline Clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexce
   return Clock::now() + timeout;
 }
 
-}  // namespace syncbn::comm
+}  // namespace syncbn::sync

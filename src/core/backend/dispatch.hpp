@@ -7,7 +7,7 @@
 #include "syncbn/core/dtype.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::core::detail {
 
 /// Calls fn(T{}) with T = float or double for Float32 / Float64; throws
 /// InvalidArgument naming `op` for any other dtype.
@@ -21,4 +21,4 @@ decltype(auto) dispatch_floating(DType dtype, const char* op, Fn&& fn) {
   SYNCBN_THROW(InvalidArgument, op, ": dtype ", dtype_name(dtype), " is not supported, expected float32 or float64");
 }
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::core::detail

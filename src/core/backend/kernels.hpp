@@ -19,7 +19,7 @@
 #include "syncbn/core/device.hpp"
 #include "syncbn/core/dtype.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::core::detail {
 
 /// Allocation, copies, fills and conversions.
 struct MemoryKernels {
@@ -58,7 +58,7 @@ struct ReduceKernels {
   /// out[j] = sum over i of x[i * cols + j], for a rows x cols matrix.
   void (*sum_rows)(Device device, DType dtype, std::int64_t rows, std::int64_t cols, const void* x, void* out);
   /// out[i] = srcs[0][i] + srcs[1][i] + ... in that order, for `count`
-  /// (<= kMaxSumSources) sources on `device`; out may alias srcs[0].
+  /// (<= core::kMaxReplicas) sources on `device`; out may alias srcs[0].
   void (*sum_many)(Device device, DType dtype, std::int64_t n, const void* const* srcs, int count, void* out);
 };
 
@@ -121,14 +121,18 @@ struct BatchNormKernels {
   void (*backward_reduce)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                           const void* x, const double* coef, double* sum_dy, double* sum_dy_xmu);
   /// Per-channel backward coefficients {a, b, g} (3c doubles) from the sums
-  /// over all `count` elements of the batch (count 0: the statistics were
-  /// constants, as in eval mode, so a = b = 0), and, when grad_weight/grad_bias
-  /// are not null, accumulates this shard's weight and bias gradients from its
-  /// local sums: grad_weight += local_sum_dy_xmu * invstd, grad_bias += local_sum_dy.
+  /// over all `count` elements of the batch: a = sum_dy / count,
+  /// b = sum_dy_xmu / count * invstd^2, g = invstd * weight (weight null: 1).
+  /// count 0 means the statistics were constants (eval mode): a = b = 0.
   void (*backward_coefficients)(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
                                 const double* invstd, const void* weight, const double* sum_dy,
-                                const double* sum_dy_xmu, const double* local_sum_dy, const double* local_sum_dy_xmu,
-                                void* grad_weight, void* grad_bias, double* coef_b);
+                                const double* sum_dy_xmu, double* coef_b);
+  /// Adds a shard's parameter gradients from its own sums:
+  /// grad_weight += local_sum_dy_xmu * invstd, grad_bias += local_sum_dy
+  /// (either may be null: skipped).
+  void (*accumulate_param_grads)(Device device, DType param_dtype, std::int64_t c, const double* invstd,
+                                 const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
+                                 void* grad_bias);
   /// dx = (dy - a - (x - mean) * b) * g.
   void (*backward_apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                          const void* x, const double* coef, const double* coef_b, void* dx);
@@ -145,9 +149,6 @@ struct LossKernels {
                                  const std::int64_t* targets, double scale, void* grad);
 };
 
-/// The most sources one sum_many call takes (a CUDA kernel takes the
-/// pointers by value).
-inline constexpr int kMaxSumSources = 64;
 
 /// The tables of a device kind. Throw Unsupported for CUDA in a build without CUDA.
 const MemoryKernels& memory_kernels(DeviceKind kind);
@@ -162,4 +163,4 @@ const LossKernels& loss_kernels(DeviceKind kind);
 /// either is a GPU).
 const MemoryKernels& copy_kernels(Device dst, Device src);
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::core::detail

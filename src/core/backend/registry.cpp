@@ -10,7 +10,7 @@
 #include "cuda/cuda_kernels.hpp"
 #endif
 
-namespace syncbn::detail {
+namespace syncbn::core::detail {
 namespace {
 
 template <class Table>
@@ -35,35 +35,35 @@ const Table& pick(DeviceKind kind, const Table& cpu, [[maybe_unused]] std::type_
 }  // namespace
 
 const MemoryKernels& memory_kernels(DeviceKind kind) {
-  return pick(kind, kCpuMemoryKernels, SYNCBN_CUDA_TABLE(kCudaMemoryKernels), "memory");
+  return pick(kind, cpu::kMemoryKernels, SYNCBN_CUDA_TABLE(cuda::detail::kMemoryKernels), "memory");
 }
 
 const ElementwiseKernels& elementwise_kernels(DeviceKind kind) {
-  return pick(kind, kCpuElementwiseKernels, SYNCBN_CUDA_TABLE(kCudaElementwiseKernels), "elementwise");
+  return pick(kind, cpu::kElementwiseKernels, SYNCBN_CUDA_TABLE(cuda::detail::kElementwiseKernels), "elementwise");
 }
 
 const ReduceKernels& reduce_kernels(DeviceKind kind) {
-  return pick(kind, kCpuReduceKernels, SYNCBN_CUDA_TABLE(kCudaReduceKernels), "reduce");
+  return pick(kind, cpu::kReduceKernels, SYNCBN_CUDA_TABLE(cuda::detail::kReduceKernels), "reduce");
 }
 
 const BlasKernels& blas_kernels(DeviceKind kind) {
-  return pick(kind, kCpuBlasKernels, SYNCBN_CUDA_TABLE(kCudaBlasKernels), "gemm");
+  return pick(kind, cpu::kBlasKernels, SYNCBN_CUDA_TABLE(cuda::detail::kBlasKernels), "gemm");
 }
 
 const ActivationKernels& activation_kernels(DeviceKind kind) {
-  return pick(kind, kCpuActivationKernels, SYNCBN_CUDA_TABLE(kCudaActivationKernels), "activation");
+  return pick(kind, cpu::kActivationKernels, SYNCBN_CUDA_TABLE(cuda::detail::kActivationKernels), "activation");
 }
 
 const BatchNormKernels& batchnorm_kernels(DeviceKind kind) {
-  return pick(kind, kCpuBatchNormKernels, SYNCBN_CUDA_TABLE(kCudaBatchNormKernels), "batch norm");
+  return pick(kind, cpu::kBatchNormKernels, SYNCBN_CUDA_TABLE(cuda::detail::kBatchNormKernels), "batch norm");
 }
 
 const LossKernels& loss_kernels(DeviceKind kind) {
-  return pick(kind, kCpuLossKernels, SYNCBN_CUDA_TABLE(kCudaLossKernels), "loss");
+  return pick(kind, cpu::kLossKernels, SYNCBN_CUDA_TABLE(cuda::detail::kLossKernels), "loss");
 }
 
 const MemoryKernels& copy_kernels(Device dst, Device src) {
   return memory_kernels(dst.is_cuda() || src.is_cuda() ? DeviceKind::CUDA : DeviceKind::CPU);
 }
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::core::detail

@@ -5,7 +5,7 @@
 
 #include "syncbn/core/device.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::core::detail {
 
 /// One allocation on one device, released through its backend's memory table
 /// when the last tensor viewing it goes away. Move-free and copy-free: it is
@@ -28,4 +28,4 @@ class Storage {
   void* data_ = nullptr;
 };
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::core::detail

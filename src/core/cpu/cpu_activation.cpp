@@ -5,11 +5,11 @@
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
 void cpu_relu_forward(Device /*device*/, DType dtype, std::int64_t n, const void* x, void* y) {
-  dispatch_floating(dtype, "relu", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "relu", [&](auto tag) {
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     T* ys = static_cast<T*>(y);
@@ -18,7 +18,7 @@ void cpu_relu_forward(Device /*device*/, DType dtype, std::int64_t n, const void
 }
 
 void cpu_relu_backward(Device /*device*/, DType dtype, std::int64_t n, const void* dy, const void* y, void* dx) {
-  dispatch_floating(dtype, "relu_backward", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "relu_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* dys = static_cast<const T*>(dy);
     const T* ys = static_cast<const T*>(y);
@@ -29,6 +29,6 @@ void cpu_relu_backward(Device /*device*/, DType dtype, std::int64_t n, const voi
 
 }  // namespace
 
-const ActivationKernels kCpuActivationKernels{cpu_relu_forward, cpu_relu_backward};
+const core::detail::ActivationKernels kActivationKernels{cpu_relu_forward, cpu_relu_backward};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

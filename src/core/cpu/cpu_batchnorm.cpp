@@ -44,7 +44,7 @@
 #include "cpu/simd.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
 // ---- element types ----------------------------------------------------------
@@ -624,7 +624,7 @@ void cpu_update_running(Device /*device*/, DType param_dtype, std::int64_t c, do
                         std::int64_t* num_batches_tracked) {
   const std::int64_t batches = ++*num_batches_tracked;
   const double factor = momentum < 0 ? 1.0 / static_cast<double>(batches) : momentum;
-  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
     auto* rm = static_cast<P*>(running_mean);
     auto* rv = static_cast<P*>(running_var);
@@ -637,7 +637,7 @@ void cpu_update_running(Device /*device*/, DType param_dtype, std::int64_t c, do
 
 void cpu_forward_coefficients(Device /*device*/, DType param_dtype, std::int64_t c, const double* mean,
                               const double* invstd, const void* weight, const void* bias, double* coef) {
-  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
     const auto* w = static_cast<const P*>(weight);
     const auto* b = static_cast<const P*>(bias);
@@ -780,13 +780,10 @@ void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::in
 
 void cpu_backward_coefficients(Device /*device*/, DType param_dtype, std::int64_t c, std::int64_t count,
                                const double* invstd, const void* weight, const double* sum_dy,
-                               const double* sum_dy_xmu, const double* local_sum_dy, const double* local_sum_dy_xmu,
-                               void* grad_weight, void* grad_bias, double* coef_b) {
-  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+                               const double* sum_dy_xmu, double* coef_b) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
     const auto* w = static_cast<const P*>(weight);
-    auto* gw = static_cast<P*>(grad_weight);
-    auto* gb = static_cast<P*>(grad_bias);
     // count 0: statistics were constants (eval mode), so no batch terms.
     const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
     double* a = coef_b;
@@ -797,6 +794,16 @@ void cpu_backward_coefficients(Device /*device*/, DType param_dtype, std::int64_
       b[j] = sum_dy_xmu[j] * per * invstd[j] * invstd[j];
     }
     for (std::int64_t j = 0; j < c; ++j) g[j] = invstd[j] * (w != nullptr ? static_cast<double>(w[j]) : 1.0);
+  });
+}
+
+void cpu_accumulate_param_grads(Device /*device*/, DType param_dtype, std::int64_t c, const double* invstd,
+                                const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
+                                void* grad_bias) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+    using P = decltype(tag);
+    auto* gw = static_cast<P*>(grad_weight);
+    auto* gb = static_cast<P*>(grad_bias);
     if (gw != nullptr)
       for (std::int64_t j = 0; j < c; ++j) gw[j] = static_cast<P>(static_cast<double>(gw[j]) + local_sum_dy_xmu[j] * invstd[j]);
     if (gb != nullptr)
@@ -850,8 +857,10 @@ void cpu_backward_apply(Device /*device*/, DType dtype, std::int64_t n, std::int
 
 }  // namespace
 
-const BatchNormKernels kCpuBatchNormKernels{cpu_stats,    cpu_merge_stats,       cpu_finalize,
-                                            cpu_update_running, cpu_forward_coefficients, cpu_apply,
-                                            cpu_backward_reduce, cpu_backward_coefficients, cpu_backward_apply};
+const core::detail::BatchNormKernels kBatchNormKernels{
+    cpu_stats,           cpu_merge_stats,           cpu_finalize,
+    cpu_update_running,  cpu_forward_coefficients,  cpu_apply,
+    cpu_backward_reduce, cpu_backward_coefficients, cpu_accumulate_param_grads,
+    cpu_backward_apply};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

@@ -5,25 +5,25 @@
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
-void cpu_binary(Device /*device*/, BinaryOp op, DType dtype, std::int64_t n, const void* a, const void* b, void* out) {
-  dispatch_floating(dtype, "binary", [&](auto tag) {
+void cpu_binary(Device /*device*/, core::detail::BinaryOp op, DType dtype, std::int64_t n, const void* a, const void* b, void* out) {
+  core::detail::dispatch_floating(dtype, "binary", [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a);
     const T* y = static_cast<const T*>(b);
     T* z = static_cast<T*>(out);
     switch (op) {
-      case BinaryOp::Add: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] + y[i]; break;
-      case BinaryOp::Sub: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] - y[i]; break;
-      case BinaryOp::Mul: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] * y[i]; break;
+      case core::detail::BinaryOp::Add: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] + y[i]; break;
+      case core::detail::BinaryOp::Sub: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] - y[i]; break;
+      case core::detail::BinaryOp::Mul: for (std::int64_t i = 0; i < n; ++i) z[i] = x[i] * y[i]; break;
     }
   });
 }
 
 void cpu_axpby(Device /*device*/, DType dtype, std::int64_t n, double alpha, const void* x, double beta, void* y) {
-  dispatch_floating(dtype, "axpby", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "axpby", [&](auto tag) {
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     T* ys = static_cast<T*>(y);
@@ -40,7 +40,7 @@ void cpu_axpby(Device /*device*/, DType dtype, std::int64_t n, double alpha, con
 }
 
 void cpu_scale(Device /*device*/, DType dtype, std::int64_t n, double alpha, void* x) {
-  dispatch_floating(dtype, "scale", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "scale", [&](auto tag) {
     using T = decltype(tag);
     T* xs = static_cast<T*>(x);
     const T a = static_cast<T>(alpha);
@@ -50,6 +50,6 @@ void cpu_scale(Device /*device*/, DType dtype, std::int64_t n, double alpha, voi
 
 }  // namespace
 
-const ElementwiseKernels kCpuElementwiseKernels{cpu_binary, cpu_axpby, cpu_scale};
+const core::detail::ElementwiseKernels kElementwiseKernels{cpu_binary, cpu_axpby, cpu_scale};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

@@ -21,7 +21,7 @@
 #include "cpu/cpu_kernels.hpp"
 #include "cpu/simd.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
 constexpr std::int64_t kRows = 6;
@@ -100,7 +100,7 @@ std::vector<T> transposed(const T* in, std::int64_t rows, std::int64_t cols) {
 
 void cpu_gemm(Device /*device*/, DType dtype, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n,
               std::int64_t k, double alpha, const void* a, const void* b, double beta, void* c) {
-  dispatch_floating(dtype, "gemm", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "gemm", [&](auto tag) {
     using T = decltype(tag);
     T* cs = static_cast<T*>(c);
     const std::int64_t size = m * n;
@@ -125,6 +125,6 @@ void cpu_gemm(Device /*device*/, DType dtype, bool trans_a, bool trans_b, std::i
 
 }  // namespace
 
-const BlasKernels kCpuBlasKernels{cpu_gemm};
+const core::detail::BlasKernels kBlasKernels{cpu_gemm};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

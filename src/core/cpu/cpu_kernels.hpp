@@ -3,14 +3,14 @@
 
 #include "backend/kernels.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 
-extern const MemoryKernels kCpuMemoryKernels;
-extern const ElementwiseKernels kCpuElementwiseKernels;
-extern const ReduceKernels kCpuReduceKernels;
-extern const BlasKernels kCpuBlasKernels;
-extern const ActivationKernels kCpuActivationKernels;
-extern const BatchNormKernels kCpuBatchNormKernels;
-extern const LossKernels kCpuLossKernels;
+extern const core::detail::MemoryKernels kMemoryKernels;
+extern const core::detail::ElementwiseKernels kElementwiseKernels;
+extern const core::detail::ReduceKernels kReduceKernels;
+extern const core::detail::BlasKernels kBlasKernels;
+extern const core::detail::ActivationKernels kActivationKernels;
+extern const core::detail::BatchNormKernels kBatchNormKernels;
+extern const core::detail::LossKernels kLossKernels;
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

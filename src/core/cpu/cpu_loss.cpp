@@ -7,7 +7,7 @@
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
 // max and log(sum(exp(x - max))) of one row, in float64.
@@ -22,7 +22,7 @@ void row_logsumexp(const T* row, std::int64_t c, double& max, double& log_sum) {
 
 void cpu_cross_entropy_forward(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, const void* logits,
                                const std::int64_t* targets, void* loss) {
-  dispatch_floating(dtype, "cross_entropy", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(logits);
     double total = 0;
@@ -38,7 +38,7 @@ void cpu_cross_entropy_forward(Device /*device*/, DType dtype, std::int64_t n, s
 
 void cpu_cross_entropy_backward(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, const void* logits,
                                 const std::int64_t* targets, double scale, void* grad) {
-  dispatch_floating(dtype, "cross_entropy_backward", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(logits);
     T* g = static_cast<T*>(grad);
@@ -56,6 +56,6 @@ void cpu_cross_entropy_backward(Device /*device*/, DType dtype, std::int64_t n, 
 
 }  // namespace
 
-const LossKernels kCpuLossKernels{cpu_cross_entropy_forward, cpu_cross_entropy_backward};
+const core::detail::LossKernels kLossKernels{cpu_cross_entropy_forward, cpu_cross_entropy_backward};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

@@ -8,7 +8,7 @@
 #include "cpu/host_block_cache.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
 void* cpu_allocate(Device /*device*/, std::size_t nbytes) { return host_block_cache().allocate(nbytes); }
@@ -87,6 +87,6 @@ void cpu_synchronize(Device /*device*/) {}
 
 }  // namespace
 
-const MemoryKernels kCpuMemoryKernels{cpu_allocate, cpu_release, cpu_copy, cpu_fill, cpu_convert, cpu_synchronize};
+const core::detail::MemoryKernels kMemoryKernels{cpu_allocate, cpu_release, cpu_copy, cpu_fill, cpu_convert, cpu_synchronize};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

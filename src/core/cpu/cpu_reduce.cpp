@@ -7,7 +7,7 @@
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
 // Block helpers with restrict-qualified pointers: without them GCC cannot
@@ -29,7 +29,7 @@ void store_block(T* __restrict dst, const double* __restrict acc, std::int64_t l
 }
 
 void cpu_sum_all(Device /*device*/, DType dtype, std::int64_t n, const void* x, void* out) {
-  dispatch_floating(dtype, "sum", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "sum", [&](auto tag) {
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     // Four independent accumulators let the loop pipeline; still float64.
@@ -47,7 +47,7 @@ void cpu_sum_all(Device /*device*/, DType dtype, std::int64_t n, const void* x, 
 }
 
 void cpu_sum_rows(Device /*device*/, DType dtype, std::int64_t rows, std::int64_t cols, const void* x, void* out) {
-  dispatch_floating(dtype, "sum_rows", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "sum_rows", [&](auto tag) {
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     std::vector<double> acc(static_cast<std::size_t>(cols), 0.0);
@@ -57,7 +57,7 @@ void cpu_sum_rows(Device /*device*/, DType dtype, std::int64_t rows, std::int64_
 }
 
 void cpu_sum_many(Device /*device*/, DType dtype, std::int64_t n, const void* const* srcs, int count, void* out) {
-  dispatch_floating(dtype, "sum_many", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "sum_many", [&](auto tag) {
     using T = decltype(tag);
     T* o = static_cast<T*>(out);
     // Blocks keep the float64 partial sums in cache while every source is
@@ -76,6 +76,6 @@ void cpu_sum_many(Device /*device*/, DType dtype, std::int64_t n, const void* co
 
 }  // namespace
 
-const ReduceKernels kCpuReduceKernels{cpu_sum_all, cpu_sum_rows, cpu_sum_many};
+const core::detail::ReduceKernels kReduceKernels{cpu_sum_all, cpu_sum_rows, cpu_sum_many};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

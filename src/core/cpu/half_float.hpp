@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 
 inline std::uint32_t float_bits(float f) noexcept {
   std::uint32_t u;
@@ -72,4 +72,4 @@ inline float half_to_float(std::uint16_t h) noexcept {
   return bits_float(sign | ((exp + 112U) << 23) | (mant << 13));
 }
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

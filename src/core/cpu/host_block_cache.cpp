@@ -28,7 +28,7 @@
 #define SYNCBN_HOST_CACHE_ENABLED 1
 #endif
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 namespace {
 
 void* system_allocate(std::size_t nbytes) {
@@ -103,4 +103,4 @@ HostBlockCache& host_block_cache() {
   return cache;
 }
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

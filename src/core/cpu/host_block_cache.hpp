@@ -7,7 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 
 /// Counters of a HostBlockCache (for tests and diagnostics).
 struct HostCacheStats {
@@ -52,4 +52,4 @@ class HostBlockCache {
 /// caching is off under AddressSanitizer so that it sees every reuse).
 HostBlockCache& host_block_cache();
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

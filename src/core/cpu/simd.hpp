@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-namespace syncbn::detail {
+namespace syncbn::cpu {
 
 template <class T>
 using Vec [[gnu::vector_size(32)]] = T;
@@ -32,4 +32,4 @@ inline Vec<T> splat(T x) {
   return Vec<T>{} + x;
 }
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cpu

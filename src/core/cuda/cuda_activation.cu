@@ -8,13 +8,9 @@
 #include "cuda/cuda_runtime.hpp"
 #include "cuda/cuda_types.cuh"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 namespace {
 
-using syncbn::cuda::detail::DeviceGuard;
-using syncbn::cuda::detail::grid_for;
-using syncbn::cuda::detail::kBlock;
-using syncbn::cuda::detail::stream_for;
 
 template <class T>
 __global__ void relu_kernel(long long n, const T* x, T* y) {
@@ -30,7 +26,7 @@ void cuda_relu_forward(Device device, DType dtype, std::int64_t n, const void* x
   if (n == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(dtype, "relu", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "relu", [&](auto tag) {
     using T = decltype(tag);
     relu_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(n, static_cast<const T*>(x), static_cast<T*>(y));
     SYNCBN_CUDA_LAUNCH_CHECK();
@@ -41,7 +37,7 @@ void cuda_relu_backward(Device device, DType dtype, std::int64_t n, const void* 
   if (n == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(dtype, "relu_backward", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "relu_backward", [&](auto tag) {
     using T = decltype(tag);
     relu_backward_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(n, static_cast<const T*>(dy), static_cast<const T*>(y),
                                                                static_cast<T*>(dx));
@@ -51,6 +47,6 @@ void cuda_relu_backward(Device device, DType dtype, std::int64_t n, const void* 
 
 }  // namespace
 
-const ActivationKernels kCudaActivationKernels{cuda_relu_forward, cuda_relu_backward};
+const core::detail::ActivationKernels kActivationKernels{cuda_relu_forward, cuda_relu_backward};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

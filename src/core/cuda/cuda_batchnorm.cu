@@ -19,19 +19,9 @@
 #include "cuda/cuda_runtime.hpp"
 #include "cuda/cuda_types.cuh"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 namespace {
 
-using syncbn::cuda::detail::ComputeOf;
-using syncbn::cuda::detail::DeviceGuard;
-using syncbn::cuda::detail::dispatch_floating_device;
-using syncbn::cuda::detail::grid_for;
-using syncbn::cuda::detail::kBlock;
-using syncbn::cuda::detail::load_compute;
-using syncbn::cuda::detail::multiprocessor_count;
-using syncbn::cuda::detail::ScratchBuffer;
-using syncbn::cuda::detail::store_compute;
-using syncbn::cuda::detail::stream_for;
 
 // Blocks per channel for a reduction over `count` elements of each of c channels.
 int splits_for(int device, long long c, long long count) {
@@ -133,9 +123,9 @@ void cuda_stats(Device device, DType dtype, std::int64_t n, std::int64_t c, std:
 }
 
 struct Partials {
-  long long counts[kMaxSumSources];
-  const double* means[kMaxSumSources];
-  const double* m2s[kMaxSumSources];
+  long long counts[core::kMaxReplicas];
+  const double* means[core::kMaxReplicas];
+  const double* m2s[core::kMaxReplicas];
 };
 
 __global__ void merge_kernel(long long c, int parts, Partials p, double* mean, double* m2) {
@@ -163,8 +153,8 @@ __global__ void merge_kernel(long long c, int parts, Partials p, double* mean, d
 
 void cuda_merge_stats(Device device, std::int64_t c, int parts, const std::int64_t* counts, const double* const* means,
                       const double* const* m2s, double* mean, double* m2) {
-  SYNCBN_CHECK(parts >= 1 && parts <= kMaxSumSources, "batch_norm: ", parts, " partial statistics, expected 1 to ",
-               kMaxSumSources);
+  SYNCBN_CHECK(parts >= 1 && parts <= core::kMaxReplicas, "batch_norm: ", parts, " partial statistics, expected 1 to ",
+               core::kMaxReplicas);
   if (c == 0) return;
   DeviceGuard guard(device.index());
   Partials p{};
@@ -219,7 +209,7 @@ void cuda_update_running(Device device, DType param_dtype, std::int64_t c, doubl
                          std::int64_t* num_batches_tracked) {
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
     update_running_kernel<P><<<1, kBlock, 0, stream>>>(c, momentum, mean, unbiased_var, static_cast<P*>(running_mean),
                                                        static_cast<P*>(running_var),
@@ -245,7 +235,7 @@ void cuda_forward_coefficients(Device device, DType param_dtype, std::int64_t c,
   if (c == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
     forward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, mean, invstd, static_cast<const P*>(weight),
                                                                static_cast<const P*>(bias), coef);
@@ -358,31 +348,50 @@ void cuda_backward_reduce(Device device, DType dtype, std::int64_t n, std::int64
 
 template <class P>
 __global__ void backward_coef_kernel(long long c, long long count, const double* invstd, const P* w,
-                                     const double* sum_dy, const double* sum_dy_xmu, const double* local_sum_dy,
-                                     const double* local_sum_dy_xmu, P* gw, P* gb, double* coef_b) {
+                                     const double* sum_dy, const double* sum_dy_xmu, double* coef_b) {
   SYNCBN_GRID_STRIDE(ch, c) {
     const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
     const double inv = invstd[ch];
     coef_b[3 * ch + 0] = sum_dy[ch] * per;
     coef_b[3 * ch + 1] = sum_dy_xmu[ch] * per * inv * inv;
     coef_b[3 * ch + 2] = inv * (w != nullptr ? static_cast<double>(w[ch]) : 1.0);
-    if (gw != nullptr) gw[ch] = static_cast<P>(static_cast<double>(gw[ch]) + local_sum_dy_xmu[ch] * inv);
+  }
+}
+
+template <class P>
+__global__ void param_grads_kernel(long long c, const double* invstd, const double* local_sum_dy,
+                                   const double* local_sum_dy_xmu, P* gw, P* gb) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    if (gw != nullptr) gw[ch] = static_cast<P>(static_cast<double>(gw[ch]) + local_sum_dy_xmu[ch] * invstd[ch]);
     if (gb != nullptr) gb[ch] = static_cast<P>(static_cast<double>(gb[ch]) + local_sum_dy[ch]);
   }
 }
 
 void cuda_backward_coefficients(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
                                 const double* invstd, const void* weight, const double* sum_dy,
-                                const double* sum_dy_xmu, const double* local_sum_dy, const double* local_sum_dy_xmu,
-                                void* grad_weight, void* grad_bias, double* coef_b) {
+                                const double* sum_dy_xmu, double* coef_b) {
   if (c == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
-    backward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(
-        c, count, invstd, static_cast<const P*>(weight), sum_dy, sum_dy_xmu, local_sum_dy, local_sum_dy_xmu,
-        static_cast<P*>(grad_weight), static_cast<P*>(grad_bias), coef_b);
+    backward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, count, invstd, static_cast<const P*>(weight),
+                                                                sum_dy, sum_dy_xmu, coef_b);
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
+void cuda_accumulate_param_grads(Device device, DType param_dtype, std::int64_t c, const double* invstd,
+                                 const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
+                                 void* grad_bias) {
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+    using P = decltype(tag);
+    param_grads_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, invstd, local_sum_dy, local_sum_dy_xmu,
+                                                              static_cast<P*>(grad_weight),
+                                                              static_cast<P*>(grad_bias));
     SYNCBN_CUDA_LAUNCH_CHECK();
   });
 }
@@ -415,8 +424,10 @@ void cuda_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_
 
 }  // namespace
 
-const BatchNormKernels kCudaBatchNormKernels{cuda_stats,          cuda_merge_stats,          cuda_finalize,
-                                             cuda_update_running, cuda_forward_coefficients, cuda_apply,
-                                             cuda_backward_reduce, cuda_backward_coefficients, cuda_backward_apply};
+const core::detail::BatchNormKernels kBatchNormKernels{
+    cuda_stats,           cuda_merge_stats,           cuda_finalize,
+    cuda_update_running,  cuda_forward_coefficients,  cuda_apply,
+    cuda_backward_reduce, cuda_backward_coefficients, cuda_accumulate_param_grads,
+    cuda_backward_apply};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

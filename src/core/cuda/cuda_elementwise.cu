@@ -8,19 +8,15 @@
 #include "cuda/cuda_runtime.hpp"
 #include "cuda/cuda_types.cuh"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 namespace {
 
-using syncbn::cuda::detail::DeviceGuard;
-using syncbn::cuda::detail::grid_for;
-using syncbn::cuda::detail::kBlock;
-using syncbn::cuda::detail::stream_for;
 
 template <class T>
-__global__ void binary_kernel(BinaryOp op, long long n, const T* a, const T* b, T* out) {
+__global__ void binary_kernel(core::detail::BinaryOp op, long long n, const T* a, const T* b, T* out) {
   SYNCBN_GRID_STRIDE(i, n) {
     const T x = a[i], y = b[i];
-    out[i] = op == BinaryOp::Add ? x + y : (op == BinaryOp::Sub ? x - y : x * y);
+    out[i] = op == core::detail::BinaryOp::Add ? x + y : (op == core::detail::BinaryOp::Sub ? x - y : x * y);
   }
 }
 
@@ -34,11 +30,11 @@ __global__ void scale_kernel(long long n, T alpha, T* x) {
   SYNCBN_GRID_STRIDE(i, n) { x[i] *= alpha; }
 }
 
-void cuda_binary(Device device, BinaryOp op, DType dtype, std::int64_t n, const void* a, const void* b, void* out) {
+void cuda_binary(Device device, core::detail::BinaryOp op, DType dtype, std::int64_t n, const void* a, const void* b, void* out) {
   if (n == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(dtype, "binary", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "binary", [&](auto tag) {
     using T = decltype(tag);
     binary_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(op, n, static_cast<const T*>(a), static_cast<const T*>(b),
                                                          static_cast<T*>(out));
@@ -50,7 +46,7 @@ void cuda_axpby(Device device, DType dtype, std::int64_t n, double alpha, const 
   if (n == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(dtype, "axpby", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "axpby", [&](auto tag) {
     using T = decltype(tag);
     axpby_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(n, static_cast<T>(alpha), static_cast<const T*>(x),
                                                         static_cast<T>(beta), static_cast<T*>(y), beta != 0.0);
@@ -62,7 +58,7 @@ void cuda_scale(Device device, DType dtype, std::int64_t n, double alpha, void* 
   if (n == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(dtype, "scale", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "scale", [&](auto tag) {
     using T = decltype(tag);
     scale_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(n, static_cast<T>(alpha), static_cast<T*>(x));
     SYNCBN_CUDA_LAUNCH_CHECK();
@@ -71,6 +67,6 @@ void cuda_scale(Device device, DType dtype, std::int64_t n, double alpha, void* 
 
 }  // namespace
 
-const ElementwiseKernels kCudaElementwiseKernels{cuda_binary, cuda_axpby, cuda_scale};
+const core::detail::ElementwiseKernels kElementwiseKernels{cuda_binary, cuda_axpby, cuda_scale};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

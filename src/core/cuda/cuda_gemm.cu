@@ -10,11 +10,9 @@
 #include "cuda/cuda_kernels.hpp"
 #include "cuda/cuda_runtime.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 namespace {
 
-using syncbn::cuda::detail::DeviceGuard;
-using syncbn::cuda::detail::stream_for;
 
 constexpr int kTile = 16;
 
@@ -59,7 +57,7 @@ void cuda_gemm(Device device, DType dtype, bool trans_a, bool trans_b, std::int6
   if (m == 0 || n == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
-  dispatch_floating(dtype, "gemm", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "gemm", [&](auto tag) {
     using T = decltype(tag);
     if (trans_a && trans_b) launch<T, true, true>(stream, m, n, k, alpha, a, b, beta, c);
     else if (trans_a) launch<T, true, false>(stream, m, n, k, alpha, a, b, beta, c);
@@ -70,6 +68,6 @@ void cuda_gemm(Device device, DType dtype, bool trans_a, bool trans_b, std::int6
 
 }  // namespace
 
-const BlasKernels kCudaBlasKernels{cuda_gemm};
+const core::detail::BlasKernels kBlasKernels{cuda_gemm};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

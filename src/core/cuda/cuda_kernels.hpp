@@ -3,14 +3,14 @@
 
 #include "backend/kernels.hpp"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 
-extern const MemoryKernels kCudaMemoryKernels;
-extern const ElementwiseKernels kCudaElementwiseKernels;
-extern const ReduceKernels kCudaReduceKernels;
-extern const BlasKernels kCudaBlasKernels;
-extern const ActivationKernels kCudaActivationKernels;
-extern const BatchNormKernels kCudaBatchNormKernels;
-extern const LossKernels kCudaLossKernels;
+extern const core::detail::MemoryKernels kMemoryKernels;
+extern const core::detail::ElementwiseKernels kElementwiseKernels;
+extern const core::detail::ReduceKernels kReduceKernels;
+extern const core::detail::BlasKernels kBlasKernels;
+extern const core::detail::ActivationKernels kActivationKernels;
+extern const core::detail::BatchNormKernels kBatchNormKernels;
+extern const core::detail::LossKernels kLossKernels;
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

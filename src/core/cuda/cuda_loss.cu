@@ -12,14 +12,9 @@
 #include "cuda/cuda_runtime.hpp"
 #include "cuda/cuda_types.cuh"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 namespace {
 
-using syncbn::cuda::detail::DeviceGuard;
-using syncbn::cuda::detail::grid_for;
-using syncbn::cuda::detail::kBlock;
-using syncbn::cuda::detail::ScratchBuffer;
-using syncbn::cuda::detail::stream_for;
 
 struct MaxOp {
   __device__ double operator()(double a, double b) const { return a > b ? a : b; }
@@ -74,7 +69,7 @@ void cuda_cross_entropy_forward(Device device, DType dtype, std::int64_t n, std:
   cudaStream_t stream = stream_for(device.index());
   ScratchBuffer row_max(device.index(), sizeof(double) * static_cast<std::size_t>(n));
   ScratchBuffer row_lse(device.index(), sizeof(double) * static_cast<std::size_t>(n));
-  dispatch_floating(dtype, "cross_entropy", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
     if (n > 0) {
       row_stats_kernel<T><<<static_cast<unsigned>(n), kBlock, 0, stream>>>(c, static_cast<const T*>(logits),
@@ -95,7 +90,7 @@ void cuda_cross_entropy_backward(Device device, DType dtype, std::int64_t n, std
   cudaStream_t stream = stream_for(device.index());
   ScratchBuffer row_max(device.index(), sizeof(double) * static_cast<std::size_t>(n));
   ScratchBuffer row_lse(device.index(), sizeof(double) * static_cast<std::size_t>(n));
-  dispatch_floating(dtype, "cross_entropy_backward", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     row_stats_kernel<T><<<static_cast<unsigned>(n), kBlock, 0, stream>>>(c, static_cast<const T*>(logits),
                                                                          row_max.as<double>(), row_lse.as<double>());
@@ -109,6 +104,6 @@ void cuda_cross_entropy_backward(Device device, DType dtype, std::int64_t n, std
 
 }  // namespace
 
-const LossKernels kCudaLossKernels{cuda_cross_entropy_forward, cuda_cross_entropy_backward};
+const core::detail::LossKernels kLossKernels{cuda_cross_entropy_forward, cuda_cross_entropy_backward};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

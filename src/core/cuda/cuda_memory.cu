@@ -9,17 +9,9 @@
 #include "cuda/cuda_runtime.hpp"
 #include "cuda/cuda_types.cuh"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 namespace {
 
-using syncbn::cuda::detail::DeviceGuard;
-using syncbn::cuda::detail::dispatch_any;
-using syncbn::cuda::detail::from_double;
-using syncbn::cuda::detail::grid_for;
-using syncbn::cuda::detail::kBlock;
-using syncbn::cuda::detail::order_after;
-using syncbn::cuda::detail::stream_for;
-using syncbn::cuda::detail::to_double;
 
 void* cuda_allocate(Device device, std::size_t nbytes) {
   DeviceGuard guard(device.index());
@@ -124,7 +116,7 @@ void cuda_synchronize(Device device) {
 
 }  // namespace
 
-const MemoryKernels kCudaMemoryKernels{cuda_allocate, cuda_release, cuda_copy, cuda_fill, cuda_convert,
+const core::detail::MemoryKernels kMemoryKernels{cuda_allocate, cuda_release, cuda_copy, cuda_fill, cuda_convert,
                                        cuda_synchronize};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

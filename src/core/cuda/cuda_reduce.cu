@@ -12,14 +12,9 @@
 #include "cuda/cuda_runtime.hpp"
 #include "cuda/cuda_types.cuh"
 
-namespace syncbn::detail {
+namespace syncbn::cuda::detail {
 namespace {
 
-using syncbn::cuda::detail::DeviceGuard;
-using syncbn::cuda::detail::grid_for;
-using syncbn::cuda::detail::kBlock;
-using syncbn::cuda::detail::ScratchBuffer;
-using syncbn::cuda::detail::stream_for;
 
 // ---- sum_all: block partials, then one block over the partials -----------
 
@@ -50,7 +45,7 @@ void cuda_sum_all(Device device, DType dtype, std::int64_t n, const void* x, voi
   cudaStream_t stream = stream_for(device.index());
   const int parts = static_cast<int>(std::min<long long>(1024, std::max<long long>(1, (n + kBlock - 1) / kBlock)));
   ScratchBuffer partial(device.index(), sizeof(double) * static_cast<std::size_t>(parts));
-  dispatch_floating(dtype, "sum", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "sum", [&](auto tag) {
     using T = decltype(tag);
     sum_partials_kernel<T><<<parts, kBlock, 0, stream>>>(n, static_cast<const T*>(x), partial.as<double>());
     SYNCBN_CUDA_LAUNCH_CHECK();
@@ -100,7 +95,7 @@ void cuda_sum_rows(Device device, DType dtype, std::int64_t rows, std::int64_t c
   cudaStream_t stream = stream_for(device.index());
   const long long chunks = std::max<long long>(1, (rows + kRowsPerChunk - 1) / kRowsPerChunk);
   ScratchBuffer partial(device.index(), sizeof(double) * static_cast<std::size_t>(chunks * cols));
-  dispatch_floating(dtype, "sum_rows", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "sum_rows", [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>((cols + kColsPerBlock - 1) / kColsPerBlock), static_cast<unsigned>(chunks));
     column_partials_kernel<T><<<grid, dim3(kColsPerBlock, kRowThreads), 0, stream>>>(rows, cols, static_cast<const T*>(x),
@@ -111,10 +106,10 @@ void cuda_sum_rows(Device device, DType dtype, std::int64_t rows, std::int64_t c
   });
 }
 
-// ---- sum_many: element-wise sum of up to kMaxSumSources buffers, in order --
+// ---- sum_many: element-wise sum of up to core::kMaxReplicas buffers, in order --
 
 struct Sources {
-  const void* ptr[kMaxSumSources];
+  const void* ptr[core::kMaxReplicas];
 };
 
 template <class T>
@@ -128,13 +123,13 @@ __global__ void sum_many_kernel(long long n, Sources srcs, int count, T* out) {
 
 void cuda_sum_many(Device device, DType dtype, std::int64_t n, const void* const* srcs, int count, void* out) {
   if (n == 0) return;
-  SYNCBN_CHECK(count >= 1 && count <= kMaxSumSources, "sum_many: ", count, " sources, expected 1 to ",
-               kMaxSumSources);
+  SYNCBN_CHECK(count >= 1 && count <= core::kMaxReplicas, "sum_many: ", count, " sources, expected 1 to ",
+               core::kMaxReplicas);
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
   Sources s{};
   for (int k = 0; k < count; ++k) s.ptr[k] = srcs[k];
-  dispatch_floating(dtype, "sum_many", [&](auto tag) {
+  core::detail::dispatch_floating(dtype, "sum_many", [&](auto tag) {
     using T = decltype(tag);
     sum_many_kernel<T><<<grid_for(n), kBlock, 0, stream>>>(n, s, count, static_cast<T*>(out));
     SYNCBN_CUDA_LAUNCH_CHECK();
@@ -143,6 +138,6 @@ void cuda_sum_many(Device device, DType dtype, std::int64_t n, const void* const
 
 }  // namespace
 
-const ReduceKernels kCudaReduceKernels{cuda_sum_all, cuda_sum_rows, cuda_sum_many};
+const core::detail::ReduceKernels kReduceKernels{cuda_sum_all, cuda_sum_rows, cuda_sum_many};
 
-}  // namespace syncbn::detail
+}  // namespace syncbn::cuda::detail

@@ -41,6 +41,12 @@ void synchronize(Device device) {
   SYNCBN_CUDA_CHECK(cudaStreamSynchronize(detail::stream_for(device.index())));
 }
 
+void* native_stream(Device device) {
+  SYNCBN_CHECK(device.is_cuda(), "native_stream: ", device, " is not a GPU, expected a CUDA device");
+  detail::check_device_index(device.index());
+  return detail::stream_for(device.index());
+}
+
 namespace detail {
 
 void check_device_index(int device) {

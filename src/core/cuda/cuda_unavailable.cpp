@@ -17,4 +17,9 @@ void synchronize(Device device) {
   if (device.is_cuda()) device.check_available();  // throws Unsupported
 }
 
+void* native_stream(Device device) {
+  device.check_available();  // throws Unsupported for a GPU
+  SYNCBN_THROW(InvalidArgument, "native_stream: ", device, " is not a GPU, expected a CUDA device");
+}
+
 }  // namespace syncbn::cuda

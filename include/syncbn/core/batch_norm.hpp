@@ -1,0 +1,112 @@
+#pragma once
+// Batch normalization in stages, on tensors of any device: the building
+// blocks of the batch-norm layers and of any other way to synchronise them
+// (the nn layers exchange the stages' results between replicas).
+//
+//   forward:  batch_norm_moments (per shard) -> merge_moments (over shards)
+//             -> batch_norm_variance -> batch_norm_coefficients -> batch_norm_apply
+//   backward: batch_norm_grad_sums (per shard) -> (summed over shards)
+//             -> batch_norm_backward_coefficients -> batch_norm_backward_apply,
+//             and batch_norm_param_grads for the shard's weight and bias gradients.
+//
+// The input x is viewed as (N, C, L): dimension 1 holds the channels, the
+// dimensions after it are flattened. Per-channel tensors are float64 of shape
+// (C) on x's device. Numerics, tolerances and determinism: docs/numerics.md.
+// CUDA stages are queued on the device's stream and return without waiting.
+
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "syncbn/core/tensor.hpp"
+
+namespace syncbn::core {
+
+/// Per-channel moments of a batch or shard: the number of values each
+/// channel has, their mean and their M2 (sum of squared deviations from the
+/// mean); float64 tensors of shape (C).
+struct ChannelMoments {
+  std::int64_t count = 0;
+  Tensor mean;
+  Tensor m2;
+};
+
+/// Per-channel sum(dy) and sum(dy * (x - mean)) of a batch or shard
+/// (float64, shape (C)).
+struct ChannelGradSums {
+  Tensor sum_dy;
+  Tensor sum_dy_xmu;
+};
+
+/// What normalisation needs beyond the mean, from merged moments.
+struct BatchNormVariance {
+  /// 1 / sqrt(var + eps), or 1 / sqrt(max(var, eps)) with eps_clamp, from
+  /// the biased variance var = M2 / count.
+  Tensor invstd;
+  /// M2 / (count - 1), what the running variance takes (0 for count <= 1).
+  Tensor unbiased_var;
+};
+
+/// The moments of x (rank >= 2; float32, float64, float16 or bfloat16):
+/// count = N * L values per channel, mean and M2 accumulated in float64 from
+/// values shifted by each channel's first element. An empty x has count 0
+/// and zero moments.
+ChannelMoments batch_norm_moments(const Tensor& x);
+
+/// The moments of the union of `parts` (Chan et al.'s update, in the given
+/// order; parts with count 0 are skipped), on `device`. Parts on other
+/// memory than `device` are copied there; the others are read in place.
+/// Every part has the same number of channels; 1 to kMaxReplicas parts.
+ChannelMoments merge_moments(std::span<const ChannelMoments> parts, Device device);
+
+/// invstd and the unbiased variance of merged moments (eps >= 0).
+BatchNormVariance batch_norm_variance(const ChannelMoments& merged, double eps, bool eps_clamp);
+
+/// invstd from a variance tensor itself (float32 or float64, shape (C)), as
+/// eval mode normalises with the running variance: 1 / sqrt(var + eps) or
+/// 1 / sqrt(max(var, eps)). Returns float64 (C) on var's device.
+Tensor batch_norm_invstd(const Tensor& var, double eps, bool eps_clamp);
+
+/// Counts one more batch in `num_batches_tracked` (an int64 scalar) and
+/// moves the running statistics towards the batch's: running = (1 - f) *
+/// running + f * batch, with f = momentum, or f = 1 / num_batches_tracked
+/// (a cumulative average) for std::nullopt. running_mean and running_var
+/// share a floating dtype and the device of mean and unbiased_var.
+void update_running_stats(const Tensor& running_mean, const Tensor& running_var, const Tensor& num_batches_tracked,
+                          const Tensor& mean, const Tensor& unbiased_var, std::optional<double> momentum);
+
+/// The per-channel coefficients of batch_norm_apply from the mean, invstd
+/// and the optional affine weight and bias (undefined tensors: 1 and 0).
+/// `param_dtype` is float64 for float64 input and float32 otherwise; weight
+/// and bias, when defined, have it. The result's layout belongs to the
+/// backend of its device: pass it only to this file's functions.
+Tensor batch_norm_coefficients(const Tensor& mean, const Tensor& invstd, const Tensor& weight, const Tensor& bias,
+                               DType param_dtype);
+
+/// y = (x - mean) * invstd * weight + bias, with the coefficients of
+/// batch_norm_coefficients; y has x's shape, dtype and device.
+Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients);
+
+/// This shard's sum(dy) and sum(dy * (x - mean)) per channel, with the mean
+/// of the forward's coefficients; grad_output has x's shape, dtype and device.
+ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients);
+
+/// The coefficients of batch_norm_backward_apply from the gradient sums over
+/// all `count` values per channel of the batch. count 0 means that the
+/// statistics were constants (eval mode with running statistics), so the
+/// sums do not enter dx. weight may be undefined (1).
+Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd, const Tensor& weight,
+                                        const ChannelGradSums& total, DType param_dtype);
+
+/// Adds this shard's parameter gradients from its own gradient sums:
+/// grad_weight += sum_dy_xmu * invstd and grad_bias += sum_dy (an undefined
+/// gradient tensor is skipped).
+void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& invstd,
+                            const ChannelGradSums& local);
+
+/// dx = (dy - mean(dy) - (x - mean) * mean(dy * (x - mean)) * invstd^2) *
+/// invstd * weight, with the forward's and the backward coefficients.
+Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients,
+                                 const Tensor& backward_coefficients);
+
+}  // namespace syncbn::core

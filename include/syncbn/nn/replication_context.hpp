@@ -1,0 +1,73 @@
+#pragma once
+// ReplicationContext: what the copies of one module position share while
+// the replication callback (Module::on_replicate) wires them together.
+
+#include <any>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "syncbn/core/device.hpp"
+#include "syncbn/error.hpp"
+
+namespace syncbn::nn {
+
+/// Shared by all copies of one module position while parallel::replicate
+/// runs the replication callback (Module::on_replicate): copy 0
+/// (the master, called first) typically stores an object here (e.g. a
+/// SyncMaster) that the other copies then connect to. Layers that block in a
+/// rendezvous also register how to release it when a replica fails.
+class ReplicationContext {
+ public:
+  ReplicationContext(std::string name, std::vector<Device> devices)
+      : name_(std::move(name)), devices_(std::move(devices)) {}
+
+  /// The module position's dotted path in the replicated tree ("" for the
+  /// root), for error messages such as a rendezvous's timeout.
+  const std::string& name() const noexcept { return name_; }
+  /// Number of copies being made.
+  int copies() const noexcept { return static_cast<int>(devices_.size()); }
+  /// The device of copy `copy_id`.
+  Device device(int copy_id) const { return devices_.at(static_cast<std::size_t>(copy_id)); }
+
+  /// Stores the position's shared object (replacing any earlier one).
+  template <class T>
+  void set(std::shared_ptr<T> value) {
+    value_ = std::move(value);
+  }
+  /// The shared object; InvalidArgument naming `who` when none of type T was set.
+  template <class T>
+  std::shared_ptr<T> get(const std::string& who) const {
+    const auto* value = std::any_cast<std::shared_ptr<T>>(&value_);
+    SYNCBN_CHECK(value != nullptr && *value != nullptr, who,
+                 ": the replication context holds no shared object of the expected type; was copy 0 replicated "
+                 "first?");
+    return *value;
+  }
+
+  /// Registers how to release replicas blocked in this position's
+  /// rendezvous when replica `failed` fails elsewhere (abort), and how to
+  /// make the rendezvous usable again once every replica is idle (reset).
+  void on_failure(std::function<void(int failed, const std::string& reason)> abort, std::function<void()> reset) {
+    handlers_.push_back({std::move(abort), std::move(reset)});
+  }
+
+  /// Runs the abort handlers; never throws.
+  void abort(int failed, const std::string& reason) noexcept;
+  /// Runs the reset handlers.
+  void reset();
+
+ private:
+  struct Handlers {
+    std::function<void(int, const std::string&)> abort;
+    std::function<void()> reset;
+  };
+  std::string name_;
+  std::vector<Device> devices_;
+  std::any value_;
+  std::vector<Handlers> handlers_;
+};
+
+}  // namespace syncbn::nn

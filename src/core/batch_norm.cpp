@@ -1,0 +1,279 @@
+// Batch-norm stages: one validation gate per stage, then the batch-norm
+// table of the device kind (Note [Backend tables] in backend/kernels.hpp).
+// Numerics: docs/numerics.md.
+
+#include "syncbn/core/batch_norm.hpp"
+
+#include <vector>
+
+#include "backend/kernels.hpp"
+#include "syncbn/core/ops.hpp"
+#include "syncbn/error.hpp"
+
+namespace syncbn::core {
+namespace {
+
+Tensor channel_tensor(std::int64_t c, Device device) { return Tensor::empty(Shape{c}, DType::Float64, device); }
+
+// x viewed as (n, c, l).
+struct Extents {
+  std::int64_t n, c, l;
+};
+
+Extents check_input(const Tensor& x, const char* op, const char* name = "x") {
+  SYNCBN_CHECK(x.defined(), op, ": ", name, " is undefined, expected a tensor");
+  SYNCBN_CHECK(x.rank() >= 2, op, ": ", name, " has rank ", x.rank(), ", expected rank >= 2 (N, C, ...)");
+  SYNCBN_CHECK(x.dtype() == DType::Float32 || x.dtype() == DType::Float64 || is_reduced_precision(x.dtype()), op,
+               ": ", name, " has dtype ", dtype_name(x.dtype()), ", expected float32, float64, float16 or bfloat16");
+  std::int64_t l = 1;
+  for (int i = 2; i < x.rank(); ++i) l *= x.size(i);
+  return {x.size(0), x.size(1), l};
+}
+
+// A float64 (C) tensor on `device`.
+void check_channels(const Tensor& t, std::int64_t c, Device device, const char* op, const char* name) {
+  SYNCBN_CHECK(t.defined(), op, ": ", name, " is undefined, expected a float64 tensor of shape (", c, ")");
+  SYNCBN_CHECK(t.dtype() == DType::Float64, op, ": ", name, " has dtype ", dtype_name(t.dtype()),
+               ", expected float64");
+  SYNCBN_CHECK(t.shape() == Shape{c}, op, ": ", name, " has shape ", t.shape(), ", expected ", Shape{c});
+  SYNCBN_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), ", expected ", device);
+}
+
+// An optional parameter-like tensor (weight, bias, their gradients): undefined, or (C) of param_dtype on device.
+void check_optional_param(const Tensor& t, std::int64_t c, DType param_dtype, Device device, const char* op,
+                          const char* name) {
+  if (!t.defined()) return;
+  SYNCBN_CHECK(t.dtype() == param_dtype, op, ": ", name, " has dtype ", dtype_name(t.dtype()), ", expected ",
+               dtype_name(param_dtype));
+  SYNCBN_CHECK(t.shape() == Shape{c}, op, ": ", name, " has shape ", t.shape(), ", expected ", Shape{c});
+  SYNCBN_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), ", expected ", device);
+}
+
+void check_param_dtype(DType param_dtype, const char* op) {
+  SYNCBN_CHECK(param_dtype == DType::Float32 || param_dtype == DType::Float64, op, ": param_dtype is ",
+               dtype_name(param_dtype), ", expected float32 or float64");
+}
+
+void check_eps(double eps, const char* op) { SYNCBN_CHECK(eps >= 0, op, ": eps is ", eps, ", expected >= 0"); }
+
+// Coefficient tensors hold `per_channel` float64 values per channel.
+void check_coefficients(const Tensor& coef, std::int64_t c, int per_channel, Device device, const char* op,
+                        const char* name) {
+  SYNCBN_CHECK(coef.defined(), op, ": ", name, " is undefined, expected the coefficients of ", c, " channels");
+  SYNCBN_CHECK(coef.dtype() == DType::Float64 && coef.shape() == Shape{per_channel * c}, op, ": ", name,
+               " has dtype ", dtype_name(coef.dtype()), " and shape ", coef.shape(), ", expected float64 ",
+               Shape{per_channel * c}, " (the coefficients of ", c, " channels)");
+  SYNCBN_CHECK(coef.device() == device, op, ": ", name, " is on ", coef.device(), ", expected ", device);
+}
+
+void check_like(const Tensor& t, const Tensor& x, const char* op, const char* name) {
+  SYNCBN_CHECK(t.defined(), op, ": ", name, " is undefined, expected a tensor like x");
+  SYNCBN_CHECK(t.shape() == x.shape(), op, ": ", name, " has shape ", t.shape(), ", expected ", x.shape(),
+               " (x's)");
+  SYNCBN_CHECK(t.dtype() == x.dtype(), op, ": ", name, " has dtype ", dtype_name(t.dtype()), ", expected ",
+               dtype_name(x.dtype()), " (x's)");
+  SYNCBN_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ", x.device(),
+               " (x's)");
+}
+
+const detail::BatchNormKernels& kernels(Device device) { return detail::batchnorm_kernels(device.kind()); }
+
+}  // namespace
+
+ChannelMoments batch_norm_moments(const Tensor& x) {
+  const auto [n, c, l] = check_input(x, "batch_norm_moments");
+  const Device device = x.device();
+  ChannelMoments out{n * l, channel_tensor(c, device), channel_tensor(c, device)};
+  kernels(device).stats(device, x.dtype(), n, c, l, x.raw_data(), out.mean.data<double>(), out.m2.data<double>());
+  return out;
+}
+
+ChannelMoments merge_moments(std::span<const ChannelMoments> parts, Device device) {
+  constexpr const char* op = "merge_moments";
+  SYNCBN_CHECK(!parts.empty() && parts.size() <= static_cast<std::size_t>(kMaxReplicas), op, ": ", parts.size(),
+               " parts, expected 1 to ", kMaxReplicas);
+  device.check_available();
+  const std::int64_t c = parts.front().mean.defined() ? parts.front().mean.numel() : 0;
+  std::vector<std::int64_t> counts;
+  std::vector<Tensor> copies;  // parts that had to be brought to `device`
+  std::vector<const double*> mean_ptrs, m2_ptrs;
+  counts.reserve(parts.size());
+  mean_ptrs.reserve(parts.size());
+  m2_ptrs.reserve(parts.size());
+  std::int64_t total = 0;
+  for (std::size_t k = 0; k < parts.size(); ++k) {
+    const ChannelMoments& p = parts[k];
+    SYNCBN_CHECK(p.count >= 0, op, ": part ", k, " has count ", p.count, ", expected >= 0");
+    check_channels(p.mean, c, p.mean.defined() ? p.mean.device() : device, op, "a part's mean");
+    check_channels(p.m2, c, p.mean.device(), op, "a part's m2");
+    counts.push_back(p.count);
+    total += p.count;
+    // Parts in the same memory (any CPU device, the same GPU) are read in
+    // place, without taking a reference (the tensors' reference counts live
+    // in the other replicas' caches); others are copied to `device`.
+    if (p.mean.device().shares_memory_with(device)) {
+      mean_ptrs.push_back(p.mean.data<double>());
+      m2_ptrs.push_back(p.m2.data<double>());
+    } else {
+      copies.push_back(p.mean.to(device));
+      mean_ptrs.push_back(copies.back().data<double>());
+      copies.push_back(p.m2.to(device));
+      m2_ptrs.push_back(copies.back().data<double>());
+    }
+  }
+  ChannelMoments out{total, channel_tensor(c, device), channel_tensor(c, device)};
+  kernels(device).merge_stats(device, c, static_cast<int>(parts.size()), counts.data(), mean_ptrs.data(),
+                              m2_ptrs.data(), out.mean.data<double>(), out.m2.data<double>());
+  return out;
+}
+
+BatchNormVariance batch_norm_variance(const ChannelMoments& merged, double eps, bool eps_clamp) {
+  constexpr const char* op = "batch_norm_variance";
+  check_eps(eps, op);
+  SYNCBN_CHECK(merged.count >= 0, op, ": count is ", merged.count, ", expected >= 0");
+  SYNCBN_CHECK(merged.m2.defined(), op, ": m2 is undefined, expected a float64 tensor of shape (C)");
+  const Device device = merged.m2.device();
+  const std::int64_t c = merged.m2.numel();
+  check_channels(merged.m2, c, device, op, "m2");
+  BatchNormVariance out{channel_tensor(c, device), channel_tensor(c, device)};
+  kernels(device).finalize(device, c, merged.count, merged.m2.data<double>(), eps, eps_clamp,
+                           out.invstd.data<double>(), out.unbiased_var.data<double>());
+  return out;
+}
+
+Tensor batch_norm_invstd(const Tensor& var, double eps, bool eps_clamp) {
+  constexpr const char* op = "batch_norm_invstd";
+  check_eps(eps, op);
+  SYNCBN_CHECK(var.defined() && var.rank() == 1, op, ": var must be a tensor of shape (C), got ",
+               var.defined() ? var.shape() : Shape{});
+  SYNCBN_CHECK(var.dtype() == DType::Float32 || var.dtype() == DType::Float64, op, ": var has dtype ",
+               dtype_name(var.dtype()), ", expected float32 or float64");
+  const Device device = var.device();
+  const std::int64_t c = var.numel();
+  const Tensor wide = var.dtype() == DType::Float64 ? var : var.to(DType::Float64);
+  Tensor invstd = channel_tensor(c, device);
+  Tensor unused = channel_tensor(c, device);
+  // With count 1 the biased variance M2 / count is the variance itself.
+  kernels(device).finalize(device, c, 1, wide.data<double>(), eps, eps_clamp, invstd.data<double>(),
+                           unused.data<double>());
+  return invstd;
+}
+
+void update_running_stats(const Tensor& running_mean, const Tensor& running_var, const Tensor& num_batches_tracked,
+                          const Tensor& mean, const Tensor& unbiased_var, std::optional<double> momentum) {
+  constexpr const char* op = "update_running_stats";
+  SYNCBN_CHECK(!momentum || (*momentum >= 0 && *momentum <= 1), op, ": momentum is ", momentum.value_or(0),
+               ", expected a value in [0, 1] or none");
+  SYNCBN_CHECK(running_mean.defined() && running_var.defined() && num_batches_tracked.defined(), op,
+               ": running_mean, running_var and num_batches_tracked must be defined");
+  const Device device = running_mean.device();
+  const std::int64_t c = running_mean.numel();
+  const DType param_dtype = running_mean.dtype();
+  check_param_dtype(param_dtype, op);
+  check_optional_param(running_mean, c, param_dtype, device, op, "running_mean");
+  check_optional_param(running_var, c, param_dtype, device, op, "running_var");
+  SYNCBN_CHECK(num_batches_tracked.dtype() == DType::Int64 && num_batches_tracked.numel() == 1 &&
+                   num_batches_tracked.device() == device,
+               op, ": num_batches_tracked must be one int64 on ", device, ", got ", dtype_name(num_batches_tracked.dtype()),
+               " ", num_batches_tracked.shape(), " on ", num_batches_tracked.device());
+  check_channels(mean, c, device, op, "mean");
+  check_channels(unbiased_var, c, device, op, "unbiased_var");
+  kernels(device).update_running(device, param_dtype, c, momentum.value_or(-1.0), mean.data<double>(),
+                                 unbiased_var.data<double>(), running_mean.raw_data(), running_var.raw_data(),
+                                 num_batches_tracked.data<std::int64_t>());
+}
+
+Tensor batch_norm_coefficients(const Tensor& mean, const Tensor& invstd, const Tensor& weight, const Tensor& bias,
+                               DType param_dtype) {
+  constexpr const char* op = "batch_norm_coefficients";
+  check_param_dtype(param_dtype, op);
+  SYNCBN_CHECK(mean.defined(), op, ": mean is undefined, expected a float64 tensor of shape (C)");
+  const Device device = mean.device();
+  const std::int64_t c = mean.numel();
+  check_channels(mean, c, device, op, "mean");
+  check_channels(invstd, c, device, op, "invstd");
+  check_optional_param(weight, c, param_dtype, device, op, "weight");
+  check_optional_param(bias, c, param_dtype, device, op, "bias");
+  Tensor coef = Tensor::empty(Shape{4 * c}, DType::Float64, device);
+  kernels(device).forward_coefficients(device, param_dtype, c, mean.data<double>(), invstd.data<double>(),
+                                       weight.defined() ? weight.raw_data() : nullptr,
+                                       bias.defined() ? bias.raw_data() : nullptr, coef.data<double>());
+  return coef;
+}
+
+Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients) {
+  constexpr const char* op = "batch_norm_apply";
+  const auto [n, c, l] = check_input(x, op);
+  check_coefficients(coefficients, c, 4, x.device(), op, "coefficients");
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  kernels(x.device()).apply(x.device(), x.dtype(), n, c, l, x.raw_data(), coefficients.data<double>(), y.raw_data());
+  return y;
+}
+
+ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients) {
+  constexpr const char* op = "batch_norm_grad_sums";
+  const auto [n, c, l] = check_input(x, op);
+  check_like(grad_output, x, op, "grad_output");
+  check_coefficients(coefficients, c, 4, x.device(), op, "coefficients");
+  const Device device = x.device();
+  ChannelGradSums out{channel_tensor(c, device), channel_tensor(c, device)};
+  kernels(device).backward_reduce(device, x.dtype(), n, c, l, grad_output.raw_data(), x.raw_data(),
+                                  coefficients.data<double>(), out.sum_dy.data<double>(),
+                                  out.sum_dy_xmu.data<double>());
+  return out;
+}
+
+Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd, const Tensor& weight,
+                                        const ChannelGradSums& total, DType param_dtype) {
+  constexpr const char* op = "batch_norm_backward_coefficients";
+  check_param_dtype(param_dtype, op);
+  SYNCBN_CHECK(count >= 0, op, ": count is ", count, ", expected >= 0");
+  SYNCBN_CHECK(invstd.defined(), op, ": invstd is undefined, expected a float64 tensor of shape (C)");
+  const Device device = invstd.device();
+  const std::int64_t c = invstd.numel();
+  check_channels(invstd, c, device, op, "invstd");
+  check_optional_param(weight, c, param_dtype, device, op, "weight");
+  check_channels(total.sum_dy, c, device, op, "sum_dy");
+  check_channels(total.sum_dy_xmu, c, device, op, "sum_dy_xmu");
+  Tensor coef_b = Tensor::empty(Shape{3 * c}, DType::Float64, device);
+  kernels(device).backward_coefficients(device, param_dtype, c, count, invstd.data<double>(),
+                                        weight.defined() ? weight.raw_data() : nullptr, total.sum_dy.data<double>(),
+                                        total.sum_dy_xmu.data<double>(), coef_b.data<double>());
+  return coef_b;
+}
+
+void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& invstd,
+                            const ChannelGradSums& local) {
+  constexpr const char* op = "batch_norm_param_grads";
+  SYNCBN_CHECK(invstd.defined(), op, ": invstd is undefined, expected a float64 tensor of shape (C)");
+  const Device device = invstd.device();
+  const std::int64_t c = invstd.numel();
+  check_channels(invstd, c, device, op, "invstd");
+  check_channels(local.sum_dy, c, device, op, "sum_dy");
+  check_channels(local.sum_dy_xmu, c, device, op, "sum_dy_xmu");
+  if (!grad_weight.defined() && !grad_bias.defined()) return;
+  const DType param_dtype = grad_weight.defined() ? grad_weight.dtype() : grad_bias.dtype();
+  check_param_dtype(param_dtype, op);
+  check_optional_param(grad_weight, c, param_dtype, device, op, "grad_weight");
+  check_optional_param(grad_bias, c, param_dtype, device, op, "grad_bias");
+  kernels(device).accumulate_param_grads(device, param_dtype, c, invstd.data<double>(), local.sum_dy.data<double>(),
+                                         local.sum_dy_xmu.data<double>(),
+                                         grad_weight.defined() ? grad_weight.raw_data() : nullptr,
+                                         grad_bias.defined() ? grad_bias.raw_data() : nullptr);
+}
+
+Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients,
+                                 const Tensor& backward_coefficients) {
+  constexpr const char* op = "batch_norm_backward_apply";
+  const auto [n, c, l] = check_input(x, op);
+  check_like(grad_output, x, op, "grad_output");
+  check_coefficients(coefficients, c, 4, x.device(), op, "coefficients");
+  check_coefficients(backward_coefficients, c, 3, x.device(), op, "backward_coefficients");
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  kernels(x.device()).backward_apply(x.device(), x.dtype(), n, c, l, grad_output.raw_data(), x.raw_data(),
+                                     coefficients.data<double>(), backward_coefficients.data<double>(),
+                                     dx.raw_data());
+  return dx;
+}
+
+}  // namespace syncbn::core

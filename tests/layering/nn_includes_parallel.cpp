@@ -1,0 +1,2 @@
+// Must not compile: nn is below parallel.
+#include "syncbn/parallel/replicate.hpp"
