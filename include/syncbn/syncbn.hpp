@@ -9,6 +9,7 @@
 #include "syncbn/sync/wait_policy.hpp"
 // core: devices, tensors, ops, batch-norm stages, backends.
 #include "syncbn/core/batch_norm.hpp"
+#include "syncbn/core/cpu.hpp"
 #include "syncbn/core/cuda.hpp"
 #include "syncbn/core/device.hpp"
 #include "syncbn/core/dtype.hpp"

@@ -65,7 +65,8 @@ TEST_CASE("convert_sync_batchnorm replaces every BatchNorm and keeps its state",
 TEST_CASE("convert_sync_batchnorm converts a BatchNorm root and leaves synchronized layers alone", "[nn]") {
   auto root = std::make_shared<nn::BatchNorm2d>(3, nn::BatchNormOptions{.device = test_device()});
   auto converted = nn::convert_sync_batchnorm(root);
-  CHECK(typeid(*converted) == typeid(nn::SyncBatchNorm2d));
+  const nn::Module& converted_module = *converted;
+  CHECK(typeid(converted_module) == typeid(nn::SyncBatchNorm2d));
   CHECK(nn::convert_sync_batchnorm(converted) == converted);
   auto relu = std::make_shared<nn::ReLU>();
   CHECK(nn::convert_sync_batchnorm(relu) == relu);

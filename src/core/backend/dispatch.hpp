@@ -5,9 +5,13 @@
 #include <type_traits>
 
 #include "syncbn/core/dtype.hpp"
-#include "syncbn/error.hpp"
 
 namespace syncbn::core::detail {
+
+/// Throws InvalidArgument: `op` does not take `dtype`, expected float32 or
+/// float64. Compiled once (not inline), so that the CPU kernels, compiled
+/// once per level, share no error-formatting code (Note [CPU dispatch]).
+[[noreturn]] void throw_unsupported_dtype(DType dtype, const char* op);
 
 /// Calls fn(T{}) with T = float or double for Float32 / Float64; throws
 /// InvalidArgument naming `op` for any other dtype.
@@ -18,7 +22,7 @@ decltype(auto) dispatch_floating(DType dtype, const char* op, Fn&& fn) {
     case DType::Float64: return fn(double{});
     default: break;
   }
-  SYNCBN_THROW(InvalidArgument, op, ": dtype ", dtype_name(dtype), " is not supported, expected float32 or float64");
+  throw_unsupported_dtype(dtype, op);
 }
 
 }  // namespace syncbn::core::detail

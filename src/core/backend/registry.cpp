@@ -1,9 +1,9 @@
-// Chooses a backend's kernel table by device kind (Note [Backend tables]).
+// Chooses a backend's kernel table by device kind (Note [Backend tables]);
+// the CPU tables of the active CPU level (Note [CPU dispatch]).
 
-#include <type_traits>
-
+#include "backend/dispatch.hpp"
 #include "backend/kernels.hpp"
-#include "cpu/cpu_kernels.hpp"
+#include "cpu/kernel_set.hpp"
 #include "syncbn/error.hpp"
 
 #if SYNCBN_WITH_CUDA
@@ -13,12 +13,17 @@
 namespace syncbn::core::detail {
 namespace {
 
-template <class Table>
-const Table& pick(DeviceKind kind, const Table& cpu, [[maybe_unused]] std::type_identity_t<const Table*> cuda,
-                  [[maybe_unused]] const char* family) {
-  if (kind == DeviceKind::CPU) return cpu;
 #if SYNCBN_WITH_CUDA
-  return *cuda;
+#define SYNCBN_CUDA_TABLE(name) (&(name))
+#else
+#define SYNCBN_CUDA_TABLE(name) (nullptr)
+#endif
+
+// The CUDA table of a family, or Unsupported in a build without CUDA.
+template <class Table>
+const Table& cuda_table([[maybe_unused]] const Table* table, [[maybe_unused]] const char* family) {
+#if SYNCBN_WITH_CUDA
+  return *table;
 #else
   SYNCBN_THROW(Unsupported, family,
                ": a CUDA device was requested, but this build of syncbn has no CUDA backend "
@@ -26,40 +31,45 @@ const Table& pick(DeviceKind kind, const Table& cpu, [[maybe_unused]] std::type_
 #endif
 }
 
-#if SYNCBN_WITH_CUDA
-#define SYNCBN_CUDA_TABLE(name) (&(name))
-#else
-#define SYNCBN_CUDA_TABLE(name) (nullptr)
-#endif
-
 }  // namespace
 
+void throw_unsupported_dtype(DType dtype, const char* op) {
+  SYNCBN_THROW(InvalidArgument, op, ": dtype ", dtype_name(dtype), " is not supported, expected float32 or float64");
+}
+
 const MemoryKernels& memory_kernels(DeviceKind kind) {
-  return pick(kind, cpu::kMemoryKernels, SYNCBN_CUDA_TABLE(cuda::detail::kMemoryKernels), "memory");
+  if (kind == DeviceKind::CPU) return cpu::kMemoryKernels;
+  return cuda_table<MemoryKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kMemoryKernels), "memory");
 }
 
 const ElementwiseKernels& elementwise_kernels(DeviceKind kind) {
-  return pick(kind, cpu::kElementwiseKernels, SYNCBN_CUDA_TABLE(cuda::detail::kElementwiseKernels), "elementwise");
+  if (kind == DeviceKind::CPU) return *cpu::active_kernel_set().elementwise;
+  return cuda_table<ElementwiseKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kElementwiseKernels), "elementwise");
 }
 
 const ReduceKernels& reduce_kernels(DeviceKind kind) {
-  return pick(kind, cpu::kReduceKernels, SYNCBN_CUDA_TABLE(cuda::detail::kReduceKernels), "reduce");
+  if (kind == DeviceKind::CPU) return *cpu::active_kernel_set().reduce;
+  return cuda_table<ReduceKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kReduceKernels), "reduce");
 }
 
 const BlasKernels& blas_kernels(DeviceKind kind) {
-  return pick(kind, cpu::kBlasKernels, SYNCBN_CUDA_TABLE(cuda::detail::kBlasKernels), "gemm");
+  if (kind == DeviceKind::CPU) return *cpu::active_kernel_set().blas;
+  return cuda_table<BlasKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kBlasKernels), "gemm");
 }
 
 const ActivationKernels& activation_kernels(DeviceKind kind) {
-  return pick(kind, cpu::kActivationKernels, SYNCBN_CUDA_TABLE(cuda::detail::kActivationKernels), "activation");
+  if (kind == DeviceKind::CPU) return *cpu::active_kernel_set().activation;
+  return cuda_table<ActivationKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kActivationKernels), "activation");
 }
 
 const BatchNormKernels& batchnorm_kernels(DeviceKind kind) {
-  return pick(kind, cpu::kBatchNormKernels, SYNCBN_CUDA_TABLE(cuda::detail::kBatchNormKernels), "batch norm");
+  if (kind == DeviceKind::CPU) return *cpu::active_kernel_set().batchnorm;
+  return cuda_table<BatchNormKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kBatchNormKernels), "batch norm");
 }
 
 const LossKernels& loss_kernels(DeviceKind kind) {
-  return pick(kind, cpu::kLossKernels, SYNCBN_CUDA_TABLE(cuda::detail::kLossKernels), "loss");
+  if (kind == DeviceKind::CPU) return *cpu::active_kernel_set().loss;
+  return cuda_table<LossKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kLossKernels), "loss");
 }
 
 const MemoryKernels& copy_kernels(Device dst, Device src) {

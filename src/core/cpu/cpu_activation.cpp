@@ -1,11 +1,13 @@
 // CPU backend: activations (the specification of the CUDA kernels).
 
+#include "cpu/isa.hpp"  // first: this file is compiled once per CPU level
+
 #include <cstdint>
 
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
 namespace {
 
 void cpu_relu_forward(Device /*device*/, DType dtype, std::int64_t n, const void* x, void* y) {
@@ -31,4 +33,4 @@ void cpu_relu_backward(Device /*device*/, DType dtype, std::int64_t n, const voi
 
 const core::detail::ActivationKernels kActivationKernels{cpu_relu_forward, cpu_relu_backward};
 
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA

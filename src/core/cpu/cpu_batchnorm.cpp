@@ -30,6 +30,8 @@
 // results are deterministic, on a GPU for a given device model. Counts are integers (int64) whatever the dtype. float16 and
 // bfloat16 inputs are converted to float32 in chunks and take the float32 path.
 
+#include "cpu/isa.hpp"  // first: this file is compiled once per CPU level
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -42,9 +44,8 @@
 #include "cpu/cpu_kernels.hpp"
 #include "cpu/half_float.hpp"
 #include "cpu/simd.hpp"
-#include "syncbn/error.hpp"
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
 namespace {
 
 // ---- element types ----------------------------------------------------------
@@ -67,10 +68,6 @@ void from_float(void* dst, DType dtype, std::int64_t offset, const float* src, s
     for (std::int64_t i = 0; i < n; ++i) d[i] = float_to_bfloat16(src[i]);
 }
 
-void check_input_dtype(DType dtype) {
-  SYNCBN_CHECK(dtype == DType::Float32 || dtype == DType::Float64 || is_reduced_precision(dtype), "batch_norm: dtype ",
-               dtype_name(dtype), " is not supported, expected float32, float64, float16 or bfloat16");
-}
 
 // Reads [offset, offset + n) of x as T (float for the 16-bit types) and calls
 // fn(pointer, n) over runs of at most kChunk elements for 16-bit types.
@@ -481,7 +478,8 @@ std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::
 // Calls fn(T{}) with T = float (float32 and 16-bit inputs) or double.
 template <class Fn>
 void dispatch_compute(DType dtype, Fn&& fn) {
-  check_input_dtype(dtype);
+  // The entry points (core/batch_norm.cpp) admit float32, float64 and the
+  // 16-bit types, which compute in float32.
   if (dtype == DType::Float64) fn(double{});
   else fn(float{});
 }
@@ -490,7 +488,6 @@ void dispatch_compute(DType dtype, Fn&& fn) {
 
 void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
                double* mean, double* m2) {
-  check_input_dtype(dtype);
   const std::int64_t count = n * l;
   if (count == 0) {
     std::fill(mean, mean + c, 0.0);
@@ -863,4 +860,4 @@ const core::detail::BatchNormKernels kBatchNormKernels{
     cpu_backward_reduce, cpu_backward_coefficients, cpu_accumulate_param_grads,
     cpu_backward_apply};
 
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA

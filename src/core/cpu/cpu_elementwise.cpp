@@ -1,11 +1,13 @@
 // CPU backend: element-wise arithmetic (the specification of the CUDA kernels).
 
+#include "cpu/isa.hpp"  // first: this file is compiled once per CPU level
+
 #include <cstdint>
 
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
 namespace {
 
 void cpu_binary(Device /*device*/, core::detail::BinaryOp op, DType dtype, std::int64_t n, const void* a, const void* b, void* out) {
@@ -52,4 +54,4 @@ void cpu_scale(Device /*device*/, DType dtype, std::int64_t n, double alpha, voi
 
 const core::detail::ElementwiseKernels kElementwiseKernels{cpu_binary, cpu_axpby, cpu_scale};
 
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA

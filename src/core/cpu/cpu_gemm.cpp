@@ -13,6 +13,8 @@
 // batch split across replicas gives bit-identical rows. Transposed operands
 // are first copied into contiguous form.
 
+#include "cpu/isa.hpp"  // first: this file is compiled once per CPU level
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -21,7 +23,7 @@
 #include "cpu/cpu_kernels.hpp"
 #include "cpu/simd.hpp"
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
 namespace {
 
 constexpr std::int64_t kRows = 6;
@@ -127,4 +129,4 @@ void cpu_gemm(Device /*device*/, DType dtype, bool trans_a, bool trans_b, std::i
 
 const core::detail::BlasKernels kBlasKernels{cpu_gemm};
 
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA

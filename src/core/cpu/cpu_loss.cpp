@@ -1,5 +1,7 @@
 // CPU backend: losses (the specification of the CUDA kernels).
 
+#include "cpu/isa.hpp"  // first: this file is compiled once per CPU level
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -7,7 +9,7 @@
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
 namespace {
 
 // max and log(sum(exp(x - max))) of one row, in float64.
@@ -58,4 +60,4 @@ void cpu_cross_entropy_backward(Device /*device*/, DType dtype, std::int64_t n, 
 
 const core::detail::LossKernels kLossKernels{cpu_cross_entropy_forward, cpu_cross_entropy_backward};
 
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA

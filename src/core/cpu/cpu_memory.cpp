@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cpu/cpu_kernels.hpp"
+#include "cpu/kernel_set.hpp"
 #include "cpu/half_float.hpp"
 #include "cpu/host_block_cache.hpp"
 #include "syncbn/error.hpp"

@@ -1,13 +1,15 @@
 // CPU backend: reductions, accumulated in float64 (the specification of the
 // CUDA kernels).
 
+#include "cpu/isa.hpp"  // first: this file is compiled once per CPU level
+
 #include <cstdint>
 #include <vector>
 
 #include "backend/dispatch.hpp"
 #include "cpu/cpu_kernels.hpp"
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
 namespace {
 
 // Block helpers with restrict-qualified pointers: without them GCC cannot
@@ -78,4 +80,4 @@ void cpu_sum_many(Device /*device*/, DType dtype, std::int64_t n, const void* co
 
 const core::detail::ReduceKernels kReduceKernels{cpu_sum_all, cpu_sum_rows, cpu_sum_many};
 
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA

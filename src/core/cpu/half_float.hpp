@@ -7,6 +7,9 @@
 #include <cstring>
 
 namespace syncbn::cpu {
+// Internal linkage: CPU kernels compiled once per level include this header
+// too, and must not share (weak) copies of these functions with other levels.
+namespace {
 
 inline std::uint32_t float_bits(float f) noexcept {
   std::uint32_t u;
@@ -72,4 +75,5 @@ inline float half_to_float(std::uint16_t h) noexcept {
   return bits_float(sign | ((exp + 112U) << 23) | (mant << 13));
 }
 
+}  // namespace
 }  // namespace syncbn::cpu

@@ -3,9 +3,11 @@
 // GCC/Clang vector types, for the CPU kernels whose loops the compiler does
 // not vectorize (or keep in registers) on its own.
 
+#include "cpu/isa.hpp"
+
 #include <cstdint>
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
 
 template <class T>
 using Vec [[gnu::vector_size(32)]] = T;
@@ -32,4 +34,4 @@ inline Vec<T> splat(T x) {
   return Vec<T>{} + x;
 }
 
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA

@@ -1,0 +1,44 @@
+#pragma once
+// The CPU backend's instruction-set levels: which ones this build has, which
+// ones this CPU runs, and which one the kernels use (Note [CPU dispatch] in
+// docs/design.md).
+
+#include <string_view>
+#include <vector>
+
+namespace syncbn::cpu {
+
+/// A level of CPU kernels, each compiled for its instruction set.
+enum class Capability : unsigned char {
+  /// x86-64 (SSE2), or the compiler's default on other architectures: runs everywhere.
+  Baseline,
+  /// x86-64-v3: AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE.
+  AVX2,
+  /// x86-64-v4: v3 plus AVX-512 F, BW, CD, DQ and VL.
+  AVX512,
+  /// Everything compiled with -march=native (SYNCBN_NATIVE_ARCH builds only):
+  /// the build machine's instruction set, the only level such a build has.
+  Native,
+};
+
+/// "baseline", "avx2", "avx512" or "native": the names SYNCBN_CPU_CAPABILITY takes.
+std::string_view capability_name(Capability level) noexcept;
+
+/// The levels this build compiled, lowest first (a configure-time probe
+/// leaves out a level whose code the compiler is known to get wrong).
+std::vector<Capability> compiled_capabilities();
+
+/// True when this CPU and its operating system can run `level`'s code
+/// (Native: assumed true).
+bool cpu_supports(Capability level) noexcept;
+
+/// The level every CPU kernel of this process uses, decided at the first
+/// call: the one named by the environment variable SYNCBN_CPU_CAPABILITY
+/// when it is set (to test a level, or to rule one out), otherwise the
+/// highest compiled level that this CPU supports. Throws InvalidArgument,
+/// naming the variable and the choices, when the variable names an unknown
+/// level, one this build did not compile, or one this CPU cannot run; every
+/// CPU kernel call then throws the same error.
+Capability active_capability();
+
+}  // namespace syncbn::cpu
