@@ -1,11 +1,14 @@
 #pragma once
 // Float64 host references of the layers, written as plainly as possible:
-// what the kernels are checked against.
+// what the layers are checked against. Batch norm is composed of the stages
+// of its specification, support/batch_norm_spec.hpp.
 
 #include <cmath>
 #include <cstdint>
 #include <optional>
 #include <vector>
+
+#include "support/batch_norm_spec.hpp"
 
 namespace syncbn::testing::ref {
 
@@ -37,52 +40,22 @@ struct BnResult {
 };
 
 /// Batch norm of x viewed as (n, c, l) with batch statistics, and its
-/// backward for dy (weight empty: affine off).
+/// backward for dy (weight empty: affine off): the stages of the
+/// specification (support/batch_norm_spec.hpp) over the whole batch.
 inline BnResult batch_norm(const Vec& x, const Vec& dy, const Vec& weight, const Vec& bias, std::int64_t n,
                            std::int64_t c, std::int64_t l, const BnConfig& cfg) {
+  const spec::Moments m = spec::moments(x, n, c, l);
+  const spec::Variance v = spec::variance(m, cfg.eps, cfg.clamp);
+  const spec::GradSums g = spec::grad_sums(dy, x, n, c, l, m.mean);
   BnResult r;
-  const std::size_t total = x.size();
-  r.y.assign(total, 0.0);
-  r.dx.assign(total, 0.0);
+  r.y = spec::apply(x, n, c, l, m.mean, v.invstd, weight, bias);
+  r.dx = spec::backward_apply(dy, x, n, c, l, m.mean, v.invstd, weight, g, m.count);
   r.dweight.assign(static_cast<std::size_t>(c), 0.0);
   r.dbias.assign(static_cast<std::size_t>(c), 0.0);
-  r.mean.assign(static_cast<std::size_t>(c), 0.0);
-  r.var_biased.assign(static_cast<std::size_t>(c), 0.0);
-  r.var_unbiased.assign(static_cast<std::size_t>(c), 0.0);
-  const auto at = [&](std::int64_t i, std::int64_t j, std::int64_t k) { return static_cast<std::size_t>((i * c + j) * l + k); };
-  const double count = static_cast<double>(n * l);
-  for (std::int64_t j = 0; j < c; ++j) {
-    if (n * l == 0) continue;
-    double s = 0;
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t k = 0; k < l; ++k) s += x[at(i, j, k)];
-    const double mean = s / count;
-    double ss = 0;
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t k = 0; k < l; ++k) ss += (x[at(i, j, k)] - mean) * (x[at(i, j, k)] - mean);
-    const double var = ss / count;
-    const double invstd = 1.0 / std::sqrt(cfg.clamp ? std::max(var, cfg.eps) : var + cfg.eps);
-    const double w = weight.empty() ? 1.0 : weight[static_cast<std::size_t>(j)];
-    const double b = bias.empty() ? 0.0 : bias[static_cast<std::size_t>(j)];
-    double sdy = 0, sdyxhat = 0;
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t k = 0; k < l; ++k) {
-        const double xhat = (x[at(i, j, k)] - mean) * invstd;
-        r.y[at(i, j, k)] = xhat * w + b;
-        sdy += dy[at(i, j, k)];
-        sdyxhat += dy[at(i, j, k)] * xhat;
-      }
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t k = 0; k < l; ++k) {
-        const double xhat = (x[at(i, j, k)] - mean) * invstd;
-        r.dx[at(i, j, k)] = w * invstd * (dy[at(i, j, k)] - sdy / count - xhat * sdyxhat / count);
-      }
-    r.dweight[static_cast<std::size_t>(j)] = sdyxhat;
-    r.dbias[static_cast<std::size_t>(j)] = sdy;
-    r.mean[static_cast<std::size_t>(j)] = mean;
-    r.var_biased[static_cast<std::size_t>(j)] = var;
-    r.var_unbiased[static_cast<std::size_t>(j)] = count > 1 ? ss / (count - 1) : 0.0;
-  }
+  spec::param_grads(r.dweight, r.dbias, v.invstd, g);
+  r.mean = m.mean;
+  for (double m2 : m.m2) r.var_biased.push_back(m.count > 0 ? m2 / static_cast<double>(m.count) : 0.0);
+  r.var_unbiased = v.unbiased_var;
   return r;
 }
 
@@ -90,29 +63,16 @@ inline BnResult batch_norm(const Vec& x, const Vec& dy, const Vec& weight, const
 /// is num_batches_tracked after counting this batch.
 inline void update_running(Vec& running_mean, Vec& running_var, const BnResult& r, const BnConfig& cfg,
                            std::int64_t batches) {
-  const double f = cfg.momentum ? *cfg.momentum : 1.0 / static_cast<double>(batches);
-  for (std::size_t j = 0; j < running_mean.size(); ++j) {
-    running_mean[j] = (1 - f) * running_mean[j] + f * r.mean[j];
-    running_var[j] = (1 - f) * running_var[j] + f * r.var_unbiased[j];
-  }
+  std::int64_t before = batches - 1;
+  spec::update_running(running_mean, running_var, before, r.mean, r.var_unbiased, cfg.momentum);
 }
 
 /// Batch norm in eval mode with given running statistics.
 inline Vec batch_norm_eval(const Vec& x, const Vec& weight, const Vec& bias, const Vec& rm, const Vec& rv,
                            std::int64_t n, std::int64_t c, std::int64_t l, const BnConfig& cfg) {
-  Vec y(x.size());
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t j = 0; j < c; ++j) {
-      const auto u = static_cast<std::size_t>(j);
-      const double invstd = 1.0 / std::sqrt(cfg.clamp ? std::max(rv[u], cfg.eps) : rv[u] + cfg.eps);
-      const double w = weight.empty() ? 1.0 : weight[u];
-      const double b = bias.empty() ? 0.0 : bias[u];
-      for (std::int64_t k = 0; k < l; ++k) {
-        const auto at = static_cast<std::size_t>((i * c + j) * l + k);
-        y[at] = (x[at] - rm[u]) * invstd * w + b;
-      }
-    }
-  return y;
+  Vec invstd;
+  for (double var : rv) invstd.push_back(spec::invstd_of(var, cfg.eps, cfg.clamp));
+  return spec::apply(x, n, c, l, rm, invstd, weight, bias);
 }
 
 /// Mean cross-entropy of logits (n x c) and its gradient.
