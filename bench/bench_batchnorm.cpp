@@ -4,7 +4,7 @@
 //
 //   bench_batchnorm [--shapes 32x64x56x56,64x256x14x14,256x1024,8x32x16x32x32]
 //                   [--device cpu:0] [--device-list cpu:0,cpu:1]
-//                   [--min-ms 200] [--reps 5] [--pair-reps 11] [--warmup 3]
+//                   [--min-ms 200] [--reps 5] [--pair-reps 11] [--warmup 3] [--no-pairs]
 //
 // --device cuda:0 runs the one-replica rows on that GPU, with a
 // device-to-device copy as `stream`, and the pairs on two logical replicas
@@ -29,6 +29,7 @@
 // SyncBatchNorm output must equal the one-replica output (#wrong counts
 // elements off by more than 1e-4 * (1 + |y|)). Each sample repeats the step
 // until --min-ms have passed; the median of --reps samples is reported.
+// --no-pairs prints the one-replica rows only (stream and bn-1).
 
 #include <atomic>
 #include <barrier>
@@ -149,9 +150,11 @@ static int run(int argc, char** argv) {
   const int reps = std::stoi(flag(argc, argv, "--reps", "5"));
   const int warmup = std::stoi(flag(argc, argv, "--warmup", "3"));
   const int pair_reps = std::stoi(flag(argc, argv, "--pair-reps", "11"));
+  const bool pairs = !bench::has_flag(argc, argv, "--no-pairs");
 
   std::printf("# bench_batchnorm: float32 NCHW, training mode, on %s, median of %d samples of >= %.0f ms\n",
               device.str().c_str(), reps, min_s * 1e3);
+  std::printf("%s\n", bench::cpu_level_line().c_str());
   std::printf("%-16s %-12s %10s %8s %7s\n", "shape", "what", "time_ms", "GB/s", "#wrong");
   for (const auto& text : shapes) {
     std::vector<std::int64_t> dims;
@@ -184,6 +187,7 @@ static int run(int argc, char** argv) {
     const Tensor y_single = bn->forward(x).to(Device::cpu());
     row(text.c_str(), "fwd bn-1", timed([&] { bn->forward(x); }), 3, bytes, 0);
     row(text.c_str(), "fwd+bwd bn-1", timed([&] { bn->forward(x); bn->backward(dy); }), 8, bytes, 0);
+    if (!pairs) continue;
 
     // Two replicas on two shards: per-shard BatchNorm and SyncBatchNorm,
     // sampled alternately so that both see the same machine conditions (this

@@ -148,6 +148,7 @@ int main(int argc, char** argv) {
 
   std::printf("# bench_sync_master: %u hardware threads, %ld rounds x %ld reps, warm-up %ld rounds\n",
               std::thread::hardware_concurrency(), rounds, reps, warmup);
+  std::printf("%s\n", syncbn::bench::cpu_level_line().c_str());
   std::printf("%3s %8s %-9s %12s %10s %10s %12s %7s\n", "K", "channels", "policy", "median_us", "min_us", "max_us",
               "rounds/s", "#wrong");
   for (const long k : threads) {

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "syncbn/core/cpu.hpp"
+
 namespace syncbn::bench {
 
 /// Value of `--name V` (or the fallback).
@@ -100,6 +102,26 @@ inline double median_seconds_per_call(const std::function<void()>& fn, double mi
 /// the compiler from eliding repeats.
 [[gnu::noinline]] inline void stream_copy(float* __restrict dst, const float* __restrict src, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
+/// "# CPU kernels: avx2 (this build: baseline avx2; this CPU: baseline avx2 avx512)":
+/// the level the measured kernels ran at (Note [CPU dispatch]).
+inline std::string cpu_level_line() {
+  std::string line = "# CPU kernels: ";
+  line += cpu::capability_name(cpu::active_capability());
+  line += " (this build:";
+  for (auto level : cpu::compiled_capabilities()) {
+    line += ' ';
+    line += cpu::capability_name(level);
+  }
+  line += "; this CPU:";
+  for (auto level : {cpu::Capability::Baseline, cpu::Capability::AVX2, cpu::Capability::AVX512}) {
+    if (!cpu::cpu_supports(level)) continue;
+    line += ' ';
+    line += cpu::capability_name(level);
+  }
+  line += ')';
+  return line;
 }
 
 }  // namespace syncbn::bench

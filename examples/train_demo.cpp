@@ -4,7 +4,7 @@
 //
 //   train_demo [--devices cpu:0,cpu:1,cpu:2,cpu:3] [--per-device-batch 8]
 //              [--steps 10000] [--bn sync|local|none] [--seed 1] [--lr 0.05]
-//              [--csv out.csv] [--check]
+//              [--csv out.csv] [--check]      (train_demo_usage.txt explains each)
 //
 // Every step draws the same global batch (per-device batch x devices) from the
 // training set for a given seed, so runs that differ only in --devices and
@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "syncbn/syncbn.hpp"
+#include "train_demo_usage.hpp"
 
 namespace {
 
@@ -45,9 +46,8 @@ struct Flags {
   bool check = false;
 };
 
-constexpr const char* kUsage =
-    "usage: train_demo [--devices cpu:0,cpu:1,...|cuda:0,...] [--per-device-batch N] [--steps N]\n"
-    "                  [--bn sync|local|none] [--seed N] [--lr X] [--csv FILE] [--check]\n";
+// kUsage: examples/train_demo_usage.txt (scripts/demo.sh --help prints the
+// same file without building anything).
 
 [[noreturn]] void usage(const std::string& problem) {
   std::fprintf(stderr, "train_demo: %s\n%s", problem.c_str(), kUsage);

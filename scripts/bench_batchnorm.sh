@@ -14,7 +14,7 @@ args=()
 while [[ $# -gt 0 ]]; do
   if [[ "$1" == "--shapes" ]]; then shapes="$2"; shift 2; else args+=("$1"); shift; fi
 done
-scripts/build.sh build >/dev/null
+scripts/build.sh build --target bench_batchnorm >/dev/null
 have_torch=0
 /usr/bin/python3 -c 'import torch' 2>/dev/null && have_torch=1
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"

@@ -6,7 +6,7 @@
 #   scripts/bench_comm.sh [--rounds N] [--reps R] ...   (flags go to the C++ harness)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/build.sh build >/dev/null
+scripts/build.sh build --target bench_sync_master >/dev/null
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 build/bench/bench_sync_master --policies adaptive,blocking,spin,fixed "$@"
 py=/usr/bin/python3

@@ -5,7 +5,7 @@
 #   scripts/bench_data_parallel.sh [flags for bench_data_parallel...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/build.sh build >/dev/null
+scripts/build.sh build --target bench_data_parallel >/dev/null
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -m), $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 build/bench/bench_data_parallel "$@"
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then

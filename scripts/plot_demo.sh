@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh gnuplot-nox
-scripts/build.sh build >/dev/null
+scripts/build.sh build --target train_demo >/dev/null
 steps=4000
 seed=1
 while [ $# -gt 0 ]; do

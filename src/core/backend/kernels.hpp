@@ -4,12 +4,14 @@
 //
 // Note [Backend tables]
 // Every kernel family is a struct of function pointers. The CPU backend
-// always provides one (src/cpu/), the CUDA backend where it was built
-// (src/cuda/). The public entry points (Tensor, ops, collectives, layers)
-// validate their arguments, then call `<family>_kernels(device.kind())`.
-// Asking for the CUDA table in a build without CUDA throws Unsupported.
-// The CPU entry of each kernel is its specification: CUDA kernels are tested
-// against it. Pointers are raw element pointers of the given dtype; counts
+// always provides one (src/core/cpu/, one per CPU level: Note [CPU dispatch]
+// in cpu/isa.hpp), the CUDA backend where it was built (src/core/cuda/).
+// core's public entry points (Tensor, ops, the batch-norm stages) validate
+// their arguments, then call `<family>_kernels(device.kind())`; the layers
+// above core reach the kernels only through those entry points. Asking for
+// the CUDA table in a build without CUDA throws Unsupported. Plain float64
+// references are the specification every backend is tested against
+// (tests/support/; batch norm: tests/support/batch_norm_spec.hpp). Pointers are raw element pointers of the given dtype; counts
 // are elements. CUDA entries enqueue on the device's stream and return
 // without waiting, unless their comment says otherwise.
 
@@ -83,8 +85,7 @@ struct ActivationKernels {
 
 /// Batch normalization over x viewed as (n, c, l): channel j holds the n*l
 /// elements x[i][j][k]. Statistics and coefficients are float64 arrays of
-/// length c on the device (see Note [Batch-norm numerics] in
-/// src/cpu/cpu_batchnorm.cpp). Parameters and running statistics have
+/// length c on the device (docs/numerics.md). Parameters and running statistics have
 /// `param_dtype` (float64 for float64 input, float32 otherwise); x may also
 /// be float16 / bfloat16 on CUDA (computed in float32).
 struct BatchNormKernels {

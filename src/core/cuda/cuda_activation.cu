@@ -1,4 +1,4 @@
-// CUDA backend: activations. Specification: src/cpu/cpu_activation.cpp.
+// CUDA backend: activations. Specification: src/core/cpu/cpu_activation.cpp.
 
 #include <cstdint>
 

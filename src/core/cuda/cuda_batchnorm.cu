@@ -1,5 +1,6 @@
-// CUDA backend: batch-norm kernels. Specification: src/cpu/cpu_batchnorm.cpp
-// and its Note [Batch-norm numerics]. Float64 accumulation of shifted values
+// CUDA backend: batch-norm kernels. Specification:
+// tests/support/batch_norm_spec.hpp; numerics and tolerances:
+// docs/numerics.md. Float64 accumulation of shifted values
 // (the H100/H200 targets run float64 at half the float32 rate, and these
 // kernels are memory-bound), float32 element arithmetic with the hi/lo mean.
 //

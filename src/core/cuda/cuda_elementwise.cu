@@ -1,4 +1,4 @@
-// CUDA backend: element-wise arithmetic. Specification: src/cpu/cpu_elementwise.cpp.
+// CUDA backend: element-wise arithmetic. Specification: src/core/cpu/cpu_elementwise.cpp.
 
 #include <cstdint>
 

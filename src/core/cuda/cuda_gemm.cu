@@ -1,6 +1,6 @@
 // CUDA backend: dense matrix products with a 16 x 16 shared-memory tiled
 // kernel (transposes folded into the tile loads). Specification:
-// src/cpu/cpu_gemm.cpp. Every element of C sums its products in increasing k,
+// src/core/cpu/cpu_gemm.cpp. Every element of C sums its products in increasing k,
 // so its value does not depend on m (batch splits keep rows identical).
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 #pragma once
-// Declarations of the CUDA backend's kernel tables (defined in src/cuda/*.cu).
+// Declarations of the CUDA backend's kernel tables (defined in src/core/cuda/*.cu).
 
 #include "backend/kernels.hpp"
 

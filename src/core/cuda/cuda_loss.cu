@@ -1,6 +1,6 @@
 // CUDA backend: losses. One block per row computes the row's max and
 // log-sum-exp in float64; the mean over rows is a fixed-order block sum.
-// Specification: src/cpu/cpu_loss.cpp.
+// Specification: src/core/cpu/cpu_loss.cpp.
 
 #include <cub/block/block_reduce.cuh>
 

@@ -1,5 +1,5 @@
 // CUDA backend: stream-ordered allocation, copies between host and GPUs,
-// fills and dtype conversions. The CPU versions (src/cpu/cpu_memory.cpp) are
+// fills and dtype conversions. The CPU versions (src/core/cpu/cpu_memory.cpp) are
 // the specification.
 
 #include <cstdint>

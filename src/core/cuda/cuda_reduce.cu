@@ -1,5 +1,5 @@
 // CUDA backend: reductions accumulated in float64, in a fixed order so that
-// results do not change from run to run. Specification: src/cpu/cpu_reduce.cpp.
+// results do not change from run to run. Specification: src/core/cpu/cpu_reduce.cpp.
 
 #include <cub/block/block_reduce.cuh>
 
