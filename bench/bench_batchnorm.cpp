@@ -131,7 +131,7 @@ double time_pair(Pair& pair, double min_s, int reps, int warmup) {
 }
 
 void row(const char* shape, const char* what, double seconds, double passes, double bytes, long wrong) {
-  std::printf("%-16s %-12s %10.3f %8.1f %7ld\n", shape, what, seconds * 1e3, passes * bytes / seconds / 1e9, wrong);
+  std::printf("%-16s %-12s %10.4f %8.1f %7ld\n", shape, what, seconds * 1e3, passes * bytes / seconds / 1e9, wrong);
   std::fflush(stdout);
 }
 

@@ -174,6 +174,10 @@ TEST_CASE("DataParallel rejects bad devices, inputs and call orders", "[replicat
   auto model = mlp(false);
   CHECK_THROWS_MATCHES(parallel::DataParallel(model, {}), InvalidArgument,
                        MessageIs("DataParallel: 0 devices, expected 1 to 64"));
+  std::vector<Device> too_many;
+  for (int i = 0; i <= core::kMaxReplicas; ++i) too_many.push_back(Device::cpu(i));
+  CHECK_THROWS_MATCHES(parallel::DataParallel(model, too_many), InvalidArgument,
+                       MessageIs("DataParallel: 65 devices, expected 1 to 64"));
   CHECK_THROWS_MATCHES(parallel::DataParallel(nullptr, test_devices(1)), InvalidArgument,
                        MessageIs("DataParallel: module is null, expected a module"));
   CHECK_THROWS_MATCHES(

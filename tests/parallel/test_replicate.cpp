@@ -135,8 +135,15 @@ TEST_CASE("A replication context hands copy 0's object to the other copies and c
   CHECK_THROWS_AS(ctx.get<double>("Layer"), InvalidArgument);
 }
 
-TEST_CASE("replicate rejects an empty device list", "[replicate]") {
+TEST_CASE("replicate rejects an empty device list and more devices than the replica limit", "[replicate]") {
   nn::Sequential model;
   CHECK_THROWS_MATCHES(parallel::replicate(model, {}), InvalidArgument,
                        MessageIs("replicate: 0 devices, expected 1 to 64"));
+  // One more than core::kMaxReplicas logical devices: rejected before any copy is made.
+  std::vector<Device> too_many;
+  for (int i = 0; i <= core::kMaxReplicas; ++i) too_many.push_back(Device::cpu(i));
+  CHECK_THROWS_MATCHES(parallel::replicate(model, too_many), InvalidArgument,
+                       MessageIs("replicate: 65 devices, expected 1 to 64"));
+  too_many.pop_back();
+  CHECK(parallel::replicate(model, too_many).size() == static_cast<std::size_t>(core::kMaxReplicas));
 }
