@@ -11,6 +11,11 @@
 # level this machine cannot run cannot be probed and is not built.
 # SYNCBN_NATIVE_ARCH builds the one level "native" (-march=native).
 
+include_guard(GLOBAL)
+
+set(SYNCBN_CPU_LEVELS "baseline;avx2;avx512" CACHE STRING
+    "CPU kernel levels to build where the compiler passes their probe (baseline is always built)")
+
 set(SYNCBN_CPU_FLAGS_baseline "")
 set(SYNCBN_CPU_FLAGS_avx2 -march=x86-64-v3)
 set(SYNCBN_CPU_FLAGS_avx512 -march=x86-64-v4)
@@ -66,6 +71,7 @@ endfunction()
 
 foreach(level IN ITEMS avx2 avx512)
   if(NOT level IN_LIST SYNCBN_CPU_LEVELS)
+    message(STATUS "syncbn: CPU level ${level} not built: not in SYNCBN_CPU_LEVELS (${SYNCBN_CPU_LEVELS})")
     continue()
   endif()
   if(NOT level IN_LIST SYNCBN_CPU_RUNNABLE)

@@ -85,6 +85,15 @@ Tensor input(const Case& s, DType dtype, std::uint64_t seed, double center) {
   return Tensor::randn(Shape{s.n, s.c, s.l}, seed, dtype, test_device(), center, 3.0);
 }
 
+// Calls fn(at, u) for every element of the (n, c, l) array of a case: its
+// index and its channel.
+template <class Fn>
+void for_each_element(const Case& s, Fn&& fn) {
+  for (std::int64_t i = 0; i < s.n; ++i)
+    for (std::int64_t j = 0; j < s.c; ++j)
+      for (std::int64_t k = 0; k < s.l; ++k) fn(spec::at(s.c, s.l, i, j, k), static_cast<std::size_t>(j));
+}
+
 Tensor channel_values(const Vec& v) { return Tensor::from_vector(v, Shape{static_cast<std::int64_t>(v.size())}, test_device()); }
 
 const Case kCases[] = {
@@ -196,14 +205,10 @@ TEST_CASE("Batch-norm apply, gradient sums and backward match the specification"
   {
     const Vec want = spec::apply(xs, s.n, s.c, s.l, mean, invstd, weight, bias);
     Vec scale(want.size());
-    for (std::int64_t i = 0; i < s.n; ++i)
-      for (std::int64_t j = 0; j < s.c; ++j)
-        for (std::int64_t k = 0; k < s.l; ++k) {
-          const auto u = static_cast<std::size_t>(j);
-          const std::size_t at = spec::at(s.c, s.l, i, j, k);
-          const double wj = affine ? std::abs(weight[u]) : 1.0, bj = affine ? std::abs(bias[u]) : 0.0;
-          scale[at] = std::abs(xs[at] - mean[u]) * invstd[u] * wj + bj;
-        }
+    for_each_element(s, [&](std::size_t at, std::size_t u) {
+      const double wj = affine ? std::abs(weight[u]) : 1.0, bj = affine ? std::abs(bias[u]) : 0.0;
+      scale[at] = std::abs(xs[at] - mean[u]) * invstd[u] * wj + bj;
+    });
     const Tensor y = core::batch_norm_apply(x, coef);
     CHECK(y.dtype() == dtype);
     check_within(y.to_vector<double>(), want, scale, elementwise_accuracy(dtype), "y");
@@ -214,14 +219,10 @@ TEST_CASE("Batch-norm apply, gradient sums and backward match the specification"
   {
     const core::ChannelGradSums sums = core::batch_norm_grad_sums(dy, x, coef);
     Vec dy_scale(static_cast<std::size_t>(s.c), 0.0), xmu_scale(static_cast<std::size_t>(s.c), 0.0);
-    for (std::int64_t i = 0; i < s.n; ++i)
-      for (std::int64_t j = 0; j < s.c; ++j)
-        for (std::int64_t k = 0; k < s.l; ++k) {
-          const auto u = static_cast<std::size_t>(j);
-          const std::size_t at = spec::at(s.c, s.l, i, j, k);
-          dy_scale[u] += std::abs(dys[at]);
-          xmu_scale[u] += std::abs(dys[at] * (xs[at] - mean[u]));
-        }
+    for_each_element(s, [&](std::size_t at, std::size_t u) {
+      dy_scale[u] += std::abs(dys[at]);
+      xmu_scale[u] += std::abs(dys[at] * (xs[at] - mean[u]));
+    });
     check_within(sums.sum_dy.to_vector<double>(), want_sums.sum_dy, dy_scale, reduction_accuracy(dtype), "sum_dy");
     check_within(sums.sum_dy_xmu.to_vector<double>(), want_sums.sum_dy_xmu, xmu_scale, reduction_accuracy(dtype),
                  "sum_dy_xmu");
@@ -242,17 +243,13 @@ TEST_CASE("Batch-norm apply, gradient sums and backward match the specification"
     const Tensor dx = core::batch_norm_backward_apply(dy, x, coef, coef_b);
     const Vec want = spec::backward_apply(dys, xs, s.n, s.c, s.l, mean, invstd, weight, total, count);
     Vec scale(want.size());
-    for (std::int64_t i = 0; i < s.n; ++i)
-      for (std::int64_t j = 0; j < s.c; ++j)
-        for (std::int64_t k = 0; k < s.l; ++k) {
-          const auto u = static_cast<std::size_t>(j);
-          const std::size_t at = spec::at(s.c, s.l, i, j, k);
-          const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
-          const double wj = affine ? std::abs(weight[u]) : 1.0;
-          scale[at] = wj * invstd[u] *
-                      (std::abs(dys[at]) + std::abs(total.sum_dy[u]) * per +
-                       std::abs(xs[at] - mean[u]) * invstd[u] * invstd[u] * std::abs(total.sum_dy_xmu[u]) * per);
-        }
+    const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
+    for_each_element(s, [&](std::size_t at, std::size_t u) {
+      const double wj = affine ? std::abs(weight[u]) : 1.0;
+      scale[at] = wj * invstd[u] *
+                  (std::abs(dys[at]) + std::abs(total.sum_dy[u]) * per +
+                   std::abs(xs[at] - mean[u]) * invstd[u] * invstd[u] * std::abs(total.sum_dy_xmu[u]) * per);
+    });
     CHECK(dx.dtype() == dtype);
     check_within(dx.to_vector<double>(), want, scale, elementwise_accuracy(dtype), "dx");
   }
