@@ -1,6 +1,8 @@
 # cmake -DNM=<nm> -DLEVEL=<level> -DOBJECTS=<object|object|...> -P check_cpu_level_symbols.cmake
 #
-# Fails when an object file compiled for CPU level LEVEL defines a global or
+# OBJECTS: what CPU level LEVEL contributes to the library (its isolated
+# object, see src/core/CMakeLists.txt, or its object files where the
+# isolation step is not available). Fails when one of them defines a global or
 # weak symbol that is not unique to the level, i.e. whose (mangled) name does
 # not contain the namespace syncbn::cpu::<LEVEL>: the linker could keep that
 # level's copy for callers of another level (Note [CPU dispatch]). The one
