@@ -152,6 +152,49 @@ void DataParallel::run_on_replicas(const char* phase, const std::function<void(i
   });
 }
 
+namespace {
+
+// Copies of tensors, taken before a step changes them.
+std::vector<Tensor> snapshot(const std::vector<std::pair<std::string, Tensor*>>& tensors) {
+  std::vector<Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) out.push_back(t->clone());
+  return out;
+}
+
+std::vector<Tensor> snapshot_grads(nn::Module& module) {
+  std::vector<Tensor> out;
+  for (auto& [name, p] : module.named_parameters()) out.push_back(p->grad.clone());
+  return out;
+}
+
+// Writes a snapshot back into the same tensors (their storage, so that
+// replicas aliasing them see it too). Never throws: a step that failed
+// reports its own error.
+void restore(const std::vector<Tensor*>& targets, const std::vector<Tensor>& saved) noexcept {
+  if (targets.size() != saved.size()) return;  // the module's tree changed in between
+  for (std::size_t j = 0; j < saved.size(); ++j) {
+    try {
+      targets[j]->copy_(saved[j]);
+    } catch (...) {
+    }
+  }
+}
+
+std::vector<Tensor*> buffer_targets(nn::Module& module) {
+  std::vector<Tensor*> out;
+  for (auto& [name, b] : module.named_buffers()) out.push_back(b);
+  return out;
+}
+
+std::vector<Tensor*> grad_targets(nn::Module& module) {
+  std::vector<Tensor*> out;
+  for (auto& [name, p] : module.named_parameters()) out.push_back(&p->grad);
+  return out;
+}
+
+}  // namespace
+
 Tensor DataParallel::forward(const Tensor& input) {
   SYNCBN_CHECK(input.defined(), "DataParallel::forward: input is undefined, expected a tensor");
   SYNCBN_CHECK(input.rank() >= 1, "DataParallel::forward: input is a scalar, expected a batch (rank >= 1)");
@@ -159,24 +202,34 @@ Tensor DataParallel::forward(const Tensor& input) {
                input.device(), ", expected ", devices_.front(), " (devices[0]) or host memory");
   check_module_device();
   has_forward_ = false;
+  buffers_before_step_.clear();
+  // Note [Step guarantees]: the buffers as they were before this step, put
+  // back if its forward or its backward fails.
+  std::vector<Tensor> before = snapshot(module_->named_buffers());
   Tensor out;
-  if (devices_.size() == 1) {
-    out = module_->forward(input.onto(devices_.front())).onto(output_device_);
-    chunk_sizes_ = {input.size(0)};
-  } else {
-    ensure_replicas();
-    refresh_replicas();
-    chunk_sizes_ = comm::even_chunk_sizes(input.size(0), static_cast<int>(devices_.size()));
-    const auto chunks = comm::scatter(input, devices_, chunk_sizes_);
-    std::vector<Tensor> outputs(devices_.size());
-    run_on_replicas("forward", [&](int i) {
-      outputs[static_cast<std::size_t>(i)] = replication_[static_cast<std::size_t>(i)].forward(chunks[static_cast<std::size_t>(i)]);
-    });
-    write_back_buffers();
-    out = comm::gather(outputs, output_device_);
+  try {
+    if (devices_.size() == 1) {
+      out = module_->forward(input.onto(devices_.front())).onto(output_device_);
+      chunk_sizes_ = {input.size(0)};
+    } else {
+      ensure_replicas();
+      refresh_replicas();
+      chunk_sizes_ = comm::even_chunk_sizes(input.size(0), static_cast<int>(devices_.size()));
+      const auto chunks = comm::scatter(input, devices_, chunk_sizes_);
+      std::vector<Tensor> outputs(devices_.size());
+      run_on_replicas("forward", [&](int i) {
+        outputs[static_cast<std::size_t>(i)] = replication_[static_cast<std::size_t>(i)].forward(chunks[static_cast<std::size_t>(i)]);
+      });
+      write_back_buffers();
+      out = comm::gather(outputs, output_device_);
+    }
+  } catch (...) {
+    restore(buffer_targets(*module_), before);
+    throw;
   }
   input_device_ = input.device();
   output_shape_ = out.shape();
+  buffers_before_step_ = std::move(before);
   has_forward_ = true;
   return out;
 }
@@ -186,6 +239,25 @@ Tensor DataParallel::backward(const Tensor& grad_output) {
   SYNCBN_CHECK(grad_output.defined(), "DataParallel::backward: grad_output is undefined, expected a tensor");
   SYNCBN_CHECK(grad_output.shape() == output_shape_, "DataParallel::backward: grad_output has shape ",
                grad_output.shape(), ", expected ", output_shape_, " (the output's)");
+  // Note [Step guarantees]: a failed backward puts the gradients and the
+  // forward's buffers back. With replicas the module's gradients change only
+  // after every replica has finished; one device accumulates into them as it
+  // goes, so they are saved first.
+  const std::vector<Tensor> grads_before = devices_.size() == 1 ? snapshot_grads(*module_) : std::vector<Tensor>{};
+  try {
+    Tensor dx = backward_step(grad_output);
+    buffers_before_step_.clear();  // the step is complete
+    return dx;
+  } catch (...) {
+    has_forward_ = false;
+    if (devices_.size() == 1) restore(grad_targets(*module_), grads_before);
+    restore(buffer_targets(*module_), buffers_before_step_);
+    buffers_before_step_.clear();
+    throw;
+  }
+}
+
+Tensor DataParallel::backward_step(const Tensor& grad_output) {
   if (devices_.size() == 1) return module_->backward(grad_output.onto(devices_.front())).onto(input_device_);
 
   const auto chunks = comm::scatter(grad_output, devices_, chunk_sizes_);
@@ -198,6 +270,8 @@ Tensor DataParallel::backward(const Tensor& grad_output) {
     std::vector<std::vector<Tensor>> groups(replication_.size());
     for (std::size_t k = 0; k < replication_.size(); ++k)
       for (auto& [name, p] : replication_[k].named_parameters()) groups[k].push_back(p->grad);
+    // Every sum is computed before the first is added: the module's
+    // gradients change all together or not at all.
     const auto reduced = comm::reduce_add_coalesced(groups, devices_.front());
     for (std::size_t j = 0; j < params.size(); ++j) add_(params[j].second->grad, reduced[j]);
   }
@@ -224,11 +298,23 @@ std::vector<Tensor> run_each(Replication& replicas, const std::vector<Tensor>& i
 }  // namespace
 
 std::vector<Tensor> parallel_apply(Replication& replicas, const std::vector<Tensor>& inputs) {
-  return run_each(replicas, inputs, "parallel_apply", "forward", true);
+  replicas.has_forward_ = false;
+  auto outputs = run_each(replicas, inputs, "parallel_apply", "forward", true);
+  replicas.has_forward_ = true;
+  return outputs;
 }
 
 std::vector<Tensor> parallel_backward(Replication& replicas, const std::vector<Tensor>& grad_outputs) {
-  return run_each(replicas, grad_outputs, "parallel_backward", "backward", false);
+  // Replicas whose forward failed would meet the others in no rendezvous of
+  // the backward, and the others would wait for them until the timeout.
+  SYNCBN_CHECK(replicas.has_forward_, "parallel_backward: the replicas have no forward to differentiate (the latest "
+               "parallel_apply failed, or none ran), expected a successful parallel_apply first");
+  try {
+    return run_each(replicas, grad_outputs, "parallel_backward", "backward", false);
+  } catch (...) {
+    replicas.has_forward_ = false;
+    throw;
+  }
 }
 
 }  // namespace syncbn::parallel

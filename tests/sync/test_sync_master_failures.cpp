@@ -6,12 +6,14 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "support/seeds.hpp"
 #include "support/threads.hpp"
 #include "support/matchers.hpp"
 #include "syncbn/sync/sync_master.hpp"
@@ -332,4 +334,33 @@ TEST_CASE("A second concurrent run_master is refused", "[comm]") {
   self = &master;
   CHECK(master.run_master(4) == 4);
   CHECK_THAT(second, Contains("run_master called while another run_master is in flight"));
+}
+
+TEST_CASE("Every participant of a round gets the same outcome when timeouts race the replies", "[comm]") {
+  // The callback takes about as long as the slaves' timeout, so that their
+  // deadlines pass just before, during or just after the master hands out
+  // the replies. A round must then succeed for everyone or fail for everyone.
+  const int k = 8;
+  const int rounds = 300;
+  std::mt19937 rng(syncbn::testing::kSeed);
+  std::uniform_int_distribution<int> jitter_us(-1500, 1500);
+  int delay_us = 0;
+  Master master([&delay_us](std::vector<std::pair<int, int>> msgs) {
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
+    return sum_all(std::move(msgs));
+  }, options(6ms));
+  auto pipes = register_slaves(master, k);
+  int mixed = 0, failed = 0, succeeded = 0;
+  for (int r = 0; r < rounds; ++r) {
+    delay_us = 6000 + jitter_us(rng);
+    const auto errors = one_round(master, pipes);
+    int ok = 0;
+    for (const auto& e : errors) ok += e == nullptr;
+    if (ok == k) ++succeeded;
+    else if (ok == 0) ++failed;
+    else ++mixed;
+    if (ok < k) master.reset();
+  }
+  CAPTURE(syncbn::testing::kSeed, succeeded, failed, mixed);
+  CHECK(mixed == 0);
 }

@@ -48,6 +48,12 @@ struct DataParallelOptions {
 /// syncbn errors); every other replica is released (rendezvous aborted) and
 /// joined; the object stays usable for the next step.
 ///
+/// A step is all or nothing (Note [Step guarantees] in docs/design.md): when
+/// forward, or the backward that follows it, throws, every parameter,
+/// gradient and buffer of the module is as it was before that forward, so
+/// the step can be retried. This costs a copy of the module's buffers per
+/// forward and, on one device, a copy of its gradients per backward.
+///
 /// Thread safety: one thread drives a DataParallel at a time.
 class DataParallel {
  public:
@@ -86,6 +92,7 @@ class DataParallel {
   void write_back_buffers();
   void run_on_replicas(const char* phase, const std::function<void(int)>& task);
   void zero_replica_grads();
+  Tensor backward_step(const Tensor& grad_output);
 
   std::shared_ptr<nn::Module> module_;
   std::vector<Device> devices_;
@@ -97,6 +104,9 @@ class DataParallel {
   std::uint64_t replications_ = 0;
   // The latest forward, for backward.
   bool has_forward_ = false;
+  // The module's buffers before the current step's forward, restored when
+  // the step fails (Note [Step guarantees]); empty once the step completed.
+  std::vector<Tensor> buffers_before_step_;
   std::vector<std::int64_t> chunk_sizes_;
   Device input_device_;
   Shape output_shape_;

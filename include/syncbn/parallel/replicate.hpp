@@ -30,8 +30,16 @@ class Replication {
   /// Makes every rendezvous usable again; call when no replica is running.
   void reset();
 
+  /// True when the latest parallel_apply on these replicas succeeded (and
+  /// no parallel_backward failed since): what parallel_backward requires
+  /// (both in syncbn/parallel/data_parallel.hpp).
+  bool has_forward() const noexcept { return has_forward_; }
+
  private:
   friend Replication replicate(nn::Module& module, const std::vector<Device>& devices);
+  friend std::vector<Tensor> parallel_apply(Replication& replicas, const std::vector<Tensor>& inputs);
+  friend std::vector<Tensor> parallel_backward(Replication& replicas, const std::vector<Tensor>& grad_outputs);
+  bool has_forward_ = false;
   std::vector<std::shared_ptr<nn::Module>> modules_;
   std::vector<Device> devices_;
   std::vector<std::shared_ptr<nn::ReplicationContext>> contexts_;

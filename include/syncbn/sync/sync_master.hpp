@@ -56,6 +56,14 @@ namespace detail {
 std::string format_ids(const std::vector<int>& ids);
 
 /// The failure of one registration: the first recorded cause wins.
+///
+/// Note [All-or-nothing rounds]: the master hands out a round's replies
+/// inside commit(), under the same lock under which failures are recorded,
+/// and a participant whose wait timed out records its Timeout only if its
+/// reply has not been handed out (record_unless). So a failure lands either
+/// before the replies, and the round fails for everyone, or after them, and
+/// the round succeeds for everyone (a delivered value wins over a later
+/// failure) while the failure fails the next round.
 class RoundFailure {
  public:
   /// True once a cause was recorded (until clear()).
@@ -64,6 +72,30 @@ class RoundFailure {
   /// Records `cause` unless a cause is already recorded; returns the recorded
   /// cause (the earlier one when there was one).
   std::exception_ptr record(std::exception_ptr cause);
+
+  /// Records `cause` (unless one is recorded already) when `delivered()`,
+  /// evaluated under the lock of commit(), is false; returns the recorded
+  /// cause, or null when the value was delivered (then nothing is recorded).
+  template <class Delivered>
+  std::exception_ptr record_unless(std::exception_ptr cause, Delivered&& delivered) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (delivered()) return nullptr;
+    if (!cause_) {
+      cause_ = std::move(cause);
+      failed_.store(true);
+    }
+    return cause_;
+  }
+
+  /// Runs `deliver` under the lock unless a cause is recorded; returns that
+  /// cause, or null when `deliver` ran. `deliver` must not block or record.
+  template <class Deliver>
+  std::exception_ptr commit(Deliver&& deliver) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (cause_) return cause_;
+    deliver();
+    return nullptr;
+  }
 
   /// The recorded cause (null when none).
   std::exception_ptr cause() const;
@@ -102,11 +134,16 @@ struct Registration {
   /// returns the recorded cause (an earlier one wins).
   std::exception_ptr fail(std::exception_ptr cause) {
     std::exception_ptr recorded = failure.record(std::move(cause));
+    fail_waiters(recorded);
+    return recorded;
+  }
+
+  /// Wakes every waiter with `recorded` (a delivered value still wins).
+  void fail_waiters(const std::exception_ptr& recorded) {
     for (auto& slot : slots) {
       slot->message.fail(recorded);
       slot->reply.fail(recorded);
     }
-    return recorded;
   }
 
   /// Replicas that have not entered round `round` yet; `include_master`
@@ -123,16 +160,29 @@ struct Registration {
   /// The wait policy for this registration's current number of participants.
   WaitPolicy wait_policy() const noexcept { return options.wait.for_participants(participants.load()); }
 
-  /// Records a Timeout of `replica` in `round` and throws the recorded cause.
-  [[noreturn]] void fail_timeout(int replica, std::uint64_t round, bool include_master) {
+  /// The Timeout of `replica` in `round`, naming the replicas still missing.
+  std::exception_ptr timeout_error(int replica, std::uint64_t round, bool include_master) const {
     const std::vector<int> ids = missing(round, include_master);
     std::string waiting = ids.empty() ? std::string("the master callback on replica 0 to return")
                                       : "replica(s) " + format_ids(ids);
-    auto cause = std::make_exception_ptr(Timeout(
+    return std::make_exception_ptr(Timeout(
         options.name + ": round " + std::to_string(round) + " timed out after " +
         std::to_string(options.timeout.count()) + " ms on replica " + std::to_string(replica) +
         ", still waiting for " + waiting));
-    std::rethrow_exception(fail(std::move(cause)));
+  }
+
+  /// Records a Timeout of the master in `round` and throws the recorded cause.
+  [[noreturn]] void fail_timeout(int replica, std::uint64_t round, bool include_master) {
+    std::rethrow_exception(fail(timeout_error(replica, round, include_master)));
+  }
+
+  /// For a slave whose wait for `reply` timed out in `round`: records its
+  /// Timeout and wakes everyone, unless the master has handed out the reply
+  /// meanwhile (Note [All-or-nothing rounds]); take the reply afterwards.
+  void timeout_unless_delivered(int replica, std::uint64_t round, const FutureResult<Reply>& reply) {
+    std::exception_ptr recorded = failure.record_unless(timeout_error(replica, round, /*include_master=*/true),
+                                                        [&reply] { return reply.ready(); });
+    if (recorded) fail_waiters(recorded);
   }
 
   /// Records an abort by `replica` and wakes everyone.
@@ -216,8 +266,8 @@ class SlavePipe {
     const std::uint64_t round = slot_->rounds.fetch_add(1) + 1;
     const auto deadline = deadline_after(reg.options.timeout);
     slot_->message.put(std::move(msg));
-    if (!slot_->reply.wait_until(deadline, reg.wait_policy())) reg.fail_timeout(slot_->id, round, /*include_master=*/true);
-    return slot_->reply.take();
+    if (!slot_->reply.wait_until(deadline, reg.wait_policy())) reg.timeout_unless_delivered(slot_->id, round, slot_->reply);
+    return slot_->reply.take();  // the reply, or the round's failure
   }
 
   /// Fails the current round on behalf of this replica: every participant
@@ -361,10 +411,14 @@ class SyncMaster {
                                                   describe_exception(std::current_exception()))));
       throw;
     }
-    // A slave may have timed out while the callback ran; it has already
-    // thrown, so this round cannot complete for everyone.
-    if (reg->failure.failed()) std::rethrow_exception(reg->failure.cause());
-    deliver(*reg, round, replies);
+    // Hand out the replies unless the round failed meanwhile (a slave timed
+    // out, a peer aborted): all or nothing, Note [All-or-nothing rounds].
+    const std::vector<std::size_t> order = reply_order(*reg, round, replies);
+    const auto& slots = reg->slots;
+    if (auto cause = reg->failure.commit([&] {
+          for (std::size_t i = 0; i < slots.size(); ++i) slots[i]->reply.put(std::move(replies[order[i]].second));
+        }))
+      std::rethrow_exception(cause);
     return std::move(replies.front().second);
   }
 
@@ -438,16 +492,19 @@ class SyncMaster {
     return registration_;
   }
 
-  /// Checks the callback's replies and hands each slave its own; a wrong set
-  /// of ids fails the round.
-  void deliver(Registration& reg, std::uint64_t round, std::vector<std::pair<int, Reply>>& replies) {
+  /// The index in `replies` of each slave's reply (in slot order), after
+  /// checking that the callback returned the master's reply first and one
+  /// reply per slave; a wrong set of ids fails the round.
+  std::vector<std::size_t> reply_order(Registration& reg, std::uint64_t round,
+                                       const std::vector<std::pair<int, Reply>>& replies) {
     const auto& slots = reg.slots;
+    std::vector<std::size_t> order(slots.size());
     bool in_order = replies.size() == slots.size() + 1 && replies.front().first == 0;
-    for (std::size_t i = 0; in_order && i < slots.size(); ++i) in_order = replies[i + 1].first == slots[i]->id;
-    if (in_order) {
-      for (std::size_t i = 0; i < slots.size(); ++i) slots[i]->reply.put(std::move(replies[i + 1].second));
-      return;
+    for (std::size_t i = 0; in_order && i < slots.size(); ++i) {
+      in_order = replies[i + 1].first == slots[i]->id;
+      order[i] = i + 1;
     }
+    if (in_order) return order;
     // Slow path: slaves' replies in another order are fine; anything else is
     // a callback bug that must not reach the slaves as undefined behaviour.
     std::vector<int> got;
@@ -468,8 +525,9 @@ class SyncMaster {
     for (std::size_t i = 1; i < replies.size(); ++i) {
       auto pos = std::lower_bound(slots.begin(), slots.end(), replies[i].first,
                                   [](const auto& slot, int key) { return slot->id < key; });
-      (*pos)->reply.put(std::move(replies[i].second));
+      order[static_cast<std::size_t>(pos - slots.begin())] = i;
     }
+    return order;
   }
 
   Callback callback_;
