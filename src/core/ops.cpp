@@ -30,6 +30,12 @@ void check_same(const Tensor& a, const Tensor& b, const char* op, const char* a_
                a_name, ")");
 }
 
+// True when the two tensors' elements overlap in memory.
+bool overlap(const Tensor& x, const Tensor& y) {
+  if (!x.shares_storage_with(y) || x.numel() == 0 || y.numel() == 0) return false;
+  return x.storage_offset() < y.storage_offset() + y.numel() && y.storage_offset() < x.storage_offset() + x.numel();
+}
+
 Tensor binary(const Tensor& a, const Tensor& b, detail::BinaryOp op, const char* name) {
   check_same(a, b, name, "a", "b");
   Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
@@ -104,6 +110,10 @@ void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bo
   const std::int64_t n = trans_b ? b.size(0) : b.size(1);
   SYNCBN_CHECK(k == kb, "matmul: op(a) is ", m, " x ", k, " and op(b) is ", kb, " x ", n, ", expected inner sizes to match");
   SYNCBN_CHECK(c.shape() == Shape({m, n}), "matmul: c has shape ", c.shape(), ", expected ", Shape({m, n}));
+  // The product reads a and b while it writes c: an output that overlaps an
+  // input would be read after it was overwritten.
+  SYNCBN_CHECK(!overlap(c, a) && !overlap(c, b), "matmul_: c overlaps ", overlap(c, a) ? "a" : "b",
+               " in memory, expected an output separate from both inputs");
   detail::blas_kernels(a.device().kind())
       .gemm(a.device(), a.dtype(), trans_a, trans_b, m, n, k, alpha, a.raw_data(), b.raw_data(), beta, c.raw_data());
 }

@@ -72,6 +72,13 @@ Tensor& BatchNorm::num_batches_tracked() {
   return buffer(batches_);
 }
 
+void BatchNorm::share_parameters_of(BatchNorm& source) {
+  SYNCBN_CHECK(options_.affine && source.options_.affine && source.features_ == features_, kind_,
+               ": share_parameters_of(", source.kind_, "): expected two affine layers of ", features_, " features");
+  share_parameter(weight_, source.parameter_object(source.weight_));
+  share_parameter(bias_, source.parameter_object(source.bias_));
+}
+
 std::optional<Device> BatchNorm::state_device() const {
   if (options_.affine) return parameter(weight_).value.device();
   if (options_.track_running_stats) return buffer(running_mean_).device();

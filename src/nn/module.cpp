@@ -11,8 +11,15 @@ void Module::on_replicate(ReplicationContext& /*context*/, int /*copy_id*/) {}
 std::size_t Module::register_parameter(const std::string& name, Tensor value) {
   SYNCBN_CHECK(value.defined(), describe(), ": parameter '", name, "' is undefined, expected a tensor");
   Tensor grad = Tensor::zeros(value.shape(), value.dtype(), value.device());
-  params_.emplace_back(name, Parameter{std::move(value), std::move(grad)});
+  params_.emplace_back(name, std::make_shared<Parameter>(Parameter{std::move(value), std::move(grad)}));
   return params_.size() - 1;
+}
+
+void Module::share_parameter(std::size_t index, std::shared_ptr<Parameter> source) {
+  SYNCBN_CHECK(index < params_.size() && source != nullptr, describe(), ": share_parameter(", index,
+               ") got ", source == nullptr ? "a null parameter" : "an index out of range", ", expected one of its ",
+               params_.size(), " parameters and a parameter object");
+  params_[index].second = std::move(source);
 }
 
 std::size_t Module::register_buffer(const std::string& name, Tensor value) {
@@ -38,7 +45,7 @@ void Module::replace_child(const std::string& name, std::shared_ptr<Module> chil
 }
 
 void Module::collect_parameters(const std::string& prefix, std::vector<std::pair<std::string, Parameter*>>& out) {
-  for (auto& [name, p] : params_) out.emplace_back(prefix + name, &p);
+  for (auto& [name, p] : params_) out.emplace_back(prefix + name, p.get());
   for (auto& [name, c] : children_) c->collect_parameters(prefix + name + ".", out);
 }
 
@@ -89,8 +96,8 @@ void Module::zero_grad() {
 void Module::to(Device device) {
   device.check_available();
   for (auto& [name, p] : params_) {
-    p.value = p.value.to(device);
-    p.grad = p.grad.to(device);
+    p->value = p->value.to(device);
+    p->grad = p->grad.to(device);
   }
   for (auto& [name, b] : buffers_)
     if (b.defined()) b = b.to(device);
@@ -99,6 +106,8 @@ void Module::to(Device device) {
 
 std::shared_ptr<Module> Module::clone_structure() const {
   std::shared_ptr<Module> copy = shallow_copy();
+  // Own Parameter objects (sharing their tensors for now), own children.
+  for (auto& [name, p] : copy->params_) p = std::make_shared<Parameter>(*p);
   for (auto& [name, c] : copy->children_) c = c->clone_structure();
   copy->clear_cache();
   return copy;

@@ -162,12 +162,10 @@ std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, s
   if (type == typeid(BatchNorm1d) || type == typeid(BatchNorm2d) || type == typeid(BatchNorm3d)) {
     auto& bn = static_cast<BatchNorm&>(*module);
     auto sync = make_sync(bn, sync_timeout);
-    // Take over the very tensors (values, gradients, buffers), as PyTorch's
-    // conversion does: nothing is copied or reset.
-    if (bn.options().affine) {
-      sync->weight() = bn.weight();
-      sync->bias() = bn.bias();
-    }
+    // Take over the very Parameter objects (so that an optimizer holding
+    // them keeps working) and buffers, as PyTorch's conversion does: nothing
+    // is copied or reset.
+    if (bn.options().affine) sync->share_parameters_of(bn);
     if (bn.options().track_running_stats) {
       sync->running_mean() = bn.running_mean();
       sync->running_var() = bn.running_var();

@@ -20,6 +20,25 @@ SGD::SGD(std::vector<nn::Parameter*> params, SGDOptions options)
 }
 
 void SGD::step() {
+  // Every parameter is checked before the first one changes: a step updates
+  // all parameters or none.
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const nn::Parameter& p = *params_[i];
+    SYNCBN_CHECK(p.value.defined() && p.grad.defined(), "SGD::step: parameter ", i,
+                 " has an undefined value or gradient, expected both");
+    SYNCBN_CHECK(p.value.dtype() == DType::Float32 || p.value.dtype() == DType::Float64, "SGD::step: parameter ", i,
+                 " has dtype ", dtype_name(p.value.dtype()), ", expected float32 or float64");
+    SYNCBN_CHECK(p.grad.shape() == p.value.shape() && p.grad.dtype() == p.value.dtype() &&
+                     p.grad.device() == p.value.device(),
+                 "SGD::step: the gradient of parameter ", i, " is ", dtype_name(p.grad.dtype()), " ", p.grad.shape(),
+                 " on ", p.grad.device(), ", expected ", dtype_name(p.value.dtype()), " ", p.value.shape(), " on ",
+                 p.value.device(), " (its value's)");
+    const Tensor& buf = momentum_[i];
+    SYNCBN_CHECK(!buf.defined() || (buf.shape() == p.value.shape() && buf.dtype() == p.value.dtype() &&
+                                    buf.device() == p.value.device()),
+                 "SGD::step: parameter ", i, " changed shape, dtype or device since the previous step, expected "
+                 "the one its momentum buffer has, ", dtype_name(buf.dtype()), " ", buf.shape(), " on ", buf.device());
+  }
   for (std::size_t i = 0; i < params_.size(); ++i) {
     nn::Parameter& p = *params_[i];
     Tensor g = p.grad;

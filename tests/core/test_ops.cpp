@@ -136,3 +136,21 @@ TEST_CASE("Ops reject mismatched shapes, dtypes and devices before writing anyth
   CHECK_THROWS_AS(syncbn::core::add_(y, Tensor::ones(Shape{6}, DType::Float32, test_device())), InvalidArgument);
   check_close(y, std::vector<double>(6, 1.0), tolerance_for(DType::Float32), "y unchanged after a rejected add_");
 }
+
+TEST_CASE("matmul_ rejects an output that overlaps an input and leaves it unchanged", "[tensor]") {
+  const Device dev = test_device();
+  const Tensor a = Tensor::randn(Shape{3, 3}, syncbn::testing::kSeed, DType::Float32, dev);
+  const Tensor b = Tensor::randn(Shape{3, 3}, syncbn::testing::kSeed + 1, DType::Float32, dev);
+  const auto a_before = a.to_vector<double>();
+  CHECK_THROWS_MATCHES(syncbn::core::matmul_(a, a, b, false, false), InvalidArgument,
+                       MessageIs("matmul_: c overlaps a in memory, expected an output separate from both inputs"));
+  CHECK_THROWS_MATCHES(syncbn::core::matmul_(b, a, b, false, false), InvalidArgument,
+                       MessageIs("matmul_: c overlaps b in memory, expected an output separate from both inputs"));
+  CHECK(a.to_vector<double>() == a_before);
+  // Disjoint views of one buffer are fine.
+  const Tensor buffer = Tensor::zeros(Shape{9, 3}, DType::Float32, dev);
+  buffer.rows(0, 3).copy_(a);
+  buffer.rows(3, 6).copy_(b);
+  syncbn::core::matmul_(buffer.rows(6, 9), buffer.rows(0, 3), buffer.rows(3, 6), false, false);
+  check_close(buffer.rows(6, 9), syncbn::core::matmul(a, b).to_vector<double>(), {1e-6, 1e-6}, "product");
+}

@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <memory>
 #include <vector>
 
 #include "support/compare.hpp"
@@ -9,7 +10,10 @@
 #include "support/matchers.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
+#include "syncbn/nn/batchnorm.hpp"
 #include "syncbn/nn/linear.hpp"
+#include "syncbn/nn/sequential.hpp"
+#include "syncbn/nn/sync_batchnorm.hpp"
 #include "syncbn/optim/sgd.hpp"
 
 using namespace syncbn;
@@ -67,4 +71,40 @@ TEST_CASE("SGD rejects invalid options", "[nn]") {
   CHECK_THROWS_MATCHES(optim::SGD(layer.parameters(), {0.1, 0, 0, 0, true}), InvalidArgument,
                        MessageIs("SGD: nesterov needs momentum > 0 and dampening 0, got momentum 0 and dampening 0"));
   CHECK_THROWS_AS(optim::SGD({nullptr}, {0.1}), InvalidArgument);
+}
+
+TEST_CASE("SGD checks every parameter before updating any", "[nn]") {
+  const Device dev = test_device();
+  nn::Parameter a{Tensor::ones(Shape{3}, DType::Float32, dev), Tensor::ones(Shape{3}, DType::Float32, dev)};
+  nn::Parameter b{Tensor::ones(Shape{2}, DType::Float32, dev), Tensor::ones(Shape{2}, DType::Float32, dev)};
+  optim::SGD sgd({&a, &b}, optim::SGDOptions{.lr = 0.5, .momentum = 0.9});
+  b.grad = Tensor::ones(Shape{5}, DType::Float32, dev);  // a bad gradient on the second parameter
+  CHECK_THROWS_MATCHES(sgd.step(), InvalidArgument,
+                       MessageIs("SGD::step: the gradient of parameter 1 is float32 (5) on " + dev.str() +
+                                 ", expected float32 (2) on " + dev.str() + " (its value's)"));
+  CHECK(a.value.to_vector<double>() == std::vector<double>{1, 1, 1});  // untouched
+  b.grad = Tensor::ones(Shape{2}, DType::Float32, dev);
+  sgd.step();
+  CHECK(a.value.to_vector<double>() == std::vector<double>{0.5, 0.5, 0.5});
+}
+
+TEST_CASE("An optimizer made before convert_sync_batchnorm keeps training the converted layers", "[nn]") {
+  CAPTURE(syncbn::testing::kSeed);
+  auto model = std::make_shared<nn::Sequential>();
+  model->add(std::make_shared<nn::Linear>(3, 4, nn::LinearOptions{true, 1, DType::Float32, test_device()}));
+  auto bn = std::make_shared<nn::BatchNorm1d>(4, nn::BatchNormOptions{.device = test_device()});
+  model->add(bn);
+  model->add(std::make_shared<nn::Linear>(4, 2, nn::LinearOptions{true, 2, DType::Float32, test_device()}));
+  optim::SGD sgd(model->parameters(), optim::SGDOptions{.lr = 0.5});
+  nn::Parameter* const weight_before = &bn->weight();
+  bn.reset();
+  auto converted = nn::convert_sync_batchnorm(model);  // the old layer is gone after this
+  auto& sync = dynamic_cast<nn::SyncBatchNorm1d&>(*converted->children()[1].second);
+  CHECK(&sync.weight() == weight_before);  // the same Parameter object
+  const auto weight = sync.weight().value.to_vector<double>();
+  const Tensor x = Tensor::randn(Shape{8, 3}, syncbn::testing::kSeed, DType::Float32, test_device());
+  const Tensor y = converted->forward(x);
+  converted->backward(Tensor::randn(y.shape(), syncbn::testing::kSeed + 1, DType::Float32, test_device()));
+  sgd.step();
+  CHECK(sync.weight().value.to_vector<double>() != weight);  // the optimizer moved the converted layer's weight
 }

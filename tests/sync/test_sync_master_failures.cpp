@@ -364,3 +364,15 @@ TEST_CASE("Every participant of a round gets the same outcome when timeouts race
   CAPTURE(syncbn::testing::kSeed, succeeded, failed, mixed);
   CHECK(mixed == 0);
 }
+
+TEST_CASE("abort_for rejects a replica that is not in the rendezvous", "[comm]") {
+  Master master(sum_all, options());
+  auto pipes = register_slaves(master, 3);
+  CHECK_THROWS_MATCHES(master.abort_for(99, "gone"), syncbn::InvalidArgument,
+                       MessageIs("BN3: abort_for: replica 99 is not in this rendezvous, expected 0 (the master) or a "
+                                 "registered slave id"));
+  CHECK_FALSE(master.failed());
+  check_round_succeeds(master, pipes);
+  master.abort_for(2, "gone");
+  CHECK(master.failed());
+}

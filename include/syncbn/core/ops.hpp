@@ -44,7 +44,8 @@ Tensor sum_tensors(std::span<const Tensor* const> sources, Device device);
 /// op(a) * op(b) for 2-D a and b, op = transpose when the flag is set:
 /// (m x k) * (k x n) -> (m x n). Same dtype and device.
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
-/// c = alpha * op(a) * op(b) + beta * c, in place (beta == 0 never reads c).
+/// c = alpha * op(a) * op(b) + beta * c, in place (beta == 0 never reads c);
+/// c must not overlap a or b in memory.
 void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha = 1.0,
              double beta = 0.0);
 

@@ -3,7 +3,9 @@
 // rules, per replica (BatchNorm1d/2d/3d). SyncBatchNorm*d derive from the
 // same implementation and override how statistics are gathered.
 
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -104,6 +106,12 @@ class BatchNorm : public Module {
   /// In training with tracking and a count > 0, updates the running
   /// statistics of this module once from `finalized`.
   void track_running(const Finalized& finalized);
+
+  /// Makes this layer's weight and bias the very Parameter objects of
+  /// `source` (affine, same number of features), for the conversion.
+  void share_parameters_of(BatchNorm& source);
+  friend std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
+                                                        std::chrono::milliseconds sync_timeout);
 
   /// The device of this layer's parameters and buffers.
   std::optional<Device> state_device() const;

@@ -18,6 +18,12 @@ class ReplicationContext;
 
 /// A learnable tensor and its gradient (same shape, dtype and device).
 /// backward() accumulates into grad; zero_grad() clears it.
+///
+/// A module owns its Parameter objects through shared pointers, and the
+/// objects keep their identity for the module's life and across
+/// convert_sync_batchnorm (the synchronized layer takes over the very
+/// objects), so an optimizer holding Parameter pointers keeps working.
+/// Copies of a module (clone, clone_structure, replicas) have their own.
 struct Parameter {
   Tensor value;
   Tensor grad;
@@ -99,8 +105,13 @@ class Module {
   /// Registers a child; returns its index.
   std::size_t register_module(const std::string& name, std::shared_ptr<Module> child);
 
-  Parameter& parameter(std::size_t index) { return params_[index].second; }
-  const Parameter& parameter(std::size_t index) const { return params_[index].second; }
+  Parameter& parameter(std::size_t index) { return *params_[index].second; }
+  const Parameter& parameter(std::size_t index) const { return *params_[index].second; }
+  /// Makes parameter `index` the very object `source` (another module's,
+  /// e.g. the layer a conversion replaces): pointers to it stay valid.
+  void share_parameter(std::size_t index, std::shared_ptr<Parameter> source);
+  /// The shared object behind parameter `index`.
+  const std::shared_ptr<Parameter>& parameter_object(std::size_t index) const { return params_[index].second; }
   Tensor& buffer(std::size_t index) { return buffers_[index].second; }
   const Tensor& buffer(std::size_t index) const { return buffers_[index].second; }
   Module& child(std::size_t index) { return *children_[index].second; }
@@ -116,7 +127,7 @@ class Module {
   void collect_buffers(const std::string& prefix, std::vector<std::pair<std::string, Tensor*>>& out);
   void collect_modules(const std::string& prefix, std::vector<std::pair<std::string, Module*>>& out);
 
-  std::vector<std::pair<std::string, Parameter>> params_;
+  std::vector<std::pair<std::string, std::shared_ptr<Parameter>>> params_;
   std::vector<std::pair<std::string, Tensor>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;

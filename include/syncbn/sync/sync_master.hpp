@@ -428,8 +428,14 @@ class SyncMaster {
 
   /// Fails the current round on behalf of `replica` (e.g. a runtime that saw
   /// that replica fail outside the rendezvous): the error names `replica`.
+  /// Throws InvalidArgument for a replica that is neither the master (0)
+  /// nor a registered slave.
   void abort_for(int replica, const std::string& reason) {
     auto reg = current();
+    const bool known = replica == 0 || std::any_of(reg->slots.begin(), reg->slots.end(),
+                                                   [replica](const auto& slot) { return slot->id == replica; });
+    SYNCBN_CHECK(known, options_.name, ": abort_for: replica ", replica,
+                 " is not in this rendezvous, expected 0 (the master) or a registered slave id");
     reg->abort(replica, reg->master_rounds.load(), reason);
   }
 
