@@ -8,17 +8,20 @@
 namespace syncbn::nn {
 
 Tensor ReLU::forward(const Tensor& input) {
+  check_replica_thread();
   SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
   output_ = relu(input);
   return output_;
 }
 
 Tensor ReLU::backward(const Tensor& grad_output) {
+  check_replica_thread();
   detail::check_backward(output_.defined(), grad_output, output_.shape(), describe());
   return relu_backward(grad_output, output_);
 }
 
 Tensor Flatten::forward(const Tensor& input) {
+  check_replica_thread();
   SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
   SYNCBN_CHECK(input.rank() >= 2, describe(), ": expected input of rank >= 2 (N, ...), got ", input.rank(),
                "-D input");
@@ -31,6 +34,7 @@ Tensor Flatten::forward(const Tensor& input) {
 }
 
 Tensor Flatten::backward(const Tensor& grad_output) {
+  check_replica_thread();
   detail::check_backward(has_input_, grad_output, output_shape_, describe());
   return grad_output.reshape(input_shape_);
 }

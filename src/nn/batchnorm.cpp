@@ -138,6 +138,7 @@ BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) {
 BatchNorm::GradSums BatchNorm::gradient_sums(const GradSums& local) { return local; }
 
 Tensor BatchNorm::forward(const Tensor& input) {
+  check_replica_thread();
   check_input(input);
   const bool batch_stats = is_training() || !options_.track_running_stats;
   NormStats norm;
@@ -161,6 +162,7 @@ Tensor BatchNorm::forward(const Tensor& input) {
 }
 
 Tensor BatchNorm::backward(const Tensor& grad_output) {
+  check_replica_thread();
   detail::check_backward(input_.defined(), grad_output, input_.shape(), kind_);
   detail::check_tensor(grad_output, kind_, "grad_output", input_.device(), input_.dtype());
   const GradSums local = core::batch_norm_grad_sums(grad_output, input_, coef_);

@@ -36,6 +36,7 @@ Parameter& Linear::bias() {
 }
 
 Tensor Linear::forward(const Tensor& input) {
+  check_replica_thread();
   const Tensor& w = parameter(weight_).value;
   detail::check_tensor(input, describe(), "input", w.device(), w.dtype());
   SYNCBN_CHECK(input.rank() == 2, describe(), ": expected 2-D input (N, ", in_, "), got ", input.rank(),
@@ -56,6 +57,7 @@ Tensor Linear::forward(const Tensor& input) {
 }
 
 Tensor Linear::backward(const Tensor& grad_output) {
+  check_replica_thread();
   SYNCBN_CHECK(input_.defined(), describe(), ": backward called without a forward, expected forward first");
   detail::check_backward(true, grad_output, Shape{input_.size(0), out_}, describe());
   Parameter& w = parameter(weight_);

@@ -1,6 +1,7 @@
 // Module: registries, tree walks, copies and moves.
 
 #include "syncbn/nn/module.hpp"
+#include "syncbn/nn/replication_context.hpp"
 
 #include "syncbn/error.hpp"
 
@@ -8,8 +9,37 @@ namespace syncbn::nn {
 
 void Module::on_replicate(ReplicationContext& /*context*/, int /*copy_id*/) {}
 
+void Module::attach_replica(ReplicationContext& context, int copy_id) {
+  replica_id_ = copy_id;
+  on_replicate(context, copy_id);
+}
+
+void Module::check_replica_thread() const {
+  const int thread_copy = ReplicaThread::current();
+  if (thread_copy < 0 || thread_copy == replica_id_) return;
+  SYNCBN_THROW(InvalidArgument, describe(), ": called by the thread of replica ", thread_copy, ", but this module ",
+               replica_id_ < 0 ? std::string("is not a replica (it belongs to the original model)")
+                               : "belongs to replica " + std::to_string(replica_id_),
+               ", expected a module of replica ", thread_copy,
+               "; is a child kept in a member pointer? Copies of a module share such pointers: reach children "
+               "through child(index) / child_as<T>(index) with the index register_module returned");
+}
+
+namespace {
+
+template <class Entries>
+bool has_name(const Entries& entries, const std::string& name) {
+  for (const auto& entry : entries)
+    if (entry.first == name) return true;
+  return false;
+}
+
+}  // namespace
+
 std::size_t Module::register_parameter(const std::string& name, Tensor value) {
   SYNCBN_CHECK(value.defined(), describe(), ": parameter '", name, "' is undefined, expected a tensor");
+  SYNCBN_CHECK(!has_name(params_, name), describe(), ": a parameter named '", name,
+               "' is already registered, expected a new name");
   Tensor grad = Tensor::zeros(value.shape(), value.dtype(), value.device());
   params_.emplace_back(name, std::make_shared<Parameter>(Parameter{std::move(value), std::move(grad)}));
   return params_.size() - 1;
@@ -23,12 +53,23 @@ void Module::share_parameter(std::size_t index, std::shared_ptr<Parameter> sourc
 }
 
 std::size_t Module::register_buffer(const std::string& name, Tensor value) {
+  SYNCBN_CHECK(!has_name(buffers_, name), describe(), ": a buffer named '", name,
+               "' is already registered, expected a new name");
   buffers_.emplace_back(name, std::move(value));
   return buffers_.size() - 1;
 }
 
 std::size_t Module::register_module(const std::string& name, std::shared_ptr<Module> child) {
-  SYNCBN_CHECK(child != nullptr, "Module: child '", name, "' is null, expected a module");
+  SYNCBN_CHECK(child != nullptr, describe(), ": child '", name, "' is null, expected a module");
+  SYNCBN_CHECK(!has_name(children_, name), describe(), ": a child named '", name,
+               "' is already registered, expected a new name");
+  // A child that contains this module would make the tree a cycle, which
+  // every walk over it (parameters, replication, conversion) would follow
+  // forever.
+  for (const auto& [path, m] : child->named_modules())
+    SYNCBN_CHECK(m != this, describe(), ": child '", name, "' contains this module",
+                 path.empty() ? std::string(" (it is this module)") : " (at '" + path + "')",
+                 ", expected a module tree without cycles");
   children_.emplace_back(name, std::move(child));
   return children_.size() - 1;
 }

@@ -19,4 +19,14 @@ void ReplicationContext::reset() {
     if (h.reset) h.reset();
 }
 
+namespace {
+thread_local int current_copy = -1;
+}  // namespace
+
+ReplicaThread::ReplicaThread(int copy_id) noexcept : previous_(current_copy) { current_copy = copy_id; }
+
+ReplicaThread::~ReplicaThread() { current_copy = previous_; }
+
+int ReplicaThread::current() noexcept { return current_copy; }
+
 }  // namespace syncbn::nn

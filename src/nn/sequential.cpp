@@ -28,12 +28,14 @@ std::string Sequential::describe() const {
 }
 
 Tensor Sequential::forward(const Tensor& input) {
+  check_replica_thread();
   Tensor x = input;
   for (std::size_t i = 0; i < child_count(); ++i) x = child(i).forward(x);
   return x;
 }
 
 Tensor Sequential::backward(const Tensor& grad_output) {
+  check_replica_thread();
   Tensor g = grad_output;
   for (std::size_t i = child_count(); i-- > 0;) g = child(i).backward(g);
   return g;

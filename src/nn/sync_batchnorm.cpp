@@ -174,6 +174,12 @@ std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, s
     sync->train(bn.is_training());
     return sync;
   }
+  // A user's subclass of BatchNorm1d/2d/3d would lose its overrides in a
+  // plain SyncBatchNorm*d: refuse rather than drop them silently.
+  if (const auto* bn = dynamic_cast<const BatchNorm*>(module.get()); bn != nullptr && dynamic_cast<const SyncBatchNorm*>(bn) == nullptr)
+    SYNCBN_THROW(InvalidArgument, "convert_sync_batchnorm: ", bn->describe(),
+                 " is a subclass of ", bn->kind(), ", expected BatchNorm1d, BatchNorm2d or BatchNorm3d itself "
+                 "(converting it would drop its overrides; give it a synchronized version of its own)");
   const auto children = module->children();  // a copy: replace_child edits the list
   for (const auto& [name, child] : children) {
     auto converted = convert_sync_batchnorm(child, sync_timeout);

@@ -11,6 +11,7 @@
 #include "worker_pool.hpp"
 #include "syncbn/sync/sync_master.hpp"
 #include "syncbn/core/ops.hpp"
+#include "syncbn/nn/replication_context.hpp"
 
 namespace syncbn::parallel {
 
@@ -58,7 +59,12 @@ std::size_t fingerprint(nn::Module& module) {
 void run_tasks(detail::WorkerPool& pool, Replication& replicas, const std::string& who, const char* phase,
                const std::function<void(int)>& task, const std::function<void()>& cleanup) {
   const auto& devices = replicas.devices();
-  auto errors = pool.run(task, [&](int i, const std::exception_ptr& error) {
+  // Each worker runs its replica as that copy (Note [Replica threads]).
+  const std::function<void(int)> as_replica = [&task](int i) {
+    nn::ReplicaThread scope(i);
+    task(i);
+  };
+  auto errors = pool.run(as_replica, [&](int i, const std::exception_ptr& error) {
     replicas.abort(i, "replica " + std::to_string(i) + " on " + devices[static_cast<std::size_t>(i)].str() +
                           " failed: " + sync::describe_exception(error));
   });

@@ -2,6 +2,7 @@
 
 #include "syncbn/parallel/replicate.hpp"
 
+#include "replica_errors.hpp"
 #include "syncbn/core/ops.hpp"
 
 namespace syncbn::parallel {
@@ -51,7 +52,17 @@ Replication replicate(nn::Module& module, const std::vector<Device>& devices) {
   for (const auto& [name, m] : positions) out.contexts_.push_back(std::make_shared<nn::ReplicationContext>(name, devices));
   for (std::size_t k = 0; k < out.modules_.size(); ++k) {
     auto modules = out.modules_[k]->named_modules();
-    for (std::size_t p = 0; p < positions.size(); ++p) modules[p].second->on_replicate(*out.contexts_[p], static_cast<int>(k));
+    for (std::size_t p = 0; p < positions.size(); ++p) {
+      try {
+        modules[p].second->attach_replica(*out.contexts_[p], static_cast<int>(k));
+      } catch (...) {
+        const std::string& path = positions[p].first;
+        detail::rethrow_with_context(std::current_exception(),
+                                     "replicate: the replication callback of " +
+                                         (path.empty() ? std::string("the root module") : "'" + path + "'") +
+                                         " failed on copy " + std::to_string(k) + " (" + devices[k].str() + "): ");
+      }
+    }
   }
   return out;
 }

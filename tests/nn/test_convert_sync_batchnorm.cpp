@@ -73,3 +73,22 @@ TEST_CASE("convert_sync_batchnorm converts a BatchNorm root and leaves synchroni
   CHECK_THROWS_MATCHES(nn::convert_sync_batchnorm(nullptr), InvalidArgument,
                        MessageIs("convert_sync_batchnorm: module is null, expected a module"));
 }
+
+namespace {
+// A user's batch norm with its own behaviour.
+class ScaledBatchNorm : public nn::Cloneable<ScaledBatchNorm, nn::BatchNorm1d> {
+ public:
+  using Cloneable::Cloneable;
+  Tensor forward(const Tensor& x) override { return BatchNorm1d::forward(x); }
+};
+}  // namespace
+
+TEST_CASE("convert_sync_batchnorm refuses a subclass of a batch-norm layer instead of dropping its overrides", "[nn]") {
+  auto model = std::make_shared<nn::Sequential>();
+  model->add(std::make_shared<ScaledBatchNorm>(3, nn::BatchNormOptions{.device = test_device()}));
+  CHECK_THROWS_MATCHES(nn::convert_sync_batchnorm(model), InvalidArgument,
+                       MessageIs("convert_sync_batchnorm: BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=true, "
+                                 "track_running_stats=true) is a subclass of BatchNorm1d, expected BatchNorm1d, "
+                                 "BatchNorm2d or BatchNorm3d itself (converting it would drop its overrides; give it a "
+                                 "synchronized version of its own)"));
+}

@@ -98,3 +98,27 @@ TEST_CASE("replace_child swaps a child in place and rejects unknown names", "[nn
   CHECK_THROWS_MATCHES(net->replace_child("nope", std::make_shared<nn::ReLU>()), InvalidArgument,
                        MessageIs(net->describe() + ": replace_child: no child named 'nope'"));
 }
+
+TEST_CASE("A module tree cannot contain a cycle", "[nn]") {
+  auto s = std::make_shared<nn::Sequential>();
+  CHECK_THROWS_MATCHES(s->add(s), InvalidArgument,
+                       MessageIs("Sequential(): child '0' contains this module (it is this module), expected a module "
+                                 "tree without cycles"));
+  auto a = std::make_shared<nn::Sequential>();
+  auto b = std::make_shared<nn::Sequential>();
+  a->add("b", b);
+  CHECK_THROWS_MATCHES(b->add("a", a), InvalidArgument,
+                       MessageIs("Sequential(): child 'a' contains this module (at 'b'), expected a module "
+                                 "tree without cycles"));
+  CHECK(b->size() == 0);
+  CHECK(a->named_modules().size() == 2);
+}
+
+TEST_CASE("Children, parameters and buffers need distinct names", "[nn]") {
+  auto s = std::make_shared<nn::Sequential>();
+  s->add("a", std::make_shared<nn::ReLU>());
+  CHECK_THROWS_MATCHES(s->add("a", std::make_shared<nn::BatchNorm1d>(2, nn::BatchNormOptions{.device = test_device()})),
+                       InvalidArgument,
+                       MessageIs("Sequential(ReLU()): a child named 'a' is already registered, expected a new name"));
+  CHECK(s->size() == 1);
+}

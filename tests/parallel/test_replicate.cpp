@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <stdexcept>
 #include <string>
 
 #include "support/device_under_test.hpp"
@@ -13,6 +14,8 @@
 #include "syncbn/nn/batchnorm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
+#include "syncbn/nn/activation.hpp"
+#include "syncbn/parallel/data_parallel.hpp"
 #include "syncbn/parallel/replicate.hpp"
 
 using namespace syncbn;
@@ -146,4 +149,62 @@ TEST_CASE("replicate rejects an empty device list and more devices than the repl
                        MessageIs("replicate: 65 devices, expected 1 to 64"));
   too_many.pop_back();
   CHECK(parallel::replicate(model, too_many).size() == static_cast<std::size_t>(core::kMaxReplicas));
+}
+
+namespace {
+
+// The libtorch habit: a child registered and also kept in a member pointer,
+// which the copies of this module share (they point to the original child).
+class HoldsMember : public nn::Cloneable<HoldsMember> {
+ public:
+  explicit HoldsMember(bool through_index) : through_index_(through_index) {
+    fc_ = std::make_shared<nn::Linear>(3, 2, nn::LinearOptions{true, 1, DType::Float32, test_device()});
+    index_ = register_module("fc", fc_);
+  }
+  std::string describe() const override { return "HoldsMember"; }
+  Tensor forward(const Tensor& x) override { return through_index_ ? child_as<nn::Linear>(index_).forward(x) : fc_->forward(x); }
+  Tensor backward(const Tensor& g) override { return through_index_ ? child(index_).backward(g) : fc_->backward(g); }
+
+ private:
+  bool through_index_;
+  std::shared_ptr<nn::Linear> fc_;
+  std::size_t index_ = 0;
+};
+
+// Throws in its replication callback on one copy.
+class ThrowsOnReplicate : public nn::Cloneable<ThrowsOnReplicate> {
+ public:
+  std::string describe() const override { return "ThrowsOnReplicate"; }
+  Tensor forward(const Tensor& x) override { return x; }
+  Tensor backward(const Tensor& g) override { return g; }
+  void on_replicate(nn::ReplicationContext& /*ctx*/, int copy_id) override {
+    if (copy_id == 1) throw std::runtime_error("cannot wire copy 1");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("A replica that reaches a child through a member pointer is told so", "[replicate]") {
+  auto model = std::make_shared<HoldsMember>(false);
+  auto replicas = parallel::replicate(*model, test_devices(2));
+  std::vector<Tensor> xs;
+  for (int i = 0; i < 2; ++i) xs.push_back(Tensor::randn(Shape{2, 3}, 7, DType::Float32, test_device(i)));
+  CHECK_THROWS_MATCHES(parallel::parallel_apply(replicas, xs), InvalidArgument,
+                       syncbn::testing::MessageContains(
+                           "called by the thread of replica 0, but this module is not a replica (it belongs to the "
+                           "original model), expected a module of replica 0; is a child kept in a member pointer?"));
+  // Reached through child_as, every replica runs its own copy.
+  auto fixed = std::make_shared<HoldsMember>(true);
+  auto fixed_replicas = parallel::replicate(*fixed, test_devices(2));
+  const auto ys = parallel::parallel_apply(fixed_replicas, xs);
+  CHECK(ys.size() == 2);
+}
+
+TEST_CASE("An exception from a replication callback names the module and the copy", "[replicate]") {
+  nn::Sequential model;
+  model.add(std::make_shared<nn::ReLU>());
+  model.add("wiring", std::make_shared<ThrowsOnReplicate>());
+  CHECK_THROWS_MATCHES(parallel::replicate(model, test_devices(2)), Error,
+                       MessageIs("replicate: the replication callback of 'wiring' failed on copy 1 (" +
+                                 test_device(1).str() + "): cannot wire copy 1"));
 }

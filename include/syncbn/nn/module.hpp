@@ -62,6 +62,14 @@ class Module {
   /// all copies of this module, copy 0 (the master) first. Default: nothing.
   virtual void on_replicate(ReplicationContext& context, int copy_id);
 
+  /// Called by parallel::replicate on every module of copy `copy_id`:
+  /// records that this module belongs to that copy (replica_id()), then
+  /// runs on_replicate.
+  void attach_replica(ReplicationContext& context, int copy_id);
+  /// The copy of a replicated model this module belongs to; -1 for a
+  /// module that is not a replica (the user's own model).
+  int replica_id() const noexcept { return replica_id_; }
+
   /// Parameters of this module and its descendants, named by dotted path
   /// ("0.weight"), in registration order (pre-order).
   std::vector<std::pair<std::string, Parameter*>> named_parameters();
@@ -115,7 +123,21 @@ class Module {
   Tensor& buffer(std::size_t index) { return buffers_[index].second; }
   const Tensor& buffer(std::size_t index) const { return buffers_[index].second; }
   Module& child(std::size_t index) { return *children_[index].second; }
+  /// Child `index` as its type T (the way for a module to reach a child it
+  /// registered: copies of the module, such as replicas, reach their own
+  /// copy of the child, where a member pointer would still point to the
+  /// original's).
+  template <class T>
+  T& child_as(std::size_t index) {
+    return dynamic_cast<T&>(child(index));
+  }
   std::size_t child_count() const noexcept { return children_.size(); }
+
+  /// Throws InvalidArgument when the calling thread runs a copy of a
+  /// replicated model other than the one this module belongs to (Note
+  /// [Replica threads] in replication_context.hpp). The built-in layers call
+  /// it first in forward and backward.
+  void check_replica_thread() const;
 
   /// A copy of this object made by its copy constructor (Cloneable provides it).
   virtual std::shared_ptr<Module> shallow_copy() const = 0;
@@ -131,6 +153,7 @@ class Module {
   std::vector<std::pair<std::string, Tensor>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+  int replica_id_ = -1;
 };
 
 /// Gives a module type its shallow_copy (through its copy constructor).

@@ -70,4 +70,26 @@ class ReplicationContext {
   std::vector<Handlers> handlers_;
 };
 
+/// Note [Replica threads]: a runtime that runs copy k of a replicated model
+/// on a thread marks the thread with a ReplicaThread(k) for that time. A
+/// module whose replica_id() differs from the thread's copy was reached
+/// through something the replicas share, typically a child kept in a member
+/// shared_ptr, which every copy of the parent still points to the original
+/// child through; its forward would otherwise run the original's layer (with
+/// the original's parameters, device and no synchronisation) and fail, or
+/// not, far from the cause. Module::check_replica_thread turns that into an
+/// error naming the module and both copies.
+class ReplicaThread {
+ public:
+  explicit ReplicaThread(int copy_id) noexcept;
+  ~ReplicaThread();
+  ReplicaThread(const ReplicaThread&) = delete;
+  ReplicaThread& operator=(const ReplicaThread&) = delete;
+  /// The copy the calling thread runs; -1 outside any ReplicaThread.
+  static int current() noexcept;
+
+ private:
+  int previous_;
+};
+
 }  // namespace syncbn::nn
