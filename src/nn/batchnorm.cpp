@@ -20,7 +20,7 @@ std::string format_double(double v) {
 }  // namespace
 
 BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options)
-    : kind_(std::move(kind)), dims_(spatial_dims), features_(num_features), options_(options) {
+    : kind_(std::move(kind)), label_(kind_), dims_(spatial_dims), features_(num_features), options_(options) {
   SYNCBN_CHECK(num_features >= 1, kind_, ": num_features is ", num_features, ", expected >= 1");
   SYNCBN_CHECK(options.eps >= 0, kind_, ": eps is ", options.eps, ", expected >= 0");
   SYNCBN_CHECK(!options.momentum || (*options.momentum >= 0 && *options.momentum <= 1), kind_, ": momentum is ",
@@ -85,6 +85,8 @@ std::optional<Device> BatchNorm::state_device() const {
   return std::nullopt;
 }
 
+void BatchNorm::set_label(std::string label) { label_ = std::move(label); }
+
 void BatchNorm::clear_cache() {
   input_ = Tensor();
   coef_ = Tensor();
@@ -92,30 +94,30 @@ void BatchNorm::clear_cache() {
 }
 
 void BatchNorm::check_input(const Tensor& input) const {
-  SYNCBN_CHECK(input.defined(), kind_, ": input is undefined, expected a tensor");
+  SYNCBN_CHECK(input.defined(), label_, ": input is undefined, expected a tensor");
   const int rank = input.rank();
   if (dims_ == 1) {
-    SYNCBN_CHECK(rank == 2 || rank == 3, kind_, ": expected 2-D (N, C) or 3-D (N, C, L) input, got ", rank,
+    SYNCBN_CHECK(rank == 2 || rank == 3, label_, ": expected 2-D (N, C) or 3-D (N, C, L) input, got ", rank,
                  "-D input");
   } else {
     const int want = dims_ + 2;
-    SYNCBN_CHECK(rank == want, kind_, ": expected ", want, "-D input ", (dims_ == 2 ? "(N, C, H, W)" : "(N, C, D, H, W)"),
+    SYNCBN_CHECK(rank == want, label_, ": expected ", want, "-D input ", (dims_ == 2 ? "(N, C, H, W)" : "(N, C, D, H, W)"),
                  ", got ", rank, "-D input");
   }
-  SYNCBN_CHECK(input.size(1) == features_, kind_, ": input has ", input.size(1), " channels, expected ", features_);
+  SYNCBN_CHECK(input.size(1) == features_, label_, ": input has ", input.size(1), " channels, expected ", features_);
   const bool wide = options_.dtype == DType::Float64;
   const bool ok = wide ? input.dtype() == DType::Float64
                        : (input.dtype() == DType::Float32 || is_reduced_precision(input.dtype()));
-  SYNCBN_CHECK(ok, kind_, ": input has dtype ", dtype_name(input.dtype()), ", expected ",
+  SYNCBN_CHECK(ok, label_, ": input has dtype ", dtype_name(input.dtype()), ", expected ",
                wide ? "float64" : "float32, float16 or bfloat16", " (parameters are ", dtype_name(options_.dtype), ")");
   if (auto device = state_device()) {
-    SYNCBN_CHECK(input.device() == *device, kind_, ": input is on ", input.device(), ", expected ", *device,
+    SYNCBN_CHECK(input.device() == *device, label_, ": input is on ", input.device(), ", expected ", *device,
                  " (the device of its parameters)");
   }
 }
 
 BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) const {
-  SYNCBN_CHECK(!(is_training() && merged.count == 1), kind_,
+  SYNCBN_CHECK(!(is_training() && merged.count == 1), label_,
                ": expected more than 1 value per channel when training, got 1 (input of ", features_,
                " channels with one value each over the whole batch)");
   auto [invstd, unbiased_var] =
@@ -163,8 +165,8 @@ Tensor BatchNorm::forward(const Tensor& input) {
 
 Tensor BatchNorm::backward(const Tensor& grad_output) {
   check_replica_thread();
-  detail::check_backward(input_.defined(), grad_output, input_.shape(), kind_);
-  detail::check_tensor(grad_output, kind_, "grad_output", input_.device(), input_.dtype());
+  detail::check_backward(input_.defined(), grad_output, input_.shape(), label_);
+  detail::check_tensor(grad_output, label_, "grad_output", input_.device(), input_.dtype());
   const GradSums local = core::batch_norm_grad_sums(grad_output, input_, coef_);
   // With batch statistics the mean and variance depend on every input, so
   // the sums over the whole batch enter dx; with running statistics they do not.

@@ -40,6 +40,7 @@ SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t nu
 
 void SyncBatchNorm::clear_cache() {
   BatchNorm::clear_cache();
+  set_label(kind());
   // A copy is not wired to anything until the replication callback runs on it.
   copy_id_ = -1;
   link_.reset();
@@ -95,6 +96,7 @@ void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
   synced_forward_ = false;
   link_ = std::make_shared<Link>();
   const std::string name = kind() + (context.name().empty() ? std::string() : " '" + context.name() + "'");
+  set_label(name);  // a bad shard's error names the layer's path
   if (copy_id == 0) {
     // The callbacks run on copy 0's thread and use copy 0 (`this`), which owns
     // the masters through link_: they never outlive it.

@@ -3,6 +3,7 @@
 
 #include "syncbn/parallel/data_parallel.hpp"
 
+#include <atomic>
 #include <functional>
 #include <set>
 #include <string>
@@ -64,11 +65,16 @@ void run_tasks(detail::WorkerPool& pool, Replication& replicas, const std::strin
     nn::ReplicaThread scope(i);
     task(i);
   };
+  // The order in which replicas failed: the first failure is the likely
+  // cause of the others (they were released by its abort).
+  std::atomic<int> failures{0};
+  std::vector<int> order(devices.size(), 0);
   auto errors = pool.run(as_replica, [&](int i, const std::exception_ptr& error) {
+    order[static_cast<std::size_t>(i)] = failures.fetch_add(1);
     replicas.abort(i, "replica " + std::to_string(i) + " on " + devices[static_cast<std::size_t>(i)].str() +
                           " failed: " + sync::describe_exception(error));
   });
-  const int root = detail::root_failure(errors);
+  const int root = detail::root_failure(errors, order);
   if (root < 0) return;
   try {
     replicas.reset();  // every replica is idle now

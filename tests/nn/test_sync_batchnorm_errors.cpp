@@ -129,3 +129,59 @@ TEST_CASE("SyncBatchNorm rejects a negative sync timeout", "[nn]") {
   CHECK_THROWS_MATCHES(nn::SyncBatchNorm1d(3, {}, -1ms), InvalidArgument,
                        MessageIs("SyncBatchNorm1d: sync_timeout is -1 ms, expected >= 0 (0 waits forever)"));
 }
+
+TEST_CASE("A bad shard names the synchronized layer by its path in the model", "[nn]") {
+  auto block = std::make_shared<nn::Sequential>();
+  block->add("bn", std::make_shared<nn::SyncBatchNorm2d>(4, on_device()));
+  nn::Sequential model;
+  model.add("block", block);
+  auto replicas = parallel::replicate(model, test_devices(2));
+  const std::vector<Tensor> inputs{Tensor::randn(Shape{3, 4, 2, 2}, 1, DType::Float32, test_device(0)),
+                                   Tensor::randn(Shape{3, 3, 2, 2}, 2, DType::Float32, test_device(1))};
+  CHECK_THROWS_MATCHES(parallel::parallel_apply(replicas, inputs), InvalidArgument,
+                       MessageIs("parallel_apply: replica 1 on " + test_device(1).str() +
+                                 " failed in forward: SyncBatchNorm2d 'block.bn': input has 3 channels, expected 4"));
+}
+
+namespace {
+
+// Runs `a` then `b`, except that replica `skipper` skips `a` and replica
+// `sleeper` sleeps before `a`: a replica that skips a synchronized layer
+// while another reaches it late.
+class SkipAndSleep : public nn::Cloneable<SkipAndSleep> {
+ public:
+  SkipAndSleep(int skipper, int sleeper, std::chrono::milliseconds delay, std::chrono::milliseconds timeout)
+      : skipper_(skipper), sleeper_(sleeper), delay_(delay) {
+    register_module("a", std::make_shared<nn::SyncBatchNorm1d>(4, nn::BatchNormOptions{.device = test_device()}, timeout));
+    register_module("b", std::make_shared<nn::SyncBatchNorm1d>(4, nn::BatchNormOptions{.device = test_device()}, timeout));
+  }
+  std::string describe() const override { return "SkipAndSleep"; }
+  void on_replicate(nn::ReplicationContext& /*ctx*/, int copy_id) override { copy_id_ = copy_id; }
+  Tensor forward(const Tensor& x) override {
+    if (copy_id_ == sleeper_) std::this_thread::sleep_for(delay_);
+    const Tensor h = copy_id_ == skipper_ ? x : child(0).forward(x);
+    return child(1).forward(h);
+  }
+  Tensor backward(const Tensor& g) override { return g; }
+
+ private:
+  int skipper_, sleeper_;
+  std::chrono::milliseconds delay_;
+  int copy_id_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("A replica that skips a layer is reported by the timeout it causes, not by the aborts that follow", "[nn]") {
+  // Replica 1 skips 'a' and waits in 'b'; replica 0 reaches 'a' late and
+  // waits there for replica 1. The first timeout fires in 'b'; releasing the
+  // others then fails replica 0's round in 'a' as aborted by replica 1.
+  auto model = std::make_shared<SkipAndSleep>(1, 0, 60ms, 150ms);
+  parallel::DataParallel dp(model, test_devices(2), std::nullopt,
+                            parallel::DataParallelOptions{syncbn::testing::kTestOnCuda});
+  const Tensor x = Tensor::randn(Shape{6, 4}, syncbn::testing::kSeed, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(dp.forward(x), Timeout,
+                       MessageContains("SyncBatchNorm1d 'b' forward: round 1 timed out after 150 ms on replica 1, "
+                                       "still waiting for replica(s) [0]"));
+  CHECK(model->named_buffers().back().second->item() == 0.0);
+}

@@ -113,6 +113,10 @@ class BatchNorm : public Module {
   friend std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
                                                         std::chrono::milliseconds sync_timeout);
 
+  /// How the layer's errors name it from now on, e.g. "SyncBatchNorm2d
+  /// 'block1.bn'" once replicated (the kind until then).
+  void set_label(std::string label);
+
   /// The device of this layer's parameters and buffers.
   std::optional<Device> state_device() const;
 
@@ -123,6 +127,7 @@ class BatchNorm : public Module {
   DType param_dtype() const noexcept { return options_.dtype; }
 
   std::string kind_;
+  std::string label_;  // how errors name the layer: its kind, or kind and path once replicated
   int dims_;
   std::int64_t features_;
   BatchNormOptions options_;
