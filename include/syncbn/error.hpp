@@ -45,6 +45,12 @@ class Unsupported : public Error {
   using Error::Error;
 };
 
+/// An allocation failed: the message names the operation and the size.
+class OutOfMemory : public Error {
+ public:
+  using Error::Error;
+};
+
 /// A CUDA runtime call failed; the message holds the file, line, expression
 /// and cudaGetErrorString.
 class CudaError : public Error {

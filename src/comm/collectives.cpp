@@ -87,7 +87,9 @@ std::vector<Tensor> scatter(const Tensor& input, const std::vector<Device>& devi
                  " (one per device)");
     std::int64_t total = 0;
     for (std::size_t i = 0; i < sizes.size(); ++i) {
-      SYNCBN_CHECK(sizes[i] >= 0, "scatter: chunk ", i, " has size ", sizes[i], ", expected >= 0");
+      // Each size is at most the rows there are, so the running sum cannot overflow.
+      SYNCBN_CHECK(sizes[i] >= 0 && sizes[i] <= input.size(0), "scatter: chunk ", i, " has size ", sizes[i],
+                   ", expected 0 to ", input.size(0), " (the input's rows)");
       total += sizes[i];
     }
     SYNCBN_CHECK(total == input.size(0), "scatter: chunk sizes sum to ", total, ", expected ", input.size(0),

@@ -2,8 +2,12 @@
 
 #include "syncbn/core/tensor.hpp"
 
+#include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <new>
 #include <sstream>
+#include <vector>
 
 #include "backend/kernels.hpp"
 #include "backend/storage.hpp"
@@ -30,13 +34,24 @@ void check_defined(const Tensor& t, const char* op) {
   SYNCBN_CHECK(t.defined(), op, ": the tensor is undefined, expected a tensor with storage");
 }
 
-// A host tensor of `dtype` holding `values` converted (the float64 staging of
-// the factories), moved to `device`.
-Tensor from_doubles(const std::vector<double>& values, const Shape& shape, DType dtype, Device device) {
-  Tensor host = Tensor::empty(shape, dtype, Device::cpu());
+// The float64 host staging of a factory's values (numel doubles).
+std::vector<double> staging(const Shape& shape, const char* op) {
+  try {
+    return std::vector<double>(static_cast<std::size_t>(shape.numel()));
+  } catch (const std::bad_alloc&) {
+    SYNCBN_THROW(OutOfMemory, op, ": cannot allocate ", shape.numel(), " float64 values (", shape.numel() * 8,
+                 " bytes) of host memory to stage ", shape, ": out of memory");
+  }
+}
+
+// `out` holding `values` converted (the float64 staging of the factories).
+Tensor from_doubles(const std::vector<double>& values, const Tensor& out) {
+  const Device device = out.device();
+  Tensor host = device.is_cpu() ? out : Tensor::empty(out.shape(), out.dtype(), Device::cpu());
   detail::memory_kernels(DeviceKind::CPU)
-      .convert(Device::cpu(), host.raw_data(), dtype, values.data(), DType::Float64, shape.numel());
-  return device.is_cpu() ? host.relabel(device) : host.to(device);
+      .convert(Device::cpu(), host.raw_data(), out.dtype(), values.data(), DType::Float64, out.numel());
+  if (!device.is_cpu()) out.copy_(host);
+  return out;
 }
 
 template <class T>
@@ -56,8 +71,16 @@ Tensor::Tensor(std::shared_ptr<detail::Storage> storage, std::int64_t offset, co
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   device.check_available();
-  const std::size_t nbytes = static_cast<std::size_t>(shape.numel()) * dtype_size(dtype);
-  return Tensor(std::make_shared<detail::Storage>(device, nbytes), 0, shape, dtype, device);
+  const auto itemsize = static_cast<std::int64_t>(dtype_size(dtype));
+  SYNCBN_CHECK(shape.numel() <= INT64_MAX / itemsize, "Tensor: ", shape, " of ", dtype_name(dtype), " needs more than ",
+               INT64_MAX, " bytes, expected a tensor whose size in bytes fits int64");
+  const auto nbytes = static_cast<std::size_t>(shape.numel() * itemsize);
+  try {
+    return Tensor(std::make_shared<detail::Storage>(device, nbytes), 0, shape, dtype, device);
+  } catch (const std::bad_alloc&) {
+    SYNCBN_THROW(OutOfMemory, "Tensor: cannot allocate ", shape, " of ", dtype_name(dtype), " (", nbytes,
+                 " bytes) on ", device, ": out of memory");
+  }
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) { return full(shape, 0.0, dtype, device); }
@@ -65,6 +88,9 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) { return fu
 Tensor Tensor::ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
 
 Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
+  SYNCBN_CHECK(dtype != DType::Int64 || (std::isfinite(value) && value >= -9223372036854775808.0 &&
+                                         value < 9223372036854775808.0),
+               "Tensor::full: value ", value, " cannot be stored as int64, expected a finite value within its range");
   Tensor t = empty(shape, dtype, device);
   t.fill_(value);
   return t;
@@ -85,19 +111,19 @@ Tensor Tensor::from_vector(const std::vector<std::int64_t>& values, const Shape&
 Tensor Tensor::randn(const Shape& shape, std::uint64_t seed, DType dtype, Device device, double mean, double stddev) {
   SYNCBN_CHECK(is_floating(dtype), "Tensor::randn: dtype ", dtype_name(dtype), ", expected a floating type");
   SYNCBN_CHECK(stddev >= 0, "Tensor::randn: stddev is ", stddev, ", expected >= 0");
-  device.check_available();
-  std::vector<double> values(static_cast<std::size_t>(shape.numel()));
-  detail::fill_normal(values.data(), shape.numel(), seed, mean, stddev);
-  return from_doubles(values, shape, dtype, device);
+  Tensor out = Tensor::empty(shape, dtype, device);  // the size check and a clear error first
+  const std::vector<double> values = staging(shape, "Tensor::randn");
+  detail::fill_normal(const_cast<double*>(values.data()), shape.numel(), seed, mean, stddev);
+  return from_doubles(values, out);
 }
 
 Tensor Tensor::rand(const Shape& shape, std::uint64_t seed, DType dtype, Device device, double low, double high) {
   SYNCBN_CHECK(is_floating(dtype), "Tensor::rand: dtype ", dtype_name(dtype), ", expected a floating type");
   SYNCBN_CHECK(low <= high, "Tensor::rand: low is ", low, " and high ", high, ", expected low <= high");
-  device.check_available();
-  std::vector<double> values(static_cast<std::size_t>(shape.numel()));
-  detail::fill_uniform(values.data(), shape.numel(), seed, low, high);
-  return from_doubles(values, shape, dtype, device);
+  Tensor out = Tensor::empty(shape, dtype, device);
+  const std::vector<double> values = staging(shape, "Tensor::rand");
+  detail::fill_uniform(const_cast<double*>(values.data()), shape.numel(), seed, low, high);
+  return from_doubles(values, out);
 }
 
 std::string Tensor::str() const {
@@ -138,6 +164,7 @@ template std::vector<double> Tensor::to_vector<double>() const;
 template std::vector<std::int64_t> Tensor::to_vector<std::int64_t>() const;
 
 double Tensor::item() const {
+  check_defined(*this, "Tensor::item");
   SYNCBN_CHECK(numel() == 1, "Tensor::item: the tensor has ", numel(), " elements, expected 1");
   return to_vector<double>()[0];
 }
@@ -156,7 +183,10 @@ Tensor Tensor::to(DType dtype) const {
   return out;
 }
 
-Tensor Tensor::clone() const { return to(device_); }
+Tensor Tensor::clone() const {
+  check_defined(*this, "Tensor::clone");
+  return to(device_);
+}
 
 Tensor Tensor::rows(std::int64_t begin, std::int64_t end) const {
   check_defined(*this, "Tensor::rows");
@@ -195,6 +225,9 @@ Tensor Tensor::onto(Device device) const {
 
 const Tensor& Tensor::fill_(double value) const {
   check_defined(*this, "Tensor::fill_");
+  SYNCBN_CHECK(dtype_ != DType::Int64 || (std::isfinite(value) && value >= -9223372036854775808.0 &&
+                                          value < 9223372036854775808.0),
+               "Tensor::fill_: value ", value, " cannot be stored as int64, expected a finite value within its range");
   detail::memory_kernels(device_.kind()).fill(device_, raw_data(), dtype_, numel(), value);
   return *this;
 }

@@ -91,7 +91,7 @@ TEST_CASE("Scatter and gather reject bad arguments", "[comm]") {
   CHECK_THROWS_MATCHES(scatter(x, test_devices(2), {1, 2, 1}), InvalidArgument,
                        MessageIs("scatter: 3 chunk sizes, expected 2 (one per device)"));
   CHECK_THROWS_MATCHES(scatter(x, test_devices(2), {5, -1}), InvalidArgument,
-                       MessageIs("scatter: chunk 1 has size -1, expected >= 0"));
+                       MessageIs("scatter: chunk 0 has size 5, expected 0 to 4 (the input's rows)"));
   CHECK_THROWS_MATCHES(scatter(x, test_devices(2), {1, 2}), InvalidArgument,
                        MessageIs("scatter: chunk sizes sum to 3, expected 4 (the input's dimension 0)"));
   CHECK_THROWS_MATCHES(gather({}, test_device()), InvalidArgument, MessageIs("gather: no tensors, expected at least one"));
@@ -212,4 +212,10 @@ TEST_CASE("broadcast_coalesced rejects tensors on different devices and empty de
                        InvalidArgument,
                        MessageIs("broadcast_coalesced: tensor 1 is on " + elsewhere.str() + ", expected " +
                                  a.device().str() + " (as tensor 0)"));
+}
+
+TEST_CASE("Chunk sizes that would overflow their sum are rejected", "[comm]") {
+  const Tensor x = Tensor::randn(Shape{4, 2}, 1, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(scatter(x, test_devices(2), {INT64_MAX, INT64_MAX}), InvalidArgument,
+                       MessageIs("scatter: chunk 0 has size 9223372036854775807, expected 0 to 4 (the input's rows)"));
 }

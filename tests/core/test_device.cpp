@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <sstream>
+#include <climits>
+#include <functional>
 #include <string>
 
 #include "support/matchers.hpp"
@@ -60,4 +62,10 @@ TEST_CASE("A CUDA device that this build or machine lacks is a clear error", "[t
   CHECK_THROWS_MATCHES(Device::cuda(count).check_available(), InvalidArgument,
                        MessageIs("Device: cuda:" + std::to_string(count) + " does not exist, expected an index below " +
                                  std::to_string(count) + " (" + std::to_string(count) + " CUDA device(s) found)"));
+}
+
+TEST_CASE("Devices with the largest index hash without overflow", "[tensor]") {
+  const std::hash<Device> hash;
+  CHECK(hash(Device::cpu(INT_MAX)) != hash(Device::cuda(INT_MAX)));
+  CHECK(hash(Device::cpu(0)) != hash(Device::cuda(0)));
 }

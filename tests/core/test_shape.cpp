@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdint>
+
 #include "support/matchers.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/core/shape.hpp"
@@ -30,6 +32,14 @@ TEST_CASE("Shapes of rank above 5 or with negative dimensions are rejected", "[t
                        MessageIs("Shape: rank 6 is too large, expected at most 5"));
   CHECK_THROWS_MATCHES((Shape{2, -1}), InvalidArgument, MessageIs("Shape: dimension 1 is -1, expected >= 0"));
   CHECK_THROWS_MATCHES((Shape{2, 3}[2]), InvalidArgument,
-                       MessageIs("Shape: dimension index 2 is out of range for rank 2"));
+                       MessageIs("Shape: dimension index 2 is out of range for rank 2, expected -2 to 1"));
   CHECK_THROWS_AS(Shape{}.with_rows(1), InvalidArgument);
+}
+
+TEST_CASE("Shapes whose element count overflows int64 are rejected", "[tensor]") {
+  CHECK_THROWS_MATCHES((Shape{std::int64_t{1} << 32, std::int64_t{1} << 32}), InvalidArgument,
+                       MessageIs("Shape: dimensions 4294967296, 4294967296 have more elements than int64 can count, "
+                                 "expected a product of at most 9223372036854775807"));
+  CHECK((Shape{std::int64_t{1} << 62, 0, std::int64_t{1} << 62}).numel() == 0);  // empty: nothing to count
+  CHECK((Shape{std::int64_t{1} << 62}).numel() == std::int64_t{1} << 62);
 }

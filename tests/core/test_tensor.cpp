@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -177,4 +178,40 @@ TEST_CASE("A CPU tensor can be relabelled as another logical CPU device without 
   CHECK(b.device() == Device::cpu(5));
   CHECK(b.shares_storage_with(a));
   CHECK_THROWS_AS(a.relabel(Device::cuda(0)), InvalidArgument);
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;  // their allocators end the process on an impossible request
+#else
+constexpr bool kSanitized = false;
+#endif
+
+TEST_CASE("Tensors too large to address or to allocate are clear errors", "[tensor]") {
+  const Device dev = test_device();
+  CHECK_THROWS_MATCHES(Tensor::zeros(Shape{std::int64_t{1} << 62}, DType::Float32, dev), InvalidArgument,
+                       MessageIs("Tensor: (4611686018427387904) of float32 needs more than 9223372036854775807 bytes, "
+                                 "expected a tensor whose size in bytes fits int64"));
+  if (!kSanitized && dev.is_cpu()) {
+    CHECK_THROWS_MATCHES(Tensor::empty(Shape{std::int64_t{1} << 50}, DType::Float32, dev), syncbn::OutOfMemory,
+                         MessageIs("Tensor: cannot allocate (1125899906842624) of float32 (4503599627370496 bytes) on " +
+                                   dev.str() + ": out of memory"));
+  }
+}
+
+TEST_CASE("Floating values convert to int64 with saturation, and int64 fills take only what int64 holds", "[tensor]") {
+  const Device dev = test_device();
+  const double inf = std::numeric_limits<double>::infinity();
+  const Tensor x = Tensor::from_vector(std::vector<double>{std::nan(""), inf, -inf, 1e30, -1e30, -3.7, 2.9},
+                                       Shape{7}, dev);
+  const std::vector<std::int64_t> want{0, INT64_MAX, INT64_MIN, INT64_MAX, INT64_MIN, -3, 2};
+  CHECK(x.to(DType::Int64).to_vector<std::int64_t>() == want);
+  CHECK(x.to_vector<std::int64_t>() == want);
+  CHECK_THROWS_MATCHES(Tensor::full(Shape{2}, std::nan(""), DType::Int64, dev), InvalidArgument,
+                       MessageIs("Tensor::full: value nan cannot be stored as int64, expected a finite value within "
+                                 "its range"));
+  const Tensor n = Tensor::zeros(Shape{2}, DType::Int64, dev);
+  CHECK_THROWS_MATCHES(n.fill_(1e300), InvalidArgument,
+                       MessageIs("Tensor::fill_: value 1e+300 cannot be stored as int64, expected a finite value "
+                                 "within its range"));
+  CHECK(n.to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 0});
 }

@@ -109,3 +109,15 @@ TEST_CASE("Taking from an empty FutureResult is a CommError, not undefined behav
   FutureResult<int> future;
   CHECK_THROWS_MATCHES(future.take(), CommError, MessageContains("nothing to take"));
 }
+
+TEST_CASE("Timeouts too long for the clock wait forever instead of overflowing", "[comm]") {
+  FutureResult<int> f;
+  f.put(7);
+  CHECK(f.get_for(std::chrono::nanoseconds::max()) == 7);  // not a Timeout from an overflowed deadline
+  CHECK(syncbn::sync::deadline_after(std::chrono::milliseconds::max()) == syncbn::sync::Clock::time_point::max());
+  CHECK(syncbn::sync::deadline_after(std::chrono::hours::max()) == syncbn::sync::Clock::time_point::max());
+  CHECK(syncbn::sync::deadline_after(std::chrono::milliseconds(-5)) == syncbn::sync::Clock::time_point::max());
+  const auto soon = syncbn::sync::deadline_after(std::chrono::milliseconds(50));
+  CHECK(soon > syncbn::sync::Clock::now());
+  CHECK(soon < syncbn::sync::Clock::now() + std::chrono::seconds(10));
+}

@@ -376,3 +376,11 @@ TEST_CASE("abort_for rejects a replica that is not in the rendezvous", "[comm]")
   master.abort_for(2, "gone");
   CHECK(master.failed());
 }
+
+TEST_CASE("A negative timeout is rejected and the longest one waits without overflowing", "[comm]") {
+  CHECK_THROWS_MATCHES(Master(sum_all, options(-1ms)), syncbn::InvalidArgument,
+                       MessageIs("BN3: timeout is -1 ms, expected >= 0 (0 waits forever)"));
+  Master master(sum_all, options(std::chrono::milliseconds::max()));
+  auto pipes = register_slaves(master, 3);
+  check_round_succeeds(master, pipes);
+}

@@ -76,6 +76,7 @@ using core::DeviceKind;
 template <>
 struct std::hash<syncbn::core::Device> {
   std::size_t operator()(syncbn::core::Device d) const noexcept {
-    return std::hash<int>()(d.index() * 2 + (d.is_cuda() ? 1 : 0));
+    // Unsigned arithmetic: cpu:INT_MAX must not overflow.
+    return std::hash<unsigned>()(static_cast<unsigned>(d.index()) * 2U + (d.is_cuda() ? 1U : 0U));
   }
 };

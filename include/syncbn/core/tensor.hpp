@@ -40,7 +40,8 @@ class Tensor {
   static Tensor empty(const Shape& shape, DType dtype = DType::Float32, Device device = Device());
   static Tensor zeros(const Shape& shape, DType dtype = DType::Float32, Device device = Device());
   static Tensor ones(const Shape& shape, DType dtype = DType::Float32, Device device = Device());
-  /// Every element `value` (rounded to dtype).
+  /// Every element `value` (rounded to dtype). For int64, InvalidArgument
+  /// unless value is finite and within int64's range.
   static Tensor full(const Shape& shape, double value, DType dtype = DType::Float32, Device device = Device());
   /// A float32 tensor holding `values`; InvalidArgument unless shape.numel() == values.size().
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape, Device device = Device());
@@ -80,7 +81,7 @@ class Tensor {
     return static_cast<T*>(raw_data());
   }
   /// Copies the elements to the host, converted to T (float, double or
-  /// std::int64_t). Waits for queued device work.
+  /// std::int64_t; to int64 as to(DType)). Waits for queued device work.
   template <class T>
   std::vector<T> to_vector() const;
   /// The single element of a one-element tensor, as double.
@@ -90,6 +91,8 @@ class Tensor {
   /// A copy on `device` (always a new storage, even on the same device).
   Tensor to(Device device) const;
   /// A copy converted to `dtype` on the same device (a new storage).
+  /// Floating to int64 truncates toward zero and saturates: NaN gives 0,
+  /// values beyond int64's range its smallest or largest value.
   Tensor to(DType dtype) const;
   /// An independent copy (same device and dtype).
   Tensor clone() const;

@@ -334,6 +334,8 @@ class SyncMaster {
         registration_(std::make_shared<Registration>(options_)) {
     SYNCBN_CHECK(static_cast<bool>(callback_), options_.name,
                  ": master callback is empty, expected a callable");
+    SYNCBN_CHECK(options_.timeout.count() >= 0, options_.name, ": timeout is ", options_.timeout.count(),
+                 " ms, expected >= 0 (0 waits forever)");
   }
 
   /// Fails the current registration so that waiting slaves wake with CommError.

@@ -40,11 +40,18 @@ struct WaitPolicy {
 /// Number of CPUs this process may run on (its affinity mask), at least 1.
 int available_cores() noexcept;
 
-/// The deadline `timeout` from now; a zero timeout means "wait forever" and
-/// yields Clock::time_point::max().
-inline Clock::time_point deadline_after(std::chrono::nanoseconds timeout) noexcept {
-  if (timeout <= std::chrono::nanoseconds::zero()) return Clock::time_point::max();
-  return Clock::now() + timeout;
+/// The deadline `timeout` from now; a zero or negative timeout means "wait
+/// forever" and yields Clock::time_point::max(), and so does a timeout too
+/// long for the clock (such as std::chrono::milliseconds::max()).
+template <class Rep, class Period>
+Clock::time_point deadline_after(std::chrono::duration<Rep, Period> timeout) noexcept {
+  if (timeout <= timeout.zero()) return Clock::time_point::max();
+  const Clock::time_point now = Clock::now();
+  // Compare in the timeout's own unit: converting a huge timeout to the
+  // clock's would overflow.
+  const auto room = std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(Clock::time_point::max() - now);
+  if (timeout >= room) return Clock::time_point::max();
+  return now + std::chrono::duration_cast<Clock::duration>(timeout);
 }
 
 }  // namespace syncbn::sync

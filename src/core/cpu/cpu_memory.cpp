@@ -1,5 +1,6 @@
 // CPU backend: host allocations, copies, fills and dtype conversions.
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -17,6 +18,15 @@ void cpu_release(Device /*device*/, void* ptr, std::size_t nbytes) noexcept { ho
 
 void cpu_copy(void* dst, Device /*dst_device*/, const void* src, Device /*src_device*/, std::size_t nbytes) {
   if (nbytes > 0 && dst != src) std::memmove(dst, src, nbytes);
+}
+
+// float64 to int64, saturating: NaN gives 0 and values beyond the range its
+// ends (the plain conversion is undefined behaviour for those).
+std::int64_t to_int64(double v) {
+  if (std::isnan(v)) return 0;
+  if (v >= 9223372036854775807.0) return INT64_MAX;
+  if (v <= -9223372036854775808.0) return INT64_MIN;
+  return static_cast<std::int64_t>(v);
 }
 
 // Element load/store through float or double for every dtype.
@@ -37,7 +47,7 @@ void store(void* p, DType t, std::int64_t i, double v) {
     case DType::Float64: static_cast<double*>(p)[i] = v; break;
     case DType::Float16: static_cast<std::uint16_t*>(p)[i] = float_to_half(static_cast<float>(v)); break;
     case DType::BFloat16: static_cast<std::uint16_t*>(p)[i] = float_to_bfloat16(static_cast<float>(v)); break;
-    case DType::Int64: static_cast<std::int64_t*>(p)[i] = static_cast<std::int64_t>(v); break;
+    case DType::Int64: static_cast<std::int64_t*>(p)[i] = to_int64(v); break;
   }
 }
 
@@ -50,7 +60,7 @@ void cpu_fill(Device /*device*/, void* dst, DType dtype, std::int64_t n, double 
   switch (dtype) {
     case DType::Float32: fill_typed(static_cast<float*>(dst), n, static_cast<float>(value)); return;
     case DType::Float64: fill_typed(static_cast<double*>(dst), n, value); return;
-    case DType::Int64: fill_typed(static_cast<std::int64_t*>(dst), n, static_cast<std::int64_t>(value)); return;
+    case DType::Int64: fill_typed(static_cast<std::int64_t*>(dst), n, to_int64(value)); return;
     case DType::Float16:
       fill_typed(static_cast<std::uint16_t*>(dst), n, float_to_half(static_cast<float>(value)));
       return;

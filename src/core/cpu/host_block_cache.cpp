@@ -31,13 +31,9 @@
 namespace syncbn::cpu {
 namespace {
 
-void* system_allocate(std::size_t nbytes) {
-  try {
-    return ::operator new(nbytes, std::align_val_t{HostBlockCache::kAlignment});
-  } catch (const std::bad_alloc&) {
-    SYNCBN_THROW(Error, "Tensor: cannot allocate ", nbytes, " bytes of host memory");
-  }
-}
+// Throws std::bad_alloc when the memory is not there; Tensor::empty turns it
+// into an OutOfMemory naming the tensor.
+void* system_allocate(std::size_t nbytes) { return ::operator new(nbytes, std::align_val_t{HostBlockCache::kAlignment}); }
 
 void system_release(void* ptr) noexcept { ::operator delete(ptr, std::align_val_t{HostBlockCache::kAlignment}); }
 

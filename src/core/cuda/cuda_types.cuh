@@ -32,6 +32,15 @@ template <class T>
 __device__ __forceinline__ T from_double(double v) {
   return static_cast<T>(v);
 }
+/// float64 to int64 saturates (NaN to 0, beyond the range to its ends) like
+/// the CPU backend: the plain conversion is undefined for those values.
+template <>
+__device__ __forceinline__ long long from_double<long long>(double v) {
+  if (v != v) return 0;
+  if (v >= 9223372036854775807.0) return 9223372036854775807LL;
+  if (v <= -9223372036854775808.0) return -9223372036854775807LL - 1;
+  return static_cast<long long>(v);
+}
 template <>
 __device__ __forceinline__ __half from_double<__half>(double v) {
   return __float2half_rn(static_cast<float>(v));
