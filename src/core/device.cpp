@@ -20,9 +20,30 @@ Device Device::cuda(int index) {
   return Device(DeviceKind::CUDA, index);
 }
 
+namespace {
+
+// `text` as it can be printed in a message: control characters (an embedded
+// NUL would end the message early) as \xHH.
+std::string printable(std::string_view text) {
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned char ch : text) {
+    if (ch < 0x20 || ch == 0x7f) {
+      out += "\\x";
+      out += digits[ch >> 4];
+      out += digits[ch & 15];
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 Device Device::parse(std::string_view text) {
   const auto fail = [&]() -> Device {
-    SYNCBN_THROW(InvalidArgument, "Device: cannot parse \"", text,
+    SYNCBN_THROW(InvalidArgument, "Device: cannot parse \"", printable(text),
                  "\", expected \"cpu\", \"cpu:N\", \"cuda\" or \"cuda:N\" with N >= 0");
   };
   const std::size_t colon = text.find(':');
@@ -30,7 +51,9 @@ Device Device::parse(std::string_view text) {
   int index = 0;
   if (colon != std::string_view::npos) {
     const std::string_view digits = text.substr(colon + 1);
-    if (digits.empty() || digits.size() > 6) return fail();
+    // Decimal digits only: from_chars would also take "-0".
+    if (digits.empty() || digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string_view::npos)
+      return fail();
     const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
     if (ec != std::errc() || end != digits.data() + digits.size() || index < 0) return fail();
   }
@@ -44,8 +67,8 @@ std::string Device::str() const { return std::string(is_cpu() ? "cpu:" : "cuda:"
 void Device::check_available() const {
   if (is_cpu()) return;
   SYNCBN_CHECK_T(Unsupported, cuda::is_built(), "Device: ", str(),
-                 " was requested, but this build of syncbn has no CUDA backend (configure with SYNCBN_CUDA=ON on a "
-                 "machine with nvcc)");
+                 " was requested, expected a CPU device: this build of syncbn has no CUDA backend (configure with "
+                 "SYNCBN_CUDA=ON on a machine with nvcc)");
   const int count = cuda::device_count();
   SYNCBN_CHECK(index_ < count, "Device: ", str(), " does not exist, expected an index below ", count, " (", count,
                " CUDA device(s) found)");

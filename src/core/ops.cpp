@@ -58,13 +58,19 @@ Tensor scale(const Tensor& a, double alpha) {
   return out;
 }
 
-void add_(const Tensor& y, const Tensor& x, double alpha) { axpby_(y, alpha, x, 1.0); }
+namespace {
 
-void axpby_(const Tensor& y, double alpha, const Tensor& x, double beta) {
-  check_same(y, x, "axpby_", "y", "x");
+void axpby_checked(const Tensor& y, double alpha, const Tensor& x, double beta, const char* op) {
+  check_same(y, x, op, "y", "x");
   detail::elementwise_kernels(y.device().kind())
       .axpby(y.device(), y.dtype(), y.numel(), alpha, x.raw_data(), beta, y.raw_data());
 }
+
+}  // namespace
+
+void add_(const Tensor& y, const Tensor& x, double alpha) { axpby_checked(y, alpha, x, 1.0, "add_"); }
+
+void axpby_(const Tensor& y, double alpha, const Tensor& x, double beta) { axpby_checked(y, alpha, x, beta, "axpby_"); }
 
 void scale_(const Tensor& x, double alpha) {
   check_math_operand(x, "scale_", "x");

@@ -48,27 +48,30 @@ std::string BatchNorm::describe() const {
 }
 
 Parameter& BatchNorm::weight() {
-  SYNCBN_CHECK(options_.affine, kind_, ": the layer is not affine, it has no weight");
+  SYNCBN_CHECK(options_.affine, kind_, ": the layer is not affine, it has no weight, expected an affine layer (BatchNormOptions::affine)");
   return parameter(weight_);
 }
 
 Parameter& BatchNorm::bias() {
-  SYNCBN_CHECK(options_.affine, kind_, ": the layer is not affine, it has no bias");
+  SYNCBN_CHECK(options_.affine, kind_, ": the layer is not affine, it has no bias, expected an affine layer (BatchNormOptions::affine)");
   return parameter(bias_);
 }
 
 Tensor& BatchNorm::running_mean() {
-  SYNCBN_CHECK(options_.track_running_stats, kind_, ": the layer does not track running statistics");
+  SYNCBN_CHECK(options_.track_running_stats, kind_, ": the layer does not track running statistics, expected a layer that does "
+               "(BatchNormOptions::track_running_stats)");
   return buffer(running_mean_);
 }
 
 Tensor& BatchNorm::running_var() {
-  SYNCBN_CHECK(options_.track_running_stats, kind_, ": the layer does not track running statistics");
+  SYNCBN_CHECK(options_.track_running_stats, kind_, ": the layer does not track running statistics, expected a layer that does "
+               "(BatchNormOptions::track_running_stats)");
   return buffer(running_var_);
 }
 
 Tensor& BatchNorm::num_batches_tracked() {
-  SYNCBN_CHECK(options_.track_running_stats, kind_, ": the layer does not track running statistics");
+  SYNCBN_CHECK(options_.track_running_stats, kind_, ": the layer does not track running statistics, expected a layer that does "
+               "(BatchNormOptions::track_running_stats)");
   return buffer(batches_);
 }
 

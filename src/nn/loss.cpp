@@ -12,7 +12,13 @@ Tensor MSELoss::forward(const Tensor& input, const Tensor& target) {
   SYNCBN_CHECK(target.shape() == input.shape(), "MSELoss: target has shape ", target.shape(), ", expected ",
                input.shape(), " (the input's)");
   SYNCBN_CHECK(input.numel() > 0, "MSELoss: input is empty, expected at least one element");
-  Tensor diff = sub(input, target);  // checks dtype and device
+  SYNCBN_CHECK(input.dtype() == DType::Float32 || input.dtype() == DType::Float64, "MSELoss: input has dtype ",
+               dtype_name(input.dtype()), ", expected float32 or float64");
+  SYNCBN_CHECK(target.dtype() == input.dtype(), "MSELoss: target has dtype ", dtype_name(target.dtype()), ", expected ",
+               dtype_name(input.dtype()), " (the input's)");
+  SYNCBN_CHECK(target.device() == input.device(), "MSELoss: target is on ", target.device(), ", expected ",
+               input.device(), " (the input's)");
+  Tensor diff = sub(input, target);
   Tensor loss = sum(mul(diff, diff));
   scale_(loss, 1.0 / static_cast<double>(input.numel()));
   diff_ = diff;

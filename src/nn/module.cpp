@@ -82,7 +82,10 @@ void Module::replace_child(const std::string& name, std::shared_ptr<Module> chil
       return;
     }
   }
-  SYNCBN_THROW(InvalidArgument, describe(), ": replace_child: no child named '", name, "'");
+  std::string names;
+  for (const auto& [child_name, module] : children_) names += (names.empty() ? "'" : ", '") + child_name + "'";
+  SYNCBN_THROW(InvalidArgument, describe(), ": replace_child: no child named '", name, "', expected one of ",
+               names.empty() ? std::string("its children (it has none)") : names);
 }
 
 void Module::collect_parameters(const std::string& prefix, std::vector<std::pair<std::string, Parameter*>>& out) {

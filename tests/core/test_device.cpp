@@ -55,7 +55,7 @@ TEST_CASE("A CUDA device that this build or machine lacks is a clear error", "[t
   if (!syncbn::cuda::is_built()) {
     CHECK(syncbn::cuda::device_count() == 0);
     CHECK_THROWS_MATCHES(Device::cuda(0).check_available(), Unsupported,
-                         MessageContains("cuda:0 was requested, but this build of syncbn has no CUDA backend"));
+                         MessageContains("cuda:0 was requested, expected a CPU device: this build of syncbn has no CUDA backend"));
     return;
   }
   const int count = syncbn::cuda::device_count();
@@ -68,4 +68,15 @@ TEST_CASE("Devices with the largest index hash without overflow", "[tensor]") {
   const std::hash<Device> hash;
   CHECK(hash(Device::cpu(INT_MAX)) != hash(Device::cuda(INT_MAX)));
   CHECK(hash(Device::cpu(0)) != hash(Device::cuda(0)));
+}
+
+TEST_CASE("Device strings with signs or control characters are rejected and printed readably", "[tensor]") {
+  CHECK_THROWS_MATCHES(Device::parse("cpu:-0"), InvalidArgument,
+                       MessageIs("Device: cannot parse \"cpu:-0\", expected \"cpu\", \"cpu:N\", \"cuda\" or "
+                                 "\"cuda:N\" with N >= 0"));
+  CHECK_THROWS_AS(Device::parse("cpu:+1"), InvalidArgument);
+  const std::string with_nul("cpu\0:1", 6);
+  CHECK_THROWS_MATCHES(Device::parse(with_nul), InvalidArgument,
+                       MessageIs("Device: cannot parse \"cpu\\x00:1\", expected \"cpu\", \"cpu:N\", \"cuda\" or "
+                                 "\"cuda:N\" with N >= 0"));
 }

@@ -154,3 +154,14 @@ TEST_CASE("matmul_ rejects an output that overlaps an input and leaves it unchan
   syncbn::core::matmul_(buffer.rows(6, 9), buffer.rows(0, 3), buffer.rows(3, 6), false, false);
   check_close(buffer.rows(6, 9), syncbn::core::matmul(a, b).to_vector<double>(), {1e-6, 1e-6}, "product");
 }
+
+TEST_CASE("In-place and host-access errors name the operation that was called", "[tensor]") {
+  const Device dev = test_device();
+  const Tensor y = Tensor::zeros(Shape{3}, DType::Float32, dev);
+  CHECK_THROWS_MATCHES(syncbn::core::add_(y, Tensor::zeros(Shape{4}, DType::Float32, dev)), InvalidArgument,
+                       MessageIs("add_: x has shape (4), expected (3) (as y)"));
+  CHECK_THROWS_MATCHES(Tensor().item(), InvalidArgument,
+                       MessageIs("Tensor::item: the tensor is undefined, expected a tensor with storage"));
+  CHECK_THROWS_MATCHES(Tensor().clone(), InvalidArgument,
+                       MessageIs("Tensor::clone: the tensor is undefined, expected a tensor with storage"));
+}

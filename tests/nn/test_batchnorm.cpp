@@ -207,7 +207,8 @@ TEST_CASE("BatchNorm without running statistics uses batch statistics in eval to
   bn.eval();
   CHECK(bn.forward(x).to_vector<float>() == y_train);
   CHECK_THROWS_MATCHES(bn.running_mean(), InvalidArgument,
-                       MessageIs("BatchNorm1d: the layer does not track running statistics"));
+                       MessageIs("BatchNorm1d: the layer does not track running statistics, expected a layer that does "
+                                 "(BatchNormOptions::track_running_stats)"));
 }
 
 TEST_CASE("One value per channel in training is rejected and leaves the state unchanged", "[nn]") {

@@ -68,3 +68,13 @@ TEST_CASE("CrossEntropyLoss rejects bad targets before computing anything", "[nn
   CHECK_THROWS_MATCHES(loss.backward(), InvalidArgument,
                        MessageIs("CrossEntropyLoss: backward called without a forward, expected forward first"));
 }
+
+TEST_CASE("MSELoss names itself in errors about its target's dtype and device", "[nn]") {
+  nn::MSELoss loss;
+  const Tensor x = Tensor::zeros(Shape{2, 3}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(loss.forward(x, Tensor::zeros(Shape{2, 3}, DType::Float64, test_device())), InvalidArgument,
+                       MessageIs("MSELoss: target has dtype float64, expected float32 (the input's)"));
+  CHECK_THROWS_MATCHES(loss.forward(Tensor::zeros(Shape{2, 3}, DType::Int64, test_device()),
+                                    Tensor::zeros(Shape{2, 3}, DType::Int64, test_device())),
+                       InvalidArgument, MessageIs("MSELoss: input has dtype int64, expected float32 or float64"));
+}

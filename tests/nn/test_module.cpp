@@ -96,7 +96,7 @@ TEST_CASE("replace_child swaps a child in place and rejects unknown names", "[nn
   net->replace_child("1", std::make_shared<nn::Flatten>());
   CHECK(net->children()[1].second->describe() == "Flatten()");
   CHECK_THROWS_MATCHES(net->replace_child("nope", std::make_shared<nn::ReLU>()), InvalidArgument,
-                       MessageIs(net->describe() + ": replace_child: no child named 'nope'"));
+                       MessageIs(net->describe() + ": replace_child: no child named 'nope', expected one of '0', '1', 'block'"));
 }
 
 TEST_CASE("A module tree cannot contain a cycle", "[nn]") {

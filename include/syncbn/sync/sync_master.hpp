@@ -126,6 +126,9 @@ struct Registration {
     std::atomic<std::uint64_t> rounds{0};
     /// Set when the slave's pipe is destroyed: the registration cannot run again.
     std::atomic<bool> detached{false};
+    /// True while the slave is inside run_slave (so an abort names its
+    /// current round, not the next).
+    std::atomic<bool> inside{false};
   };
 
   explicit Registration(SyncOptions opts) : options(std::move(opts)) {}
@@ -264,18 +267,25 @@ class SlavePipe {
     detail::InsideGuard inside(reg.inside);
     if (reg.failure.failed()) reg.failure.throw_stale(reg.options.name);
     const std::uint64_t round = slot_->rounds.fetch_add(1) + 1;
+    slot_->inside.store(true);
+    struct Leave {
+      std::atomic<bool>& flag;
+      ~Leave() { flag.store(false); }
+    } leave{slot_->inside};
     const auto deadline = deadline_after(reg.options.timeout);
     slot_->message.put(std::move(msg));
     if (!slot_->reply.wait_until(deadline, reg.wait_policy())) reg.timeout_unless_delivered(slot_->id, round, slot_->reply);
     return slot_->reply.take();  // the reply, or the round's failure
   }
 
-  /// Fails the current round on behalf of this replica: every participant
-  /// that waits in it, or arrives later, throws CommError naming this replica
-  /// and `reason`. Thread-safe; does not block.
+  /// Fails the current round on behalf of this replica (the round it is in,
+  /// or else its next one): every participant that waits in it, or arrives
+  /// later, throws CommError naming this replica and `reason`. Thread-safe;
+  /// does not block.
   void abort(const std::string& reason) {
     if (registration_ == nullptr) return;
-    registration_->abort(slot_->id, slot_->rounds.load(), reason);
+    const std::uint64_t entered = slot_->rounds.load();
+    registration_->abort(slot_->id, slot_->inside.load() ? entered : entered + 1, reason);
   }
 
   /// abort() with the message of a captured exception.
@@ -352,7 +362,7 @@ class SyncMaster {
   /// Throws InvalidArgument for id < 1 or an id already registered.
   Pipe register_slave(int id) {
     std::lock_guard<std::mutex> lock(mutex_);
-    SYNCBN_CHECK(id >= 1, options_.name, ": register_slave: slave id must be >= 1 (0 is the master), got ", id);
+    SYNCBN_CHECK(id >= 1, options_.name, ": register_slave: slave id is ", id, ", expected >= 1 (0 is the master)");
     if (activated_) {
       registration_->fail(std::make_exception_ptr(CommError(
           options_.name + ": this registration was replaced by a new one, expected pipes from "
@@ -438,7 +448,9 @@ class SyncMaster {
                                                    [replica](const auto& slot) { return slot->id == replica; });
     SYNCBN_CHECK(known, options_.name, ": abort_for: replica ", replica,
                  " is not in this rendezvous, expected 0 (the master) or a registered slave id");
-    reg->abort(replica, reg->master_rounds.load(), reason);
+    // The master's round if it is in one, else its next.
+    const std::uint64_t entered = reg->master_rounds.load();
+    reg->abort(replica, master_busy_.load() ? entered : entered + 1, reason);
   }
 
   /// abort() with the message of a captured exception.

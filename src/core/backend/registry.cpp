@@ -26,7 +26,7 @@ const Table& cuda_table([[maybe_unused]] const Table* table, [[maybe_unused]] co
   return *table;
 #else
   SYNCBN_THROW(Unsupported, family,
-               ": a CUDA device was requested, but this build of syncbn has no CUDA backend "
+               ": a CUDA device was requested, expected a CPU device: this build of syncbn has no CUDA backend "
                "(configure with SYNCBN_CUDA=ON on a machine with nvcc)");
 #endif
 }
