@@ -224,7 +224,8 @@ ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& x,
 }
 
 Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd, const Tensor& weight,
-                                        const ChannelGradSums& total, DType param_dtype) {
+                                        const ChannelGradSums& total, DType param_dtype,
+                                        std::optional<double> clamp_eps) {
   constexpr const char* op = "batch_norm_backward_coefficients";
   check_param_dtype(param_dtype, op);
   SYNCBN_CHECK(count >= 0, op, ": count is ", count, ", expected >= 0");
@@ -235,8 +236,9 @@ Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd
   check_optional_param(weight, c, param_dtype, device, op, "weight");
   check_channels(total.sum_dy, c, device, op, "sum_dy");
   check_channels(total.sum_dy_xmu, c, device, op, "sum_dy_xmu");
+  SYNCBN_CHECK(!clamp_eps || *clamp_eps > 0, op, ": clamp_eps is ", clamp_eps.value_or(0), ", expected > 0 or none");
   Tensor coef_b = Tensor::empty(Shape{3 * c}, DType::Float64, device);
-  kernels(device).backward_coefficients(device, param_dtype, c, count, invstd.data<double>(),
+  kernels(device).backward_coefficients(device, param_dtype, c, count, clamp_eps.value_or(0.0), invstd.data<double>(),
                                         weight.defined() ? weight.raw_data() : nullptr, total.sum_dy.data<double>(),
                                         total.sum_dy_xmu.data<double>(), coef_b.data<double>());
   return coef_b;

@@ -120,16 +120,26 @@ void BatchNorm::check_input(const Tensor& input) const {
 }
 
 BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) const {
-  SYNCBN_CHECK(!(is_training() && merged.count == 1), label_,
-               ": expected more than 1 value per channel when training, got 1 (input of ", features_,
-               " channels with one value each over the whole batch)");
+  // Called whenever the batch's own statistics normalise it: in training and
+  // in eval without running statistics, where PyTorch refuses a single value
+  // per channel as well (its variance is 0 and y would be the bias).
+  SYNCBN_CHECK(merged.count != 1, label_, ": expected more than 1 value per channel ",
+               is_training() ? "when training" : "for batch statistics (track_running_stats is off)",
+               ", got 1 (input of ", features_, " channels with one value each over the whole batch)");
   auto [invstd, unbiased_var] =
       core::batch_norm_variance(merged, options_.eps, options_.eps_mode == EpsMode::Clamp);
   return Finalized{NormStats{merged.count, merged.mean, std::move(invstd)}, std::move(unbiased_var)};
 }
 
 void BatchNorm::track_running(const Finalized& finalized) {
-  if (!is_training() || !options_.track_running_stats || finalized.norm.count == 0) return;
+  if (!is_training() || !options_.track_running_stats) return;
+  if (finalized.norm.count == 0) {
+    // An empty batch has no statistics, but it counts as a batch, as in
+    // PyTorch: the cumulative average (momentum none) divides by the count.
+    Tensor& batches = buffer(batches_);
+    batches.fill_(static_cast<double>(batches.to_vector<std::int64_t>().front() + 1));
+    return;
+  }
   core::update_running_stats(buffer(running_mean_), buffer(running_var_), buffer(batches_), finalized.norm.mean,
                              finalized.unbiased_var, options_.momentum);
 }
@@ -175,8 +185,10 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   // the sums over the whole batch enter dx; with running statistics they do not.
   const GradSums total = used_batch_stats_ ? gradient_sums(local) : local;
   const Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
-  const Tensor coef_b =
-      core::batch_norm_backward_coefficients(used_batch_stats_ ? count_ : 0, invstd_, weight, total, options_.dtype);
+  const std::optional<double> clamp_eps =
+      options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
+  const Tensor coef_b = core::batch_norm_backward_coefficients(used_batch_stats_ ? count_ : 0, invstd_, weight, total,
+                                                               options_.dtype, clamp_eps);
   if (options_.affine) core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
   return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b);
 }

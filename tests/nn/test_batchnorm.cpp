@@ -227,14 +227,54 @@ TEST_CASE("One value per channel in training is rejected and leaves the state un
   CHECK(bn.forward(Tensor::ones(Shape{1, 3}, DType::Float32, test_device())).numel() == 3);  // fine in eval
 }
 
-TEST_CASE("An empty batch gives an empty output and changes no state", "[nn]") {
-  nn::BatchNorm2d bn(2, nn::BatchNormOptions{.device = test_device()});
+TEST_CASE("One value per channel is rejected in eval when the layer keeps no running statistics", "[nn]") {
+  // Batch statistics of one value have variance 0, so y would be the bias
+  // whatever the input; PyTorch refuses it in this mode too.
+  nn::BatchNorm1d bn(3, nn::BatchNormOptions{.track_running_stats = false, .device = test_device()});
+  bn.eval();
+  CHECK_THROWS_MATCHES(bn.forward(Tensor::ones(Shape{1, 3}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("BatchNorm1d: expected more than 1 value per channel for batch statistics "
+                                 "(track_running_stats is off), got 1 (input of 3 channels with one value each over "
+                                 "the whole batch)"));
+  CHECK(bn.forward(Tensor::ones(Shape{2, 3}, DType::Float32, test_device())).numel() == 6);
+}
+
+TEST_CASE("An empty batch gives an empty output, counts as a batch and changes no running statistic", "[nn]") {
+  // As in PyTorch: num_batches_tracked counts the empty batch, so that a
+  // cumulative average (momentum none) weighs the next batch by 1/2.
+  nn::BatchNorm2d bn(2, nn::BatchNormOptions{.momentum = std::nullopt, .device = test_device()});
   const Tensor y = bn.forward(Tensor::zeros(Shape{0, 2, 3, 3}, DType::Float32, test_device()));
   CHECK(y.shape() == Shape{0, 2, 3, 3});
-  CHECK(bn.num_batches_tracked().item() == 0);
+  CHECK(bn.num_batches_tracked().item() == 1);
+  CHECK(bn.running_mean().to_vector<float>() == std::vector<float>{0, 0});
   CHECK(bn.running_var().to_vector<float>() == std::vector<float>{1, 1});
   CHECK(bn.backward(Tensor::zeros(Shape{0, 2, 3, 3}, DType::Float32, test_device())).numel() == 0);
   CHECK(bn.weight().grad.to_vector<float>() == std::vector<float>{0, 0});
+  // Channel 0 holds 2 and 4 (mean 3, unbiased variance 2), channel 1 holds 10
+  // twice: the cumulative average takes half of each (all exact in float32).
+  bn.forward(Tensor::from_vector(std::vector<float>{2, 10, 4, 10}, Shape{2, 2, 1, 1}, test_device()));
+  CHECK(bn.num_batches_tracked().item() == 2);
+  CHECK(bn.running_mean().to_vector<float>() == std::vector<float>{1.5f, 5.0f});
+  CHECK(bn.running_var().to_vector<float>() == std::vector<float>{1.5f, 0.5f});
+}
+
+TEST_CASE("A NaN input gives NaN running statistics in its channel only", "[nn]") {
+  // As in PyTorch: the variance of a channel with a NaN is NaN, not clamped
+  // to 0 (which gave a finite running variance with one replica only).
+  const Shape shape = GENERATE(Shape{6, 3}, Shape{4, 3, 5});
+  INFO("shape " << shape);
+  nn::BatchNorm1d bn(3, nn::BatchNormOptions{.device = test_device()});
+  auto values = Tensor::randn(shape, syncbn::testing::kSeed, DType::Float32, test_device()).to_vector<float>();
+  values[static_cast<std::size_t>(shape.numel() / shape[0])] = std::nanf("");  // sample 1, channel 0
+  bn.forward(Tensor::from_vector(values, shape, test_device()));
+  const auto rm = bn.running_mean().to_vector<float>();
+  const auto rv = bn.running_var().to_vector<float>();
+  CHECK(std::isnan(rm[0]));
+  CHECK(std::isnan(rv[0]));
+  for (std::size_t j = 1; j < 3; ++j) {
+    CHECK(std::isfinite(rm[j]));
+    CHECK(std::isfinite(rv[j]));
+  }
 }
 
 TEST_CASE("BatchNorm rejects inputs of the wrong rank, channels, dtype or device", "[nn]") {

@@ -223,18 +223,36 @@ TEST_CASE("SyncBatchNorm accepts float16 and bfloat16 input with float32 statist
   check_close(layer->running_var(), rv, kFp32, "running_var (float32)");
 }
 
-TEST_CASE("SyncBatchNorm over replicas whose shards are all empty gives empty outputs and changes no state", "[nn]") {
+TEST_CASE("SyncBatchNorm over replicas whose shards are all empty gives empty outputs and counts a batch", "[nn]") {
   // Every partial has count 0: the merge has nothing to weigh, and the step
-  // must neither produce NaN anywhere nor count a batch.
+  // must produce no NaN and change no running statistic; it counts as a
+  // batch, as an empty batch does for BatchNorm (and in PyTorch).
   auto layer = std::make_shared<nn::SyncBatchNorm2d>(2, nn::BatchNormOptions{.device = test_device()});
   auto replicas = parallel::replicate(*layer, test_devices(3));
   const Tensor x = Tensor::zeros(Shape{0, 2, 3, 3}, DType::Float32, test_device());
   const auto [y, dx] = split_step(replicas, x, x, {0, 0, 0});
   CHECK(y.shape() == Shape{0, 2, 3, 3});
   CHECK(dx.shape() == Shape{0, 2, 3, 3});
-  CHECK(layer->num_batches_tracked().item() == 0);
+  CHECK(layer->num_batches_tracked().item() == 1);
   CHECK(layer->running_mean().to_vector<float>() == std::vector<float>{0, 0});
   CHECK(layer->running_var().to_vector<float>() == std::vector<float>{1, 1});
   CHECK(take_grad_sum(replicas, 0) == std::vector<double>{0, 0});
   CHECK(take_grad_sum(replicas, 1) == std::vector<double>{0, 0});
+}
+
+TEST_CASE("SyncBatchNorm gives a NaN running variance for a NaN input whatever the replica count", "[nn]") {
+  // The merge of several replicas propagated the NaN while one replica's own
+  // statistics clamped it away; both must give NaN, as PyTorch does.
+  const int k = GENERATE(1, 3);
+  INFO(k << " replicas");
+  auto layer = std::make_shared<nn::SyncBatchNorm1d>(2, nn::BatchNormOptions{.device = test_device()});
+  auto replicas = parallel::replicate(*layer, test_devices(k));
+  auto values = Tensor::randn(Shape{6, 2}, syncbn::testing::kSeed, DType::Float32, test_device()).to_vector<float>();
+  values[4] = std::nanf("");  // sample 2, channel 0
+  const Tensor x = Tensor::from_vector(values, Shape{6, 2}, test_device());
+  parallel::parallel_apply(replicas, parallel::scatter(x, replicas.devices(), std::vector<std::int64_t>(
+                                                                                  static_cast<std::size_t>(k), 6 / k)));
+  const auto rv = layer->running_var().to_vector<float>();
+  CHECK(std::isnan(rv[0]));
+  CHECK(std::isfinite(rv[1]));
 }

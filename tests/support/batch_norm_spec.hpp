@@ -76,8 +76,11 @@ inline double invstd_of(double var, double eps, bool clamp) {
 
 /// Stage 3: invstd from the biased variance M2 / count, and the unbiased
 /// variance M2 / (count - 1) that the running variance takes (0 for count <= 1).
+/// `clamped`: in clamp mode, the channels whose variance is at most eps, so
+/// that invstd = 1 / sqrt(eps) does not depend on the variance.
 struct Variance {
   Vec invstd, unbiased_var;
+  std::vector<bool> clamped;
 };
 inline Variance variance(const Moments& m, double eps, bool clamp) {
   Variance v;
@@ -85,19 +88,21 @@ inline Variance variance(const Moments& m, double eps, bool clamp) {
     const double biased = m.count > 0 ? m.m2[j] / static_cast<double>(m.count) : 0.0;
     v.invstd.push_back(invstd_of(biased, eps, clamp));
     v.unbiased_var.push_back(m.count > 1 ? m.m2[j] / static_cast<double>(m.count - 1) : 0.0);
+    v.clamped.push_back(clamp && biased <= eps);
   }
   return v;
 }
 
 /// The running statistics after one batch: f = momentum, or 1 / batches
-/// (batches counted after this one) for a cumulative average.
+/// (batches counted after this one) for a cumulative average. f = 1 takes
+/// the batch's values (also where the old value is infinite).
 inline void update_running(Vec& running_mean, Vec& running_var, std::int64_t& batches, const Vec& mean,
                            const Vec& unbiased_var, std::optional<double> momentum) {
   ++batches;
   const double f = momentum ? *momentum : 1.0 / static_cast<double>(batches);
   for (std::size_t j = 0; j < running_mean.size(); ++j) {
-    running_mean[j] = (1 - f) * running_mean[j] + f * mean[j];
-    running_var[j] = (1 - f) * running_var[j] + f * unbiased_var[j];
+    running_mean[j] = f == 1 ? mean[j] : (1 - f) * running_mean[j] + f * mean[j];
+    running_var[j] = f == 1 ? unbiased_var[j] : (1 - f) * running_var[j] + f * unbiased_var[j];
   }
 }
 
@@ -138,17 +143,19 @@ inline GradSums grad_sums(const Vec& dy, const Vec& x, std::int64_t n, std::int6
 /// Stage 6: dx from the sums over all `count` values per channel of the
 /// batch: w * invstd * (dy - sum_dy / count - (x - mean) * invstd^2 *
 /// sum_dy_xmu / count). count 0 (constant statistics, eval mode) leaves the
-/// two batch terms out.
+/// two batch terms out; a clamped channel (`clamped`, empty for none) the
+/// last one, since its invstd does not depend on the variance.
 inline Vec backward_apply(const Vec& dy, const Vec& x, std::int64_t n, std::int64_t c, std::int64_t l,
                           const Vec& mean, const Vec& invstd, const Vec& weight, const GradSums& total,
-                          std::int64_t count) {
+                          std::int64_t count, const std::vector<bool>& clamped = {}) {
   Vec dx(x.size());
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < c; ++j) {
       const auto u = static_cast<std::size_t>(j);
       const double w = weight.empty() ? 1.0 : weight[u];
       const double mean_dy = count > 0 ? total.sum_dy[u] / static_cast<double>(count) : 0.0;
-      const double mean_dy_xmu = count > 0 ? total.sum_dy_xmu[u] / static_cast<double>(count) : 0.0;
+      const bool fixed_invstd = !clamped.empty() && clamped[u];
+      const double mean_dy_xmu = count > 0 && !fixed_invstd ? total.sum_dy_xmu[u] / static_cast<double>(count) : 0.0;
       for (std::int64_t k = 0; k < l; ++k) {
         const double xmu = x[at(c, l, i, j, k)] - mean[u];
         dx[at(c, l, i, j, k)] =

@@ -49,7 +49,7 @@ inline BnResult batch_norm(const Vec& x, const Vec& dy, const Vec& weight, const
   const spec::GradSums g = spec::grad_sums(dy, x, n, c, l, m.mean);
   BnResult r;
   r.y = spec::apply(x, n, c, l, m.mean, v.invstd, weight, bias);
-  r.dx = spec::backward_apply(dy, x, n, c, l, m.mean, v.invstd, weight, g, m.count);
+  r.dx = spec::backward_apply(dy, x, n, c, l, m.mean, v.invstd, weight, g, m.count, v.clamped);
   r.dweight.assign(static_cast<std::size_t>(c), 0.0);
   r.dbias.assign(static_cast<std::size_t>(c), 0.0);
   spec::param_grads(r.dweight, r.dbias, v.invstd, g);

@@ -94,9 +94,12 @@ ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& x,
 /// The coefficients of batch_norm_backward_apply from the gradient sums over
 /// all `count` values per channel of the batch. count 0 means that the
 /// statistics were constants (eval mode with running statistics), so the
-/// sums do not enter dx. weight may be undefined (1).
+/// sums do not enter dx. weight may be undefined (1). `clamp_eps`: the eps
+/// of clamp mode, where a channel whose variance was clamped (invstd =
+/// 1 / sqrt(eps)) has no gradient through its variance.
 Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd, const Tensor& weight,
-                                        const ChannelGradSums& total, DType param_dtype);
+                                        const ChannelGradSums& total, DType param_dtype,
+                                        std::optional<double> clamp_eps = std::nullopt);
 
 /// Adds this shard's parameter gradients from its own gradient sums:
 /// grad_weight += sum_dy_xmu * invstd and grad_bias += sum_dy (an undefined
@@ -105,7 +108,8 @@ void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, 
                             const ChannelGradSums& local);
 
 /// dx = (dy - mean(dy) - (x - mean) * mean(dy * (x - mean)) * invstd^2) *
-/// invstd * weight, with the forward's and the backward coefficients.
+/// invstd * weight, with the forward's and the backward coefficients,
+/// computed in float64 and rounded once to x's dtype.
 Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients,
                                  const Tensor& backward_coefficients);
 

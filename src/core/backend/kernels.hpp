@@ -125,8 +125,10 @@ struct BatchNormKernels {
   /// over all `count` elements of the batch: a = sum_dy / count,
   /// b = sum_dy_xmu / count * invstd^2, g = invstd * weight (weight null: 1).
   /// count 0 means the statistics were constants (eval mode): a = b = 0.
+  /// clamp_eps > 0 (clamp mode): b = 0 for a channel whose invstd is
+  /// 1 / sqrt(clamp_eps), whose variance was clamped.
   void (*backward_coefficients)(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
-                                const double* invstd, const void* weight, const double* sum_dy,
+                                double clamp_eps, const double* invstd, const void* weight, const double* sum_dy,
                                 const double* sum_dy_xmu, double* coef_b);
   /// Adds a shard's parameter gradients from its own sums:
   /// grad_weight += local_sum_dy_xmu * invstd, grad_bias += local_sum_dy
@@ -134,7 +136,7 @@ struct BatchNormKernels {
   void (*accumulate_param_grads)(Device device, DType param_dtype, std::int64_t c, const double* invstd,
                                  const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
                                  void* grad_bias);
-  /// dx = (dy - a - (x - mean) * b) * g.
+  /// dx = (dy - a - (x - mean) * b) * g, computed in float64.
   void (*backward_apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                          const void* x, const double* coef, const double* coef_b, void* dx);
 };

@@ -180,12 +180,21 @@ void gradient_sums(const T* __restrict dy, const T* __restrict x, std::int64_t l
 //   y  = (x - hi) * scale + offset,        offset = shift - lo * scale;
 //   dx = dy * g - (x - hi) * bg - k,       bg = b * g, k = (a - lo * b) * g;
 // the same values as ((x - hi) - lo) * scale + shift and
-// (dy - a - ((x - hi) - lo) * b) * g up to rounding, with x - hi still exact,
+// (dy - a - ((x - hi) - lo) * b) * g up to rounding, with x - hi rounded once,
 // and one or two fewer coefficients per element, which the (N, C) rows read
 // beside the data (with the interleaved table below, about 15% of the
 // (256, 1024) forward and 12% of forward+backward).
-enum ForwardTerm { kHi, kScale, kOffset, kForwardTerms };
-enum BackwardTerm { kBackHi, kG, kBg, kK, kBackwardTerms };
+// x - hi is computed as x * 0.5 - hi * 0.5 and scaled back by a doubled
+// coefficient: the same rounded value (halving is exact above the subnormal
+// range; the multiply-subtract is one instruction, or fused, at every level),
+// but finite where x and hi lie near opposite ends of the float32 range,
+// whose plain difference overflows to infinity.
+// The backward computes in float64 whatever the data type: g = w * invstd
+// reaches 1 / sqrt(eps) (300 for eps 1e-5) when a channel's variance is far
+// below eps, and float32 terms of that size lose the digits of a dx near 0
+// (docs/numerics.md); the kernel stays memory-bound.
+enum ForwardTerm { kHalfHi, kTwiceScale, kOffset, kForwardTerms };
+enum BackwardTerm { kG, kTwiceBg, kK, kBackwardTerms };
 
 // The coefficient tensors of this backend hold planes of c doubles: forward
 // hi | lo | scale | shift, backward a | b | g. Every per-channel loop over
@@ -212,28 +221,25 @@ struct BackwardCoef {
 // channels computing one term vectorises).
 template <class T, int Q>
 T forward_term(const ForwardCoef& f, std::int64_t j) {
-  if constexpr (Q == kHi) return static_cast<T>(f.hi[j]);
-  else if constexpr (Q == kScale) return static_cast<T>(f.scale[j]);
+  if constexpr (Q == kHalfHi) return static_cast<T>(f.hi[j] * 0.5);
+  else if constexpr (Q == kTwiceScale) return static_cast<T>(f.scale[j] * 2.0);
   else return static_cast<T>(f.shift[j] - f.lo[j] * f.scale[j]);
 }
 
-template <class T, int Q>
-T backward_term(const ForwardCoef& f, const BackwardCoef& bc, std::int64_t j) {
-  if constexpr (Q == kBackHi) return static_cast<T>(f.hi[j]);
-  else if constexpr (Q == kG) return static_cast<T>(bc.g[j]);
-  else if constexpr (Q == kBg) return static_cast<T>(bc.b[j] * bc.g[j]);
-  else return static_cast<T>((bc.a[j] - f.lo[j] * bc.b[j]) * bc.g[j]);
+template <int Q>
+double backward_term(const ForwardCoef& f, const BackwardCoef& bc, std::int64_t j) {
+  if constexpr (Q == kG) return bc.g[j];
+  else if constexpr (Q == kTwiceBg) return 2.0 * bc.b[j] * bc.g[j];
+  else return (bc.a[j] - f.lo[j] * bc.b[j]) * bc.g[j];
 }
 
 template <class T>
 std::array<T, kForwardTerms> forward_terms(const ForwardCoef& f, std::int64_t j) {
-  return {forward_term<T, kHi>(f, j), forward_term<T, kScale>(f, j), forward_term<T, kOffset>(f, j)};
+  return {forward_term<T, kHalfHi>(f, j), forward_term<T, kTwiceScale>(f, j), forward_term<T, kOffset>(f, j)};
 }
 
-template <class T>
-std::array<T, kBackwardTerms> backward_terms(const ForwardCoef& f, const BackwardCoef& bc, std::int64_t j) {
-  return {backward_term<T, kBackHi>(f, bc, j), backward_term<T, kG>(f, bc, j), backward_term<T, kBg>(f, bc, j),
-          backward_term<T, kK>(f, bc, j)};
+inline std::array<double, kBackwardTerms> backward_terms(const ForwardCoef& f, const BackwardCoef& bc, std::int64_t j) {
+  return {backward_term<kG>(f, bc, j), backward_term<kTwiceBg>(f, bc, j), backward_term<kK>(f, bc, j)};
 }
 
 // Every channel's K terms, interleaved by vector: the terms of channels
@@ -241,13 +247,15 @@ std::array<T, kBackwardTerms> backward_terms(const ForwardCoef& f, const Backwar
 // reads one coefficient stream rather than K arrays beside its data rows
 // (measured 5-10% faster than K arrays for (256, 1024), and less sensitive
 // to where the arrays fall relative to the rows).
-template <class T, int K>
+// T is the data's type, which sets how many channels a vector covers; U the
+// terms' (float64 for the backward).
+template <class T, int K, class U = T>
 class TermTable {
  public:
-  // term(j, std::integral_constant<int, Q>) -> T: term Q of channel j.
+  // term(j, std::integral_constant<int, Q>) -> U: term Q of channel j.
   template <class Term>
   TermTable(std::int64_t c, Term&& term)
-      : data_(std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
+      : data_(std::make_unique_for_overwrite<U[]>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
     // One term at a time over a whole vector of channels, so that each
     // inner loop reads the coefficient planes contiguously and vectorises.
     // Lanes past the last channel stay unset: only whole vectors of channels
@@ -259,14 +267,14 @@ class TermTable {
   }
   // The K vectors of terms of the channels [j, j + lanes); j is a multiple
   // of the lane count, and the next channels' terms follow.
-  const T* vectors(std::int64_t j) const { return data_.get() + j * K; }
-  T at(std::int64_t j, int q) const { return data_[index(j, q)]; }
+  const U* vectors(std::int64_t j) const { return data_.get() + j * K; }
+  U at(std::int64_t j, int q) const { return data_[index(j, q)]; }
 
  private:
   template <class One>
   void fill(std::int64_t full, std::int64_t c, One&& one, int q) {
     for (std::int64_t j0 = 0; j0 < full; j0 += kLanes<T>) {
-      T* out = data_.get() + j0 * K + q * kLanes<T>;
+      U* out = data_.get() + j0 * K + q * kLanes<T>;
       for (std::int64_t lane = 0; lane < kLanes<T>; ++lane) out[lane] = one(j0 + lane);
     }
     for (std::int64_t j = full; j < c; ++j) data_[index(j, q)] = one(j);
@@ -275,27 +283,30 @@ class TermTable {
   static std::size_t index(std::int64_t j, int q) {
     return static_cast<std::size_t>(j / kLanes<T> * K * kLanes<T> + q * kLanes<T> + j % kLanes<T>);
   }
-  std::unique_ptr<T[]> data_;
+  std::unique_ptr<U[]> data_;
 };
 
 template <class T>
 using ForwardTable = TermTable<T, kForwardTerms>;
 template <class T>
-using BackwardTable = TermTable<T, kBackwardTerms>;
+using BackwardTable = TermTable<T, kBackwardTerms, double>;
 
 // y = (x - hi) * scale + offset over a run of one channel.
 template <class T>
 void normalize_run(const T* __restrict x, T* __restrict y, std::int64_t len, const std::array<T, kForwardTerms>& t) {
-  const T hi = t[kHi], scale = t[kScale], offset = t[kOffset];
-  for (std::int64_t i = 0; i < len; ++i) y[i] = (x[i] - hi) * scale + offset;
+  const T half_hi = t[kHalfHi], twice_scale = t[kTwiceScale], offset = t[kOffset];
+  for (std::int64_t i = 0; i < len; ++i) y[i] = (x[i] * T(0.5) - half_hi) * twice_scale + offset;
 }
 
-// dx = dy * g - (x - hi) * bg - k over a run of one channel.
+// dx = dy * g - (x - hi) * bg - k over a run of one channel: the halved
+// x - hi in T (one rounding, relative to the difference itself), the rest in
+// float64.
 template <class T>
-void backward_run(const T* __restrict dy, const T* __restrict x, T* __restrict dx, std::int64_t len,
-                  const std::array<T, kBackwardTerms>& t) {
-  const T hi = t[kBackHi], g = t[kG], bg = t[kBg], k = t[kK];
-  for (std::int64_t i = 0; i < len; ++i) dx[i] = dy[i] * g - (x[i] - hi) * bg - k;
+void backward_run(const T* __restrict dy, const T* __restrict x, T* __restrict dx, std::int64_t len, T half_hi,
+                  const std::array<double, kBackwardTerms>& t) {
+  const double g = t[kG], twice_bg = t[kTwiceBg], k = t[kK];
+  for (std::int64_t i = 0; i < len; ++i)
+    dx[i] = static_cast<T>((static_cast<double>(dy[i]) * g - k) - static_cast<double>(x[i] * T(0.5) - half_hi) * twice_bg);
 }
 
 // The same over channels [j0, j0 + len) of an (N, C) row; j0 is a multiple
@@ -306,22 +317,32 @@ void row_normalize(const T* __restrict x, T* __restrict y, std::int64_t j0, std:
   const T* q = t.vectors(j0);
   std::int64_t j = 0;
   for (; j + lanes <= len; j += lanes, q += kForwardTerms * lanes)
-    store<T>(y + j, (load(x + j) - load(q + kHi * lanes)) * load(q + kScale * lanes) + load(q + kOffset * lanes));
-  for (; j < len; ++j) y[j] = (x[j] - t.at(j0 + j, kHi)) * t.at(j0 + j, kScale) + t.at(j0 + j, kOffset);
+    store<T>(y + j, (load(x + j) * splat(T(0.5)) - load(q + kHalfHi * lanes)) * load(q + kTwiceScale * lanes) +
+                        load(q + kOffset * lanes));
+  for (; j < len; ++j)
+    y[j] = (x[j] * T(0.5) - t.at(j0 + j, kHalfHi)) * t.at(j0 + j, kTwiceScale) + t.at(j0 + j, kOffset);
 }
 
+// The same over channels [j0, j0 + len) of an (N, C) row; half_hi holds
+// every channel's mean_hi / 2 in T. Converting the difference rather than x
+// and hi, and three float64 terms rather than four, measured 20% faster than
+// the direct form.
 template <class T>
 void row_backward(const T* __restrict dy, const T* __restrict x, T* __restrict dx, std::int64_t j0, std::int64_t len,
-                  const BackwardTable<T>& t) {
+                  const T* __restrict half_hi, const BackwardTable<T>& t) {
   constexpr std::int64_t lanes = kLanes<T>;
-  const T* q = t.vectors(j0);
+  const double* q = t.vectors(j0);
   std::int64_t j = 0;
-  for (; j + lanes <= len; j += lanes, q += kBackwardTerms * lanes)
-    store<T>(dx + j, load(dy + j) * load(q + kG * lanes) - (load(x + j) - load(q + kBackHi * lanes)) * load(q + kBg * lanes) -
-                         load(q + kK * lanes));
+  for (; j + lanes <= len; j += lanes, q += kBackwardTerms * lanes) {
+    const WideVec<T> g = widen<T>(load(dy + j));
+    const WideVec<T> d = widen<T>(load(x + j) * splat(T(0.5)) - load(half_hi + j0 + j));
+    store<T>(dx + j, narrow<T>((g * load_wide<T>(q + kG * lanes) - load_wide<T>(q + kK * lanes)) -
+                               d * load_wide<T>(q + kTwiceBg * lanes)));
+  }
   for (; j < len; ++j) {
     const std::int64_t at = j0 + j;
-    dx[j] = dy[j] * t.at(at, kG) - (x[j] - t.at(at, kBackHi)) * t.at(at, kBg) - t.at(at, kK);
+    dx[j] = static_cast<T>((static_cast<double>(dy[j]) * t.at(at, kG) - t.at(at, kK)) -
+                           static_cast<double>(x[j] * T(0.5) - half_hi[at]) * t.at(at, kTwiceBg));
   }
 }
 
@@ -459,6 +480,65 @@ void dispatch_compute(DType dtype, Fn&& fn) {
   else fn(float{});
 }
 
+// ---- channels that overflow float32 ------------------------------------------
+// The float32 sums overflow where values approach the float32 range (squares
+// of differences past 1.8e19, products of dy and x - mean past 3.4e38) while
+// float64 holds them. The fast kernels leave such a channel's sums infinite
+// or NaN; the kernels below then redo that channel in float64, so that finite
+// input gives the float64 result (NaN or infinite input still gives NaN).
+// The check is one comparison per channel; the redo runs only for channels
+// that need it.
+
+// Channel j of an (N, C, L) tensor as float64 values, in sample order.
+template <class T>
+std::vector<double> channel_values(const void* x, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
+                                   std::int64_t j) {
+  std::vector<double> values;
+  values.reserve(static_cast<std::size_t>(n * l));
+  for (std::int64_t i = 0; i < n; ++i)
+    for_runs<T>(x, dtype, (i * c + j) * l, l, [&](const T* p, std::int64_t len) { values.insert(values.end(), p, p + len); });
+  return values;
+}
+
+// mean and m2 of every channel whose fast sums are not finite, in two
+// float64 passes.
+template <class T>
+void redo_overflowed_stats(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x, double* mean,
+                           double* m2) {
+  for (std::int64_t j = 0; j < c; ++j) {
+    if (std::isfinite(mean[j]) && std::isfinite(m2[j])) continue;
+    const std::vector<double> v = channel_values<T>(x, dtype, n, c, l, j);
+    double sum = 0;
+    for (const double e : v) sum += e;
+    const double mu = sum / static_cast<double>(v.size());
+    double sq = 0;
+    for (const double e : v) sq += (e - mu) * (e - mu);
+    mean[j] = mu;
+    m2[j] = sq;
+  }
+}
+
+// sum(dy) and sum(dy * (x - mean)) of every channel whose fast sums are not
+// finite, in float64.
+template <class T>
+void redo_overflowed_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                                   const void* x, const double* coef, double* sum_dy, double* sum_dy_xmu) {
+  const double* hi = coef;
+  const double* lo = coef + c;
+  for (std::int64_t j = 0; j < c; ++j) {
+    if (std::isfinite(sum_dy[j]) && std::isfinite(sum_dy_xmu[j])) continue;
+    const std::vector<double> g = channel_values<T>(dy, dtype, n, c, l, j);
+    const std::vector<double> v = channel_values<T>(x, dtype, n, c, l, j);
+    double s = 0, sx = 0;
+    for (std::size_t k = 0; k < v.size(); ++k) {
+      s += g[k];
+      sx += g[k] * ((v[k] - hi[j]) - lo[j]);
+    }
+    sum_dy[j] = s;
+    sum_dy_xmu[j] = sx;
+  }
+}
+
 // ---- kernels ----------------------------------------------------------------------
 
 void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
@@ -530,8 +610,12 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
       const auto u = static_cast<std::size_t>(j);
       const double local = s[u] * per;
       mean[j] = static_cast<double>(shift[u]) + local;
-      m2[j] = std::max(0.0, ss[u] - s[u] * local);
+      // Rounding can leave a constant channel's m2 slightly below 0; a NaN
+      // stays NaN (std::max(0.0, m2) would turn it into 0).
+      const double v = ss[u] - s[u] * local;
+      m2[j] = v < 0 ? 0.0 : v;
     }
+    redo_overflowed_stats<T>(dtype, n, c, l, x, mean, m2);
   });
 }
 
@@ -600,9 +684,13 @@ void cpu_update_running(Device /*device*/, DType param_dtype, std::int64_t c, do
     using P = decltype(tag);
     auto* rm = static_cast<P*>(running_mean);
     auto* rv = static_cast<P*>(running_var);
+    // Factor 1 (momentum 1, or the first batch of a cumulative average) takes
+    // the batch's value: an infinite old value times 1 - factor = 0 is NaN.
+    const bool replace = factor == 1.0;
     for (std::int64_t j = 0; j < c; ++j) {
-      rm[j] = static_cast<P>((1.0 - factor) * static_cast<double>(rm[j]) + factor * mean[j]);
-      rv[j] = static_cast<P>((1.0 - factor) * static_cast<double>(rv[j]) + factor * unbiased_var[j]);
+      rm[j] = static_cast<P>(replace ? mean[j] : (1.0 - factor) * static_cast<double>(rm[j]) + factor * mean[j]);
+      rv[j] = static_cast<P>(replace ? unbiased_var[j]
+                                     : (1.0 - factor) * static_cast<double>(rv[j]) + factor * unbiased_var[j]);
     }
   });
 }
@@ -674,84 +762,93 @@ void cpu_apply(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
   });
 }
 
+// The fast sums of cpu_backward_reduce (float32 partials for float32 and
+// 16-bit data, flushed into float64).
+template <class T>
+void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy, const void* x,
+                        const double* coef, double* sum_dy, double* sum_dy_xmu) {
+  std::fill(sum_dy, sum_dy + c, 0.0);
+  std::fill(sum_dy_xmu, sum_dy_xmu + c, 0.0);
+  const bool direct = dtype == DType::Float32 || dtype == DType::Float64;
+  std::vector<T> g_buffer(direct ? 0 : static_cast<std::size_t>(kChunk));
+  // Calls fn(dy_run, x_run, len) over matching runs of dy and x.
+  auto both = [&](std::int64_t offset, std::int64_t len, auto&& fn) {
+    if (direct) {
+      fn(static_cast<const T*>(dy) + offset, static_cast<const T*>(x) + offset, len);
+      return;
+    }
+    std::int64_t done = 0;
+    for_runs<T>(x, dtype, offset, len, [&](const T* xp, std::int64_t run) {
+      to_float(reinterpret_cast<float*>(g_buffer.data()), dy, dtype, offset + done, run);
+      fn(g_buffer.data(), xp, run);
+      done += run;
+    });
+  };
+  if (l == 1 && direct) {
+    const T* gs = static_cast<const T*>(dy);
+    const T* xs = static_cast<const T*>(x);
+    const std::int64_t done = column_gradient_sums<T>(gs, xs, n, c, coef, sum_dy, sum_dy_xmu);
+    const ForwardCoef f(coef, c);
+    for (std::int64_t j = done; j < c; ++j) {
+      const T hi = static_cast<T>(f.hi[j]), lo = static_cast<T>(f.lo[j]);
+      for (std::int64_t i = 0; i < n; ++i) {
+        const T g = gs[i * c + j];
+        sum_dy[j] += static_cast<double>(g);
+        sum_dy_xmu[j] += static_cast<double>(g * ((xs[i * c + j] - hi) - lo));
+      }
+    }
+    return;
+  }
+  if (l == 1) {
+    const MeanColumns<T> mean(coef, c);
+    std::vector<T> ps(static_cast<std::size_t>(c)), psx(static_cast<std::size_t>(c));
+    for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
+      std::fill(ps.begin(), ps.end(), T(0));
+      std::fill(psx.begin(), psx.end(), T(0));
+      for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i) {
+        std::int64_t done = 0;
+        both(i * c, c, [&](const T* g, const T* xp, std::int64_t len) {
+          const auto u = static_cast<std::size_t>(done);
+          row_gradient_sums(g, xp, len, mean.hi() + u, mean.lo() + u, ps.data() + u, psx.data() + u);
+          done += len;
+        });
+      }
+      for (std::int64_t j = 0; j < c; ++j) {
+        sum_dy[j] += static_cast<double>(ps[static_cast<std::size_t>(j)]);
+        sum_dy_xmu[j] += static_cast<double>(psx[static_cast<std::size_t>(j)]);
+      }
+    }
+    return;
+  }
+  // In memory order with one accumulator set per channel, as in cpu_stats.
+  std::vector<PairSums<T>> sums(static_cast<std::size_t>(c));
+  const ForwardCoef f(coef, c);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < c; ++j) {
+      const T hi = static_cast<T>(f.hi[j]), lo = static_cast<T>(f.lo[j]);
+      auto& sum = sums[static_cast<std::size_t>(j)];
+      both((i * c + j) * l, l,
+           [&](const T* g, const T* xp, std::int64_t len) { gradient_sums<T>(g, xp, len, hi, lo, sum); });
+    }
+  for (std::int64_t j = 0; j < c; ++j) {
+    auto& sum = sums[static_cast<std::size_t>(j)];
+    sum.flush();
+    sum_dy[j] = sum.a;
+    sum_dy_xmu[j] = sum.b;
+  }
+}
+
 void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
                          const void* dy, const void* x, const double* coef, double* sum_dy, double* sum_dy_xmu) {
   dispatch_compute(dtype, [&](auto tag) {
     using T = decltype(tag);
-    std::fill(sum_dy, sum_dy + c, 0.0);
-    std::fill(sum_dy_xmu, sum_dy_xmu + c, 0.0);
-    const bool direct = dtype == DType::Float32 || dtype == DType::Float64;
-    std::vector<T> g_buffer(direct ? 0 : static_cast<std::size_t>(kChunk));
-    // Calls fn(dy_run, x_run, len) over matching runs of dy and x.
-    auto both = [&](std::int64_t offset, std::int64_t len, auto&& fn) {
-      if (direct) {
-        fn(static_cast<const T*>(dy) + offset, static_cast<const T*>(x) + offset, len);
-        return;
-      }
-      std::int64_t done = 0;
-      for_runs<T>(x, dtype, offset, len, [&](const T* xp, std::int64_t run) {
-        to_float(reinterpret_cast<float*>(g_buffer.data()), dy, dtype, offset + done, run);
-        fn(g_buffer.data(), xp, run);
-        done += run;
-      });
-    };
-    if (l == 1 && direct) {
-      const T* gs = static_cast<const T*>(dy);
-      const T* xs = static_cast<const T*>(x);
-      const std::int64_t done = column_gradient_sums<T>(gs, xs, n, c, coef, sum_dy, sum_dy_xmu);
-      const ForwardCoef f(coef, c);
-      for (std::int64_t j = done; j < c; ++j) {
-        const T hi = static_cast<T>(f.hi[j]), lo = static_cast<T>(f.lo[j]);
-        for (std::int64_t i = 0; i < n; ++i) {
-          const T g = gs[i * c + j];
-          sum_dy[j] += static_cast<double>(g);
-          sum_dy_xmu[j] += static_cast<double>(g * ((xs[i * c + j] - hi) - lo));
-        }
-      }
-      return;
-    }
-    if (l == 1) {
-      const MeanColumns<T> mean(coef, c);
-      std::vector<T> ps(static_cast<std::size_t>(c)), psx(static_cast<std::size_t>(c));
-      for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
-        std::fill(ps.begin(), ps.end(), T(0));
-        std::fill(psx.begin(), psx.end(), T(0));
-        for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i) {
-          std::int64_t done = 0;
-          both(i * c, c, [&](const T* g, const T* xp, std::int64_t len) {
-            const auto u = static_cast<std::size_t>(done);
-            row_gradient_sums(g, xp, len, mean.hi() + u, mean.lo() + u, ps.data() + u, psx.data() + u);
-            done += len;
-          });
-        }
-        for (std::int64_t j = 0; j < c; ++j) {
-          sum_dy[j] += static_cast<double>(ps[static_cast<std::size_t>(j)]);
-          sum_dy_xmu[j] += static_cast<double>(psx[static_cast<std::size_t>(j)]);
-        }
-      }
-      return;
-    }
-    // In memory order with one accumulator set per channel, as in cpu_stats.
-    std::vector<PairSums<T>> sums(static_cast<std::size_t>(c));
-    const ForwardCoef f(coef, c);
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t j = 0; j < c; ++j) {
-        const T hi = static_cast<T>(f.hi[j]), lo = static_cast<T>(f.lo[j]);
-        auto& sum = sums[static_cast<std::size_t>(j)];
-        both((i * c + j) * l, l,
-             [&](const T* g, const T* xp, std::int64_t len) { gradient_sums<T>(g, xp, len, hi, lo, sum); });
-      }
-    for (std::int64_t j = 0; j < c; ++j) {
-      auto& sum = sums[static_cast<std::size_t>(j)];
-      sum.flush();
-      sum_dy[j] = sum.a;
-      sum_dy_xmu[j] = sum.b;
-    }
+    fast_gradient_sums<T>(dtype, n, c, l, dy, x, coef, sum_dy, sum_dy_xmu);
+    redo_overflowed_gradient_sums<T>(dtype, n, c, l, dy, x, coef, sum_dy, sum_dy_xmu);
   });
 }
 
 void cpu_backward_coefficients(Device /*device*/, DType param_dtype, std::int64_t c, std::int64_t count,
-                               const double* invstd, const void* weight, const double* sum_dy,
+                               double clamp_eps, const double* invstd, const void* weight, const double* sum_dy,
                                const double* sum_dy_xmu, double* coef_b) {
   core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
@@ -761,9 +858,13 @@ void cpu_backward_coefficients(Device /*device*/, DType param_dtype, std::int64_
     double* a = coef_b;
     double* b = coef_b + c;
     double* g = coef_b + 2 * c;
+    // In clamp mode a channel whose variance was clamped to eps has
+    // invstd = 1 / sqrt(eps), computed the same way: no gradient flows
+    // through its variance (b = 0).
+    const double clamped_invstd = clamp_eps > 0 ? 1.0 / std::sqrt(clamp_eps) : HUGE_VAL;
     for (std::int64_t j = 0; j < c; ++j) {
       a[j] = sum_dy[j] * per;
-      b[j] = sum_dy_xmu[j] * per * invstd[j] * invstd[j];
+      b[j] = invstd[j] >= clamped_invstd ? 0.0 : sum_dy_xmu[j] * per * invstd[j] * invstd[j];
     }
     for (std::int64_t j = 0; j < c; ++j) g[j] = invstd[j] * (w != nullptr ? static_cast<double>(w[j]) : 1.0);
   });
@@ -808,11 +909,13 @@ void cpu_backward_apply(Device /*device*/, DType dtype, std::int64_t n, std::int
     const BackwardCoef bc(coef_b, c);
     if (l == 1) {
       const BackwardTable<T> table(
-          c, [&](std::int64_t j, auto q) { return backward_term<T, decltype(q)::value>(f, bc, j); });
+          c, [&](std::int64_t j, auto q) { return backward_term<decltype(q)::value>(f, bc, j); });
+      const auto half_hi = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(c));
+      for (std::int64_t j = 0; j < c; ++j) half_hi[static_cast<std::size_t>(j)] = static_cast<T>(f.hi[j] * 0.5);
       for (std::int64_t i = 0; i < n; ++i) {
         std::int64_t done = 0;
         runs(i * c, c, [&](const T* g, const T* xp, T* out, std::int64_t len) {
-          row_backward(g, xp, out, done, len, table);
+          row_backward(g, xp, out, done, len, half_hi.get(), table);
           done += len;
         });
       }
@@ -820,9 +923,11 @@ void cpu_backward_apply(Device /*device*/, DType dtype, std::int64_t n, std::int
     }
     for (std::int64_t i = 0; i < n; ++i)
       for (std::int64_t j = 0; j < c; ++j) {
-        const auto terms = backward_terms<T>(f, bc, j);
-        runs((i * c + j) * l, l,
-             [&](const T* gp, const T* xp, T* out, std::int64_t len) { backward_run<T>(gp, xp, out, len, terms); });
+        const auto terms = backward_terms(f, bc, j);
+        const T half_hi = static_cast<T>(f.hi[j] * 0.5);
+        runs((i * c + j) * l, l, [&](const T* gp, const T* xp, T* out, std::int64_t len) {
+          backward_run<T>(gp, xp, out, len, half_hi, terms);
+        });
       }
   });
 }

@@ -28,6 +28,29 @@ inline void store(T* p, Vec<T> v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
 
+/// The lanes of a Vec<T> as doubles (64 bytes for float, 32 for double):
+/// what a kernel computes in float64 on float32 data uses.
+template <class T>
+using WideVec [[gnu::vector_size(kLanes<T> * sizeof(double))]] = double;
+
+template <class T>
+inline WideVec<T> widen(Vec<T> v) {
+  return __builtin_convertvector(v, WideVec<T>);
+}
+
+template <class T>
+inline Vec<T> narrow(WideVec<T> v) {
+  return __builtin_convertvector(v, Vec<T>);
+}
+
+/// kLanes<T> doubles from p.
+template <class T>
+inline WideVec<T> load_wide(const double* p) {
+  WideVec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
 /// A vector with every lane `x`.
 template <class T>
 inline Vec<T> splat(T x) {

@@ -1,8 +1,9 @@
 // CUDA backend: batch-norm kernels. Specification:
 // tests/support/batch_norm_spec.hpp; numerics and tolerances:
-// docs/numerics.md. Float64 accumulation of shifted values
-// (the H100/H200 targets run float64 at half the float32 rate, and these
-// kernels are memory-bound), float32 element arithmetic with the hi/lo mean.
+// docs/numerics.md. Float64 accumulation of shifted values and float64
+// element arithmetic (the H100/H200 targets run float64 at half the float32
+// rate, and these kernels are memory-bound): differences and products of
+// float32 values near the ends of its range stay finite, as on the CPU.
 //
 // The per-channel reductions are split: a channel's n*l elements are spread
 // over `splits` blocks (enough blocks in all to fill the GPU even for C = 64),
@@ -72,10 +73,10 @@ __global__ void stats_partial_kernel(long long n, long long c, long long l, cons
   using C = typename ComputeOf<T>::type;
   const long long ch = blockIdx.x;
   const int split = static_cast<int>(blockIdx.y);
-  const C shift = load_compute(x, ch * l);
+  const double shift = static_cast<double>(load_compute(x, ch * l));
   double s = 0, ss = 0;
   for_channel_elements(n, c, l, ch, split, splits, [&](long long at) {
-    const double d = static_cast<double>(load_compute(x, at) - shift);
+    const double d = static_cast<double>(load_compute(x, at)) - shift;
     s += d;
     ss += d * d;
   });
@@ -93,7 +94,9 @@ __global__ void stats_finish_kernel(long long c, long long l, long long count, c
     }
     const double local = s / static_cast<double>(count);
     mean[ch] = static_cast<double>(load_compute(x, ch * l)) + local;
-    m2[ch] = fmax(0.0, ss - s * local);
+    // Below 0 only by rounding; a NaN stays NaN (fmax would return 0).
+    const double v = ss - s * local;
+    m2[ch] = v < 0 ? 0.0 : v;
   }
 }
 
@@ -199,9 +202,13 @@ __global__ void update_running_kernel(long long c, double momentum, const double
     factor = momentum < 0 ? 1.0 / static_cast<double>(count) : momentum;
   }
   __syncthreads();
+  // Factor 1 (momentum 1, or the first batch of a cumulative average) takes
+  // the batch's value: an infinite old value times 1 - factor = 0 is NaN.
+  const bool replace = factor == 1.0;
   for (long long ch = threadIdx.x; ch < c; ch += blockDim.x) {
-    rm[ch] = static_cast<P>((1.0 - factor) * static_cast<double>(rm[ch]) + factor * mean[ch]);
-    rv[ch] = static_cast<P>((1.0 - factor) * static_cast<double>(rv[ch]) + factor * unbiased[ch]);
+    rm[ch] = static_cast<P>(replace ? mean[ch] : (1.0 - factor) * static_cast<double>(rm[ch]) + factor * mean[ch]);
+    rv[ch] = static_cast<P>(replace ? unbiased[ch]
+                                    : (1.0 - factor) * static_cast<double>(rv[ch]) + factor * unbiased[ch]);
   }
 }
 
@@ -270,11 +277,9 @@ dim3 elementwise_grid(long long n, long long c, long long l) {
 
 template <class T>
 __global__ void apply_kernel(long long n, long long c, long long l, const T* x, const double* coef, T* y) {
-  using C = typename ComputeOf<T>::type;
   for_all_elements(n, c, l, [&](long long at, long long ch) {
-    const C hi = static_cast<C>(coef[4 * ch]), lo = static_cast<C>(coef[4 * ch + 1]);
-    const C scale = static_cast<C>(coef[4 * ch + 2]), shift = static_cast<C>(coef[4 * ch + 3]);
-    store_compute(y, at, ((load_compute(x, at) - hi) - lo) * scale + shift);
+    const double xmu = (to_double(x[at]) - coef[4 * ch]) - coef[4 * ch + 1];
+    y[at] = from_double<T>(xmu * coef[4 * ch + 2] + coef[4 * ch + 3]);
   });
 }
 
@@ -294,16 +299,14 @@ void cuda_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std:
 template <class T>
 __global__ void backward_partial_kernel(long long n, long long c, long long l, const T* dy, const T* x,
                                         const double* coef, int splits, double* ps, double* psx) {
-  using C = typename ComputeOf<T>::type;
   const long long ch = blockIdx.x;
   const int split = static_cast<int>(blockIdx.y);
-  const C hi = static_cast<C>(coef[4 * ch]), lo = static_cast<C>(coef[4 * ch + 1]);
+  const double hi = coef[4 * ch], lo = coef[4 * ch + 1];
   double s = 0, sx = 0;
   for_channel_elements(n, c, l, ch, split, splits, [&](long long at) {
-    const C g = load_compute(dy, at);
-    const C xmu = (load_compute(x, at) - hi) - lo;
-    s += static_cast<double>(g);
-    sx += static_cast<double>(g * xmu);
+    const double g = to_double(dy[at]);
+    s += g;
+    sx += g * ((to_double(x[at]) - hi) - lo);
   });
   block_sum2(s, sx, &ps[ch * splits + split], &psx[ch * splits + split]);
 }
@@ -348,13 +351,14 @@ void cuda_backward_reduce(Device device, DType dtype, std::int64_t n, std::int64
 }
 
 template <class P>
-__global__ void backward_coef_kernel(long long c, long long count, const double* invstd, const P* w,
-                                     const double* sum_dy, const double* sum_dy_xmu, double* coef_b) {
+__global__ void backward_coef_kernel(long long c, long long count, double clamped_invstd, const double* invstd,
+                                     const P* w, const double* sum_dy, const double* sum_dy_xmu, double* coef_b) {
   SYNCBN_GRID_STRIDE(ch, c) {
     const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
     const double inv = invstd[ch];
     coef_b[3 * ch + 0] = sum_dy[ch] * per;
-    coef_b[3 * ch + 1] = sum_dy_xmu[ch] * per * inv * inv;
+    // A clamped channel's invstd does not depend on its variance.
+    coef_b[3 * ch + 1] = inv >= clamped_invstd ? 0.0 : sum_dy_xmu[ch] * per * inv * inv;
     coef_b[3 * ch + 2] = inv * (w != nullptr ? static_cast<double>(w[ch]) : 1.0);
   }
 }
@@ -369,15 +373,19 @@ __global__ void param_grads_kernel(long long c, const double* invstd, const doub
 }
 
 void cuda_backward_coefficients(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
-                                const double* invstd, const void* weight, const double* sum_dy,
+                                double clamp_eps, const double* invstd, const void* weight, const double* sum_dy,
                                 const double* sum_dy_xmu, double* coef_b) {
   if (c == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
   core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
-    backward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, count, invstd, static_cast<const P*>(weight),
-                                                                sum_dy, sum_dy_xmu, coef_b);
+    // The host computes the clamped invstd as the CPU finalize does (the
+    // GPU's double sqrt and division are correctly rounded too).
+    const double clamped_invstd = clamp_eps > 0 ? 1.0 / std::sqrt(clamp_eps) : HUGE_VAL;
+    backward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, count, clamped_invstd, invstd,
+                                                                static_cast<const P*>(weight), sum_dy, sum_dy_xmu,
+                                                                coef_b);
     SYNCBN_CUDA_LAUNCH_CHECK();
   });
 }
@@ -397,16 +405,16 @@ void cuda_accumulate_param_grads(Device device, DType param_dtype, std::int64_t 
   });
 }
 
+// In float64 whatever the data type, as the CPU kernels (docs/numerics.md):
+// g reaches 1 / sqrt(eps) when a channel's variance is far below eps.
 template <class T>
 __global__ void backward_apply_kernel(long long n, long long c, long long l, const T* dy, const T* x, const double* coef,
                                       const double* coef_b, T* dx) {
-  using C = typename ComputeOf<T>::type;
   for_all_elements(n, c, l, [&](long long at, long long ch) {
-    const C hi = static_cast<C>(coef[4 * ch]), lo = static_cast<C>(coef[4 * ch + 1]);
-    const C a = static_cast<C>(coef_b[3 * ch]), b = static_cast<C>(coef_b[3 * ch + 1]);
-    const C g = static_cast<C>(coef_b[3 * ch + 2]);
-    const C xmu = (load_compute(x, at) - hi) - lo;
-    store_compute(dx, at, (load_compute(dy, at) - a - xmu * b) * g);
+    const double hi = coef[4 * ch], lo = coef[4 * ch + 1];
+    const double a = coef_b[3 * ch], b = coef_b[3 * ch + 1], g = coef_b[3 * ch + 2];
+    const double xmu = (to_double(x[at]) - hi) - lo;
+    dx[at] = from_double<T>((to_double(dy[at]) - a - xmu * b) * g);
   });
 }
 
