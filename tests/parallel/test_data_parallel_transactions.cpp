@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "support/device_under_test.hpp"
+#include "support/module_state.hpp"
 #include "support/matchers.hpp"
 #include "support/seeds.hpp"
 #include "support/test_layers.hpp"
@@ -27,6 +28,7 @@
 using namespace syncbn;
 using namespace std::chrono_literals;
 using syncbn::testing::kSeed;
+using syncbn::testing::module_state;
 using syncbn::testing::test_device;
 using syncbn::testing::test_devices;
 using syncbn::testing::ThrowAt;
@@ -34,17 +36,6 @@ using syncbn::testing::ThrowAt;
 namespace {
 
 parallel::DataParallelOptions dp_options() { return {syncbn::testing::kTestOnCuda}; }
-
-// Every parameter value and gradient and every buffer of a module, on the host.
-std::vector<std::vector<double>> state_of(nn::Module& m) {
-  std::vector<std::vector<double>> out;
-  for (auto& [name, p] : m.named_parameters()) {
-    out.push_back(p->value.to_vector<double>());
-    out.push_back(p->grad.to_vector<double>());
-  }
-  for (auto& [name, b] : m.named_buffers()) out.push_back(b->to_vector<double>());
-  return out;
-}
 
 // Sleeps on one replica before passing its input on: a late replica. The
 // delay is shared by every copy, so the test can change it between steps.
@@ -96,11 +87,11 @@ TEST_CASE("A forward that fails after a synchronized batch norm leaves the modul
   parallel::DataParallel dp(model, test_devices(k), std::nullopt, dp_options());
   const Tensor good = Tensor::randn(Shape{6, 4}, kSeed, DType::Float32, test_device());
   dp.backward(Tensor::ones(dp.forward(good).shape(), DType::Float32, test_device()));
-  const auto before = state_of(*model);
+  const auto before = module_state(*model);
   // (8, 4, 2) passes the batch norm (N, C, L) and fails in the Linear layer.
   const Tensor bad = Tensor::randn(Shape{8, 4, 2}, kSeed + 1, DType::Float32, test_device());
   CHECK_THROWS_AS(dp.forward(bad), InvalidArgument);
-  CHECK(state_of(*model) == before);
+  CHECK(module_state(*model) == before);
   // The step can be retried: the next good step works and counts one batch more.
   dp.backward(Tensor::ones(dp.forward(good).shape(), DType::Float32, test_device()));
   CHECK(model->named_buffers().back().second->item() == 2.0);
@@ -116,11 +107,11 @@ TEST_CASE("A backward that fails leaves gradients and buffers as before the step
   auto model = model_with(std::make_shared<ThrowAt>(k == 1 ? -1 : failing, 2, /*in_backward=*/true));
   parallel::DataParallel dp(model, test_devices(k), std::nullopt, dp_options());
   good_step(dp, kSeed);
-  const auto before = state_of(*model);
+  const auto before = module_state(*model);
   const Tensor y = dp.forward(batch(6, kSeed + 10));
-  CHECK(state_of(*model) != before);  // the forward counted a batch
+  CHECK(module_state(*model) != before);  // the forward counted a batch
   CHECK_THROWS(dp.backward(Tensor::randn(y.shape(), kSeed + 11, DType::Float32, test_device())));
-  CHECK(state_of(*model) == before);
+  CHECK(module_state(*model) == before);
   good_step(dp, kSeed + 20);
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "support/device_under_test.hpp"
+#include "support/module_state.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
@@ -29,6 +30,7 @@
 #include "syncbn/parallel/data_parallel.hpp"
 
 using namespace syncbn;
+using syncbn::testing::module_state;
 using syncbn::testing::test_device;
 using syncbn::testing::test_devices;
 
@@ -122,17 +124,6 @@ std::shared_ptr<nn::Sequential> make_model(const std::shared_ptr<FaultPlan>& pla
   model->add("relu", std::make_shared<nn::ReLU>());
   model->add("fc2", std::make_shared<nn::Linear>(6, 3, nn::LinearOptions{true, 12, DType::Float32, test_device()}));
   return model;
-}
-
-// Every parameter value and gradient and every buffer, on the host.
-std::vector<std::vector<double>> state_of(nn::Module& m) {
-  std::vector<std::vector<double>> out;
-  for (auto& [name, p] : m.named_parameters()) {
-    out.push_back(p->value.to_vector<double>());
-    out.push_back(p->grad.to_vector<double>());
-  }
-  for (auto& [name, b] : m.named_buffers()) out.push_back(b->to_vector<double>());
-  return out;
 }
 
 struct StepResult {
@@ -231,7 +222,7 @@ void inject_faults(int trials, std::uint64_t stream) {
     INFO("trial " << trial << ": " << k << " replicas, " << name_of(plan->fault) << " on replica " << plan->replica
                   << " at point " << plan->point);
     const Expected expected = expected_for(*plan, k);
-    const auto before = state_of(*model);
+    const auto before = module_state(*model);
 
     plan->armed = true;
     std::string type = "no exception", message;
@@ -245,14 +236,14 @@ void inject_faults(int trials, std::uint64_t stream) {
     INFO("message: " << message);
     CHECK(type == expected.type);
     for (const std::string& mention : expected.mentions) CHECK_THAT(message, Catch::Contains(mention));
-    CHECK(state_of(*model) == before);
+    CHECK(module_state(*model) == before);
 
     // The next step equals the twin's, which never saw the fault.
     const StepResult got = step(dp, data + 20);
     const StepResult want = step(twin_dp, data + 20);
     CHECK(got.y == want.y);
     CHECK(got.dx == want.dx);
-    CHECK(state_of(*model) == state_of(*twin));
+    CHECK(module_state(*model) == module_state(*twin));
   }
 }
 
