@@ -24,6 +24,12 @@ if(SYNCBN_WITH_CUDA AND SYNCBN_WITH_NCCL)
   set(SYNCBN_PACKAGE_WITH_NCCL ON)
   get_filename_component(SYNCBN_PACKAGE_NCCL_DIR "${SYNCBN_NCCL_LIBRARY}" DIRECTORY)
 endif()
+# Static libraries carry their private link dependencies: the BLAS and
+# cuDNN libraries found here are recorded by path.
+set(SYNCBN_PACKAGE_WITH_BLAS ${SYNCBN_WITH_BLAS})
+set(SYNCBN_PACKAGE_BLAS_LIBRARIES "${BLAS_LIBRARIES}")
+set(SYNCBN_PACKAGE_WITH_CUDNN ${SYNCBN_WITH_CUDNN})
+set(SYNCBN_PACKAGE_CUDNN_LIBRARY "${SYNCBN_CUDNN_LIBRARY}")
 configure_package_config_file("${PROJECT_SOURCE_DIR}/cmake/syncbnConfig.cmake.in"
   "${PROJECT_BINARY_DIR}/syncbnConfig.cmake" INSTALL_DESTINATION "${config_dir}")
 # 0.x releases: a minor version may change the API.

@@ -9,11 +9,13 @@
 #include "syncbn/sync/wait_policy.hpp"
 // core: devices, tensors, ops, batch-norm stages, backends.
 #include "syncbn/core/batch_norm.hpp"
+#include "syncbn/core/conv.hpp"
 #include "syncbn/core/cpu.hpp"
 #include "syncbn/core/cuda.hpp"
 #include "syncbn/core/device.hpp"
 #include "syncbn/core/dtype.hpp"
 #include "syncbn/core/ops.hpp"
+#include "syncbn/core/pool.hpp"
 #include "syncbn/core/shape.hpp"
 #include "syncbn/core/tensor.hpp"
 // comm: collectives.
@@ -21,11 +23,16 @@
 // nn: modules.
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/conv.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/module.hpp"
+#include "syncbn/nn/pooling.hpp"
 #include "syncbn/nn/replication_context.hpp"
+#include "syncbn/nn/residual.hpp"
+#include "syncbn/nn/resnet.hpp"
 #include "syncbn/nn/sequential.hpp"
+#include "syncbn/nn/size2.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
 // optim: optimizers.
 #include "syncbn/optim/sgd.hpp"

@@ -153,6 +153,53 @@ struct LossKernels {
 };
 
 
+/// A 2-D convolution with every size resolved and checked (core/conv.cpp):
+/// x (n, c_in, h, w), weight (c_out, c_in / groups, kh, kw), y (n, c_out, oh, ow).
+struct Conv2dShape {
+  std::int64_t n, c_in, h, w, c_out, kh, kw, oh, ow;
+  std::int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+};
+
+/// Convolutions (float32 / float64), NCHW.
+struct ConvKernels {
+  /// y = conv(x, weight) + bias (bias null: none).
+  void (*forward)(Device device, DType dtype, const Conv2dShape& s, const void* x, const void* weight,
+                  const void* bias, void* y);
+  /// dx = the input gradient for dy (dx is written, not accumulated).
+  void (*backward_input)(Device device, DType dtype, const Conv2dShape& s, const void* dy, const void* weight,
+                         void* dx);
+  /// dweight += the weight gradient for input x and dy.
+  void (*backward_weight)(Device device, DType dtype, const Conv2dShape& s, const void* dy, const void* x,
+                          void* dweight);
+  /// dbias[j] += the sum of dy over n and the l = oh * ow positions of channel j.
+  void (*backward_bias)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                        void* dbias);
+};
+
+/// A 2-D pooling with every size resolved and checked (core/pool.cpp):
+/// x (n, c, h, w) -> y (n, c, oh, ow).
+struct Pool2dShape {
+  std::int64_t n, c, h, w, oh, ow;
+  std::int64_t kh, kw, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  bool count_include_pad;
+};
+
+/// Pooling (float32 / float64), NCHW. The backward kernels write dx whole.
+struct PoolKernels {
+  /// y = the window maxima; indices = their positions h * w_in + w in the plane.
+  void (*max_forward)(Device device, DType dtype, const Pool2dShape& s, const void* x, void* y,
+                      std::int64_t* indices);
+  void (*max_backward)(Device device, DType dtype, const Pool2dShape& s, const void* dy,
+                       const std::int64_t* indices, void* dx);
+  /// y = the window means (padding as zeros, divisor per count_include_pad).
+  void (*avg_forward)(Device device, DType dtype, const Pool2dShape& s, const void* x, void* y);
+  void (*avg_backward)(Device device, DType dtype, const Pool2dShape& s, const void* dy, void* dx);
+  /// Adaptive windows (s.kh ... s.dilation_w unused).
+  void (*adaptive_avg_forward)(Device device, DType dtype, const Pool2dShape& s, const void* x, void* y);
+  void (*adaptive_avg_backward)(Device device, DType dtype, const Pool2dShape& s, const void* dy, void* dx);
+};
+
+
 /// The tables of a device kind. Throw Unsupported for CUDA in a build without CUDA.
 const MemoryKernels& memory_kernels(DeviceKind kind);
 const ElementwiseKernels& elementwise_kernels(DeviceKind kind);
@@ -161,6 +208,10 @@ const BlasKernels& blas_kernels(DeviceKind kind);
 const ActivationKernels& activation_kernels(DeviceKind kind);
 const BatchNormKernels& batchnorm_kernels(DeviceKind kind);
 const LossKernels& loss_kernels(DeviceKind kind);
+/// The CPU convolutions need a BLAS (SYNCBN_BLAS) and the CUDA ones cuDNN:
+/// Unsupported where this build has none.
+const ConvKernels& conv_kernels(DeviceKind kind);
+const PoolKernels& pool_kernels(DeviceKind kind);
 
 /// The memory table that copies between these two devices (CUDA whenever
 /// either is a GPU).

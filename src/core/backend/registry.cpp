@@ -72,6 +72,16 @@ const LossKernels& loss_kernels(DeviceKind kind) {
   return cuda_table<LossKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kLossKernels), "loss");
 }
 
+const ConvKernels& conv_kernels(DeviceKind kind) {
+  if (kind == DeviceKind::CPU) return cpu::kConvKernels;
+  return cuda_table<ConvKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kConvKernels), "conv2d");
+}
+
+const PoolKernels& pool_kernels(DeviceKind kind) {
+  if (kind == DeviceKind::CPU) return cpu::kPoolKernels;
+  return cuda_table<PoolKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kPoolKernels), "pool2d");
+}
+
 const MemoryKernels& copy_kernels(Device dst, Device src) {
   return memory_kernels(dst.is_cuda() || src.is_cuda() ? DeviceKind::CUDA : DeviceKind::CPU);
 }

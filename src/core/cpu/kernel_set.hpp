@@ -45,4 +45,12 @@ const KernelSet& active_kernel_set();
 /// The memory table (allocation, copies, fills, conversions), one for every level.
 extern const core::detail::MemoryKernels kMemoryKernels;
 
+/// The convolution and pooling tables, one for every level (cpu_conv.cpp
+/// calls the BLAS, which dispatches on the CPU itself; cpu_pool.cpp is
+/// bounded by memory traffic).
+extern const core::detail::ConvKernels kConvKernels;
+extern const core::detail::PoolKernels kPoolKernels;
+/// Whether this build has a BLAS for the CPU convolutions.
+bool has_blas() noexcept;
+
 }  // namespace syncbn::cpu

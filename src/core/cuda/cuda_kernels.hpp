@@ -12,5 +12,7 @@ extern const core::detail::BlasKernels kBlasKernels;
 extern const core::detail::ActivationKernels kActivationKernels;
 extern const core::detail::BatchNormKernels kBatchNormKernels;
 extern const core::detail::LossKernels kLossKernels;
+extern const core::detail::ConvKernels kConvKernels;
+extern const core::detail::PoolKernels kPoolKernels;
 
 }  // namespace syncbn::cuda::detail

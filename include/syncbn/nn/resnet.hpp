@@ -1,0 +1,56 @@
+#pragma once
+// A small ResNet of basic blocks, with torchvision's module names, so that
+// its checkpoints load into the same network written in PyTorch.
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "syncbn/nn/module.hpp"
+#include "syncbn/nn/sequential.hpp"
+
+namespace syncbn::nn {
+
+/// torchvision's BasicBlock: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut),
+/// 3x3 convolutions without bias, the shortcut the identity or
+/// `downsample` = Sequential(1x1 convolution with the block's stride, BatchNorm2d)
+/// when the stride or the channel count changes. Children: conv1, bn1,
+/// relu, conv2, bn2 and, when needed, downsample. The batch norms may be
+/// converted to SyncBatchNorm2d (convert_sync_batchnorm).
+class BasicBlock : public Cloneable<BasicBlock> {
+ public:
+  /// Throws InvalidArgument for channels or stride < 1.
+  BasicBlock(std::int64_t in_channels, std::int64_t out_channels, std::int64_t stride = 1, std::uint64_t seed = 0,
+             DType dtype = DType::Float32, Device device = Device());
+  std::string describe() const override;
+  Tensor forward(const Tensor& input) override;
+  Tensor backward(const Tensor& grad_output) override;
+
+ protected:
+  void clear_cache() override { output_ = Tensor(); }
+
+ private:
+  std::int64_t in_, out_, stride_;
+  bool has_downsample_;
+  Tensor output_;  // after the final ReLU, for its backward
+};
+
+/// Options of resnet().
+struct ResNetOptions {
+  std::int64_t in_channels = 1;
+  std::int64_t num_classes = 10;
+  /// Channels of each stage; every stage after the first halves H and W.
+  std::vector<std::int64_t> widths{16, 32, 64};
+  std::int64_t blocks_per_stage = 2;
+  std::uint64_t seed = 0;
+  DType dtype = DType::Float32;
+  Device device = Device();
+};
+
+/// A ResNet for small images (CIFAR-style stem: one 3x3 convolution, no
+/// max pooling): children conv1, bn1, relu, layer1 ... layerK (Sequential of
+/// BasicBlock), avgpool (AdaptiveAvgPool2d(1)), flatten, fc (Linear).
+/// Input (N, in_channels, H, W), output (N, num_classes) logits.
+std::shared_ptr<Sequential> resnet(const ResNetOptions& options = {});
+
+}  // namespace syncbn::nn
