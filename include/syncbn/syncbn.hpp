@@ -27,7 +27,10 @@
 #include "syncbn/nn/replication_context.hpp"
 #include "syncbn/nn/sequential.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
-// optim: optimizers.
+// optim: optimizers and parameter groups.
+#include "syncbn/optim/adam.hpp"
+#include "syncbn/optim/optimizer.hpp"
+#include "syncbn/optim/param_groups.hpp"
 #include "syncbn/optim/sgd.hpp"
 // parallel: replicate and DataParallel.
 #include "syncbn/parallel/data_parallel.hpp"
