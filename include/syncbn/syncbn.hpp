@@ -27,8 +27,9 @@
 #include "syncbn/nn/replication_context.hpp"
 #include "syncbn/nn/sequential.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
-// optim: optimizers and parameter groups.
+// optim: optimizers, parameter groups, learning-rate schedules.
 #include "syncbn/optim/adam.hpp"
+#include "syncbn/optim/lr_schedule.hpp"
 #include "syncbn/optim/optimizer.hpp"
 #include "syncbn/optim/param_groups.hpp"
 #include "syncbn/optim/sgd.hpp"
