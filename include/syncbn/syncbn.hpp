@@ -34,7 +34,11 @@
 #include "syncbn/nn/sequential.hpp"
 #include "syncbn/nn/size2.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
-// optim: optimizers.
+// optim: optimizers, parameter groups, learning-rate schedules.
+#include "syncbn/optim/adam.hpp"
+#include "syncbn/optim/lr_schedule.hpp"
+#include "syncbn/optim/optimizer.hpp"
+#include "syncbn/optim/param_groups.hpp"
 #include "syncbn/optim/sgd.hpp"
 // parallel: replicate and DataParallel.
 #include "syncbn/parallel/data_parallel.hpp"

@@ -3,6 +3,7 @@
 
 #include "syncbn/core/ops.hpp"
 
+#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -75,6 +76,52 @@ void axpby_(const Tensor& y, double alpha, const Tensor& x, double beta) { axpby
 void scale_(const Tensor& x, double alpha) {
   check_math_operand(x, "scale_", "x");
   detail::elementwise_kernels(x.device().kind()).scale(x.device(), x.dtype(), x.numel(), alpha, x.raw_data());
+}
+
+// Note [Adam step]
+// adam_update_ is one fused kernel per tensor rather than a chain of ops:
+// PyTorch's update reads and writes param, exp_avg and exp_avg_sq several
+// times (mul_, add_, addcmul_, sqrt, div, add_, addcdiv_), a fused pass once.
+// Each element is computed in float64 from the stored values and each
+// result is rounded once to the dtype, so a float32 parameter differs from
+// PyTorch's float32 arithmetic (a rounding per op) by about an ulp, and the
+// float64 reference of the tests is the exact specification. The step's
+// constants (bias corrections, step size) are computed here on the host, in
+// float64 as PyTorch does in Python.
+void adam_update_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                  const Tensor& max_exp_avg_sq, const AdamStep& step) {
+  constexpr const char* op = "adam_update_";
+  check_same(param, grad, op, "param", "grad");
+  check_same(param, exp_avg, op, "param", "exp_avg");
+  check_same(param, exp_avg_sq, op, "param", "exp_avg_sq");
+  const bool amsgrad = max_exp_avg_sq.defined();
+  if (amsgrad) check_same(param, max_exp_avg_sq, op, "param", "max_exp_avg_sq");
+  const std::pair<const Tensor*, const char*> written[] = {
+      {&param, "param"}, {&exp_avg, "exp_avg"}, {&exp_avg_sq, "exp_avg_sq"}, {&max_exp_avg_sq, "max_exp_avg_sq"}};
+  const std::size_t count = amsgrad ? 4 : 3;
+  for (std::size_t i = 0; i < count; ++i)
+    for (std::size_t j = i + 1; j < count; ++j)
+      SYNCBN_CHECK(!overlap(*written[i].first, *written[j].first), op, ": ", written[i].second, " overlaps ",
+                   written[j].second, " in memory, expected separate tensors");
+  SYNCBN_CHECK(step.lr >= 0, op, ": lr is ", step.lr, ", expected >= 0");
+  SYNCBN_CHECK(step.eps >= 0, op, ": eps is ", step.eps, ", expected >= 0");
+  SYNCBN_CHECK(step.beta1 >= 0 && step.beta1 < 1, op, ": beta1 is ", step.beta1, ", expected 0 <= beta1 < 1");
+  SYNCBN_CHECK(step.beta2 >= 0 && step.beta2 < 1, op, ": beta2 is ", step.beta2, ", expected 0 <= beta2 < 1");
+  SYNCBN_CHECK(step.weight_decay >= 0, op, ": weight_decay is ", step.weight_decay, ", expected >= 0");
+  SYNCBN_CHECK(step.step >= 1, op, ": step is ", step.step, ", expected >= 1 (the count including this step)");
+
+  const double t = static_cast<double>(step.step);
+  detail::AdamCoefficients c{};
+  c.grad_decay = step.decoupled_weight_decay ? 0.0 : step.weight_decay;
+  c.param_scale = step.decoupled_weight_decay ? 1.0 - step.lr * step.weight_decay : 1.0;
+  c.beta1 = step.beta1;
+  c.beta2 = step.beta2;
+  c.step_size = step.lr / (1.0 - std::pow(step.beta1, t));
+  c.bias_correction2_sqrt = std::sqrt(1.0 - std::pow(step.beta2, t));
+  c.eps = step.eps;
+  detail::elementwise_kernels(param.device().kind())
+      .adam(param.device(), param.dtype(), param.numel(), c, param.raw_data(), grad.raw_data(), exp_avg.raw_data(),
+            exp_avg_sq.raw_data(), amsgrad ? max_exp_avg_sq.raw_data() : nullptr);
 }
 
 Tensor sum(const Tensor& a) {

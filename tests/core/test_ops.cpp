@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -164,4 +166,99 @@ TEST_CASE("In-place and host-access errors name the operation that was called", 
                        MessageIs("Tensor::item: the tensor is undefined, expected a tensor with storage"));
   CHECK_THROWS_MATCHES(Tensor().clone(), InvalidArgument,
                        MessageIs("Tensor::clone: the tensor is undefined, expected a tensor with storage"));
+}
+
+namespace {
+
+struct AdamCase {
+  const char* name;
+  double weight_decay;
+  bool decoupled;
+  bool amsgrad;
+};
+
+}  // namespace
+
+TEST_CASE("adam_update_ matches a float64 reference of PyTorch's Adam and AdamW step", "[tensor]") {
+  const DType dtype = GENERATE(DType::Float32, DType::Float64);
+  const std::int64_t n = GENERATE(0, 1, 7, 1000);
+  const AdamCase c = GENERATE(AdamCase{"adam", 0.0, false, false}, AdamCase{"adam with L2", 0.1, false, false},
+                              AdamCase{"adamw", 0.1, true, false}, AdamCase{"adam amsgrad", 0.1, false, true},
+                              AdamCase{"adamw amsgrad", 0.1, true, true});
+  const std::int64_t t = GENERATE(1, 7);
+  CAPTURE(dtype, n, c.name, t, syncbn::testing::kSeed);
+  const Device dev = test_device();
+  const std::uint64_t seed = syncbn::testing::kSeed;
+  const Tensor p = Tensor::randn(Shape{n}, seed, dtype, dev);
+  const Tensor g = Tensor::randn(Shape{n}, seed + 1, dtype, dev);
+  const Tensor m = Tensor::randn(Shape{n}, seed + 2, dtype, dev, 0.0, 0.1);
+  const Tensor v = Tensor::rand(Shape{n}, seed + 3, dtype, dev, 0.0, 0.5);
+  const Tensor vmax = c.amsgrad ? Tensor::rand(Shape{n}, seed + 4, dtype, dev, 0.0, 0.5) : Tensor();
+  const auto rp = p.to_vector<double>(), rg = g.to_vector<double>(), rm = m.to_vector<double>(),
+             rv = v.to_vector<double>();
+  const auto rvmax = c.amsgrad ? vmax.to_vector<double>() : std::vector<double>(rp.size(), 0.0);
+  syncbn::core::AdamStep step;
+  step.lr = 0.01;
+  step.beta1 = 0.8;
+  step.beta2 = 0.99;
+  step.eps = 1e-6;
+  step.weight_decay = c.weight_decay;
+  step.decoupled_weight_decay = c.decoupled;
+  step.step = t;
+  syncbn::core::adam_update_(p, g, m, v, vmax, step);
+
+  // PyTorch 1.13, torch/optim/adam.py and adamw.py (_single_tensor_adam[w]).
+  const double bc1 = 1 - std::pow(step.beta1, static_cast<double>(t));
+  const double bc2 = 1 - std::pow(step.beta2, static_cast<double>(t));
+  std::vector<double> want_p(rp.size()), want_m(rp.size()), want_v(rp.size()), want_vmax(rp.size());
+  for (std::size_t i = 0; i < rp.size(); ++i) {
+    double param = rp[i];
+    double grad = rg[i];
+    if (c.decoupled) {
+      param *= 1 - step.lr * step.weight_decay;
+    } else {
+      grad += step.weight_decay * param;
+    }
+    want_m[i] = rm[i] * step.beta1 + grad * (1 - step.beta1);
+    want_v[i] = rv[i] * step.beta2 + grad * grad * (1 - step.beta2);
+    double second = want_v[i];
+    if (c.amsgrad) second = want_vmax[i] = std::max(rvmax[i], want_v[i]);
+    const double denom = std::sqrt(second) / std::sqrt(bc2) + step.eps;
+    want_p[i] = param - step.lr / bc1 * want_m[i] / denom;
+  }
+  const auto tol = tolerance_for(dtype);
+  check_close(p, want_p, tol, "param");
+  check_close(m, want_m, tol, "exp_avg");
+  check_close(v, want_v, tol, "exp_avg_sq");
+  if (c.amsgrad) check_close(vmax, want_vmax, tol, "max_exp_avg_sq");
+}
+
+TEST_CASE("adam_update_ rejects bad tensors and hyper-parameters before writing anything", "[tensor]") {
+  const Device dev = test_device();
+  const Tensor p = Tensor::ones(Shape{4}, DType::Float32, dev);
+  const Tensor g = Tensor::ones(Shape{4}, DType::Float32, dev);
+  const Tensor m = Tensor::zeros(Shape{4}, DType::Float32, dev);
+  const Tensor v = Tensor::zeros(Shape{4}, DType::Float32, dev);
+  const syncbn::core::AdamStep ok;
+  auto bad = [](auto change) {
+    syncbn::core::AdamStep s;
+    change(s);
+    return s;
+  };
+  CHECK_THROWS_MATCHES(syncbn::core::adam_update_(p, Tensor::ones(Shape{5}, DType::Float32, dev), m, v, Tensor(), ok),
+                       InvalidArgument, MessageIs("adam_update_: grad has shape (5), expected (4) (as param)"));
+  CHECK_THROWS_MATCHES(syncbn::core::adam_update_(p, g, m, Tensor::zeros(Shape{4}, DType::Float64, dev), Tensor(), ok),
+                       InvalidArgument, MessageIs("adam_update_: exp_avg_sq has dtype float64, expected float32 (as param)"));
+  CHECK_THROWS_MATCHES(syncbn::core::adam_update_(p, g, m, m, Tensor(), ok), InvalidArgument,
+                       MessageIs("adam_update_: exp_avg overlaps exp_avg_sq in memory, expected separate tensors"));
+  CHECK_THROWS_MATCHES(syncbn::core::adam_update_(p, g, m, v, Tensor(), bad([](auto& s) { s.step = 0; })),
+                       InvalidArgument,
+                       MessageIs("adam_update_: step is 0, expected >= 1 (the count including this step)"));
+  CHECK_THROWS_MATCHES(syncbn::core::adam_update_(p, g, m, v, Tensor(), bad([](auto& s) { s.beta2 = 1.0; })),
+                       InvalidArgument, MessageIs("adam_update_: beta2 is 1, expected 0 <= beta2 < 1"));
+  CHECK_THROWS_MATCHES(syncbn::core::adam_update_(p, g, m, v, Tensor(), bad([](auto& s) { s.lr = std::nan(""); })),
+                       InvalidArgument, MessageIs("adam_update_: lr is nan, expected >= 0"));
+  CHECK(p.to_vector<double>() == std::vector<double>(4, 1.0));
+  CHECK(m.to_vector<double>() == std::vector<double>(4, 0.0));
+  CHECK(v.to_vector<double>() == std::vector<double>(4, 0.0));
 }

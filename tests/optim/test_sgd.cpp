@@ -2,7 +2,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "support/compare.hpp"
@@ -107,4 +110,80 @@ TEST_CASE("An optimizer made before convert_sync_batchnorm keeps training the co
   converted->backward(Tensor::randn(y.shape(), syncbn::testing::kSeed + 1, DType::Float32, test_device()));
   sgd.step();
   CHECK(sync.weight().value.to_vector<double>() != weight);  // the optimizer moved the converted layer's weight
+}
+
+TEST_CASE("SGD applies each parameter group's lr and weight decay, and lrs set between steps", "[optim]") {
+  CAPTURE(syncbn::testing::kSeed);
+  const Device dev = test_device();
+  nn::Parameter a{Tensor::randn(Shape{4}, syncbn::testing::kSeed, DType::Float64, dev), Tensor::zeros(Shape{4}, DType::Float64, dev)};
+  nn::Parameter b{Tensor::randn(Shape{3}, syncbn::testing::kSeed + 1, DType::Float64, dev), Tensor::zeros(Shape{3}, DType::Float64, dev)};
+  // Group 0 takes the defaults, group 1 its own lr and no weight decay.
+  optim::SGD sgd(optim::ParamGroups{{{&a}}, {{&b}, 0.5, 0.0}}, optim::SGDOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01});
+  REQUIRE(sgd.param_groups().size() == 2);
+  CHECK(sgd.param_groups()[0].lr == 0.1);
+  CHECK(sgd.param_groups()[0].weight_decay == 0.01);
+  CHECK(sgd.param_groups()[1].lr == 0.5);
+  CHECK(sgd.param_groups()[1].weight_decay == 0.0);
+  CHECK(sgd.num_params() == 2);
+  nn::Parameter* params[] = {&a, &b};
+  std::vector<std::vector<double>> p{a.value.to_vector<double>(), b.value.to_vector<double>()}, buf(2);
+  for (int step = 0; step < 4; ++step) {
+    if (step == 2) sgd.set_lr(0.2);     // every group
+    if (step == 3) sgd.set_lr(1, 0.05);  // one group
+    for (std::size_t j = 0; j < 2; ++j) {
+      params[j]->grad.copy_(Tensor::randn(params[j]->grad.shape(), syncbn::testing::kSeed + 10 * static_cast<std::uint64_t>(step) + j,
+                                          DType::Float64, dev));
+      const auto g0 = params[j]->grad.to_vector<double>();
+      const double lr = sgd.param_groups()[j].lr, wd = sgd.param_groups()[j].weight_decay;
+      for (std::size_t i = 0; i < g0.size(); ++i) {
+        const double g = g0[i] + wd * p[j][i];
+        if (step == 0) buf[j].push_back(g);
+        else buf[j][i] = 0.9 * buf[j][i] + g;
+        p[j][i] -= lr * buf[j][i];
+      }
+    }
+    sgd.step();
+    check_close(a.value, p[0], {1e-12, 1e-12}, "group 0's parameter after step " + std::to_string(step));
+    check_close(b.value, p[1], {1e-12, 1e-12}, "group 1's parameter after step " + std::to_string(step));
+  }
+  CHECK(sgd.param_groups()[0].lr == 0.2);
+  CHECK(sgd.param_groups()[1].lr == 0.05);
+}
+
+TEST_CASE("SGD's lr reads and sets every group's learning rate, and refuses bad ones unchanged", "[optim]") {
+  nn::Linear layer(2, 2, nn::LinearOptions{.device = test_device()});
+  optim::SGD sgd(layer.parameters(), optim::SGDOptions{.lr = 0.1});
+  CHECK(sgd.lr() == 0.1);
+  sgd.set_lr(0.25);
+  CHECK(sgd.lr() == 0.25);
+  CHECK(sgd.param_groups()[0].lr == 0.25);
+  CHECK_THROWS_MATCHES(sgd.set_lr(-1.0), InvalidArgument, MessageIs("SGD::set_lr: lr is -1, expected >= 0"));
+  CHECK_THROWS_MATCHES(sgd.set_lr(1, 0.5), InvalidArgument,
+                       MessageIs("SGD::set_lr: group 1 does not exist, expected a group below 1"));
+  CHECK_THROWS_MATCHES(sgd.set_lr(0, std::nan("")), InvalidArgument, MessageIs("SGD::set_lr: lr is nan, expected >= 0"));
+  CHECK(sgd.lr() == 0.25);
+
+  optim::SGD two(optim::ParamGroups{{{&layer.weight()}}, {{&layer.bias()}, 0.5}}, optim::SGDOptions{.lr = 0.1});
+  CHECK_THROWS_MATCHES(two.lr(), InvalidArgument,
+                       MessageIs("SGD::lr: group 1 has lr 0.5 and group 0 has lr 0.1, expected one lr for all groups "
+                                 "(read param_groups()[i].lr)"));
+  two.set_lr(0.3);
+  CHECK(two.lr() == 0.3);
+}
+
+TEST_CASE("SGD rejects bad parameter groups", "[optim]") {
+  nn::Linear layer(2, 2, nn::LinearOptions{.device = test_device()});
+  nn::Parameter* w = &layer.weight();
+  CHECK_THROWS_MATCHES(optim::SGD(optim::ParamGroups{{{w}}, {{w}}}, {0.1}), InvalidArgument,
+                       MessageIs("SGD: parameter 1 is parameter 0 again, expected every parameter once"));
+  CHECK_THROWS_MATCHES(optim::SGD(std::vector<nn::Parameter*>{w, w}, {0.1}), InvalidArgument,
+                       MessageIs("SGD: parameter 1 is parameter 0 again, expected every parameter once"));
+  CHECK_THROWS_MATCHES(optim::SGD(optim::ParamGroups{{{w}, -0.1}}, {0.1}), InvalidArgument,
+                       MessageIs("SGD: group 0 has lr -0.1, expected >= 0"));
+  CHECK_THROWS_MATCHES(optim::SGD(optim::ParamGroups{{{w}, 0.1, -1.0}}, {0.1}), InvalidArgument,
+                       MessageIs("SGD: group 0 has weight_decay -1, expected >= 0"));
+  // An empty group is allowed (split_weight_decay may give one).
+  optim::SGD sgd(optim::ParamGroups{{{w}}, {{}}}, {0.1});
+  CHECK(sgd.num_params() == 1);
+  sgd.step();
 }

@@ -7,6 +7,7 @@
 // Reductions accumulate in float64 whatever the dtype. CUDA operations are
 // queued on the device's stream and return without waiting.
 
+#include <cstdint>
 #include <span>
 
 #include "syncbn/core/tensor.hpp"
@@ -28,6 +29,34 @@ void add_(const Tensor& y, const Tensor& x, double alpha = 1.0);
 void axpby_(const Tensor& y, double alpha, const Tensor& x, double beta);
 /// x *= alpha, in place.
 void scale_(const Tensor& x, double alpha);
+
+/// The hyper-parameters of one Adam or AdamW step (PyTorch's meaning).
+struct AdamStep {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  /// true: AdamW's decoupled decay, p *= 1 - lr * weight_decay before the
+  /// update; false: Adam's L2 penalty, grad + weight_decay * p.
+  bool decoupled_weight_decay = false;
+  /// The parameter's step count including this step (>= 1), for the bias
+  /// corrections 1 - beta1^step and 1 - beta2^step.
+  std::int64_t step = 1;
+};
+
+/// One Adam (or AdamW) step of `param`, in place, as PyTorch 1.13's
+/// single-tensor update: the moments exp_avg and exp_avg_sq are updated
+/// with grad, then param moves by -lr / (1 - beta1^step) * exp_avg /
+/// (sqrt(v) / sqrt(1 - beta2^step) + eps), where v is exp_avg_sq, or with
+/// amsgrad (max_exp_avg_sq defined) the running maximum of exp_avg_sq kept in
+/// max_exp_avg_sq. Every tensor has param's shape, dtype (float32 or float64)
+/// and device; the four updated tensors do not overlap in memory. Each
+/// element is computed in float64 and stored once in the dtype.
+/// InvalidArgument, before anything is written, for lr < 0, eps < 0, a beta
+/// outside [0, 1), weight_decay < 0 or step < 1.
+void adam_update_(const Tensor& param, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                  const Tensor& max_exp_avg_sq, const AdamStep& step);
 
 /// The sum of all elements, as a rank-0 tensor of a's dtype and device.
 Tensor sum(const Tensor& a);

@@ -43,6 +43,18 @@ struct MemoryKernels {
 /// Element-wise binary operators.
 enum class BinaryOp : std::uint8_t { Add, Sub, Mul };
 
+/// The constants of one Adam or AdamW step of one tensor, computed on the
+/// host from the options and the step count (core::adam_update_).
+struct AdamCoefficients {
+  double grad_decay;   ///< Adam's L2 weight decay: g += grad_decay * p (0 for AdamW)
+  double param_scale;  ///< AdamW's decoupled decay: p *= param_scale, 1 - lr * weight_decay (1 for Adam)
+  double beta1;
+  double beta2;
+  double step_size;              ///< lr / (1 - beta1^step)
+  double bias_correction2_sqrt;  ///< sqrt(1 - beta2^step)
+  double eps;
+};
+
 /// Element-wise arithmetic (float32 / float64).
 struct ElementwiseKernels {
   /// out[i] = a[i] op b[i]; out may alias a or b.
@@ -51,6 +63,15 @@ struct ElementwiseKernels {
   void (*axpby)(Device device, DType dtype, std::int64_t n, double alpha, const void* x, double beta, void* y);
   /// x[i] = alpha * x[i].
   void (*scale)(Device device, DType dtype, std::int64_t n, double alpha, void* x);
+  /// One Adam step of every element, computed in float64 and stored once in
+  /// the dtype (Note [Adam step] in src/core/ops.cpp), in this order:
+  ///   g = grad + grad_decay * p;  p = param_scale * p
+  ///   m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g
+  ///   amsgrad (max_exp_avg_sq not null): vmax = max(vmax, v), NaN propagating
+  ///   p = p - step_size * m / (sqrt(vmax or v) / bias_correction2_sqrt + eps)
+  /// param, exp_avg, exp_avg_sq and max_exp_avg_sq do not overlap.
+  void (*adam)(Device device, DType dtype, std::int64_t n, const AdamCoefficients& c, void* param, const void* grad,
+               void* exp_avg, void* exp_avg_sq, void* max_exp_avg_sq);
 };
 
 /// Reductions, accumulated in float64 whatever the dtype.
