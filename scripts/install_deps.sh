@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what syncbn needs to build and test on Debian/Ubuntu, only what is
-# missing: a C++20 compiler, CMake >= 3.25, Ninja and Catch2 (v2, Debian's
-# package). The CUDA toolkit is optional and never installed here: the build
+# missing: a C++20 compiler, CMake >= 3.25, Ninja, Catch2 (v2, Debian's
+# package), nlohmann-json (the safetensors header) and zlib (gzip-compressed
+# datasets). The CUDA toolkit is optional and never installed here: the build
 # enables the CUDA backend where nvcc is found.
 # Extra packages can be named as arguments (e.g. gnuplot-nox for the plots).
 set -euo pipefail
 
-packages=(cmake g++ ninja-build catch2 "$@")
+packages=(cmake g++ ninja-build catch2 nlohmann-json3-dev zlib1g-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

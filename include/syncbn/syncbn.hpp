@@ -14,6 +14,7 @@
 #include "syncbn/core/device.hpp"
 #include "syncbn/core/dtype.hpp"
 #include "syncbn/core/ops.hpp"
+#include "syncbn/core/safetensors.hpp"
 #include "syncbn/core/shape.hpp"
 #include "syncbn/core/tensor.hpp"
 // comm: collectives.
