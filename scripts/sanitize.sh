@@ -5,7 +5,7 @@
 #   scripts/sanitize.sh [thread|address|all]     (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install_deps.sh
+scripts/install_deps.sh python3-torch  # torch: the PyTorch interop tests
 
 which=${1:-all}
 labels='sync|core|comm|nn|optim|parallel'

@@ -19,9 +19,10 @@
 #include "syncbn/core/tensor.hpp"
 // comm: collectives.
 #include "syncbn/comm/collectives.hpp"
-// nn: modules.
+// nn: modules and checkpoints.
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/checkpoint.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/module.hpp"
