@@ -34,3 +34,7 @@
 // parallel: replicate and DataParallel.
 #include "syncbn/parallel/data_parallel.hpp"
 #include "syncbn/parallel/replicate.hpp"
+// data: datasets and mini-batches.
+#include "syncbn/data/batch_iterator.hpp"
+#include "syncbn/data/fashion_mnist.hpp"
+#include "syncbn/data/idx.hpp"
