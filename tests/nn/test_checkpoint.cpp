@@ -319,6 +319,15 @@ TEST_CASE("nn::load names the path and leaves the module bit-identical for a bad
                                    "name of the module ('1.num_batches_tracked'), expected exactly the module's 9 names "
                                    "(strict)"));
   }
+  SECTION("a file with a name the module lacks") {
+    State state = nn::state_dict(*make_model(2));
+    state.emplace_back("4.weight", Tensor::zeros(Shape{3, 3}, DType::Float32, test_device()));
+    core::save_safetensors(path, state);
+    CHECK_THROWS_MATCHES(nn::load(*model, path), InvalidArgument,
+                         MessageIs("nn::load: '" + path + "': the state does not match the module's names: it has 1 "
+                                   "name the module does not ('4.weight'), expected exactly the module's 9 names "
+                                   "(strict)"));
+  }
   SECTION("a float64 file for a float32 model") {
     State state = nn::state_dict(*make_model(2));
     for (auto& [name, t] : state)
