@@ -1,7 +1,8 @@
 # cmake --install: headers, the layer libraries and the CMake package, so that
 #   find_package(syncbn CONFIG REQUIRED)
 #   target_link_libraries(app PRIVATE syncbn::syncbn)
-# works, with the Threads, CUDA and NCCL dependencies the build was made with.
+# works, with the Threads, ZLIB, CUDA and NCCL dependencies the build was made
+# with. nlohmann_json is a build-time dependency of core only (not exported).
 
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds the CPU code with ThreadSanitizer and with AddressSanitizer +
 # UndefinedBehaviorSanitizer (separate build trees) and runs the threaded
-# test areas under both.
+# test areas and the data area (the file parsers) under both.
 #   scripts/sanitize.sh [thread|address|all]     (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install_deps.sh
+scripts/install_deps.sh python3-torch  # torch: the PyTorch interop tests
 
 which=${1:-all}
-labels='sync|core|comm|nn|optim|parallel'
+labels='sync|core|comm|nn|optim|parallel|data'
 jobs=$(nproc 2>/dev/null || echo 2)
 # ASLR with high entropy breaks the shadow-memory layout of GCC 12's TSan
 # ("unexpected memory mapping"); run the tests without address randomisation.

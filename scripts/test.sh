@@ -7,9 +7,10 @@
 #   scripts/test.sh [extra ctest arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# qemu-user runs the "portable" tests: the suite on an emulated CPU without AVX.
-extra=()
-[[ $(uname -m) == x86_64 ]] && extra=(qemu-user)
+# python3-torch runs the PyTorch interop tests (they skip without it);
+# qemu-user the "portable" tests: the suite on an emulated CPU without AVX.
+extra=(python3-torch)
+[[ $(uname -m) == x86_64 ]] && extra+=(qemu-user)
 scripts/install_deps.sh "${extra[@]}"
 scripts/build.sh build
 cd build

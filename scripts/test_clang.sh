@@ -6,7 +6,7 @@
 #   scripts/test_clang.sh [extra ctest arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install_deps.sh clang
+scripts/install_deps.sh clang python3-torch  # torch: the PyTorch interop tests
 CXX=clang++ scripts/build.sh build-clang -DSYNCBN_CUDA=OFF -DSYNCBN_BUILD_BENCH=OFF
 cd build-clang
 ctest --output-on-failure --parallel "$(nproc 2>/dev/null || echo 2)" -LE consumer "$@"

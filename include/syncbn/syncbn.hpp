@@ -16,13 +16,15 @@
 #include "syncbn/core/dtype.hpp"
 #include "syncbn/core/ops.hpp"
 #include "syncbn/core/pool.hpp"
+#include "syncbn/core/safetensors.hpp"
 #include "syncbn/core/shape.hpp"
 #include "syncbn/core/tensor.hpp"
 // comm: collectives.
 #include "syncbn/comm/collectives.hpp"
-// nn: modules.
+// nn: modules and checkpoints.
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/checkpoint.hpp"
 #include "syncbn/nn/conv.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/loss.hpp"
@@ -43,3 +45,7 @@
 // parallel: replicate and DataParallel.
 #include "syncbn/parallel/data_parallel.hpp"
 #include "syncbn/parallel/replicate.hpp"
+// data: datasets and mini-batches.
+#include "syncbn/data/batch_iterator.hpp"
+#include "syncbn/data/fashion_mnist.hpp"
+#include "syncbn/data/idx.hpp"
