@@ -26,6 +26,8 @@
 #include "syncbn/nn/batchnorm.hpp"
 #include "syncbn/nn/checkpoint.hpp"
 #include "syncbn/nn/linear.hpp"
+#include "syncbn/nn/resnet.hpp"
+#include "syncbn/nn/sync_batchnorm.hpp"
 #include "syncbn/nn/sequential.hpp"
 
 using namespace syncbn;
@@ -75,9 +77,21 @@ std::string torch_unavailable(const TempDir& dir) {
   return "";
 }
 
-std::string script_command(const std::string& subcommand, const std::string& model, const std::string& reference) {
+std::string script_command(const std::string& subcommand, const std::string& model, const std::string& reference,
+                           const std::string& kind = "mlp") {
   return quoted(SYNCBN_TEST_PYTHON3) + " " + quoted(std::string(SYNCBN_TEST_PYTHON_DIR) + "/torch_checkpoint.py") +
-         " " + subcommand + " " + quoted(model) + " " + quoted(reference);
+         " " + subcommand + " " + quoted(model) + " " + quoted(reference) + " " + kind;
+}
+
+// make_resnet() of torch_checkpoint.py: two stages (4 and 8 channels) of one
+// BasicBlock each, the second with a downsample shortcut.
+std::shared_ptr<nn::Sequential> torch_test_resnet(std::uint64_t seed) {
+  nn::ResNetOptions options;
+  options.widths = {4, 8};
+  options.blocks_per_stage = 1;
+  options.seed = seed;
+  options.device = test_device();
+  return nn::resnet(options);
 }
 
 Tensor named(const core::SafetensorsFile& file, const std::string& name) {
@@ -152,4 +166,50 @@ TEST_CASE("PyTorch loads a syncbn checkpoint with strict names and gives syncbn'
   INFO(off.output);
   CHECK(off.status == 1);
   CHECK(off.output.find("differs from syncbn's") != std::string::npos);
+}
+
+TEST_CASE("A PyTorch ResNet's state_dict loads into syncbn's resnet() and gives PyTorch's eval output",
+          "[nn][checkpoint][torch]") {
+  const TempDir dir;
+  if (const std::string why = torch_unavailable(dir); !why.empty()) SYNCBN_SKIP(why);
+  const std::string model_path = dir.file("torch_resnet.safetensors");
+  const std::string reference_path = dir.file("torch_resnet_reference.safetensors");
+  const Run written = run(script_command("write", model_path, reference_path, "resnet"), dir);
+  INFO(written.output);
+  REQUIRE(written.status == 0);
+  // Into the model as built and into its synchronized conversion alike.
+  const bool synchronized = GENERATE(false, true);
+  CAPTURE(synchronized);
+  std::shared_ptr<nn::Module> model = torch_test_resnet(syncbn::testing::kSeed);
+  if (synchronized) model = nn::convert_sync_batchnorm(model);
+  std::vector<std::string> file_names, own_names;
+  for (const auto& [name, t] : core::load_safetensors(model_path).tensors) file_names.push_back(name);
+  for (const auto& [name, t] : nn::state_dict(*model)) own_names.push_back(name);
+  CHECK(file_names == own_names);
+  nn::load(*model, model_path);
+  const auto reference = core::load_safetensors(reference_path);
+  model->eval();
+  const Tensor y = model->forward(named(reference, "input").to(test_device()));
+  syncbn::testing::check_close(y, named(reference, "output").to_vector<double>(), {1e-5, 1e-5},
+                               "syncbn's ResNet eval output against PyTorch's");
+}
+
+TEST_CASE("PyTorch loads a synchronized syncbn ResNet's checkpoint into its own ResNet and agrees",
+          "[nn][checkpoint][torch]") {
+  const TempDir dir;
+  if (const std::string why = torch_unavailable(dir); !why.empty()) SYNCBN_SKIP(why);
+  const std::string model_path = dir.file("syncbn_resnet.safetensors");
+  const std::string reference_path = dir.file("syncbn_resnet_reference.safetensors");
+  auto model = nn::convert_sync_batchnorm(torch_test_resnet(syncbn::testing::kSeed));
+  model->train();
+  for (std::uint64_t step = 0; step < 2; ++step)
+    model->forward(Tensor::randn(Shape{8, 1, 8, 8}, syncbn::testing::kSeed + 30 + step, DType::Float32, test_device(),
+                                 0.5, 2.0));
+  model->eval();
+  const Tensor x = Tensor::randn(Shape{3, 1, 8, 8}, syncbn::testing::kSeed + 40, DType::Float32, test_device());
+  nn::save(*model, model_path);
+  core::save_safetensors(reference_path, {{"input", x}, {"output", model->forward(x)}});
+  const Run checked = run(script_command("check", model_path, reference_path, "resnet"), dir);
+  INFO(checked.output);
+  CHECK(checked.status == 0);
 }

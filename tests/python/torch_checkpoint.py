@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """PyTorch's side of the checkpoint interop test (tests/nn/test_checkpoint_torch.cpp).
 
-  torch_checkpoint.py write MODEL REFERENCE
+  torch_checkpoint.py write MODEL REFERENCE [mlp|resnet]
       Builds the test model (fixed seed), runs a few train-mode forwards so that
       the running statistics and num_batches_tracked are not their defaults, and
       writes its state_dict() to MODEL and an eval-mode input/output pair
       ("input", "output"; metadata "train_steps") to REFERENCE.
-  torch_checkpoint.py check MODEL REFERENCE
+  torch_checkpoint.py check MODEL REFERENCE [mlp|resnet]
       Loads MODEL (a syncbn checkpoint) into the test model with
       load_state_dict(strict=True), after checking that its names come in
       state_dict() order with the model's dtypes and shapes, and compares the
@@ -17,6 +17,7 @@ Exit status 0 when everything matches, 1 with a message on stderr otherwise,
 and written here by hand (json + struct + torch) in the safetensors format.
 """
 
+import collections
 import json
 import struct
 import sys
@@ -29,16 +30,58 @@ CODES = {dtype: code for code, dtype in DTYPES.items()}
 # Integer views of the same width, to get the bytes of dtypes numpy lacks.
 BIT_VIEWS = {torch.bfloat16: torch.int16}
 SEED = 1234
+# The ResNet of test_checkpoint_torch.cpp: two stages of one block each.
+RESNET_WIDTHS = (4, 8)
+RESNET_BLOCKS = 1
 TRAIN_STEPS = 3
 # float32 results of two implementations that sum in different orders.
 RTOL, ATOL = 1e-5, 1e-5
 
 
-def make_model():
+def make_mlp():
     """The architecture of test_checkpoint_torch.cpp's torch_test_model()."""
     return torch.nn.Sequential(
         torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
         torch.nn.Sequential(torch.nn.Linear(8, 3)))
+
+
+class BasicBlock(torch.nn.Module):
+    """syncbn's nn::BasicBlock (torchvision's names and order)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.relu = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                  torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def make_resnet(widths=RESNET_WIDTHS, blocks=RESNET_BLOCKS, in_channels=1, classes=10):
+    """syncbn's nn::resnet(): conv1, bn1, relu, layer1..K, avgpool, flatten, fc."""
+    layers = [("conv1", torch.nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)),
+              ("bn1", torch.nn.BatchNorm2d(widths[0])), ("relu", torch.nn.ReLU())]
+    channels = widths[0]
+    for stage, width in enumerate(widths):
+        stage_blocks = []
+        for b in range(blocks):
+            stage_blocks.append(BasicBlock(channels, width, 2 if stage > 0 and b == 0 else 1))
+            channels = width
+        layers.append(("layer%d" % (stage + 1), torch.nn.Sequential(*stage_blocks)))
+    layers += [("avgpool", torch.nn.AdaptiveAvgPool2d(1)), ("flatten", torch.nn.Flatten()),
+               ("fc", torch.nn.Linear(channels, classes))]
+    return torch.nn.Sequential(collections.OrderedDict(layers))
+
+
+MODELS = {"mlp": (make_mlp, (4,)), "resnet": (make_resnet, (1, 8, 8))}
 
 
 def write_safetensors(path, tensors, metadata):
@@ -86,22 +129,23 @@ def fail(message):
     sys.exit(1)
 
 
-def write(model_path, reference_path):
+def write(model_path, reference_path, kind):
     torch.manual_seed(SEED)
+    make_model, sample = MODELS[kind]
     model = make_model()
     model.train()
     with torch.no_grad():
         for _ in range(TRAIN_STEPS):
-            model(torch.randn(16, 4) * 2.0 + 0.5)
+            model(torch.randn(16, *sample) * 2.0 + 0.5)
         model.eval()
-        x = torch.randn(5, 4)
+        x = torch.randn(5, *sample)
         y = model(x)
     write_safetensors(model_path, model.state_dict(), {"format": "pt"})
     write_safetensors(reference_path, {"input": x, "output": y}, {"train_steps": str(TRAIN_STEPS)})
 
 
-def check(model_path, reference_path):
-    model = make_model()
+def check(model_path, reference_path, kind):
+    model = MODELS[kind][0]()
     expected = model.state_dict()
     tensors, _ = read_safetensors(model_path)
     names = [name for name, _ in tensors]
@@ -128,12 +172,13 @@ def check(model_path, reference_path):
 
 
 def main(argv):
-    if len(argv) != 4 or argv[1] not in ("write", "check"):
+    if len(argv) not in (4, 5) or argv[1] not in ("write", "check") or (len(argv) == 5 and argv[4] not in MODELS):
         print(__doc__, file=sys.stderr)
         return 2
     if sys.byteorder != "little":
         fail("safetensors files are little-endian, expected a little-endian host")
-    (write if argv[1] == "write" else check)(argv[2], argv[3])
+    kind = argv[4] if len(argv) == 5 else "mlp"
+    (write if argv[1] == "write" else check)(argv[2], argv[3], kind)
     return 0
 
 

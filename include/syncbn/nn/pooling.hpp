@@ -11,7 +11,7 @@ namespace syncbn::nn {
 
 /// Options of MaxPool2d; stride defaults to the kernel size, as in PyTorch.
 struct MaxPool2dOptions {
-  std::optional<Size2> stride;
+  std::optional<Size2> stride = std::nullopt;
   Size2 padding = 0;
   Size2 dilation = 1;
   bool ceil_mode = false;
@@ -39,7 +39,7 @@ class MaxPool2d : public Cloneable<MaxPool2d> {
 
 /// Options of AvgPool2d; stride defaults to the kernel size, as in PyTorch.
 struct AvgPool2dOptions {
-  std::optional<Size2> stride;
+  std::optional<Size2> stride = std::nullopt;
   Size2 padding = 0;
   bool ceil_mode = false;
   bool count_include_pad = true;

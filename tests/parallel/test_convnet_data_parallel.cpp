@@ -1,0 +1,95 @@
+// Synchronized batch norm through a convolutional network: a ResNet whose
+// BatchNorm2d layers are converted to SyncBatchNorm2d, run by DataParallel
+// over K replicas, equals the same network on one device on the whole batch
+// (outputs, input gradients, every parameter gradient, running statistics),
+// step after step of SGD. Device-generic (K logical replicas on cuda:0 in the
+// CUDA binary).
+
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support/compare.hpp"
+#include "support/device_under_test.hpp"
+#include "support/seeds.hpp"
+#include "syncbn/nn/loss.hpp"
+#include "syncbn/nn/resnet.hpp"
+#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/optim/sgd.hpp"
+#include "syncbn/parallel/data_parallel.hpp"
+
+using namespace syncbn;
+using syncbn::testing::check_close;
+using syncbn::testing::kSeed;
+using syncbn::testing::test_device;
+using syncbn::testing::test_devices;
+
+namespace {
+
+std::shared_ptr<nn::Module> small_resnet(DType dtype) {
+  nn::ResNetOptions options;
+  options.widths = {4, 6};
+  options.blocks_per_stage = 1;
+  options.num_classes = 3;
+  options.seed = kSeed;
+  options.dtype = dtype;
+  options.device = test_device();
+  return nn::resnet(options);
+}
+
+}  // namespace
+
+TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device on the whole batch", "[replicate][conv]") {
+  const int k = GENERATE(2, 3, 4);
+  const DType dtype = GENERATE(DType::Float64, DType::Float32);
+  const std::int64_t batch = 10;  // uneven shards for K = 3 and 4
+  CAPTURE(k, dtype, kSeed);
+  // float64: the orders of the sums differ (per replica, then across
+  // replicas), nothing else; float32 adds their rounding.
+  const syncbn::testing::Tolerance tol = dtype == DType::Float64 ? syncbn::testing::Tolerance{1e-10, 1e-11}
+                                                                 : syncbn::testing::Tolerance{2e-4, 2e-5};
+  auto single = small_resnet(dtype);
+  auto synced = nn::convert_sync_batchnorm(single->clone());
+  parallel::DataParallel dp(synced, test_devices(k), std::nullopt,
+                          parallel::DataParallelOptions{syncbn::testing::kTestOnCuda});
+  optim::SGD sgd_single(single->parameters(), optim::SGDOptions{0.05, 0.9});
+  optim::SGD sgd_multi(synced->parameters(), optim::SGDOptions{0.05, 0.9});
+  nn::CrossEntropyLoss loss_single, loss_multi;
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    const Tensor x = Tensor::randn(Shape{batch, 1, 9, 9}, kSeed + 50 + static_cast<std::uint64_t>(step), dtype,
+                                   test_device(), 0.3, 1.2);
+    std::vector<std::int64_t> labels;
+    for (std::int64_t i = 0; i < batch; ++i) labels.push_back((i * 5 + step) % 3);
+    const Tensor t = Tensor::from_vector(labels, Shape{batch}, test_device());
+    sgd_single.zero_grad();
+    sgd_multi.zero_grad();
+    const Tensor y_single = single->forward(x);
+    const Tensor y_multi = dp.forward(x);
+    check_close(y_multi, y_single.to_vector<double>(), tol, "output");
+    check_close(loss_multi.forward(y_multi, t), loss_single.forward(y_single, t).to_vector<double>(), tol, "loss");
+    single->backward(loss_single.backward());
+    dp.backward(loss_multi.backward());
+    auto got = synced->named_parameters();
+    auto want = single->named_parameters();
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      REQUIRE(got[i].first == want[i].first);
+      check_close(got[i].second->grad, want[i].second->grad.to_vector<double>(), tol, "gradient of " + got[i].first);
+    }
+    sgd_single.step();
+    sgd_multi.step();
+  }
+  auto got = synced->named_buffers();
+  auto want = single->named_buffers();
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < got.size(); ++i)
+    check_close(*got[i].second, want[i].second->to_vector<double>(), tol, "buffer " + got[i].first);
+  // Eval mode on the trained weights and running statistics.
+  single->eval();
+  synced->eval();
+  const Tensor x = Tensor::randn(Shape{batch, 1, 9, 9}, kSeed + 60, dtype, test_device());
+  check_close(dp.forward(x), single->forward(x).to_vector<double>(), tol, "eval output");
+}
