@@ -13,10 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "support/convolutions.hpp"
 #include "support/conv_spec.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
 #include "support/seeds.hpp"
+#include "support/skip.hpp"
 #include "syncbn/core/conv.hpp"
 #include "syncbn/error.hpp"
 
@@ -144,6 +146,7 @@ void check_case(const spec::Conv& s, DType dtype, bool with_bias, std::mt19937_6
 }  // namespace
 
 TEST_CASE("Convolutions of random geometries match the direct sums, forward and backward", "[core][conv]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   CAPTURE(kSeed, dtype, test_device());
   std::mt19937_64 rng = syncbn::testing::make_rng(1, dtype == DType::Float64);
@@ -151,6 +154,7 @@ TEST_CASE("Convolutions of random geometries match the direct sums, forward and 
 }
 
 TEST_CASE("Convolutions of the shapes a ResNet uses match the direct sums", "[core][conv]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   CAPTURE(kSeed, dtype, test_device());
   std::mt19937_64 rng = syncbn::testing::make_rng(2);
@@ -172,6 +176,7 @@ TEST_CASE("The output size follows PyTorch's formula", "[core][conv]") {
 }
 
 TEST_CASE("Convolution rejects mismatched shapes, bad geometry, dtypes and devices", "[core][conv]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const Device d = test_device();
   const Tensor x = Tensor::zeros(Shape{2, 4, 5, 5}, DType::Float32, d);
   const Tensor w = Tensor::zeros(Shape{6, 2, 3, 3}, DType::Float32, d);
@@ -215,4 +220,13 @@ TEST_CASE("Convolution rejects mismatched shapes, bad geometry, dtypes and devic
     CHECK_THROWS_MATCHES(core::conv2d(x, w.to(Device::cpu(1)), Tensor(), g), InvalidArgument,
                          MessageIs("conv2d: weight is on cpu:1, expected cpu:0 (as input)"));
   }
+}
+
+TEST_CASE("A build without a BLAS refuses CPU convolutions with Unsupported, naming the package", "[core][conv]") {
+  if (syncbn::testing::kTestOnCuda || cpu::has_blas()) SYNCBN_SKIP("this build has a BLAS for CPU convolutions");
+  const Tensor x = Tensor::zeros(Shape{1, 1, 3, 3}, DType::Float32, test_device());
+  const Tensor w = Tensor::zeros(Shape{1, 1, 3, 3}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(core::conv2d(x, w, Tensor(), core::Conv2dGeometry{}), Unsupported,
+                       MessageIs("conv2d: this build of syncbn has no BLAS for CPU convolutions, expected one (install "
+                                 "a CBLAS such as Debian's libopenblas-dev and reconfigure)"));
 }

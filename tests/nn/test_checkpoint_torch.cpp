@@ -16,6 +16,7 @@
 
 #include <sys/wait.h>
 
+#include "support/convolutions.hpp"
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/seeds.hpp"
@@ -170,6 +171,7 @@ TEST_CASE("PyTorch loads a syncbn checkpoint with strict names and gives syncbn'
 
 TEST_CASE("A PyTorch ResNet's state_dict loads into syncbn's resnet() and gives PyTorch's eval output",
           "[nn][checkpoint][torch]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const TempDir dir;
   if (const std::string why = torch_unavailable(dir); !why.empty()) SYNCBN_SKIP(why);
   const std::string model_path = dir.file("torch_resnet.safetensors");
@@ -196,6 +198,7 @@ TEST_CASE("A PyTorch ResNet's state_dict loads into syncbn's resnet() and gives 
 
 TEST_CASE("PyTorch loads a synchronized syncbn ResNet's checkpoint into its own ResNet and agrees",
           "[nn][checkpoint][torch]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const TempDir dir;
   if (const std::string why = torch_unavailable(dir); !why.empty()) SYNCBN_SKIP(why);
   const std::string model_path = dir.file("syncbn_resnet.safetensors");

@@ -9,10 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "support/convolutions.hpp"
 #include "support/device_under_test.hpp"
 #include "support/gradcheck.hpp"
 #include "support/matchers.hpp"
 #include "support/seeds.hpp"
+#include "support/skip.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
@@ -46,6 +48,7 @@ nn::Conv2dOptions conv64(std::uint64_t seed) {
 }  // namespace
 
 TEST_CASE("Conv2d's gradients match finite differences for every option", "[nn][conv]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   struct Case {
     std::int64_t in, out;
     nn::Size2 kernel, stride, padding, dilation;
@@ -145,6 +148,7 @@ TEST_CASE("Conv2d rejects bad options and inputs, naming the layer", "[nn][conv]
 }
 
 TEST_CASE("Residual adds its body and shortcut, and their gradients", "[nn][residual]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   auto body = std::make_shared<nn::Sequential>();
   body->add(std::make_shared<nn::Conv2d>(2, 2, 3, [] {
     nn::Conv2dOptions o = conv64(3);
@@ -175,6 +179,7 @@ TEST_CASE("Residual adds its body and shortcut, and their gradients", "[nn][resi
 }
 
 TEST_CASE("BasicBlock's gradients match finite differences with and without a downsample", "[nn][residual]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const std::int64_t stride = GENERATE(1, 2);
   const bool training = GENERATE(true, false);
   CAPTURE(stride, training);
@@ -188,6 +193,7 @@ TEST_CASE("BasicBlock's gradients match finite differences with and without a do
 }
 
 TEST_CASE("resnet() has torchvision's module names and the expected output", "[nn][residual]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   nn::ResNetOptions options;
   options.widths = {4, 8};
   options.blocks_per_stage = 2;

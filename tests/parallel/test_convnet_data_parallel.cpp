@@ -11,9 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "support/convolutions.hpp"
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/seeds.hpp"
+#include "support/skip.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/resnet.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
@@ -42,6 +44,7 @@ std::shared_ptr<nn::Module> small_resnet(DType dtype) {
 }  // namespace
 
 TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device on the whole batch", "[replicate][conv]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const int k = GENERATE(2, 3, 4);
   const DType dtype = GENERATE(DType::Float64, DType::Float32);
   const std::int64_t batch = 10;  // uneven shards for K = 3 and 4

@@ -41,4 +41,8 @@ bool cpu_supports(Capability level) noexcept;
 /// CPU kernel call then throws the same error.
 Capability active_capability();
 
+/// True when this build found a BLAS for the CPU convolutions (SYNCBN_BLAS);
+/// without one, conv2d on a CPU device throws Unsupported.
+bool has_blas() noexcept;
+
 }  // namespace syncbn::cpu

@@ -21,6 +21,7 @@
 #include "backend/dispatch.hpp"
 #include "backend/kernels.hpp"
 #include "cpu/kernel_set.hpp"
+#include "syncbn/core/cpu.hpp"
 #include "syncbn/error.hpp"
 
 #if SYNCBN_WITH_BLAS

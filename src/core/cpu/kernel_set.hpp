@@ -50,7 +50,6 @@ extern const core::detail::MemoryKernels kMemoryKernels;
 /// bounded by memory traffic).
 extern const core::detail::ConvKernels kConvKernels;
 extern const core::detail::PoolKernels kPoolKernels;
-/// Whether this build has a BLAS for the CPU convolutions.
-bool has_blas() noexcept;
+
 
 }  // namespace syncbn::cpu
