@@ -1,4 +1,4 @@
-// ReLU and Flatten.
+// ReLU, Flatten and Identity.
 
 #include "syncbn/nn/activation.hpp"
 
@@ -37,6 +37,21 @@ Tensor Flatten::backward(const Tensor& grad_output) {
   check_replica_thread();
   detail::check_backward(has_input_, grad_output, output_shape_, describe());
   return grad_output.reshape(input_shape_);
+}
+
+Tensor Identity::forward(const Tensor& input) {
+  check_replica_thread();
+  SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
+  // The shape only: backward checks grad_output against it, as every layer does.
+  shape_ = input.shape();
+  has_input_ = true;
+  return input;
+}
+
+Tensor Identity::backward(const Tensor& grad_output) {
+  check_replica_thread();
+  detail::check_backward(has_input_, grad_output, shape_, describe());
+  return grad_output;
 }
 
 }  // namespace syncbn::nn

@@ -16,7 +16,10 @@ namespace {
 // Child positions of BasicBlock.
 enum : std::size_t { kConv1, kBn1, kRelu, kConv2, kBn2, kDownsample };
 
-std::shared_ptr<Module> batch_norm(std::int64_t channels, DType dtype, Device device) {
+// BatchNorm2d, or an Identity in a network without normalisation (the child
+// keeps its name, so the other checkpoint names do not change).
+std::shared_ptr<Module> batch_norm(bool enabled, std::int64_t channels, DType dtype, Device device) {
+  if (!enabled) return std::make_shared<Identity>();
   BatchNormOptions options;
   options.dtype = dtype;
   options.device = device;
@@ -38,19 +41,19 @@ std::shared_ptr<Module> conv(std::int64_t in, std::int64_t out, Size2 kernel, st
 }  // namespace
 
 BasicBlock::BasicBlock(std::int64_t in_channels, std::int64_t out_channels, std::int64_t stride, std::uint64_t seed,
-                       DType dtype, Device device)
+                       DType dtype, Device device, bool batch_norm_enabled)
     : in_(in_channels), out_(out_channels), stride_(stride), has_downsample_(stride != 1 || in_channels != out_channels) {
   SYNCBN_CHECK(in_channels >= 1 && out_channels >= 1 && stride >= 1, "BasicBlock: in_channels ", in_channels,
                ", out_channels ", out_channels, " and stride ", stride, ", expected all >= 1");
   register_module("conv1", conv(in_channels, out_channels, 3, stride, 1, derive_seed(seed, 1), dtype, device));
-  register_module("bn1", batch_norm(out_channels, dtype, device));
+  register_module("bn1", batch_norm(batch_norm_enabled, out_channels, dtype, device));
   register_module("relu", std::make_shared<ReLU>());
   register_module("conv2", conv(out_channels, out_channels, 3, 1, 1, derive_seed(seed, 2), dtype, device));
-  register_module("bn2", batch_norm(out_channels, dtype, device));
+  register_module("bn2", batch_norm(batch_norm_enabled, out_channels, dtype, device));
   if (has_downsample_) {
     auto downsample = std::make_shared<Sequential>();
     downsample->add(conv(in_channels, out_channels, 1, stride, 0, derive_seed(seed, 3), dtype, device));
-    downsample->add(batch_norm(out_channels, dtype, device));
+    downsample->add(batch_norm(batch_norm_enabled, out_channels, dtype, device));
     register_module("downsample", downsample);
   }
 }
@@ -99,14 +102,14 @@ std::shared_ptr<Sequential> resnet(const ResNetOptions& options) {
   const auto next_seed = [&] { return derive_seed(options.seed, ++stream); };
   std::int64_t channels = options.widths.front();
   net->add("conv1", conv(options.in_channels, channels, 3, 1, 1, next_seed(), options.dtype, options.device));
-  net->add("bn1", batch_norm(channels, options.dtype, options.device));
+  net->add("bn1", batch_norm(options.batch_norm, channels, options.dtype, options.device));
   net->add("relu", std::make_shared<ReLU>());
   for (std::size_t stage = 0; stage < options.widths.size(); ++stage) {
     auto layer = std::make_shared<Sequential>();
     for (std::int64_t b = 0; b < options.blocks_per_stage; ++b) {
       const std::int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
       layer->add(std::make_shared<BasicBlock>(channels, options.widths[stage], stride, next_seed(), options.dtype,
-                                              options.device));
+                                              options.device, options.batch_norm));
       channels = options.widths[stage];
     }
     net->add("layer" + std::to_string(stage + 1), layer);

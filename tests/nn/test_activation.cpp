@@ -1,4 +1,4 @@
-// ReLU, Flatten and Sequential.
+// ReLU, Flatten, Identity and Sequential.
 
 #include <catch2/catch.hpp>
 
@@ -35,6 +35,22 @@ TEST_CASE("Flatten views (N, ...) as (N, features) and restores the shape in bac
   CHECK(flatten.backward(y).shape() == x.shape());
   CHECK_THROWS_MATCHES(flatten.forward(Tensor::zeros(Shape{4}, DType::Float32, test_device())), InvalidArgument,
                        MessageIs("Flatten(): expected input of rank >= 2 (N, ...), got 1-D input"));
+}
+
+TEST_CASE("Identity returns its input and passes the gradient through", "[nn]") {
+  nn::Identity identity;
+  CHECK_THROWS_MATCHES(identity.backward(Tensor::zeros(Shape{2}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("Identity(): backward called without a forward, expected forward first"));
+  const Tensor x = Tensor::randn(Shape{2, 3, 4, 4}, syncbn::testing::kSeed, DType::Float32, test_device());
+  const Tensor y = identity.forward(x);
+  CHECK(y.shape() == x.shape());
+  CHECK(y.shares_storage_with(x));
+  const Tensor dy = Tensor::randn(Shape{2, 3, 4, 4}, syncbn::testing::kSeed + 1, DType::Float32, test_device());
+  check_equal(identity.backward(dy).to_vector<float>(), dy.to_vector<float>(), "identity backward");
+  CHECK_THROWS_MATCHES(identity.backward(Tensor::zeros(Shape{2, 3}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("Identity(): grad_output has shape (2, 3), expected (2, 3, 4, 4) (the shape of the output)"));
+  CHECK(identity.parameters().empty());
+  CHECK(identity.named_buffers().empty());
 }
 
 TEST_CASE("Sequential composes forward in order and backward in reverse", "[nn]") {

@@ -1,5 +1,5 @@
 #pragma once
-// Parameter-free layers: ReLU and Flatten.
+// Parameter-free layers: ReLU, Flatten and Identity.
 
 #include "syncbn/nn/module.hpp"
 
@@ -32,6 +32,24 @@ class Flatten : public Cloneable<Flatten> {
  private:
   Shape input_shape_;
   Shape output_shape_;
+  bool has_input_ = false;
+};
+
+/// y = x, any shape: a placeholder that keeps a model's structure (and its
+/// checkpoint names) where a layer is left out, e.g. the batch norms of
+/// resnet({.batch_norm = false}). Forward returns the input itself (no
+/// copy); backward returns grad_output.
+class Identity : public Cloneable<Identity> {
+ public:
+  std::string describe() const override { return "Identity()"; }
+  Tensor forward(const Tensor& input) override;
+  Tensor backward(const Tensor& grad_output) override;
+
+ protected:
+  void clear_cache() override { has_input_ = false; }
+
+ private:
+  Shape shape_;
   bool has_input_ = false;
 };
 

@@ -16,12 +16,14 @@ namespace syncbn::nn {
 /// `downsample` = Sequential(1x1 convolution with the block's stride, BatchNorm2d)
 /// when the stride or the channel count changes. Children: conv1, bn1,
 /// relu, conv2, bn2 and, when needed, downsample. The batch norms may be
-/// converted to SyncBatchNorm2d (convert_sync_batchnorm).
+/// converted to SyncBatchNorm2d (convert_sync_batchnorm). Without
+/// `batch_norm`, each batch norm is an Identity (same child names; no
+/// parameters or buffers there).
 class BasicBlock : public Cloneable<BasicBlock> {
  public:
   /// Throws InvalidArgument for channels or stride < 1.
   BasicBlock(std::int64_t in_channels, std::int64_t out_channels, std::int64_t stride = 1, std::uint64_t seed = 0,
-             DType dtype = DType::Float32, Device device = Device());
+             DType dtype = DType::Float32, Device device = Device(), bool batch_norm = true);
   std::string describe() const override;
   Tensor forward(const Tensor& input) override;
   Tensor backward(const Tensor& grad_output) override;
@@ -42,6 +44,9 @@ struct ResNetOptions {
   /// Channels of each stage; every stage after the first halves H and W.
   std::vector<std::int64_t> widths{16, 32, 64};
   std::int64_t blocks_per_stage = 2;
+  /// BatchNorm2d after every convolution; when false, an Identity in its
+  /// place (a network without normalisation, for comparison).
+  bool batch_norm = true;
   std::uint64_t seed = 0;
   DType dtype = DType::Float32;
   Device device = Device();
@@ -50,6 +55,8 @@ struct ResNetOptions {
 /// A ResNet for small images (CIFAR-style stem: one 3x3 convolution, no
 /// max pooling): children conv1, bn1, relu, layer1 ... layerK (Sequential of
 /// BasicBlock), avgpool (AdaptiveAvgPool2d(1)), flatten, fc (Linear).
+/// With batch_norm = false every batch norm (bn1 and those of the blocks) is
+/// an Identity; the weights are initialised the same either way.
 /// Input (N, in_channels, H, W), output (N, num_classes) logits.
 std::shared_ptr<Sequential> resnet(const ResNetOptions& options = {});
 
