@@ -240,21 +240,6 @@ void resolve_flags(Flags& f) {
 
 // ---------------------------------------------------------------- setup
 
-// Note [BLAS threads]: every replica runs in a thread of its own and calls
-// the BLAS for its convolutions. OpenBLAS's own thread pool on top of that
-// makes the replicas' calls wait for one another and oversubscribes the
-// cores: on 2 cores, 4 replicas trained 277 samples/s with OpenBLAS's
-// default threads and 610 with one (this demo's model and batch, 15 steps,
-// one after the other), and one device no slower with one thread. So the
-// demo asks OpenBLAS for one thread per call, unless OPENBLAS_NUM_THREADS
-// says otherwise. Weak: a build on another BLAS has no such function.
-extern "C" void openblas_set_num_threads(int threads) __attribute__((weak));
-
-void use_one_blas_thread_per_call() {
-  if (openblas_set_num_threads != nullptr && std::getenv("OPENBLAS_NUM_THREADS") == nullptr)
-    openblas_set_num_threads(1);
-}
-
 std::shared_ptr<nn::Module> make_model(const Flags& f) {
   nn::ResNetOptions options;
   options.widths = f.widths;
@@ -638,7 +623,6 @@ void print_results(const Flags& f, double test_accuracy, std::int64_t test_image
 
 int run(const Flags& f) {
   const auto wall_start = Clock::now();
-  use_one_blas_thread_per_call();
   CsvLog csv(f.csv);  // first: a bad --csv fails before the data is read
   const data::Dataset train_set = load_split(data::Split::Train, f.train_limit);
   const data::Dataset test_set = load_split(data::Split::Test, f.test_limit);

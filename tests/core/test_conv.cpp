@@ -230,3 +230,14 @@ TEST_CASE("A build without a BLAS refuses CPU convolutions with Unsupported, nam
                        MessageIs("conv2d: this build of syncbn has no BLAS for CPU convolutions, expected one (install "
                                  "a CBLAS such as Debian's libopenblas-dev and reconfigure)"));
 }
+
+TEST_CASE("The BLAS's threads per call can be read and set where the BLAS is OpenBLAS", "[core][conv]") {
+  CHECK_THROWS_MATCHES(cpu::set_blas_threads(0), InvalidArgument,
+                       MessageIs("cpu::set_blas_threads: threads 0, expected >= 1"));
+  const int before = cpu::blas_threads();
+  if (before == 0) SYNCBN_SKIP("this build's BLAS (if any) cannot be told its threads");
+  REQUIRE(cpu::set_blas_threads(1));
+  CHECK(cpu::blas_threads() == 1);
+  REQUIRE(cpu::set_blas_threads(before));
+  CHECK(cpu::blas_threads() == before);
+}

@@ -7,8 +7,11 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/convolutions.hpp"
@@ -16,6 +19,7 @@
 #include "support/device_under_test.hpp"
 #include "support/seeds.hpp"
 #include "support/skip.hpp"
+#include "syncbn/core/cpu.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/resnet.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
@@ -95,4 +99,24 @@ TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device 
   synced->eval();
   const Tensor x = Tensor::randn(Shape{batch, 1, 9, 9}, kSeed + 60, dtype, test_device());
   check_close(dp.forward(x), single->forward(x).to_vector<double>(), tol, "eval output");
+}
+
+TEST_CASE("DataParallel over several CPU devices gives each BLAS call its share of the cores", "[replicate][conv]") {
+  if (syncbn::testing::kTestOnCuda) SYNCBN_SKIP("the BLAS serves CPU devices only");
+  if (cpu::blas_threads() == 0) SYNCBN_SKIP("this build's BLAS (if any) cannot be told its threads");
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr)
+    SYNCBN_SKIP("OPENBLAS_NUM_THREADS or OMP_NUM_THREADS is set: DataParallel keeps the user's choice");
+  const int before = cpu::blas_threads();
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int share = std::max(1, cores / 2);
+  REQUIRE(cpu::set_blas_threads(share + 1));
+  {
+    parallel::DataParallel one(small_resnet(DType::Float32), {Device::cpu(0)});
+    CHECK(cpu::blas_threads() == share + 1);  // one device keeps the BLAS's threads
+  }
+  {
+    parallel::DataParallel two(small_resnet(DType::Float32), {Device::cpu(0), Device::cpu(1)});
+    CHECK(cpu::blas_threads() == share);
+  }
+  cpu::set_blas_threads(before);
 }

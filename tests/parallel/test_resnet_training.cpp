@@ -31,10 +31,6 @@ using namespace syncbn;
 using syncbn::testing::test_device;
 using syncbn::testing::test_devices;
 
-// One BLAS thread per call: the replicas are the threads (Note [BLAS threads]
-// in examples/resnet_fashion_mnist.cpp; about 2x faster here on 2 cores).
-extern "C" void openblas_set_num_threads(int threads) __attribute__((weak));
-
 namespace {
 
 constexpr std::int64_t kSteps = 400;
@@ -75,8 +71,6 @@ double accuracy(parallel::DataParallel& dp, const data::Dataset& test) {
 TEST_CASE("A small ResNet with SyncBatchNorm on 2 devices learns Fashion-MNIST: the loss falls, the accuracy beats chance",
           "[parallel][training]") {
   if (const std::string why = fashion_mnist_missing(); !why.empty()) SYNCBN_SKIP(why);
-  if (openblas_set_num_threads != nullptr && std::getenv("OPENBLAS_NUM_THREADS") == nullptr)
-    openblas_set_num_threads(1);
   const std::uint64_t seed = syncbn::testing::kSeed;
   CAPTURE(seed, kSteps, kBatch);
 

@@ -45,4 +45,14 @@ Capability active_capability();
 /// without one, conv2d on a CPU device throws Unsupported.
 bool has_blas() noexcept;
 
+/// The threads the BLAS behind the CPU convolutions starts per call (its own
+/// pool, shared by every caller), or 0 when it cannot be asked: no BLAS, or
+/// one other than OpenBLAS.
+int blas_threads() noexcept;
+/// Sets them (DataParallel over several CPU devices sets them itself: Note
+/// [BLAS threads] in src/parallel/data_parallel.cpp). Returns false, changing nothing,
+/// when the BLAS cannot be told (no BLAS, or one other than OpenBLAS).
+/// Throws InvalidArgument for threads < 1.
+bool set_blas_threads(int threads);
+
 }  // namespace syncbn::cpu

@@ -223,6 +223,27 @@ void conv_backward_bias(Device, DType dtype, std::int64_t n, std::int64_t c, std
 
 bool has_blas() noexcept { return SYNCBN_WITH_BLAS != 0; }
 
+}  // namespace syncbn::cpu
+
+// OpenBLAS's thread controls, weak: a build on another CBLAS has none, and
+// then the BLAS's threads cannot be told from here.
+extern "C" void openblas_set_num_threads(int threads) __attribute__((weak));
+extern "C" int openblas_get_num_threads() __attribute__((weak));
+
+namespace syncbn::cpu {
+
+int blas_threads() noexcept {
+  if (!has_blas() || openblas_get_num_threads == nullptr) return 0;
+  return openblas_get_num_threads();
+}
+
+bool set_blas_threads(int threads) {
+  SYNCBN_CHECK(threads >= 1, "cpu::set_blas_threads: threads ", threads, ", expected >= 1");
+  if (!has_blas() || openblas_set_num_threads == nullptr) return false;
+  openblas_set_num_threads(threads);
+  return true;
+}
+
 const core::detail::ConvKernels kConvKernels{conv_forward, conv_backward_input, conv_backward_weight,
                                              conv_backward_bias};
 
