@@ -17,6 +17,7 @@
 #include "support/conv_spec.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
+#include "support/random_values.hpp"
 #include "support/seeds.hpp"
 #include "support/skip.hpp"
 #include "syncbn/core/conv.hpp"
@@ -24,7 +25,9 @@
 
 using namespace syncbn;
 namespace spec = syncbn::testing::spec;
+using syncbn::testing::device_tensor;
 using syncbn::testing::kSeed;
+using syncbn::testing::normal_values;
 using syncbn::testing::MessageIs;
 using syncbn::testing::test_device;
 
@@ -65,13 +68,6 @@ spec::Conv random_conv(std::mt19937_64& rng) {
   }
 }
 
-std::vector<double> normal(std::int64_t count, std::mt19937_64& rng) {
-  std::normal_distribution<double> d;
-  std::vector<double> v(static_cast<std::size_t>(count));
-  for (double& e : v) e = d(rng);
-  return v;
-}
-
 std::vector<double> absolute(std::vector<double> v) {
   for (double& e : v) e = std::abs(e);
   return v;
@@ -83,10 +79,6 @@ std::vector<double> rounded(const std::vector<double>& v, DType dtype) {
   std::vector<double> out;
   for (double e : v) out.push_back(static_cast<float>(e));
   return out;
-}
-
-Tensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype) {
-  return Tensor::from_vector(v, shape, test_device()).to(dtype);
 }
 
 // |got - want| <= tol * scale (scale: the sum of the magnitudes of the terms).
@@ -109,23 +101,23 @@ void check_sums(const Tensor& got, const std::vector<double>& want, const std::v
 void check_case(const spec::Conv& s, DType dtype, bool with_bias, std::mt19937_64& rng) {
   INFO(describe(s) << ", dtype " << dtype_name(dtype) << (with_bias ? ", bias" : ""));
   const Shape xs{s.n, s.c_in, s.h, s.w}, ws{s.c_out, s.c_in / s.groups, s.kh, s.kw}, ys{s.n, s.c_out, s.oh(), s.ow()};
-  const auto x = rounded(normal(s.x_size(), rng), dtype), w = rounded(normal(s.w_size(), rng), dtype);
-  const auto b = with_bias ? rounded(normal(s.c_out, rng), dtype) : std::vector<double>{};
-  const auto dy = rounded(normal(s.y_size(), rng), dtype);
-  const auto g0 = rounded(normal(s.w_size(), rng), dtype), gb0 = rounded(normal(s.c_out, rng), dtype);
+  const auto x = rounded(normal_values(s.x_size(), rng), dtype), w = rounded(normal_values(s.w_size(), rng), dtype);
+  const auto b = with_bias ? rounded(normal_values(s.c_out, rng), dtype) : std::vector<double>{};
+  const auto dy = rounded(normal_values(s.y_size(), rng), dtype);
+  const auto g0 = rounded(normal_values(s.w_size(), rng), dtype), gb0 = rounded(normal_values(s.c_out, rng), dtype);
 
-  const Tensor y = core::conv2d(tensor(x, xs, dtype), tensor(w, ws, dtype),
-                                with_bias ? tensor(b, Shape{s.c_out}, dtype) : Tensor(), geometry(s));
+  const Tensor y = core::conv2d(device_tensor(x, xs, dtype), device_tensor(w, ws, dtype),
+                                with_bias ? device_tensor(b, Shape{s.c_out}, dtype) : Tensor(), geometry(s));
   REQUIRE(y.shape() == ys);
   check_sums(y, spec::conv2d(s, x, w, b), spec::conv2d(s, absolute(x), absolute(w), absolute(b)), dtype, "output");
 
-  const Tensor dx = core::conv2d_backward_input(tensor(dy, ys, dtype), tensor(w, ws, dtype), xs, geometry(s));
+  const Tensor dx = core::conv2d_backward_input(device_tensor(dy, ys, dtype), device_tensor(w, ws, dtype), xs, geometry(s));
   check_sums(dx, spec::conv2d_grad_input(s, dy, w), spec::conv2d_grad_input(s, absolute(dy), absolute(w)), dtype,
              "input gradient");
 
   // The weight and bias gradients accumulate onto what the tensors hold.
-  const Tensor dw = tensor(g0, ws, dtype);
-  core::conv2d_backward_weight_(dw, tensor(dy, ys, dtype), tensor(x, xs, dtype), geometry(s));
+  const Tensor dw = device_tensor(g0, ws, dtype);
+  core::conv2d_backward_weight_(dw, device_tensor(dy, ys, dtype), device_tensor(x, xs, dtype), geometry(s));
   std::vector<double> want_dw = spec::conv2d_grad_weight(s, dy, x), scale_dw = spec::conv2d_grad_weight(s, absolute(dy), absolute(x));
   for (std::size_t i = 0; i < want_dw.size(); ++i) {
     want_dw[i] += g0[i];
@@ -133,8 +125,8 @@ void check_case(const spec::Conv& s, DType dtype, bool with_bias, std::mt19937_6
   }
   check_sums(dw, want_dw, scale_dw, dtype, "weight gradient");
 
-  const Tensor db = tensor(gb0, Shape{s.c_out}, dtype);
-  core::conv2d_backward_bias_(db, tensor(dy, ys, dtype));
+  const Tensor db = device_tensor(gb0, Shape{s.c_out}, dtype);
+  core::conv2d_backward_bias_(db, device_tensor(dy, ys, dtype));
   std::vector<double> want_db = spec::conv2d_grad_bias(s, dy), scale_db = spec::conv2d_grad_bias(s, absolute(dy));
   for (std::size_t i = 0; i < want_db.size(); ++i) {
     want_db[i] += gb0[i];

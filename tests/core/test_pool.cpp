@@ -16,6 +16,7 @@
 #include "support/conv_spec.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
+#include "support/random_values.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/core/pool.hpp"
 #include "syncbn/error.hpp"
@@ -23,7 +24,9 @@
 using namespace syncbn;
 namespace spec = syncbn::testing::spec;
 using syncbn::testing::check_close;
+using syncbn::testing::device_tensor;
 using syncbn::testing::kSeed;
+using syncbn::testing::normal_values;
 using syncbn::testing::MessageIs;
 using syncbn::testing::test_device;
 using syncbn::testing::tolerance_for;
@@ -79,17 +82,6 @@ std::vector<double> integers(std::int64_t count, std::mt19937_64& rng) {
   return v;
 }
 
-std::vector<double> normal(std::int64_t count, std::mt19937_64& rng) {
-  std::normal_distribution<double> d;
-  std::vector<double> v(static_cast<std::size_t>(count));
-  for (double& e : v) e = static_cast<float>(d(rng));
-  return v;
-}
-
-Tensor tensor(const std::vector<double>& v, const Shape& shape, DType dtype) {
-  return Tensor::from_vector(v, shape, test_device()).to(dtype);
-}
-
 }  // namespace
 
 TEST_CASE("Max pooling matches the specification, ties going to the first maximum", "[core][pool]") {
@@ -101,15 +93,15 @@ TEST_CASE("Max pooling matches the specification, ties going to the first maximu
     INFO(describe(s));
     const Shape xs{s.n, s.c, s.h, s.w}, ys{s.n, s.c, s.oh(), s.ow()};
     const auto x = integers(s.n * s.c * s.h * s.w, rng);
-    const auto dy = normal(s.n * s.c * s.oh() * s.ow(), rng);
+    const auto dy = normal_values(s.n * s.c * s.oh() * s.ow(), rng, true);
     std::vector<double> want;
     std::vector<std::int64_t> at;
     spec::max_pool2d(s, x, want, at);
-    const core::MaxPool2dResult r = core::max_pool2d(tensor(x, xs, dtype), geometry(s));
+    const core::MaxPool2dResult r = core::max_pool2d(device_tensor(x, xs, dtype), geometry(s));
     REQUIRE(r.output.shape() == ys);
     check_close(r.output, want, tolerance_for(dtype), "output");
     CHECK(r.indices.to_vector<std::int64_t>() == at);
-    const Tensor dx = core::max_pool2d_backward(tensor(dy, ys, dtype), r.indices, xs);
+    const Tensor dx = core::max_pool2d_backward(device_tensor(dy, ys, dtype), r.indices, xs);
     check_close(dx, spec::max_pool2d_grad(s, dy, at), tolerance_for(dtype), "input gradient");
   }
 }
@@ -150,12 +142,12 @@ TEST_CASE("Average pooling matches the specification with either divisor", "[cor
     const spec::Pool s = random_pool(rng, false);
     INFO(describe(s));
     const Shape xs{s.n, s.c, s.h, s.w}, ys{s.n, s.c, s.oh(), s.ow()};
-    const auto x = normal(s.n * s.c * s.h * s.w, rng);
-    const auto dy = normal(s.n * s.c * s.oh() * s.ow(), rng);
-    const Tensor y = core::avg_pool2d(tensor(x, xs, dtype), geometry(s));
+    const auto x = normal_values(s.n * s.c * s.h * s.w, rng, true);
+    const auto dy = normal_values(s.n * s.c * s.oh() * s.ow(), rng, true);
+    const Tensor y = core::avg_pool2d(device_tensor(x, xs, dtype), geometry(s));
     REQUIRE(y.shape() == ys);
     check_close(y, spec::avg_pool2d(s, x), tolerance_for(dtype), "output");
-    check_close(core::avg_pool2d_backward(tensor(dy, ys, dtype), xs, geometry(s)), spec::avg_pool2d_grad(s, dy),
+    check_close(core::avg_pool2d_backward(device_tensor(dy, ys, dtype), xs, geometry(s)), spec::avg_pool2d_grad(s, dy),
                 tolerance_for(dtype), "input gradient");
   }
 }
@@ -168,14 +160,14 @@ TEST_CASE("Adaptive average pooling matches the specification, overlapping windo
   std::mt19937_64 rng = syncbn::testing::make_rng(5);
   const std::int64_t h = sizes[0], w = sizes[1], oh = sizes[2], ow = sizes[3];
   const Shape xs{2, 3, h, w}, ys{2, 3, oh, ow};
-  const auto x = normal(xs.numel(), rng);
-  const Tensor y = core::adaptive_avg_pool2d(tensor(x, xs, dtype), oh, ow);
+  const auto x = normal_values(xs.numel(), rng, true);
+  const Tensor y = core::adaptive_avg_pool2d(device_tensor(x, xs, dtype), oh, ow);
   REQUIRE(y.shape() == ys);
   check_close(y, spec::adaptive_avg_pool2d(6, h, w, oh, ow, x), tolerance_for(dtype), "output");
   // The backward is the transpose of the forward: <dy, A x> == <A^T dy, x>
   // for every basis vector x, i.e. dx[k] = sum over outputs of dy * A[o][k].
-  const auto dy = normal(ys.numel(), rng);
-  const std::vector<double> dx = core::adaptive_avg_pool2d_backward(tensor(dy, ys, dtype), xs).to_vector<double>();
+  const auto dy = normal_values(ys.numel(), rng, true);
+  const std::vector<double> dx = core::adaptive_avg_pool2d_backward(device_tensor(dy, ys, dtype), xs).to_vector<double>();
   std::vector<double> want(static_cast<std::size_t>(xs.numel()));
   for (std::int64_t k = 0; k < xs.numel(); ++k) {
     std::vector<double> e(static_cast<std::size_t>(xs.numel()), 0.0);
