@@ -76,8 +76,8 @@ using clock_type = std::chrono::steady_clock;
 // The exchange is the difference of the bn time between the sync+timers and
 // local+timers runs of the same K (sampled alternately): both run the same
 // batch-norm kernels on the same shards, the synchronized layer adds the
-// rendezvous. Two clock reads per wrapped call (about 60 per step for two
-// blocks per stage) cost well under a microsecond per step; the `sync` mode
+// rendezvous. Two clock reads per wrapped call (about 60 calls per step for
+// two blocks per stage) cost a few microseconds per step; the `sync` mode
 // beside `sync+timers` shows that they do not change the step.
 constexpr int kSlots = 9;  // the user's model (replica id -1) and up to 8 replicas
 

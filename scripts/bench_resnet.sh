@@ -71,13 +71,37 @@ summarize() {
                      next }
     if ((($4, $3) in foreign) && foreign[$4, $3] + 0 > max_foreign + 0) { dropped[t, $3] = 1; next }
     kept[t, $3] = 1
+    if (t == "step" && $7 == "sync") { sync_ms[$5, $6, $3] = $8; if (!($5 in seen_blocks)) { seen_blocks[$5] = 1; blocks[++nb] = $5 } }
+    if (t == "torch-step") torch_ms[$5, $6, $3] = $7
     key = ""; for (i = 5; i < 5 + k; ++i) key = key " " $i
     id = t SUBSEP key
     if (!(id in seen)) { seen[id] = 1; rows[t, ++nrows[t]] = key }
     for (i = 5 + k; i <= NF; ++i) vals[id, i - 4 - k] = vals[id, i - 4 - k] " " $i
     if (NF - 4 - k > ncols[id]) ncols[id] = NF - 4 - k
   }
+  function summary(list,   a, m, i, lo, hi) {
+    m = split(list, a, " ")
+    if (m == 0) return "-"
+    lo = hi = a[1] + 0
+    for (i = 2; i <= m; ++i) { if (a[i] + 0 < lo) lo = a[i] + 0; if (a[i] + 0 > hi) hi = a[i] + 0 }
+    return sprintf("%.2f [%.2f-%.2f] (%d)", median(list), lo, hi, m)
+  }
   END {
+    # Ratios of the step times of one round (syncbn and PyTorch ran in it a
+    # minute or so apart), where both runs of the round were kept.
+    if (nb > 0) {
+      printf "\n## paired ratios of step times, per round: median [min-max] (rounds)\n"
+      printf "%-7s %28s %28s %28s\n", "blocks", "K=1 / PyTorch 1 thread", "K=2 / PyTorch 2 threads", "K=1 / K=2"
+      for (i = 1; i <= nb; ++i) {
+        b = blocks[i]; r1 = r2 = r3 = ""
+        for (r = 1; r <= rounds; ++r) {
+          if (((b, 1, r) in sync_ms) && ((b, 1, r) in torch_ms)) r1 = r1 " " sync_ms[b, 1, r] / torch_ms[b, 1, r]
+          if (((b, 2, r) in sync_ms) && ((b, 2, r) in torch_ms)) r2 = r2 " " sync_ms[b, 2, r] / torch_ms[b, 2, r]
+          if (((b, 1, r) in sync_ms) && ((b, 2, r) in sync_ms)) r3 = r3 " " sync_ms[b, 1, r] / sync_ms[b, 2, r]
+        }
+        printf "%-7s %28s %28s %28s\n", b, summary(r1), summary(r2), summary(r3)
+      }
+    }
     printf "\n## foreign load: cores used by other processes during each run, by round\n%-20s", "run"
     for (r = 1; r <= rounds; ++r) printf " %6s", r
     printf "\n"
