@@ -1,7 +1,9 @@
 // bench_gemm: the three matrix products of a Linear layer through the
-// library's own CPU GEMM (core::matmul_, Note [CPU GEMM] in
-// src/core/cpu/cpu_gemm.cpp) beside OpenBLAS's cblas_sgemm on the same
-// operands, float32.
+// library's own CPU GEMM (core::matmul_ with cpu::GemmEngine::Builtin, Note
+// [CPU GEMM] in src/core/cpu/cpu_gemm.cpp) beside OpenBLAS's cblas_sgemm on
+// the same operands, float32. (matmul_'s default engine is the BLAS where
+// the build has one: Note [CPU GEMM engines] in src/core/cpu/cpu_blas.cpp;
+// this is the measurement behind that choice.)
 //
 //   bench_gemm [--shapes 8x2x64,...] [--min-ms 100] [--reps 5] [--warmup 3] [--blas-threads N]
 //
@@ -81,6 +83,7 @@ int main(int argc, char** argv) {
   const int warmup = std::stoi(flag(argc, argv, "--warmup", "3"));
   const std::string blas_threads = flag(argc, argv, "--blas-threads", "");
   if (!blas_threads.empty() && openblas_set_num_threads != nullptr) openblas_set_num_threads(std::stoi(blas_threads));
+  cpu::set_gemm_engine(cpu::GemmEngine::Builtin);
 
   std::printf("# bench_gemm: float32 row-major; median of %d samples of >= %.0f ms\n", reps, min_s * 1e3);
   std::printf("%s; OpenBLAS threads: %s, kernels: %s\n", bench::cpu_level_line().c_str(),

@@ -45,7 +45,8 @@ core::Conv2dGeometry geometry(const spec::Conv& s) {
   return {{s.sh, s.sw}, {s.ph, s.pw}, {s.dh, s.dw}, s.groups};
 }
 
-// A random valid convolution (the padded input holds the dilated kernel).
+// A random valid convolution (the padded input holds the dilated kernel);
+// padding up to 3 lets whole kernel rows and columns fall in the padding.
 spec::Conv random_conv(std::mt19937_64& rng) {
   auto pick = [&](std::int64_t lo, std::int64_t hi) { return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng); };
   for (;;) {
@@ -60,8 +61,8 @@ spec::Conv random_conv(std::mt19937_64& rng) {
     s.kw = pick(1, 4);
     s.sh = pick(1, 3);
     s.sw = pick(1, 3);
-    s.ph = pick(0, 2);
-    s.pw = pick(0, 2);
+    s.ph = pick(0, 3);
+    s.pw = pick(0, 3);
     s.dh = pick(1, 2);
     s.dw = pick(1, 2);
     if (s.h + 2 * s.ph >= s.dh * (s.kh - 1) + 1 && s.w + 2 * s.pw >= s.dw * (s.kw - 1) + 1) return s;

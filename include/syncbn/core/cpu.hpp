@@ -41,10 +41,27 @@ bool cpu_supports(Capability level) noexcept;
 /// CPU kernel call then throws the same error.
 Capability active_capability();
 
-/// True when this build found a BLAS for the CPU convolutions (SYNCBN_BLAS);
-/// without one, conv2d on a CPU device throws Unsupported.
+/// True when this build found a BLAS (SYNCBN_BLAS) for the CPU convolutions
+/// and matrix products; without one, conv2d on a CPU device throws
+/// Unsupported and matmul_ (Linear) runs on syncbn's own GEMM.
 bool has_blas() noexcept;
 
+/// The two engines of the CPU matrix products behind matmul_ and Linear:
+/// the BLAS this build found, or syncbn's own GEMM, compiled for each CPU
+/// level (the engine of a build without a BLAS, and of products too large
+/// for CBLAS's int sizes). The BLAS is faster (docs/performance.md); the own
+/// GEMM sums every element in the same order whatever the other sizes, so a
+/// batch split across replicas gives bit-identical rows.
+enum class GemmEngine : unsigned char { Blas, Builtin };
+/// "blas" or "builtin".
+std::string_view gemm_engine_name(GemmEngine engine) noexcept;
+/// The engine every later CPU matrix product uses: Blas where the build has
+/// a BLAS, unless set_gemm_engine chose otherwise.
+GemmEngine gemm_engine() noexcept;
+/// Selects it for the whole process (products already running finish on
+/// the engine they started on). Throws Unsupported for Blas in a build
+/// without a BLAS, changing nothing.
+void set_gemm_engine(GemmEngine engine);
 /// The threads the BLAS behind the CPU convolutions starts per call (its own
 /// pool, shared by every caller), or 0 when it cannot be asked: no BLAS, or
 /// one other than OpenBLAS.

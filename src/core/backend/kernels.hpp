@@ -89,10 +89,12 @@ struct ReduceKernels {
 struct BlasKernels {
   /// C = alpha * op(A) * op(B) + beta * C with op(A) m x k and op(B) k x n;
   /// A is stored m x k (k x m when trans_a), B k x n (n x k when trans_b).
-  /// beta == 0 never reads C. On the CPU the k summation order of an element
-  /// of C does not depend on m or n, so splitting a batch across replicas
-  /// leaves every output row bit-identical; cuBLAS (CUDA) may choose another
-  /// kernel, and another order, for another m.
+  /// beta == 0 never reads C. The CPU levels' own GEMM sums every element of
+  /// C in an order that does not depend on m or n, so splitting a batch
+  /// across replicas leaves every output row bit-identical; the BLAS that
+  /// matmul_ uses by default on the CPU (Note [CPU GEMM engines] in
+  /// cpu/cpu_blas.cpp) and cuBLAS (CUDA) may choose another kernel, and
+  /// another order, for another m.
   void (*gemm)(Device device, DType dtype, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
                double alpha, const void* a, const void* b, double beta, void* c);
 };

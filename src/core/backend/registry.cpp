@@ -53,7 +53,7 @@ const ReduceKernels& reduce_kernels(DeviceKind kind) {
 }
 
 const BlasKernels& blas_kernels(DeviceKind kind) {
-  if (kind == DeviceKind::CPU) return *cpu::active_kernel_set().blas;
+  if (kind == DeviceKind::CPU) return cpu::kMatmulKernels;
   return cuda_table<BlasKernels>(SYNCBN_CUDA_TABLE(cuda::detail::kBlasKernels), "gemm");
 }
 

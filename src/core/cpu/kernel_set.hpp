@@ -45,6 +45,10 @@ const KernelSet& active_kernel_set();
 /// The memory table (allocation, copies, fills, conversions), one for every level.
 extern const core::detail::MemoryKernels kMemoryKernels;
 
+/// The matrix products behind matmul_: the BLAS or the active level's own
+/// GEMM, as cpu::gemm_engine() says (Note [CPU GEMM engines] in cpu_blas.cpp).
+extern const core::detail::BlasKernels kMatmulKernels;
+
 /// The convolution and pooling tables, one for every level (cpu_conv.cpp
 /// calls the BLAS, which dispatches on the CPU itself; cpu_pool.cpp is
 /// bounded by memory traffic).
