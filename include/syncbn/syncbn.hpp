@@ -21,6 +21,7 @@
 #include "syncbn/core/tensor.hpp"
 // comm: collectives.
 #include "syncbn/comm/collectives.hpp"
+#include "syncbn/comm/process_group.hpp"
 // nn: modules and checkpoints.
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
@@ -49,3 +50,5 @@
 #include "syncbn/data/batch_iterator.hpp"
 #include "syncbn/data/fashion_mnist.hpp"
 #include "syncbn/data/idx.hpp"
+// dist: process groups across processes (MPI).
+#include "syncbn/dist/mpi.hpp"

@@ -1,0 +1,210 @@
+// comm::ProcessGroup's own logic (the header check, the failure state, the
+// rank-order sums, argument errors) on an in-process engine whose ranks are
+// threads, so that it runs in every build and under the sanitizers; the MPI
+// engine is tested under mpirun in tests/dist/.
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <typeinfo>
+#include <vector>
+
+#include "support/matchers.hpp"
+#include "syncbn/comm/process_group.hpp"
+#include "syncbn/error.hpp"
+
+using namespace syncbn;
+using namespace std::chrono_literals;
+using syncbn::testing::MessageIs;
+
+namespace {
+
+// The ranks' n-th exchanges meet in round n: each rank writes its bytes and
+// waits until every rank has, or its deadline passes.
+class Hub {
+ public:
+  explicit Hub(int size) : size_(size) {}
+
+  void all_gather(int rank, std::int64_t round, const void* in, std::size_t bytes, void* out,
+                  const comm::ProcessGroup::Wait& wait) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    auto& slots = rounds_[round];
+    slots.resize(static_cast<std::size_t>(size_));
+    slots[static_cast<std::size_t>(rank)].assign(static_cast<const std::byte*>(in),
+                                                 static_cast<const std::byte*>(in) + bytes);
+    ++arrived_[round];
+    cv_.notify_all();
+    if (!cv_.wait_until(lock, wait.deadline, [&] { return arrived_[round] == size_; }))
+      SYNCBN_THROW(Timeout, "'", wait.call, "': not every thread rank arrived within ", wait.timeout.count(), " ms");
+    for (int r = 0; r < size_; ++r) {
+      const auto& slot = slots[static_cast<std::size_t>(r)];
+      if (slot.size() != bytes) SYNCBN_THROW(CommError, "hub: rank ", r, " sent ", slot.size(), " bytes");
+      std::memcpy(static_cast<std::byte*>(out) + static_cast<std::size_t>(r) * bytes, slot.data(), bytes);
+    }
+  }
+
+ private:
+  int size_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::map<std::int64_t, std::vector<std::vector<std::byte>>> rounds_;
+  std::map<std::int64_t, int> arrived_;
+};
+
+class ThreadGroup final : public comm::ProcessGroup {
+ public:
+  ThreadGroup(std::shared_ptr<Hub> hub, int rank, int size) : ProcessGroup(rank, size), hub_(std::move(hub)) {}
+  std::string describe() const override { return "thread group of " + std::to_string(size()) + " ranks"; }
+
+ protected:
+  void exchange(const void* in, std::size_t bytes, void* out, const Wait& wait) override {
+    hub_->all_gather(rank(), round_++, in, bytes, out, wait);
+  }
+  void exchange_broadcast(void* data, std::size_t bytes, int root, const Wait& wait) override {
+    std::vector<std::byte> all(bytes * static_cast<std::size_t>(size()));
+    hub_->all_gather(rank(), round_++, data, bytes, all.data(), wait);
+    std::memcpy(data, all.data() + static_cast<std::size_t>(root) * bytes, bytes);
+  }
+
+ private:
+  std::shared_ptr<Hub> hub_;
+  std::int64_t round_ = 0;
+};
+
+// Runs body(group) on `size` threads, one rank each; returns each rank's
+// error message ("" when it returned).
+std::vector<std::string> run_ranks(int size, const std::function<void(comm::ProcessGroup&)>& body) {
+  auto hub = std::make_shared<Hub>(size);
+  std::vector<std::unique_ptr<ThreadGroup>> groups;
+  for (int r = 0; r < size; ++r) groups.push_back(std::make_unique<ThreadGroup>(hub, r, size));
+  std::vector<std::string> errors(static_cast<std::size_t>(size));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < size; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        body(*groups[static_cast<std::size_t>(r)]);
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = std::string(typeid(e).name()) + ": " + e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  return errors;
+}
+
+}  // namespace
+
+TEST_CASE("A process group gathers, sums in rank order, broadcasts and meets, on every rank", "[comm][group]") {
+  const int size = GENERATE(1, 2, 3, 4);
+  CAPTURE(size);
+  std::mutex results_mutex;
+  std::vector<std::vector<double>> sums(static_cast<std::size_t>(size));
+  const auto errors = run_ranks(size, [&](comm::ProcessGroup& g) {
+    const std::int32_t mine[2] = {g.rank(), -g.rank()};
+    const auto gathered = g.all_gather(std::as_bytes(std::span(mine)), "gather", 5s);
+    for (int r = 0; r < g.size(); ++r) {
+      std::int32_t got[2];
+      std::memcpy(got, gathered.data() + static_cast<std::size_t>(r) * sizeof(got), sizeof(got));
+      if (got[0] != r || got[1] != -r) SYNCBN_THROW(Error, "gather: rank ", r, "'s values are wrong");
+    }
+    // 1e16 + 1 - 1e16 ... depends on the order: rank order makes it the same everywhere.
+    const double values[2] = {g.rank() == 0 ? 1e16 : 1.0, 0.25 * g.rank()};
+    const auto s = g.all_reduce_sum(values, "sum", 5s);
+    std::int64_t root_value[1] = {g.rank() == g.size() - 1 ? 42 : 0};
+    g.broadcast(std::as_writable_bytes(std::span(root_value)), g.size() - 1, "broadcast", 5s);
+    if (root_value[0] != 42) SYNCBN_THROW(Error, "broadcast: got ", root_value[0]);
+    g.barrier("barrier", 5s);
+    if (g.calls() != 4) SYNCBN_THROW(Error, "calls: ", g.calls());
+    std::lock_guard<std::mutex> lock(results_mutex);
+    sums[static_cast<std::size_t>(g.rank())] = s;
+  });
+  for (const auto& e : errors) CHECK(e.empty());
+  double want0 = 1e16, want1 = 0.0;
+  for (int r = 1; r < size; ++r) want0 += 1.0, want1 += 0.25 * r;
+  for (const auto& s : sums) CHECK(s == std::vector<double>{want0, want1});
+}
+
+TEST_CASE("A rank in another collective fails it on every rank with each rank's call; the group is then refused",
+          "[comm][group]") {
+  const auto errors = run_ranks(3, [&](comm::ProcessGroup& g) {
+    if (g.rank() == 2) {
+      const double v = 1.0;
+      g.all_reduce_sum(std::span(&v, 1), "bn2 forward", 5s);
+    } else {
+      g.barrier("bn1 forward", 5s);
+    }
+  });
+  for (const auto& e : errors) {
+    CHECK_THAT(e, Catch::Contains("make different collectives, expected the same on every rank: ranks 0-1 in barrier "
+                                  "'bn1 forward' (call 0, 0 bytes); rank 2 in all_reduce_sum 'bn2 forward' (call 0, 8 "
+                                  "bytes)"));
+    CHECK_THAT(e, Catch::Contains("CommError"));
+  }
+  // A group that failed refuses the next collective at once, naming the first failure.
+  const auto refused = run_ranks(2, [&](comm::ProcessGroup& g) {
+    try {
+      g.barrier(g.rank() == 0 ? "a" : "b", 5s);
+    } catch (const CommError&) {
+    }
+    g.barrier("next", 5s);
+  });
+  for (const auto& e : refused)
+    CHECK_THAT(e, Catch::Contains("barrier 'next': thread group of 2 ranks failed earlier, expected a working group"));
+}
+
+TEST_CASE("Different sizes, roots or sequence numbers are told apart before any data moves", "[comm][group]") {
+  const auto sizes = run_ranks(2, [&](comm::ProcessGroup& g) {
+    std::vector<std::byte> data(g.rank() == 0 ? 8 : 16);
+    g.all_gather(data, "gather", 5s);
+  });
+  for (const auto& e : sizes) CHECK_THAT(e, Catch::Contains("rank 0 in all_gather 'gather' (call 0, 8 bytes); rank 1 in "
+                                                            "all_gather 'gather' (call 0, 16 bytes)"));
+  const auto roots = run_ranks(2, [&](comm::ProcessGroup& g) {
+    std::byte data[4] = {};
+    g.broadcast(data, g.rank(), "bcast", 5s);
+  });
+  for (const auto& e : roots) CHECK_THAT(e, Catch::Contains("(call 0, 4 bytes, root 0); rank 1 in broadcast 'bcast' "
+                                                            "(call 0, 4 bytes, root 1)"));
+  // A long call name is cut in the header, and the message says so.
+  const std::string long_name(150, 'x');
+  const auto cut = run_ranks(2, [&](comm::ProcessGroup& g) { g.barrier(g.rank() == 0 ? long_name : "y", 5s); });
+  CHECK_THAT(cut[1], Catch::Contains("rank 0 in barrier '" + std::string(100, 'x') + "...'"));
+}
+
+TEST_CASE("A rank that never arrives makes the others time out naming the call", "[comm][group]") {
+  const auto start = std::chrono::steady_clock::now();
+  const auto errors = run_ranks(3, [&](comm::ProcessGroup& g) {
+    if (g.rank() != 1) g.barrier("SyncBatchNorm1d 'bn' forward", 200ms);
+  });
+  CHECK(std::chrono::steady_clock::now() - start >= 200ms);
+  CHECK(errors[1].empty());
+  for (int r : {0, 2})
+    CHECK_THAT(errors[static_cast<std::size_t>(r)],
+               Catch::Contains("Timeout") && Catch::Contains("'SyncBatchNorm1d 'bn' forward': not every thread rank "
+                                                             "arrived within 200 ms"));
+}
+
+TEST_CASE("Bad arguments are refused before any exchange, naming the entry point", "[comm][group]") {
+  auto hub = std::make_shared<Hub>(1);
+  ThreadGroup g(hub, 0, 1);  // one rank: its exchanges need no other thread
+  std::byte data[2] = {};
+  CHECK_THROWS_MATCHES(g.broadcast(data, 1, "b", 1s), InvalidArgument,
+                       MessageIs("broadcast 'b': root 1, expected a rank of 0 to 0"));
+  CHECK_THROWS_MATCHES(g.broadcast(data, -1, "b", 1s), InvalidArgument,
+                       MessageIs("broadcast 'b': root -1, expected a rank of 0 to 0"));
+  CHECK_THROWS_MATCHES(g.all_gather(data, "g", -5ms), InvalidArgument,
+                       MessageIs("all_gather 'g': timeout -5 ms, expected >= 0 (0 waits forever)"));
+  CHECK(g.calls() == 0);
+  // Nothing failed: the group still works.
+  g.barrier("still usable", 1s);
+  CHECK(g.calls() == 1);
+  CHECK_THROWS_MATCHES(ThreadGroup(hub, 2, 2), InvalidArgument, MessageIs("ProcessGroup: rank 2, expected 0 to 1"));
+  CHECK_THROWS_MATCHES(ThreadGroup(hub, 0, 0), InvalidArgument, MessageIs("ProcessGroup: size 0, expected >= 1"));
+}
