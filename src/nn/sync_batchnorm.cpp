@@ -4,6 +4,7 @@
 
 #include "syncbn/nn/sync_batchnorm.hpp"
 
+#include <cstring>
 #include <optional>
 #include <typeinfo>
 
@@ -32,8 +33,11 @@ struct SyncBatchNorm::Link {
 };
 
 SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
-                             std::chrono::milliseconds sync_timeout)
-    : BatchNorm(std::move(kind), spatial_dims, num_features, options), timeout_(sync_timeout) {
+                             std::chrono::milliseconds sync_timeout,
+                             std::shared_ptr<comm::ProcessGroup> process_group)
+    : BatchNorm(std::move(kind), spatial_dims, num_features, options),
+      timeout_(sync_timeout),
+      group_(std::move(process_group)) {
   SYNCBN_CHECK(sync_timeout.count() >= 0, this->kind(), ": sync_timeout is ", sync_timeout.count(),
                " ms, expected >= 0 (0 waits forever)");
 }
@@ -60,7 +64,7 @@ std::vector<std::pair<int, BatchNorm::Finalized>> SyncBatchNorm::merge_round(
   // Merged on copy 0's device in replica order; finalize_statistics rejects
   // one value per channel and changes no state (the running statistics are
   // updated by copy 0 once the replies are out).
-  Finalized batch = finalize_statistics(core::merge_moments(shards, devices.front().second));
+  Finalized batch = finalize_statistics(across_processes(core::merge_moments(shards, devices.front().second)));
   std::vector<std::pair<int, Finalized>> replies;
   replies.reserve(devices.size());
   for (const auto& [id, device] : devices) {
@@ -72,7 +76,8 @@ std::vector<std::pair<int, BatchNorm::Finalized>> SyncBatchNorm::merge_round(
   return replies;
 }
 
-std::vector<std::pair<int, BatchNorm::GradSums>> SyncBatchNorm::sum_round(std::vector<std::pair<int, GradSums>> parts) {
+std::vector<std::pair<int, BatchNorm::GradSums>> SyncBatchNorm::sum_round(
+    std::vector<std::pair<int, GradSums>> parts) const {
   const Device home = parts.front().second.sum_dy.device();
   std::vector<std::vector<Tensor>> groups;
   std::vector<std::pair<int, Device>> devices;
@@ -83,12 +88,73 @@ std::vector<std::pair<int, BatchNorm::GradSums>> SyncBatchNorm::sum_round(std::v
     groups.push_back({std::move(m.sum_dy), std::move(m.sum_dy_xmu)});
   }
   // Copies and a float64 sum in replica order: deterministic.
-  const auto totals = comm::reduce_add_coalesced(groups, home, comm::Transport::Copy);
+  const auto local = comm::reduce_add_coalesced(groups, home, comm::Transport::Copy);
+  const GradSums totals = across_processes(GradSums{local[0], local[1]});
   std::vector<std::pair<int, GradSums>> replies;
   replies.reserve(devices.size());
   for (const auto& [id, device] : devices)
-    replies.emplace_back(id, GradSums{totals[0].onto(device), totals[1].onto(device)});
+    replies.emplace_back(id, GradSums{totals.sum_dy.onto(device), totals.sum_dy_xmu.onto(device)});
   return replies;
+}
+
+// Note [Hierarchical exchange]
+// Replicas meet at their process's master through the SyncMaster as ever;
+// only the masters talk across processes, one collective per layer and
+// pass. Forward: each process all-gathers its merged (count, mean, M2) in
+// float64 with an int64 count, and every rank merges the ranks' parts in
+// rank order with the same scalar code (Chan's pairwise update, compiled
+// once, not per CPU level), so that every rank computes the same bits
+// whatever its CPU; parts with a count of 0 are skipped. The
+// count check of finalize_statistics then sees the whole batch. Backward:
+// a rank-order sum of the processes' gradient sums (ProcessGroup::
+// all_reduce_sum). The exchange carries the layer's label as the call's
+// name, so a process in another layer is named in the error.
+BatchNorm::ShardStats SyncBatchNorm::across_processes(const ShardStats& process) const {
+  if (group_ == nullptr || group_->size() == 1) return process;
+  const Device device = process.mean.device();
+  const std::vector<double> mean = process.mean.to_vector<double>(), m2 = process.m2.to_vector<double>();
+  const std::size_t c = mean.size();
+  std::vector<std::byte> payload(sizeof(std::int64_t) + 2 * c * sizeof(double));
+  std::memcpy(payload.data(), &process.count, sizeof(std::int64_t));
+  std::memcpy(payload.data() + sizeof(std::int64_t), mean.data(), c * sizeof(double));
+  std::memcpy(payload.data() + sizeof(std::int64_t) + c * sizeof(double), m2.data(), c * sizeof(double));
+  const std::vector<std::byte> all = group_->all_gather(payload, label() + " forward", timeout_);
+
+  std::int64_t count = 0;
+  std::vector<double> merged_mean(c, 0.0), merged_m2(c, 0.0), part_mean(c), part_m2(c);
+  for (int r = 0; r < group_->size(); ++r) {
+    const std::byte* part = all.data() + static_cast<std::size_t>(r) * payload.size();
+    std::int64_t n = 0;
+    std::memcpy(&n, part, sizeof(n));
+    if (n == 0) continue;
+    std::memcpy(part_mean.data(), part + sizeof(std::int64_t), c * sizeof(double));
+    std::memcpy(part_m2.data(), part + sizeof(std::int64_t) + c * sizeof(double), c * sizeof(double));
+    const std::int64_t total = count + n;
+    const double weight = static_cast<double>(n) / static_cast<double>(total);
+    const double cross = static_cast<double>(count) * static_cast<double>(n) / static_cast<double>(total);
+    for (std::size_t j = 0; j < c; ++j) {
+      const double delta = part_mean[j] - merged_mean[j];
+      merged_mean[j] += delta * weight;
+      merged_m2[j] += part_m2[j] + delta * delta * cross;
+    }
+    count = total;
+  }
+  const Shape shape{static_cast<std::int64_t>(c)};
+  return ShardStats{count, Tensor::from_vector(merged_mean, shape).onto(device),
+                    Tensor::from_vector(merged_m2, shape).onto(device)};
+}
+
+BatchNorm::GradSums SyncBatchNorm::across_processes(const GradSums& process) const {
+  if (group_ == nullptr || group_->size() == 1) return process;
+  const Device device = process.sum_dy.device();
+  std::vector<double> sums = process.sum_dy.to_vector<double>();
+  const std::size_t c = sums.size();
+  const std::vector<double> xmu = process.sum_dy_xmu.to_vector<double>();
+  sums.insert(sums.end(), xmu.begin(), xmu.end());
+  const std::vector<double> totals = group_->all_reduce_sum(sums, label() + " backward", timeout_);
+  const Shape shape{static_cast<std::int64_t>(c)};
+  return GradSums{Tensor::from_vector(std::vector<double>(totals.begin(), totals.begin() + static_cast<std::ptrdiff_t>(c)), shape).onto(device),
+                  Tensor::from_vector(std::vector<double>(totals.begin() + static_cast<std::ptrdiff_t>(c), totals.end()), shape).onto(device)};
 }
 
 void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
@@ -103,8 +169,9 @@ void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
     link_->forward_master = std::make_shared<Link::ForwardMaster>(
         [this](std::vector<std::pair<int, ShardStats>> parts) { return merge_round(std::move(parts)); },
         sync::SyncOptions{name + " forward", timeout_, {}});
-    link_->backward_master =
-        std::make_shared<Link::BackwardMaster>(&SyncBatchNorm::sum_round, sync::SyncOptions{name + " backward", timeout_, {}});
+    link_->backward_master = std::make_shared<Link::BackwardMaster>(
+        [this](std::vector<std::pair<int, GradSums>> parts) { return sum_round(std::move(parts)); },
+        sync::SyncOptions{name + " backward", timeout_, {}});
     context.set(std::make_shared<Link::Masters>(Link::Masters{link_->forward_master, link_->backward_master}));
     std::weak_ptr<Link::ForwardMaster> forward = link_->forward_master;
     std::weak_ptr<Link::BackwardMaster> backward = link_->backward_master;
@@ -126,7 +193,15 @@ void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
 
 BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
   synced_forward_ = false;
-  if (copy_id_ < 0 || !is_training()) return BatchNorm::batch_statistics(shard);
+  if (!is_training() || (copy_id_ < 0 && group_ == nullptr)) return BatchNorm::batch_statistics(shard);
+  if (copy_id_ < 0) {
+    // Not replicated: this process's batch is the shard; the other
+    // processes' come through the group.
+    const Finalized batch = finalize_statistics(across_processes(shard));
+    track_running(batch);
+    synced_forward_ = true;
+    return batch.norm;
+  }
   if (copy_id_ != 0) {
     NormStats norm = link_->forward_pipe.run_slave(shard).norm;
     synced_forward_ = true;
@@ -143,27 +218,30 @@ BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
 
 BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {
   if (!synced_forward_) return local;
+  if (copy_id_ < 0) return across_processes(local);
   return copy_id_ == 0 ? link_->backward_master->run_master(local) : link_->backward_pipe.run_slave(local);
 }
 
 namespace {
 
-std::shared_ptr<SyncBatchNorm> make_sync(const BatchNorm& bn, std::chrono::milliseconds timeout) {
+std::shared_ptr<SyncBatchNorm> make_sync(const BatchNorm& bn, std::chrono::milliseconds timeout,
+                                         const std::shared_ptr<comm::ProcessGroup>& group) {
   switch (bn.spatial_dims()) {
-    case 1: return std::make_shared<SyncBatchNorm1d>(bn.num_features(), bn.options(), timeout);
-    case 2: return std::make_shared<SyncBatchNorm2d>(bn.num_features(), bn.options(), timeout);
-    default: return std::make_shared<SyncBatchNorm3d>(bn.num_features(), bn.options(), timeout);
+    case 1: return std::make_shared<SyncBatchNorm1d>(bn.num_features(), bn.options(), timeout, group);
+    case 2: return std::make_shared<SyncBatchNorm2d>(bn.num_features(), bn.options(), timeout, group);
+    default: return std::make_shared<SyncBatchNorm3d>(bn.num_features(), bn.options(), timeout, group);
   }
 }
 
 }  // namespace
 
-std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, std::chrono::milliseconds sync_timeout) {
+std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, std::chrono::milliseconds sync_timeout,
+                                               std::shared_ptr<comm::ProcessGroup> process_group) {
   SYNCBN_CHECK(module != nullptr, "convert_sync_batchnorm: module is null, expected a module");
   const auto& type = typeid(*module);
   if (type == typeid(BatchNorm1d) || type == typeid(BatchNorm2d) || type == typeid(BatchNorm3d)) {
     auto& bn = static_cast<BatchNorm&>(*module);
-    auto sync = make_sync(bn, sync_timeout);
+    auto sync = make_sync(bn, sync_timeout, process_group);
     // Take over the very Parameter objects (so that an optimizer holding
     // them keeps working) and buffers, as PyTorch's conversion does: nothing
     // is copied or reset.
@@ -184,7 +262,7 @@ std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, s
                  "(converting it would drop its overrides; give it a synchronized version of its own)");
   const auto children = module->children();  // a copy: replace_child edits the list
   for (const auto& [name, child] : children) {
-    auto converted = convert_sync_batchnorm(child, sync_timeout);
+    auto converted = convert_sync_batchnorm(child, sync_timeout, process_group);
     if (converted != child) module->replace_child(name, std::move(converted));
   }
   return module;

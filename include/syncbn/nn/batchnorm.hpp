@@ -12,6 +12,10 @@
 #include "syncbn/core/batch_norm.hpp"
 #include "syncbn/nn/module.hpp"
 
+namespace syncbn::comm {
+class ProcessGroup;
+}  // namespace syncbn::comm
+
 namespace syncbn::nn {
 
 /// How eps enters the inverse standard deviation.
@@ -111,11 +115,14 @@ class BatchNorm : public Module {
   /// `source` (affine, same number of features), for the conversion.
   void share_parameters_of(BatchNorm& source);
   friend std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
-                                                        std::chrono::milliseconds sync_timeout);
+                                                        std::chrono::milliseconds sync_timeout,
+                                                        std::shared_ptr<comm::ProcessGroup> process_group);
 
   /// How the layer's errors name it from now on, e.g. "SyncBatchNorm2d
   /// 'block1.bn'" once replicated (the kind until then).
   void set_label(std::string label);
+  /// The label errors and exchanges name the layer by.
+  const std::string& label() const noexcept { return label_; }
 
   /// The device of this layer's parameters and buffers.
   std::optional<Device> state_device() const;

@@ -9,8 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "syncbn/sync/sync_master.hpp"
+#include "syncbn/comm/process_group.hpp"
 #include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/sync/sync_master.hpp"
 
 namespace syncbn::nn {
 
@@ -37,6 +38,18 @@ namespace syncbn::nn {
 /// A replica that skips the layer leaves the others waiting: they fail with
 /// a Timeout naming the layer and the missing replica after `sync_timeout`,
 /// or at once with a CommError when the runtime aborts the step.
+///
+/// Across processes (Note [Hierarchical exchange] in sync_batchnorm.cpp):
+/// with a `process_group`, the master replica of each process exchanges the
+/// process's merged (count, mean, M2) with the group's other processes (one
+/// all-gather per layer and pass, merged in rank order, so that every rank
+/// computes bit-identical statistics and running statistics), and backward
+/// the gradient sums (rank-order sums); a layer that is not replicated does
+/// the same with its own batch. The count check (more than one value per
+/// channel) is made on the whole batch. Eval never communicates. A process
+/// that calls another layer, or one call too many, makes the exchange fail
+/// on every rank with a CommError naming each rank's layer; one that never
+/// arrives, a Timeout after `sync_timeout` (comm::ProcessGroup).
 class SyncBatchNorm : public BatchNorm {
  public:
   void on_replicate(ReplicationContext& context, int copy_id) override;
@@ -44,10 +57,13 @@ class SyncBatchNorm : public BatchNorm {
   int copy_id() const noexcept { return copy_id_; }
   /// How long a replica waits for the others in one exchange.
   std::chrono::milliseconds sync_timeout() const noexcept { return timeout_; }
+  /// The processes this layer synchronizes with beyond its own (null: this
+  /// process's replicas only).
+  const std::shared_ptr<comm::ProcessGroup>& process_group() const noexcept { return group_; }
 
  protected:
   SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
-                std::chrono::milliseconds sync_timeout);
+                std::chrono::milliseconds sync_timeout, std::shared_ptr<comm::ProcessGroup> process_group);
   SyncBatchNorm(const SyncBatchNorm&) = default;
 
   NormStats batch_statistics(const ShardStats& shard) override;
@@ -63,9 +79,14 @@ class SyncBatchNorm : public BatchNorm {
   std::vector<std::pair<int, Finalized>> merge_round(std::vector<std::pair<int, ShardStats>> parts) const;
   // Backward: sums the shards' gradient sums in replica order and replies
   // with the totals on each replica's device.
-  static std::vector<std::pair<int, GradSums>> sum_round(std::vector<std::pair<int, GradSums>> parts);
+  std::vector<std::pair<int, GradSums>> sum_round(std::vector<std::pair<int, GradSums>> parts) const;
+  // With a process group: this process's merged moments, or gradient sums,
+  // combined with the other processes' (rank order); otherwise unchanged.
+  ShardStats across_processes(const ShardStats& process) const;
+  GradSums across_processes(const GradSums& process) const;
 
   std::chrono::milliseconds timeout_;
+  std::shared_ptr<comm::ProcessGroup> group_;
   int copy_id_ = -1;
   std::shared_ptr<Link> link_;
   bool synced_forward_ = false;
@@ -75,34 +96,38 @@ class SyncBatchNorm : public BatchNorm {
 class SyncBatchNorm1d : public Cloneable<SyncBatchNorm1d, SyncBatchNorm> {
  public:
   explicit SyncBatchNorm1d(std::int64_t num_features, BatchNormOptions options = {},
-                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout)
-      : Cloneable("SyncBatchNorm1d", 1, num_features, options, sync_timeout) {}
+                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout,
+                           std::shared_ptr<comm::ProcessGroup> process_group = nullptr)
+      : Cloneable("SyncBatchNorm1d", 1, num_features, options, sync_timeout, std::move(process_group)) {}
 };
 
 /// Synchronized batch norm over (N, C, H, W) input.
 class SyncBatchNorm2d : public Cloneable<SyncBatchNorm2d, SyncBatchNorm> {
  public:
   explicit SyncBatchNorm2d(std::int64_t num_features, BatchNormOptions options = {},
-                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout)
-      : Cloneable("SyncBatchNorm2d", 2, num_features, options, sync_timeout) {}
+                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout,
+                           std::shared_ptr<comm::ProcessGroup> process_group = nullptr)
+      : Cloneable("SyncBatchNorm2d", 2, num_features, options, sync_timeout, std::move(process_group)) {}
 };
 
 /// Synchronized batch norm over (N, C, D, H, W) input.
 class SyncBatchNorm3d : public Cloneable<SyncBatchNorm3d, SyncBatchNorm> {
  public:
   explicit SyncBatchNorm3d(std::int64_t num_features, BatchNormOptions options = {},
-                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout)
-      : Cloneable("SyncBatchNorm3d", 3, num_features, options, sync_timeout) {}
+                           std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout,
+                           std::shared_ptr<comm::ProcessGroup> process_group = nullptr)
+      : Cloneable("SyncBatchNorm3d", 3, num_features, options, sync_timeout, std::move(process_group)) {}
 };
 
 /// Replaces every BatchNorm1d/2d/3d in `module`'s tree by the matching
-/// SyncBatchNorm*d, which takes over the same parameters (values and
-/// gradients), buffers (running statistics and num_batches_tracked), options
-/// and training mode. Returns the converted root: `module` itself, or a new
+/// SyncBatchNorm*d (with `sync_timeout` and `process_group`), which takes
+/// over the same parameters (values and gradients), buffers (running
+/// statistics and num_batches_tracked), options and training mode. Returns the converted root: `module` itself, or a new
 /// layer when the root is a BatchNorm. Throws InvalidArgument for a null module.
 /// Create optimizers after converting: they hold pointers to the layers'
 /// parameter entries, and a replaced layer's entries go away with it.
 std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
-                                               std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout);
+                                               std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout,
+                                               std::shared_ptr<comm::ProcessGroup> process_group = nullptr);
 
 }  // namespace syncbn::nn

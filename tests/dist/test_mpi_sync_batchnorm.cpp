@@ -1,0 +1,209 @@
+// SyncBatchNorm across processes (Note [Hierarchical exchange]), under
+// mpirun with 2, 3 and 4 processes: each process holds an uneven part of one
+// global batch (one part empty from 3 processes on) and runs it on K = 1 or
+// 2 logical CPU devices through the replica rendezvous, or on no replicas
+// at all (the layer called directly). Outputs, input gradients, the weight
+// and bias gradients summed over every replica of every process, and the
+// running statistics on every rank must equal batch norm over the whole
+// batch (float64 reference); then a process in another layer, and one a
+// call ahead, fail the exchange on every rank with the named error.
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mpi_world.hpp"
+#include "support/batchnorm_layers.hpp"
+#include "support/compare.hpp"
+#include "support/matchers.hpp"
+#include "support/reference.hpp"
+#include "support/seeds.hpp"
+#include "syncbn/error.hpp"
+#include "syncbn/nn/sequential.hpp"
+#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/parallel/data_parallel.hpp"
+#include "syncbn/parallel/replicate.hpp"
+
+using namespace syncbn;
+using namespace std::chrono_literals;
+using syncbn::testing::check_close;
+using syncbn::testing::mpi_session;
+using syncbn::testing::Tolerance;
+
+namespace {
+
+constexpr Tolerance kFp32{1e-5, 1e-5};
+
+// Each process's share of a global batch of 13: uneven, one empty from 3 on.
+std::vector<std::int64_t> process_sizes(int processes) {
+  switch (processes) {
+    case 1: return {13};
+    case 2: return {6, 7};
+    case 3: return {5, 0, 8};
+    default: {
+      std::vector<std::int64_t> sizes{1, 4, 0};
+      sizes.resize(static_cast<std::size_t>(processes), 0);
+      sizes.back() += 8;
+      return sizes;
+    }
+  }
+}
+
+std::shared_ptr<comm::ProcessGroup> fresh_world_group() {
+  std::vector<int> ranks(static_cast<std::size_t>(mpi_session().world()->size()));
+  std::iota(ranks.begin(), ranks.end(), 0);
+  return mpi_session().new_group(ranks, 30s);
+}
+
+std::vector<double> slice(const std::vector<double>& v, std::int64_t begin_row, std::int64_t rows, std::int64_t row) {
+  return {v.begin() + begin_row * row, v.begin() + (begin_row + rows) * row};
+}
+
+// The sum over every rank of each rank's values (rank order).
+std::vector<double> sum_over_ranks(const std::vector<double>& v) {
+  return mpi_session().world()->all_reduce_sum(v, "test: sum over ranks", 30s);
+}
+
+}  // namespace
+
+TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch on every rank", "[dist][mpi]") {
+  const Shape shape = GENERATE(Shape{13, 5}, Shape{13, 3, 2, 3}, Shape{13, 2, 2, 2, 3});
+  const int replicas_per_process = GENERATE(0, 1, 2);  // 0: the layer alone, not replicated
+  auto group = fresh_world_group();
+  const int rank = group->rank(), size = group->size();
+  CAPTURE(shape, replicas_per_process, rank, size, syncbn::testing::kSeed);
+
+  const auto sizes = process_sizes(size);
+  const std::int64_t first = std::accumulate(sizes.begin(), sizes.begin() + rank, std::int64_t{0});
+  const std::int64_t mine = sizes[static_cast<std::size_t>(rank)];
+  const std::int64_t n = shape[0], c = shape[1], l = syncbn::testing::spatial_size(shape), row = c * l;
+
+  nn::BatchNormOptions options;
+  options.momentum = 0.1;
+  auto bn = syncbn::testing::make_batchnorm(false, syncbn::testing::spatial_dims_of(shape), c, options);
+  bn->weight().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 60, DType::Float32, Device(), 1.0, 0.5));
+  bn->bias().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 61, DType::Float32, Device()));
+  auto layer = std::dynamic_pointer_cast<nn::SyncBatchNorm>(nn::convert_sync_batchnorm(bn, 30s, group));
+  REQUIRE(layer != nullptr);
+  CHECK(layer->process_group() == group);
+  const auto wv = layer->weight().value.to_vector<double>(), bv = layer->bias().value.to_vector<double>();
+  const testing::ref::BnConfig cfg{1e-5, 0.1, false};
+  std::vector<double> rm(static_cast<std::size_t>(c), 0.0), rv(static_cast<std::size_t>(c), 1.0);
+
+  std::vector<Device> devices;
+  for (int k = 0; k < replicas_per_process; ++k) devices.push_back(Device::parse("cpu:" + std::to_string(k)));
+  std::optional<parallel::Replication> replicas;
+  if (!devices.empty()) replicas.emplace(parallel::replicate(*layer, devices));
+
+  for (int step = 1; step <= 2; ++step) {
+    INFO("training step " << step);
+    const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed + static_cast<std::uint64_t>(step), DType::Float32,
+                                   Device(), 3.0, 2.0);
+    const Tensor dy = Tensor::randn(shape, syncbn::testing::kSeed + 200 + static_cast<std::uint64_t>(step),
+                                    DType::Float32, Device());
+    const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(), wv, bv, n, c, l, cfg);
+    const Tensor x_mine = x.rows(first, first + mine).clone(), dy_mine = dy.rows(first, first + mine).clone();
+
+    Tensor y, dx;
+    std::vector<double> dweight(static_cast<std::size_t>(c), 0.0), dbias(static_cast<std::size_t>(c), 0.0);
+    if (!replicas) {
+      y = layer->forward(x_mine);
+      dx = layer->backward(dy_mine);
+      dweight = layer->weight().grad.to_vector<double>();
+      dbias = layer->bias().grad.to_vector<double>();
+      layer->weight().grad.fill_(0.0);
+      layer->bias().grad.fill_(0.0);
+    } else {
+      const std::vector<std::int64_t> split{mine / 2, mine - mine / 2};
+      const auto shard_sizes = devices.size() == 1 ? std::vector<std::int64_t>{mine} : split;
+      const auto outputs = parallel::parallel_apply(*replicas, parallel::scatter(x_mine, devices, shard_sizes));
+      const auto grads = parallel::parallel_backward(*replicas, parallel::scatter(dy_mine, devices, shard_sizes));
+      y = parallel::gather(outputs, Device());
+      dx = parallel::gather(grads, Device());
+      for (std::size_t k = 0; k < replicas->size(); ++k) {
+        for (std::size_t p = 0; p < 2; ++p) {
+          auto* param = (*replicas)[k].parameters()[p];
+          const auto g = param->grad.to_vector<double>();
+          auto& total = p == 0 ? dweight : dbias;
+          for (std::size_t i = 0; i < g.size(); ++i) total[i] += g[i];
+          param->grad.fill_(0.0);
+        }
+      }
+    }
+    check_close(y, slice(r.y, first, mine, row), kFp32, "this rank's output");
+    check_close(dx, slice(r.dx, first, mine, row), kFp32, "this rank's grad_input");
+    check_close(sum_over_ranks(dweight), r.dweight, kFp32, "grad_weight summed over replicas and ranks");
+    check_close(sum_over_ranks(dbias), r.dbias, kFp32, "grad_bias summed over replicas and ranks");
+    testing::ref::update_running(rm, rv, r, cfg, step);
+    check_close(layer->running_mean(), rm, kFp32, "running_mean on this rank");
+    check_close(layer->running_var(), rv, kFp32, "running_var on this rank");
+    CHECK(layer->num_batches_tracked().item() == step);
+  }
+  // Eval never communicates: a process may evaluate alone.
+  layer->eval();
+  if (rank == 0) {
+    const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed + 9, DType::Float32, Device(), 3.0, 2.0);
+    const std::int64_t calls = group->calls();
+    check_close(layer->forward(x), testing::ref::batch_norm_eval(x.to_vector<double>(), wv, bv, rm, rv, n, c, l, cfg),
+                kFp32, "eval output");
+    CHECK(group->calls() == calls);
+  }
+  mpi_session().world()->barrier("test: after eval", 30s);
+}
+
+TEST_CASE("A process in another SyncBatchNorm layer fails the exchange on every rank, naming each layer",
+          "[dist][mpi]") {
+  auto group = fresh_world_group();
+  const int rank = group->rank();
+  CAPTURE(rank);
+  // Two models whose layers are named by their paths once replicated.
+  auto first = std::make_shared<nn::SyncBatchNorm1d>(3, nn::BatchNormOptions{}, 30s, group);
+  auto second = std::make_shared<nn::SyncBatchNorm1d>(3, nn::BatchNormOptions{}, 30s, group);
+  nn::Sequential model_a, model_b;
+  model_a.add("block1", first);
+  model_b.add("block2", second);
+  const std::vector<Device> devices{Device::parse("cpu:0")};
+  // Rank 1 runs the other model.
+  auto replicas = parallel::replicate(rank == 1 ? model_b : model_a, devices);
+  const Tensor x = Tensor::randn(Shape{4, 3}, syncbn::testing::kSeed + 5);
+  try {
+    parallel::parallel_apply(replicas, {x});
+    FAIL("expected a CommError");
+  } catch (const CommError& e) {
+    const std::string what = e.what();
+    CHECK_THAT(what, Catch::Contains("make different collectives, expected the same on every rank"));
+    CHECK_THAT(what, Catch::Contains("rank 1 in all_gather 'SyncBatchNorm1d 'block2' forward' (call 0, 56 bytes)"));
+    CHECK_THAT(what, Catch::Contains("in all_gather 'SyncBatchNorm1d 'block1' forward' (call 0, 56 bytes)"));
+  }
+  // No running statistics changed on any rank: the round failed before them.
+  CHECK(first->num_batches_tracked().item() == 0);
+  CHECK(second->num_batches_tracked().item() == 0);
+  mpi_session().world()->barrier("test: after another layer", 30s);
+}
+
+TEST_CASE("A process that never arrives at a SyncBatchNorm exchange makes the others time out, naming the layer",
+          "[dist][mpi]") {
+  auto group = fresh_world_group();
+  const int rank = group->rank();
+  CAPTURE(rank);
+  nn::SyncBatchNorm2d layer(2, {}, 300ms, group);
+  const Tensor x = Tensor::randn(Shape{2, 2, 2, 2}, syncbn::testing::kSeed + 6);
+  if (rank != 0) {
+    CHECK_THROWS_MATCHES(layer.forward(x), Timeout,
+                         syncbn::testing::MessageContains("'SyncBatchNorm2d forward': not every rank of MPI group of"));
+    CHECK(layer.num_batches_tracked().item() == 0);
+  }
+  mpi_session().world()->barrier("test: after a missing process", 30s);
+  if (rank == 0) {
+    // Rank 0 arrives late: its header completes the others' abandoned header
+    // exchange, and it then waits in vain for their statistics.
+    CHECK_THROWS_MATCHES(layer.forward(x), Timeout,
+                         syncbn::testing::MessageContains("'SyncBatchNorm2d forward': not every rank of MPI group of"));
+  }
+  mpi_session().world()->barrier("test: after the late process", 30s);
+}
