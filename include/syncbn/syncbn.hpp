@@ -51,4 +51,5 @@
 #include "syncbn/data/fashion_mnist.hpp"
 #include "syncbn/data/idx.hpp"
 // dist: process groups across processes (MPI).
+#include "syncbn/dist/distributed_data_parallel.hpp"
 #include "syncbn/dist/mpi.hpp"
