@@ -4,7 +4,14 @@
 //
 //   train_demo [--devices cpu:0,cpu:1,cpu:2,cpu:3] [--per-device-batch 8]
 //              [--steps 10000] [--bn sync|local|none] [--seed 1] [--lr 0.05]
-//              [--csv out.csv] [--check]      (train_demo_usage.txt explains each)
+//              [--csv out.csv] [--check] [--dist mpi]
+//                                             (train_demo_usage.txt explains each)
+//   mpirun -np 2 train_demo --dist mpi --devices cpu:0,cpu:1
+//
+// With --dist mpi every process of the job runs --devices on its own part
+// of each global batch (per-device batch x devices x processes) through
+// dist::DistributedDataParallel, batch norm synchronized over every replica
+// of every process; rank 0 prints and writes the CSV.
 //
 // Every step draws the same global batch (per-device batch x devices) from the
 // training set for a given seed, so runs that differ only in --devices and
@@ -22,6 +29,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -44,6 +52,7 @@ struct Flags {
   double lr = 0.05;
   std::string csv;
   bool check = false;
+  std::string dist;  // "" (one process) or "mpi"
 };
 
 // kUsage: examples/train_demo_usage.txt (scripts/demo.sh --help prints the
@@ -105,6 +114,9 @@ Flags parse(int argc, char** argv) {
       f.csv = value();
     } else if (a == "--check") {
       f.check = true;
+    } else if (a == "--dist") {
+      f.dist = value();
+      if (f.dist != "mpi") usage("--dist: expected mpi, got '" + f.dist + "'");
     } else {
       usage("unknown flag '" + a + "'");
     }
@@ -136,7 +148,8 @@ Dataset spirals(std::int64_t per_class, std::uint64_t seed) {
   return d;
 }
 
-std::shared_ptr<nn::Module> make_model(const std::string& bn, std::uint64_t seed, Device device) {
+std::shared_ptr<nn::Module> make_model(const std::string& bn, std::uint64_t seed, Device device,
+                                       const std::shared_ptr<comm::ProcessGroup>& group) {
   auto m = std::make_shared<nn::Sequential>();
   auto linear = [&](std::int64_t in, std::int64_t out, std::uint64_t s) {
     return std::make_shared<nn::Linear>(in, out, nn::LinearOptions{true, nn::derive_seed(seed, s), DType::Float32, device});
@@ -149,7 +162,7 @@ std::shared_ptr<nn::Module> make_model(const std::string& bn, std::uint64_t seed
   if (bn != "none") m->add(norm(64));
   m->add(std::make_shared<nn::ReLU>());
   m->add(linear(64, 3, 3));
-  return bn == "sync" ? nn::convert_sync_batchnorm(m) : m;
+  return bn == "sync" ? nn::convert_sync_batchnorm(m, sync::kDefaultSyncTimeout, group) : m;
 }
 
 double accuracy(const Tensor& logits, const std::vector<std::int64_t>& labels, std::int64_t offset = 0) {
@@ -191,19 +204,36 @@ int main(int argc, char** argv) {
     const Device home = f.devices.front();
     const Dataset train = spirals(1000, f.seed);
     const Dataset test = spirals(300, f.seed + 1000);
-    auto model = make_model(f.bn, f.seed, home);
+    // --dist mpi: this process is one rank of the job's world group.
+    std::optional<dist::MpiSession> mpi;
+    std::shared_ptr<comm::ProcessGroup> world;
+    if (f.dist == "mpi") {
+      mpi.emplace();
+      world = mpi->world();
+    }
+    const int rank = world ? world->rank() : 0, processes = world ? world->size() : 1;
+    auto model = make_model(f.bn, f.seed, home, world);
     parallel::DataParallelOptions options;
     options.allow_shared_devices = true;  // several logical replicas may share one GPU
-    parallel::DataParallel dp(model, f.devices, std::nullopt, options);
+    std::optional<parallel::DataParallel> dp;
+    std::optional<dist::DistributedDataParallel> ddp;
+    if (world)
+      ddp.emplace(model, f.devices, world, dist::DistributedOptions{.local = options});
+    else
+      dp.emplace(model, f.devices, std::nullopt, options);
     optim::SGD sgd(model->parameters(), optim::SGDOptions{.lr = f.lr, .momentum = 0.9});
     nn::CrossEntropyLoss loss_fn;
-    const std::int64_t batch = f.per_device_batch * static_cast<std::int64_t>(f.devices.size());
-    std::printf("train_demo: %zu device(s) %s..., per-device batch %ld (global %ld), bn=%s, %d steps, seed %lu\n",
-                f.devices.size(), home.str().c_str(), static_cast<long>(f.per_device_batch), static_cast<long>(batch),
-                f.bn.c_str(), f.steps, static_cast<unsigned long>(f.seed));
+    const std::int64_t local_batch = f.per_device_batch * static_cast<std::int64_t>(f.devices.size());
+    const std::int64_t batch = local_batch * processes;
+    const bool speaks = rank == 0;
+    if (speaks)
+      std::printf("train_demo: %d process(es) x %zu device(s) %s..., per-device batch %ld (global %ld), bn=%s, %d "
+                  "steps, seed %lu\n",
+                  processes, f.devices.size(), home.str().c_str(), static_cast<long>(f.per_device_batch),
+                  static_cast<long>(batch), f.bn.c_str(), f.steps, static_cast<unsigned long>(f.seed));
 
     std::ofstream csv;
-    if (!f.csv.empty()) {
+    if (!f.csv.empty() && speaks) {
       csv.open(f.csv);
       if (!csv) usage("--csv: cannot write '" + f.csv + "'");
       csv << "step,loss,loss_ema,batch_accuracy,samples_per_s\n";
@@ -223,12 +253,29 @@ int main(int argc, char** argv) {
         xs.push_back(train.x[static_cast<std::size_t>(2 * j + 1)]);
         ys.push_back(train.y[static_cast<std::size_t>(j)]);
       }
-      const Tensor x = Tensor::from_vector(xs, Shape{batch, 2}, home);
-      const Tensor y = Tensor::from_vector(ys, Shape{batch}, home);
       sgd.zero_grad();
-      const Tensor logits = dp.forward(x);
-      const double loss = loss_fn.forward(logits, y).item();
-      dp.backward(loss_fn.backward());
+      double loss = 0;
+      Tensor logits;
+      if (ddp) {
+        // This rank's rows of the global batch every rank drew alike.
+        const std::int64_t first = rank * local_batch;
+        const Tensor x = Tensor::from_vector(
+            std::vector<float>(xs.begin() + 2 * first, xs.begin() + 2 * (first + local_batch)), Shape{local_batch, 2},
+            home);
+        ys = std::vector<std::int64_t>(ys.begin() + first, ys.begin() + first + local_batch);
+        logits = ddp->forward(x);
+        const double mine = loss_fn.forward(logits, Tensor::from_vector(ys, Shape{local_batch}, home)).item();
+        ddp->backward(loss_fn.backward());
+        // The whole batch's loss (equal parts: the mean of the ranks').
+        const double share = mine / processes;
+        loss = world->all_reduce_sum(std::span(&share, 1), "train_demo: loss", sync::kDefaultSyncTimeout)[0];
+      } else {
+        const Tensor x = Tensor::from_vector(xs, Shape{batch, 2}, home);
+        const Tensor y = Tensor::from_vector(ys, Shape{batch}, home);
+        logits = dp->forward(x);
+        loss = loss_fn.forward(logits, y).item();
+        dp->backward(loss_fn.backward());
+      }
       sgd.step();
 
       ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
@@ -237,14 +284,15 @@ int main(int argc, char** argv) {
       const double rate = static_cast<double>(batch) * step / elapsed;
       const double acc = accuracy(logits, ys);
       if (csv) csv << step << ',' << loss << ',' << ema << ',' << acc << ',' << rate << '\n';
-      if (step % report_every == 0 || step == f.steps) progress(step, f.steps, ema, acc, rate, tty);
+      if (speaks && (step % report_every == 0 || step == f.steps)) progress(step, f.steps, ema, acc, rate, tty);
     }
-    if (tty) std::printf("\n");
+    if (tty && speaks) std::printf("\n");
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double train_acc = evaluate(*model, train, home);
     const double test_acc = evaluate(*model, test, home);
-    std::printf("train_demo: %.1f s, final loss %.4f, train accuracy %.1f%%, test accuracy %.1f%%\n", seconds, ema,
-                100.0 * train_acc, 100.0 * test_acc);
+    if (speaks)
+      std::printf("train_demo: %.1f s, final loss %.4f, train accuracy %.1f%%, test accuracy %.1f%%\n", seconds, ema,
+                  100.0 * train_acc, 100.0 * test_acc);
     if (f.check) {
       // Training-mode loss with batch norm stays noisy (batch statistics), so
       // the check asks for a clear fall and for accuracy far above chance (1/3).
