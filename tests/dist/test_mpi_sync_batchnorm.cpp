@@ -156,6 +156,39 @@ TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch
   mpi_session().world()->barrier("test: after eval", 30s);
 }
 
+TEST_CASE("SyncBatchNorm over subgroups of pairs synchronizes within each pair only", "[dist][mpi]") {
+  auto world = mpi_session().world();
+  const int rank = world->rank(), size = world->size();
+  CAPTURE(rank, size, syncbn::testing::kSeed);
+  // Pairs {0, 1}, {2, 3}, ...; with an odd size the last rank is alone.
+  std::shared_ptr<comm::ProcessGroup> pair;
+  for (int first = 0; first < size; first += 2) {
+    std::vector<int> ranks{first};
+    if (first + 1 < size) ranks.push_back(first + 1);
+    if (auto g = mpi_session().new_group(ranks, 30s)) pair = g;
+  }
+  REQUIRE(pair != nullptr);
+  const int first = rank - rank % 2;
+  const std::int64_t pair_size = std::min(2, size - first);
+  // Every rank draws the same (3 x size, 4) batch; a pair's batch is its
+  // ranks' rows, 3 each.
+  const std::int64_t c = 4;
+  const Tensor x = Tensor::randn(Shape{3 * size, c}, syncbn::testing::kSeed + 70, DType::Float32, Device(), 1.0, 2.0);
+  const Tensor dy = Tensor::randn(Shape{3 * size, c}, syncbn::testing::kSeed + 71);
+  nn::SyncBatchNorm1d layer(c, {}, 30s, pair);
+  const Tensor y = layer.forward(x.rows(3 * rank, 3 * rank + 3).clone());
+  const Tensor dx = layer.backward(dy.rows(3 * rank, 3 * rank + 3).clone());
+  const std::int64_t rows = 3 * pair_size;
+  const testing::ref::BnConfig cfg{1e-5, 0.1, false};
+  const auto r = testing::ref::batch_norm(x.rows(3 * first, 3 * first + rows).to_vector<double>(),
+                                          dy.rows(3 * first, 3 * first + rows).to_vector<double>(),
+                                          std::vector<double>(c, 1.0), std::vector<double>(c, 0.0), rows, c, 1, cfg);
+  const std::int64_t offset = 3 * (rank - first);
+  check_close(y, slice(r.y, offset, 3, c), kFp32, "output: batch norm over the pair's rows");
+  check_close(dx, slice(r.dx, offset, 3, c), kFp32, "grad_input over the pair's rows");
+  world->barrier("test: after subgroups", 30s);
+}
+
 TEST_CASE("A process in another SyncBatchNorm layer fails the exchange on every rank, naming each layer",
           "[dist][mpi]") {
   auto group = fresh_world_group();
