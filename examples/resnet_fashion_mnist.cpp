@@ -58,8 +58,14 @@ struct Flags {
   std::uint64_t seed = 1;
   std::string save, resume, csv;
   bool quiet = false;
+  std::string dist;   // "" (one process) or "mpi"
+  int processes = 1;  // the MPI job's processes with --dist mpi
+  int rank = 0;       // this process's rank
 
-  std::int64_t global_batch() const { return per_device_batch * static_cast<std::int64_t>(devices.size()); }
+  // Every process's images of a step: per device x devices x processes.
+  std::int64_t local_batch() const { return per_device_batch * static_cast<std::int64_t>(devices.size()); }
+  std::int64_t global_batch() const { return local_batch() * processes; }
+  bool speaks() const { return rank == 0; }  // the process that prints and writes files
 };
 
 // A bad flag: the message, a pointer to --help (the usage text is long enough
@@ -196,6 +202,9 @@ Flags parse_flags(int argc, char** argv) {
       f.csv = value();
     } else if (flag == "--quiet") {
       f.quiet = true;
+    } else if (flag == "--dist") {
+      f.dist = value();
+      if (f.dist != "mpi") bad_input("--dist: expected mpi, got '" + f.dist + "'");
     } else {
       bad_input("unknown flag '" + flag + "', expected one of those --help lists");
     }
@@ -240,7 +249,7 @@ void resolve_flags(Flags& f) {
 
 // ---------------------------------------------------------------- setup
 
-std::shared_ptr<nn::Module> make_model(const Flags& f) {
+std::shared_ptr<nn::Module> make_model(const Flags& f, const std::shared_ptr<comm::ProcessGroup>& world) {
   nn::ResNetOptions options;
   options.widths = f.widths;
   options.blocks_per_stage = f.blocks;
@@ -248,8 +257,34 @@ std::shared_ptr<nn::Module> make_model(const Flags& f) {
   options.seed = f.seed;
   options.device = f.devices.front();
   std::shared_ptr<nn::Module> net = nn::resnet(options);
-  return f.bn == "sync" ? nn::convert_sync_batchnorm(net) : net;
+  return f.bn == "sync" ? nn::convert_sync_batchnorm(net, sync::kDefaultSyncTimeout, world) : net;
 }
+
+// The model over this process's devices: DataParallel, or with --dist mpi
+// DistributedDataParallel over the job's processes, each on its rows of the
+// global batch.
+struct Trainer {
+  std::optional<parallel::DataParallel> local;
+  std::optional<dist::DistributedDataParallel> distributed;
+  std::shared_ptr<comm::ProcessGroup> world;  // null without --dist
+
+  Trainer(std::shared_ptr<nn::Module> model, const Flags& f, std::shared_ptr<comm::ProcessGroup> group)
+      : world(std::move(group)) {
+    const parallel::DataParallelOptions options{.allow_shared_devices = true};
+    if (world)
+      distributed.emplace(std::move(model), f.devices, world, dist::DistributedOptions{.local = options});
+    else
+      local.emplace(std::move(model), f.devices, std::nullopt, options);
+  }
+  Tensor forward(const Tensor& x) { return distributed ? distributed->forward(x) : local->forward(x); }
+  Tensor backward(const Tensor& dy) { return distributed ? distributed->backward(dy) : local->backward(dy); }
+  void train(bool on) { distributed ? distributed->train(on) : local->train(on); }
+  // The sum over the processes (the value itself in one process).
+  double sum(double value) const {
+    return world ? world->all_reduce_sum(std::span(&value, 1), "resnet_fashion_mnist: sum", sync::kDefaultSyncTimeout)[0]
+                 : value;
+  }
+};
 
 std::int64_t count_parameters(nn::Module& model) {
   std::int64_t n = 0;
@@ -434,26 +469,35 @@ struct StepResult {
   double lr;  // the learning rate this step used
 };
 
-StepResult train_step(parallel::DataParallel& dp, optim::Optimizer& opt, optim::LRSchedule& schedule,
+// One step on the global batch; with --dist, this process trains on its
+// rows of it, and the loss and the correct answers are the whole batch's.
+StepResult train_step(const Flags& f, Trainer& trainer, optim::Optimizer& opt, optim::LRSchedule& schedule,
                       nn::CrossEntropyLoss& loss_fn, const data::Batch& batch) {
+  const std::int64_t first = f.rank * f.local_batch();
+  const Tensor images = f.processes > 1 ? batch.images.rows(first, first + f.local_batch()) : batch.images;
+  const Tensor labels = f.processes > 1 ? batch.labels.rows(first, first + f.local_batch()) : batch.labels;
   opt.zero_grad();
-  const Tensor logits = dp.forward(batch.images);
-  const double loss = loss_fn.forward(logits, batch.labels).item();
-  dp.backward(loss_fn.backward());
+  const Tensor logits = trainer.forward(images);
+  const double loss = loss_fn.forward(logits, labels).item();
+  trainer.backward(loss_fn.backward());
   const double lr = opt.param_groups().front().lr;
   opt.step();
   schedule.step();
-  return {loss, count_correct(logits, batch.labels), lr};
+  // Equal parts: the whole batch's mean loss is the mean of the parts'.
+  return {trainer.sum(loss) / f.processes,
+          static_cast<std::int64_t>(trainer.sum(static_cast<double>(count_correct(logits, labels)))), lr};
 }
 
-// Accuracy in eval mode (running statistics), in batches across the replicas.
-double evaluate(parallel::DataParallel& dp, const data::Dataset& test, std::int64_t batch_size) {
-  dp.eval();
-  data::BatchIterator batches(test, {.batch_size = batch_size, .shuffle = false, .device = dp.devices().front()});
+// Accuracy in eval mode (running statistics), in batches across the
+// replicas; with --dist, each process takes every P-th batch.
+double evaluate(const Flags& f, Trainer& trainer, const data::Dataset& test, std::int64_t batch_size) {
+  trainer.train(false);
+  data::BatchIterator batches(test, {.batch_size = batch_size, .shuffle = false, .device = f.devices.front()});
   std::int64_t correct = 0;
-  while (auto batch = batches.next()) correct += count_correct(dp.forward(batch->images), batch->labels);
-  dp.train();
-  return static_cast<double>(correct) / static_cast<double>(test.labels.numel());
+  for (std::int64_t i = 0; auto batch = batches.next(); ++i)
+    if (i % f.processes == f.rank) correct += count_correct(trainer.forward(batch->images), batch->labels);
+  trainer.train(true);
+  return trainer.sum(static_cast<double>(correct)) / static_cast<double>(test.labels.numel());
 }
 
 // ---------------------------------------------------------------- checkpoints
@@ -562,8 +606,13 @@ void print_setup(const Flags& f, nn::Module& model, std::int64_t train_images, s
   const std::string widths = widths_text(f.widths);
   std::printf("%s: ResNet (widths %s, %lld block(s) per stage), %s parameters, bn %s\n", kProgram, widths.c_str(),
               static_cast<long long>(f.blocks), with_thousands(count_parameters(model)).c_str(), f.bn.c_str());
-  std::printf("  devices %s: %zu replica(s) x %lld images = global batch %lld\n", devices.c_str(), f.devices.size(),
-              static_cast<long long>(f.per_device_batch), static_cast<long long>(f.global_batch()));
+  if (f.processes > 1)
+    std::printf("  %d MPI processes, each on devices %s: %d x %zu replica(s) x %lld images = global batch %lld\n",
+                f.processes, devices.c_str(), f.processes, f.devices.size(), static_cast<long long>(f.per_device_batch),
+                static_cast<long long>(f.global_batch()));
+  else
+    std::printf("  devices %s: %zu replica(s) x %lld images = global batch %lld\n", devices.c_str(), f.devices.size(),
+                static_cast<long long>(f.per_device_batch), static_cast<long long>(f.global_batch()));
   std::printf("  %lld training / %lld test images, %lld epoch(s) of %lld steps\n", static_cast<long long>(train_images),
               static_cast<long long>(test_images), static_cast<long long>(f.epochs),
               static_cast<long long>(steps_per_epoch));
@@ -583,9 +632,9 @@ void seek(data::BatchIterator& batches, const Progress& p, std::int64_t steps_pe
 
 // Makes the steps from p.step up to last_step (updating p, the CSV and the
 // progress line); returns the seconds they took.
-double train(const Flags& f, parallel::DataParallel& dp, optim::Optimizer& opt, optim::LRSchedule& schedule,
+double train(const Flags& f, Trainer& trainer, optim::Optimizer& opt, optim::LRSchedule& schedule,
              data::BatchIterator& batches, std::int64_t last_step, Progress& p, CsvLog& csv) {
-  ProgressBar bar(!f.quiet, last_step, f.epochs);
+  ProgressBar bar(!f.quiet && f.speaks(), last_step, f.epochs);
   nn::CrossEntropyLoss loss_fn;
   const std::int64_t first_step = p.step;
   const auto start = Clock::now();
@@ -596,7 +645,7 @@ double train(const Flags& f, parallel::DataParallel& dp, optim::Optimizer& opt, 
       batches.start_epoch(p.epoch);
       continue;
     }
-    const StepResult r = train_step(dp, opt, schedule, loss_fn, *batch);
+    const StepResult r = train_step(f, trainer, opt, schedule, loss_fn, *batch);
     p.loss_ema = p.step == 0 ? r.loss : 0.95 * p.loss_ema + 0.05 * r.loss;
     ++p.step;
     p.epoch_images += batch->labels.numel();
@@ -621,9 +670,9 @@ void print_results(const Flags& f, double test_accuracy, std::int64_t test_image
   if (!f.save.empty()) std::printf("  saved '%s' and '%s'\n", f.save.c_str(), state_path(f.save).c_str());
 }
 
-int run(const Flags& f) {
+int run(const Flags& f, const std::shared_ptr<comm::ProcessGroup>& world) {
   const auto wall_start = Clock::now();
-  CsvLog csv(f.csv);  // first: a bad --csv fails before the data is read
+  CsvLog csv(f.speaks() ? f.csv : std::string());  // first: a bad --csv fails before the data is read
   const data::Dataset train_set = load_split(data::Split::Train, f.train_limit);
   const data::Dataset test_set = load_split(data::Split::Test, f.test_limit);
   const std::int64_t train_images = train_set.labels.numel();
@@ -631,8 +680,7 @@ int run(const Flags& f) {
     bad_input("--train-limit: " + std::to_string(train_images) + " training images make no batch of " +
               std::to_string(f.global_batch()) + ", expected at least --per-device-batch x devices");
 
-  auto model = make_model(f);
-  parallel::DataParallel dp(model, f.devices, std::nullopt, {.allow_shared_devices = true});
+  auto model = make_model(f, world);
   // Full batches only: every replica gets --per-device-batch images each step.
   data::BatchIterator batches(
       train_set, {.batch_size = f.global_batch(), .seed = f.seed, .drop_last = true, .device = f.devices.front()});
@@ -641,19 +689,21 @@ int run(const Flags& f) {
   auto opt = make_optimizer(*model, f);
   auto schedule = make_schedule(*opt, f, total_steps);
   Progress p;
-  if (!f.resume.empty()) p = load_checkpoint(f, *model, *opt, *schedule);
+  if (!f.resume.empty()) p = load_checkpoint(f, *model, *opt, *schedule);  // every process reads the same files
+  Trainer trainer(model, f, world);
   const std::int64_t last_step = std::min(total_steps, f.steps.value_or(total_steps));
 
-  print_setup(f, *model, train_images, test_set.labels.numel(), steps_per_epoch);
-  if (p.step > 0) std::printf("  resumed from '%s' after step %lld\n", f.resume.c_str(), static_cast<long long>(p.step));
+  if (f.speaks()) print_setup(f, *model, train_images, test_set.labels.numel(), steps_per_epoch);
+  if (p.step > 0 && f.speaks())
+    std::printf("  resumed from '%s' after step %lld\n", f.resume.c_str(), static_cast<long long>(p.step));
   const std::int64_t first_step = p.step;
   if (p.step < last_step) seek(batches, p, steps_per_epoch);
-  const double train_s = train(f, dp, *opt, *schedule, batches, last_step, p, csv);
-  if (!f.save.empty()) save_checkpoint(f, *model, *opt, *schedule, p);
+  const double train_s = train(f, trainer, *opt, *schedule, batches, last_step, p, csv);
+  if (!f.save.empty() && f.speaks()) save_checkpoint(f, *model, *opt, *schedule, p);
 
-  const double test_accuracy = evaluate(dp, test_set, 2 * f.global_batch());
+  const double test_accuracy = evaluate(f, trainer, test_set, 2 * f.local_batch());
   const double wall_s = std::chrono::duration<double>(Clock::now() - wall_start).count();
-  print_results(f, test_accuracy, test_set.labels.numel(), p, p.step - first_step, train_s, wall_s);
+  if (f.speaks()) print_results(f, test_accuracy, test_set.labels.numel(), p, p.step - first_step, train_s, wall_s);
   return 0;
 }
 
@@ -661,9 +711,19 @@ int run(const Flags& f) {
 
 int main(int argc, char** argv) {
   Flags flags = parse_flags(argc, argv);
-  resolve_flags(flags);
   try {
-    return run(flags);
+    // --dist mpi: this process is one rank of the job; the global batch and
+    // the default learning rate count every process's devices.
+    std::optional<dist::MpiSession> mpi;
+    std::shared_ptr<comm::ProcessGroup> world;
+    if (flags.dist == "mpi") {
+      mpi.emplace();
+      world = mpi->world();
+      flags.processes = world->size();
+      flags.rank = world->rank();
+    }
+    resolve_flags(flags);
+    return run(flags, world);
   } catch (const std::exception& e) {  // syncbn::Error, or the standard library's (e.g. out of memory)
     std::fprintf(stderr, "%s: %s\n", kProgram, e.what());
     return 1;

@@ -48,8 +48,10 @@ class DistributedDataParallel {
                           std::shared_ptr<comm::ProcessGroup> group, DistributedOptions options = {});
 
   /// This process's output for its part of the batch (rank >= 1 input; an
-  /// empty part is allowed where the model accepts one). Exchanges the
-  /// parts' sizes so that every rank knows the global batch.
+  /// empty part is allowed where the model accepts one). In training,
+  /// exchanges the parts' sizes so that every rank knows the global batch;
+  /// in eval mode it is this process's alone (no collective, and no
+  /// backward may follow).
   Tensor forward(const Tensor& input);
   /// Gradient of the latest forward's input; then every parameter's
   /// gradient is this step's sum over the processes added to what it held

@@ -1,0 +1,2 @@
+// Must not compile: parallel is below dist.
+#include "syncbn/dist/mpi.hpp"
