@@ -53,3 +53,4 @@
 // dist: process groups across processes (MPI).
 #include "syncbn/dist/distributed_data_parallel.hpp"
 #include "syncbn/dist/mpi.hpp"
+#include "syncbn/dist/nccl.hpp"
