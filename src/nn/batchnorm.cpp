@@ -25,6 +25,8 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
   SYNCBN_CHECK(options.eps >= 0, kind_, ": eps is ", options.eps, ", expected >= 0");
   SYNCBN_CHECK(!options.momentum || (*options.momentum >= 0 && *options.momentum <= 1), kind_, ": momentum is ",
                options.momentum.value_or(0), ", expected a value in [0, 1] or none");
+  SYNCBN_CHECK(!options.freeze || options.track_running_stats, kind_,
+               ": freeze needs running statistics to normalise with, expected track_running_stats = true, got false");
   SYNCBN_CHECK(options.dtype == DType::Float32 || options.dtype == DType::Float64, kind_, ": dtype ",
                dtype_name(options.dtype), ", expected float32 or float64 for parameters and running statistics");
   const Shape c{num_features};
@@ -44,7 +46,8 @@ std::string BatchNorm::describe() const {
          ", momentum=" + (options_.momentum ? format_double(*options_.momentum) : std::string("None")) +
          ", affine=" + (options_.affine ? "true" : "false") +
          ", track_running_stats=" + (options_.track_running_stats ? "true" : "false") +
-         (options_.eps_mode == EpsMode::Clamp ? ", eps_mode=clamp" : "") + ")";
+         (options_.eps_mode == EpsMode::Clamp ? ", eps_mode=clamp" : "") + (options_.freeze ? ", freeze=true" : "") +
+         ")";
 }
 
 Parameter& BatchNorm::weight() {
@@ -155,7 +158,8 @@ BatchNorm::GradSums BatchNorm::gradient_sums(const GradSums& local) { return loc
 Tensor BatchNorm::forward(const Tensor& input) {
   check_replica_thread();
   check_input(input);
-  const bool batch_stats = is_training() || !options_.track_running_stats;
+  // Frozen: the running statistics in training too (and no update of them).
+  const bool batch_stats = !options_.freeze && (is_training() || !options_.track_running_stats);
   NormStats norm;
   if (batch_stats) {
     norm = batch_statistics(core::batch_norm_moments(input));
@@ -189,7 +193,9 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
       options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
   const Tensor coef_b = core::batch_norm_backward_coefficients(used_batch_stats_ ? count_ : 0, invstd_, weight, total,
                                                                options_.dtype, clamp_eps);
-  if (options_.affine) core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
+  // Frozen affine parameters are constants: no gradient (MegEngine detaches them).
+  if (options_.affine && !options_.freeze)
+    core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
   return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b);
 }
 

@@ -268,4 +268,55 @@ std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, s
   return module;
 }
 
+namespace {
+
+std::shared_ptr<BatchNorm> make_plain(const SyncBatchNorm& bn) {
+  switch (bn.spatial_dims()) {
+    case 1: return std::make_shared<BatchNorm1d>(bn.num_features(), bn.options());
+    case 2: return std::make_shared<BatchNorm2d>(bn.num_features(), bn.options());
+    default: return std::make_shared<BatchNorm3d>(bn.num_features(), bn.options());
+  }
+}
+
+bool is_plain_sync(const Module& m) {
+  const auto& type = typeid(m);
+  return type == typeid(SyncBatchNorm1d) || type == typeid(SyncBatchNorm2d) || type == typeid(SyncBatchNorm3d);
+}
+
+// Refuses, before anything changes, a tree holding a subclass of a
+// SyncBatchNorm*d.
+void check_revertible(Module& module) {
+  if (const auto* sync = dynamic_cast<const SyncBatchNorm*>(&module); sync != nullptr && !is_plain_sync(module))
+    SYNCBN_THROW(InvalidArgument, "revert_sync_batchnorm: ", sync->describe(), " is a subclass of ", sync->kind(),
+                 ", expected SyncBatchNorm1d, SyncBatchNorm2d or SyncBatchNorm3d itself (reverting it would drop its "
+                 "overrides)");
+  for (const auto& [name, child] : module.children()) check_revertible(*child);
+}
+
+}  // namespace
+
+std::shared_ptr<Module> revert_sync_batchnorm(std::shared_ptr<Module> module) {
+  SYNCBN_CHECK(module != nullptr, "revert_sync_batchnorm: module is null, expected a module");
+  check_revertible(*module);  // the whole tree first: a refusal changes nothing
+  if (is_plain_sync(*module)) {
+    auto& sync = static_cast<SyncBatchNorm&>(*module);
+    auto plain = make_plain(sync);
+    // The very Parameter objects and buffers: nothing copied or reset.
+    if (sync.options().affine) plain->share_parameters_of(sync);
+    if (sync.options().track_running_stats) {
+      plain->running_mean() = sync.running_mean();
+      plain->running_var() = sync.running_var();
+      plain->num_batches_tracked() = sync.num_batches_tracked();
+    }
+    plain->train(sync.is_training());
+    return plain;
+  }
+  const auto children = module->children();  // a copy: replace_child edits the list
+  for (const auto& [name, child] : children) {
+    auto reverted = revert_sync_batchnorm(child);
+    if (reverted != child) module->replace_child(name, std::move(reverted));
+  }
+  return module;
+}
+
 }  // namespace syncbn::nn

@@ -92,3 +92,68 @@ TEST_CASE("convert_sync_batchnorm refuses a subclass of a batch-norm layer inste
                                  "BatchNorm2d or BatchNorm3d itself (converting it would drop its overrides; give it a "
                                  "synchronized version of its own)"));
 }
+
+TEST_CASE("revert_sync_batchnorm turns every SyncBatchNorm back into BatchNorm and keeps its state", "[nn]") {
+  nn::BatchNormOptions custom;
+  custom.eps = 1e-3;
+  custom.momentum = std::nullopt;
+  custom.eps_mode = nn::EpsMode::Clamp;
+  custom.device = test_device();
+  auto bn1 = std::make_shared<nn::BatchNorm1d>(4, custom);
+  auto bn2 = std::make_shared<nn::BatchNorm2d>(3, nn::BatchNormOptions{.affine = false, .device = test_device()});
+  auto linear = std::make_shared<nn::Linear>(4, 4, nn::LinearOptions{.device = test_device()});
+  auto inner = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{bn2});
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{linear, bn1, inner});
+  bn1->weight().value.fill_(2.5);
+  bn1->bias().grad.fill_(0.75);
+  bn1->running_mean().fill_(-1.0);
+  bn1->running_var().fill_(4.0);
+  bn1->num_batches_tracked().fill_(17);
+  bn1->eval();
+  nn::Parameter* weight = &bn1->weight();
+
+  nn::convert_sync_batchnorm(model, 250ms);
+  auto reverted = nn::revert_sync_batchnorm(model);
+  CHECK(reverted == model);
+  CHECK(model->children()[0].second == linear);
+  const auto& r1 = *model->children()[1].second;
+  const auto& r2 = *inner->children()[0].second;
+  CHECK(typeid(r1) == typeid(nn::BatchNorm1d));
+  CHECK(typeid(r2) == typeid(nn::BatchNorm2d));
+  auto& b1 = dynamic_cast<nn::BatchNorm1d&>(*model->children()[1].second);
+  CHECK(b1.describe() == "BatchNorm1d(4, eps=0.001, momentum=None, affine=true, track_running_stats=true, eps_mode=clamp)");
+  CHECK(&b1.weight() == weight);  // the very Parameter object: an optimizer made before keeps working
+  CHECK(b1.bias().grad.to_vector<float>() == std::vector<float>(4, 0.75f));
+  CHECK(b1.running_mean().to_vector<float>() == std::vector<float>(4, -1.0f));
+  CHECK(b1.running_var().to_vector<float>() == std::vector<float>(4, 4.0f));
+  CHECK(b1.num_batches_tracked().item() == 17);
+  CHECK_FALSE(b1.is_training());
+  CHECK(dynamic_cast<const nn::BatchNorm2d&>(r2).is_training());
+
+  // A SyncBatchNorm root becomes a new BatchNorm root.
+  auto root = std::make_shared<nn::SyncBatchNorm3d>(2, nn::BatchNormOptions{.device = test_device()});
+  auto plain = nn::revert_sync_batchnorm(root);
+  CHECK(typeid(*plain) == typeid(nn::BatchNorm3d));
+  // A model without synchronized layers is returned as it is.
+  CHECK(nn::revert_sync_batchnorm(linear) == linear);
+}
+
+namespace {
+class TunedSyncBatchNorm : public nn::SyncBatchNorm2d {
+ public:
+  using SyncBatchNorm2d::SyncBatchNorm2d;
+};
+}  // namespace
+
+TEST_CASE("revert_sync_batchnorm refuses a null module and a subclass, changing nothing", "[nn]") {
+  CHECK_THROWS_MATCHES(nn::revert_sync_batchnorm(nullptr), InvalidArgument,
+                       MessageIs("revert_sync_batchnorm: module is null, expected a module"));
+  auto sync = std::make_shared<nn::SyncBatchNorm1d>(2);
+  auto tuned = std::make_shared<TunedSyncBatchNorm>(3);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{sync, tuned});
+  CHECK_THROWS_MATCHES(nn::revert_sync_batchnorm(model), InvalidArgument,
+                       MessageIs("revert_sync_batchnorm: SyncBatchNorm2d(3, eps=1e-05, momentum=0.1, affine=true, "
+                                 "track_running_stats=true) is a subclass of SyncBatchNorm2d, expected SyncBatchNorm1d, "
+                                 "SyncBatchNorm2d or SyncBatchNorm3d itself (reverting it would drop its overrides)"));
+  CHECK(model->children()[0].second == sync);  // checked before the first replacement
+}

@@ -36,6 +36,12 @@ struct BatchNormOptions {
   /// when false, batch statistics are used in eval mode too.
   bool track_running_stats = true;
   EpsMode eps_mode = EpsMode::Plus;
+  /// MegEngine's freeze: requires track_running_stats. In training too, the
+  /// layer normalises with the running statistics, updates none of them
+  /// (nor num_batches_tracked), and gives the affine parameters no gradient:
+  /// grad_input is that of the frozen affine map. A SyncBatchNorm never
+  /// communicates while frozen.
+  bool freeze = false;
   /// dtype of parameters and running statistics: float64 for float64
   /// inputs, float32 for float32, float16 and bfloat16 inputs.
   DType dtype = DType::Float32;
@@ -47,7 +53,7 @@ struct BatchNormOptions {
 /// Training (or track_running_stats = false): normalises with the batch's
 /// biased variance; in training with tracking, updates running_mean and the
 /// unbiased running_var once per forward and counts num_batches_tracked.
-/// Eval with tracking: normalises with the running statistics.
+/// Eval with tracking, or freeze: normalises with the running statistics.
 /// Input (N, C, *): C must equal num_features; the rank depends on the layer.
 /// An empty batch gives an empty output and changes no state; a batch with
 /// one value per channel in training is an InvalidArgument.
@@ -117,6 +123,7 @@ class BatchNorm : public Module {
   friend std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
                                                         std::chrono::milliseconds sync_timeout,
                                                         std::shared_ptr<comm::ProcessGroup> process_group);
+  friend std::shared_ptr<Module> revert_sync_batchnorm(std::shared_ptr<Module> module);
 
   /// How the layer's errors name it from now on, e.g. "SyncBatchNorm2d
   /// 'block1.bn'" once replicated (the kind until then).

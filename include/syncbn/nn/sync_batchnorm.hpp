@@ -130,4 +130,14 @@ std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
                                                std::chrono::milliseconds sync_timeout = sync::kDefaultSyncTimeout,
                                                std::shared_ptr<comm::ProcessGroup> process_group = nullptr);
 
+/// The inverse of convert_sync_batchnorm (for inference or export without
+/// synchronisation): replaces every SyncBatchNorm1d/2d/3d in `module`'s tree
+/// by the matching BatchNorm*d, which takes over the same parameter objects
+/// (values and gradients), buffers, options and training mode. Returns the
+/// converted root: `module` itself, or a new layer when the root is a
+/// SyncBatchNorm. Throws InvalidArgument for a null module and for a
+/// subclass of a SyncBatchNorm*d (its overrides would be dropped), before
+/// changing anything.
+std::shared_ptr<Module> revert_sync_batchnorm(std::shared_ptr<Module> module);
+
 }  // namespace syncbn::nn
