@@ -25,6 +25,10 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
   SYNCBN_CHECK(options.eps >= 0, kind_, ": eps is ", options.eps, ", expected >= 0");
   SYNCBN_CHECK(!options.momentum || (*options.momentum >= 0 && *options.momentum <= 1), kind_, ": momentum is ",
                options.momentum.value_or(0), ", expected a value in [0, 1] or none");
+  SYNCBN_CHECK(options.ema_update == EmaUpdate::Internal || options.ema_update == EmaUpdate::Skip ||
+                   options.ema_update == EmaUpdate::Deferred,
+               kind_, ": ema_update ", static_cast<int>(options.ema_update),
+               ", expected EmaUpdate::Internal, Skip or Deferred");
   SYNCBN_CHECK(!options.freeze || options.track_running_stats, kind_,
                ": freeze needs running statistics to normalise with, expected track_running_stats = true, got false");
   SYNCBN_CHECK(options.dtype == DType::Float32 || options.dtype == DType::Float64, kind_, ": dtype ",
@@ -47,6 +51,9 @@ std::string BatchNorm::describe() const {
          ", affine=" + (options_.affine ? "true" : "false") +
          ", track_running_stats=" + (options_.track_running_stats ? "true" : "false") +
          (options_.eps_mode == EpsMode::Clamp ? ", eps_mode=clamp" : "") + (options_.freeze ? ", freeze=true" : "") +
+         (options_.ema_update == EmaUpdate::Skip       ? ", ema_update=skip"
+          : options_.ema_update == EmaUpdate::Deferred ? ", ema_update=deferred"
+                                                       : "") +
          ")";
 }
 
@@ -136,6 +143,27 @@ BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) co
 
 void BatchNorm::track_running(const Finalized& finalized) {
   if (!is_training() || !options_.track_running_stats) return;
+  switch (options_.ema_update) {
+    case EmaUpdate::Internal: update_running(finalized); return;
+    case EmaUpdate::Skip: return;
+    case EmaUpdate::Deferred:
+      // Copy 0's batches only, as Internal updates the module from copy 0
+      // (the other copies' buffers are refreshed from it every forward).
+      if (replica_id() <= 0) pending_->push_back(finalized);
+      return;
+  }
+}
+
+std::int64_t BatchNorm::apply_running_updates() {
+  const std::vector<Finalized> updates = std::move(*pending_);
+  pending_->clear();
+  for (const Finalized& f : updates) update_running(f);
+  return static_cast<std::int64_t>(updates.size());
+}
+
+std::int64_t BatchNorm::pending_running_updates() const noexcept { return static_cast<std::int64_t>(pending_->size()); }
+
+void BatchNorm::update_running(const Finalized& finalized) {
   if (finalized.norm.count == 0) {
     // An empty batch has no statistics, but it counts as a batch, as in
     // PyTorch: the cumulative average (momentum none) divides by the count.
@@ -197,6 +225,13 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   if (options_.affine && !options_.freeze)
     core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
   return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b);
+}
+
+std::int64_t apply_running_updates(Module& module) {
+  std::int64_t applied = 0;
+  if (auto* bn = dynamic_cast<BatchNorm*>(&module)) applied += bn->apply_running_updates();
+  for (const auto& [name, child] : module.children()) applied += apply_running_updates(*child);
+  return applied;
 }
 
 }  // namespace syncbn::nn

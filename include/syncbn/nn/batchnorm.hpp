@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "syncbn/core/batch_norm.hpp"
 #include "syncbn/nn/module.hpp"
@@ -25,6 +26,20 @@ enum class EpsMode : std::uint8_t {
 };
 
 /// Options of the batch-norm layers (PyTorch's defaults).
+/// When a training batch's statistics reach the running statistics
+/// (tensorpack's ema_update).
+enum class EmaUpdate : unsigned char {
+  /// In the forward that computed them: PyTorch's behaviour, the default.
+  Internal,
+  /// Never: the running statistics and num_batches_tracked stay as they are
+  /// (e.g. a layer applied several times per step, whose later calls should
+  /// not count).
+  Skip,
+  /// Kept until apply_running_updates(), then applied in order as Internal
+  /// would have (tensorpack's "collection": once per optimizer step).
+  Deferred,
+};
+
 struct BatchNormOptions {
   double eps = 1e-5;
   /// Running-statistics factor; std::nullopt means a cumulative moving average
@@ -42,6 +57,8 @@ struct BatchNormOptions {
   /// grad_input is that of the frozen affine map. A SyncBatchNorm never
   /// communicates while frozen.
   bool freeze = false;
+  /// When training batches update the running statistics (EmaUpdate).
+  EmaUpdate ema_update = EmaUpdate::Internal;
   /// dtype of parameters and running statistics: float64 for float64
   /// inputs, float32 for float32, float16 and bfloat16 inputs.
   DType dtype = DType::Float32;
@@ -78,6 +95,16 @@ class BatchNorm : public Module {
   Tensor& running_var();
   /// An int64 scalar tensor.
   Tensor& num_batches_tracked();
+
+  /// With EmaUpdate::Deferred: applies the training batches' statistics kept
+  /// since the last call, in order, to the running statistics (as Internal
+  /// would have in each forward), forgets them and returns how many. The
+  /// replicas of a module keep them with the module (copy 0's batches, as
+  /// Internal updates from copy 0), so call it on the model the user holds.
+  /// Returns 0 for the other modes.
+  std::int64_t apply_running_updates();
+  /// How many batches' statistics apply_running_updates() would apply.
+  std::int64_t pending_running_updates() const noexcept;
 
  protected:
   BatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options);
@@ -140,6 +167,9 @@ class BatchNorm : public Module {
   void check_input(const Tensor& input) const;
   DType param_dtype() const noexcept { return options_.dtype; }
 
+  // One update of the running statistics from a batch's statistics.
+  void update_running(const Finalized& finalized);
+
   std::string kind_;
   std::string label_;  // how errors name the layer: its kind, or kind and path once replicated
   int dims_;
@@ -147,6 +177,9 @@ class BatchNorm : public Module {
   BatchNormOptions options_;
   std::size_t weight_ = 0, bias_ = 0;
   std::size_t running_mean_ = 0, running_var_ = 0, batches_ = 0;
+  // EmaUpdate::Deferred's kept statistics, shared with the copies that
+  // replicate() makes (so that copy 0's reach the user's module).
+  std::shared_ptr<std::vector<Finalized>> pending_ = std::make_shared<std::vector<Finalized>>();
   // Kept by forward for backward.
   Tensor input_;
   Tensor coef_;
@@ -175,5 +208,10 @@ class BatchNorm3d : public Cloneable<BatchNorm3d, BatchNorm> {
   explicit BatchNorm3d(std::int64_t num_features, BatchNormOptions options = {})
       : Cloneable("BatchNorm3d", 3, num_features, options) {}
 };
+
+/// BatchNorm::apply_running_updates() of every batch-norm layer in
+/// `module`'s tree (EmaUpdate::Deferred), e.g. once after each optimizer
+/// step; returns how many batch updates were applied in all.
+std::int64_t apply_running_updates(Module& module);
 
 }  // namespace syncbn::nn
