@@ -4,9 +4,12 @@
 
 #include "syncbn/nn/batchnorm.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "layer_checks.hpp"
+#include "syncbn/core/ops.hpp"
 
 namespace syncbn::nn {
 namespace {
@@ -29,10 +32,18 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
                    options.ema_update == EmaUpdate::Deferred,
                kind_, ": ema_update ", static_cast<int>(options.ema_update),
                ", expected EmaUpdate::Internal, Skip or Deferred");
+  if (options.renorm) {
+    SYNCBN_CHECK(options.renorm->rmax >= 1 && options.renorm->dmax >= 0, kind_, ": renorm limits rmax ",
+                 options.renorm->rmax, ", dmax ", options.renorm->dmax, ", expected rmax >= 1 and dmax >= 0");
+    SYNCBN_CHECK(options.track_running_stats && !options.freeze, kind_,
+                 ": renorm corrects the batch's statistics towards the running ones, expected track_running_stats = "
+                 "true and freeze = false");
+  }
   SYNCBN_CHECK(!options.freeze || options.track_running_stats, kind_,
                ": freeze needs running statistics to normalise with, expected track_running_stats = true, got false");
   SYNCBN_CHECK(options.dtype == DType::Float32 || options.dtype == DType::Float64, kind_, ": dtype ",
                dtype_name(options.dtype), ", expected float32 or float64 for parameters and running statistics");
+  if (options.renorm) renorm_ = std::make_shared<RenormLimits>(*options.renorm);
   const Shape c{num_features};
   if (options.affine) {
     weight_ = register_parameter("weight", Tensor::ones(c, options.dtype, options.device));
@@ -51,6 +62,8 @@ std::string BatchNorm::describe() const {
          ", affine=" + (options_.affine ? "true" : "false") +
          ", track_running_stats=" + (options_.track_running_stats ? "true" : "false") +
          (options_.eps_mode == EpsMode::Clamp ? ", eps_mode=clamp" : "") + (options_.freeze ? ", freeze=true" : "") +
+         (renorm_ ? ", renorm(rmax=" + format_double(renorm_->rmax) + ", dmax=" + format_double(renorm_->dmax) + ")"
+                  : std::string()) +
          (options_.ema_update == EmaUpdate::Skip       ? ", ema_update=skip"
           : options_.ema_update == EmaUpdate::Deferred ? ", ema_update=deferred"
                                                        : "") +
@@ -163,6 +176,19 @@ std::int64_t BatchNorm::apply_running_updates() {
 
 std::int64_t BatchNorm::pending_running_updates() const noexcept { return static_cast<std::int64_t>(pending_->size()); }
 
+void BatchNorm::set_renorm_limits(RenormLimits limits) {
+  SYNCBN_CHECK(renorm_ != nullptr, label_, ": set_renorm_limits on a layer without renorm, expected "
+               "BatchNormOptions::renorm set at construction");
+  SYNCBN_CHECK(limits.rmax >= 1 && limits.dmax >= 0, label_, ": set_renorm_limits: rmax ", limits.rmax, ", dmax ",
+               limits.dmax, ", expected rmax >= 1 and dmax >= 0");
+  *renorm_ = limits;
+  options_.renorm = limits;
+}
+
+std::optional<RenormLimits> BatchNorm::renorm_limits() const {
+  return renorm_ ? std::optional<RenormLimits>(*renorm_) : std::nullopt;
+}
+
 void BatchNorm::update_running(const Finalized& finalized) {
   if (finalized.norm.count == 0) {
     // An empty batch has no statistics, but it counts as a batch, as in
@@ -189,6 +215,10 @@ Tensor BatchNorm::forward(const Tensor& input) {
   // Frozen: the running statistics in training too (and no update of them).
   const bool batch_stats = !options_.freeze && (is_training() || !options_.track_running_stats);
   NormStats norm;
+  const bool renorm = renorm_ != nullptr && batch_stats && is_training();
+  // Renorm corrects towards the running statistics before this batch's update.
+  const Tensor running_mean_before = renorm ? buffer(running_mean_).clone() : Tensor();
+  const Tensor running_var_before = renorm ? buffer(running_var_).clone() : Tensor();
   if (batch_stats) {
     norm = batch_statistics(core::batch_norm_moments(input));
   } else {
@@ -197,8 +227,40 @@ Tensor BatchNorm::forward(const Tensor& input) {
     norm.mean = buffer(running_mean_).to(DType::Float64);
     norm.invstd = core::batch_norm_invstd(buffer(running_var_), options_.eps, options_.eps_mode == EpsMode::Clamp);
   }
-  Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, options_.affine ? parameter(weight_).value : Tensor(),
-                                              options_.affine ? parameter(bias_).value : Tensor(), options_.dtype);
+  Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
+  Tensor bias = options_.affine ? parameter(bias_).value : Tensor();
+  renorm_r_.clear();
+  renorm_d_.clear();
+  renorm_weight_ = Tensor();
+  if (renorm) {
+    // Note [Batch renormalization]: y = w (x_hat r + d) + b is batch norm with
+    // weight w r and bias w d + b, so the stages stay those of batch norm;
+    // r and d are constants of backward (Ioffe 2017), whose input gradient is
+    // then batch norm's with weight w r, and dw = r sum(dy x_hat) + d sum(dy).
+    const RenormLimits limits = *renorm_;
+    const auto mean = norm.mean.to_vector<double>(), invstd = norm.invstd.to_vector<double>();
+    const auto running_mean = running_mean_before.to_vector<double>();
+    const auto running_var = running_var_before.to_vector<double>();
+    const std::vector<double> w = options_.affine ? weight.to_vector<double>() : std::vector<double>(mean.size(), 1.0);
+    const std::vector<double> b = options_.affine ? bias.to_vector<double>() : std::vector<double>(mean.size(), 0.0);
+    std::vector<double> w_eff(mean.size()), b_eff(mean.size());
+    for (std::size_t j = 0; j < mean.size(); ++j) {
+      // The running standard deviation as eval mode would use it (EpsMode).
+      const double sigma = options_.eps_mode == EpsMode::Clamp ? std::sqrt(std::max(running_var[j], options_.eps))
+                                                               : std::sqrt(running_var[j] + options_.eps);
+      const double r = std::clamp(1.0 / (invstd[j] * sigma), 1.0 / limits.rmax, limits.rmax);
+      const double d = std::clamp((mean[j] - running_mean[j]) / sigma, -limits.dmax, limits.dmax);
+      renorm_r_.push_back(r);
+      renorm_d_.push_back(d);
+      w_eff[j] = w[j] * r;
+      b_eff[j] = w[j] * d + b[j];
+    }
+    const Shape c{static_cast<std::int64_t>(mean.size())};
+    weight = Tensor::from_vector(w_eff, c, input.device()).to(options_.dtype);
+    bias = Tensor::from_vector(b_eff, c, input.device()).to(options_.dtype);
+    renorm_weight_ = weight;
+  }
+  Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
   Tensor out = core::batch_norm_apply(input, coef);
   input_ = input;
   coef_ = std::move(coef);
@@ -216,14 +278,29 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   // With batch statistics the mean and variance depend on every input, so
   // the sums over the whole batch enter dx; with running statistics they do not.
   const GradSums total = used_batch_stats_ ? gradient_sums(local) : local;
-  const Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
+  const Tensor weight = renorm_weight_.defined() ? renorm_weight_ : options_.affine ? parameter(weight_).value : Tensor();
   const std::optional<double> clamp_eps =
       options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
   const Tensor coef_b = core::batch_norm_backward_coefficients(used_batch_stats_ ? count_ : 0, invstd_, weight, total,
                                                                options_.dtype, clamp_eps);
   // Frozen affine parameters are constants: no gradient (MegEngine detaches them).
-  if (options_.affine && !options_.freeze)
-    core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
+  if (options_.affine && !options_.freeze) {
+    if (renorm_r_.empty()) {
+      core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
+    } else {
+      // d/dw of w (x_hat r + d) + b: r sum(dy x_hat) + d sum(dy) (r, d constants).
+      const Parameter& w = parameter(weight_);
+      const Shape c{features_};
+      const Tensor g_xhat = Tensor::zeros(c, options_.dtype, w.grad.device());
+      const Tensor g_bias = Tensor::zeros(c, options_.dtype, w.grad.device());
+      core::batch_norm_param_grads(g_xhat, g_bias, invstd_, local);
+      const auto gx = g_xhat.to_vector<double>(), gb = g_bias.to_vector<double>();
+      std::vector<double> gw(gx.size());
+      for (std::size_t j = 0; j < gx.size(); ++j) gw[j] = renorm_r_[j] * gx[j] + renorm_d_[j] * gb[j];
+      core::add_(w.grad, Tensor::from_vector(gw, c, w.grad.device()).to(options_.dtype));
+      core::add_(parameter(bias_).grad, g_bias);
+    }
+  }
   return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b);
 }
 

@@ -40,6 +40,15 @@ enum class EmaUpdate : unsigned char {
   Deferred,
 };
 
+/// Batch Renormalization's limits (Ioffe 2017; tensorpack's BatchRenorm):
+/// in training, r = clip(sigma_B / sigma, 1 / rmax, rmax) and d =
+/// clip((mu_B - mu) / sigma, -dmax, dmax) with the running mean mu and
+/// sigma = sqrt(running_var + eps) before this batch's update.
+struct RenormLimits {
+  double rmax = 1.0;  // >= 1; 1 with dmax 0 is plain batch norm
+  double dmax = 0.0;  // >= 0
+};
+
 struct BatchNormOptions {
   double eps = 1e-5;
   /// Running-statistics factor; std::nullopt means a cumulative moving average
@@ -59,6 +68,12 @@ struct BatchNormOptions {
   bool freeze = false;
   /// When training batches update the running statistics (EmaUpdate).
   EmaUpdate ema_update = EmaUpdate::Internal;
+  /// Batch Renormalization: in training y = weight * (x_hat * r + d) + bias
+  /// with x_hat normalised by the batch's statistics (the whole batch's
+  /// under SyncBatchNorm, so r and d are synchronized too) and r, d treated
+  /// as constants in backward. Needs track_running_stats; not with freeze.
+  /// Eval is plain batch norm with the running statistics.
+  std::optional<RenormLimits> renorm = std::nullopt;
   /// dtype of parameters and running statistics: float64 for float64
   /// inputs, float32 for float32, float16 and bfloat16 inputs.
   DType dtype = DType::Float32;
@@ -105,6 +120,14 @@ class BatchNorm : public Module {
   std::int64_t apply_running_updates();
   /// How many batches' statistics apply_running_updates() would apply.
   std::int64_t pending_running_updates() const noexcept;
+
+  /// Sets Batch Renormalization's limits from now on (e.g. a warm-up that
+  /// opens rmax and dmax over the first steps), for this layer and the
+  /// replicas made from it. Throws InvalidArgument for a layer without
+  /// renorm or for rmax < 1 or dmax < 0, changing nothing.
+  void set_renorm_limits(RenormLimits limits);
+  /// The current limits; nullopt without renorm.
+  std::optional<RenormLimits> renorm_limits() const;
 
  protected:
   BatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options);
@@ -180,6 +203,12 @@ class BatchNorm : public Module {
   // EmaUpdate::Deferred's kept statistics, shared with the copies that
   // replicate() makes (so that copy 0's reach the user's module).
   std::shared_ptr<std::vector<Finalized>> pending_ = std::make_shared<std::vector<Finalized>>();
+  // Batch Renormalization's limits, shared with the replicas (so that a
+  // schedule set on the module reaches them); null without renorm.
+  std::shared_ptr<RenormLimits> renorm_;
+  // The latest training forward's r and d per channel (renorm), for backward.
+  std::vector<double> renorm_r_, renorm_d_;
+  Tensor renorm_weight_;  // weight * r, what backward's coefficients use
   // Kept by forward for backward.
   Tensor input_;
   Tensor coef_;
