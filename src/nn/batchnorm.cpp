@@ -155,17 +155,79 @@ BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) co
 }
 
 void BatchNorm::track_running(const Finalized& finalized) {
-  if (!is_training() || !options_.track_running_stats) return;
+  if (!is_training() || !options_.track_running_stats || options_.ema_update == EmaUpdate::Skip) return;
+  Finalized update = finalized;
+  if (accumulator_->every > 1) {
+    // Copy 0's batches only, as Internal updates the module from copy 0
+    // (the other copies' buffers are refreshed from it every forward).
+    if (replica_id() > 0) return;
+    std::optional<Finalized> merged = accumulate(finalized);
+    if (!merged) return;
+    update = std::move(*merged);
+  }
   switch (options_.ema_update) {
-    case EmaUpdate::Internal: update_running(finalized); return;
+    case EmaUpdate::Internal: update_running(update); return;
     case EmaUpdate::Skip: return;
     case EmaUpdate::Deferred:
-      // Copy 0's batches only, as Internal updates the module from copy 0
-      // (the other copies' buffers are refreshed from it every forward).
-      if (replica_id() <= 0) pending_->push_back(finalized);
+      if (replica_id() <= 0) pending_->push_back(update);
       return;
   }
 }
+
+// Note [Micro-batch accumulation]
+// The running statistics of n micro-batches taken as one batch need the
+// union's mean and unbiased variance. Each micro-batch's (count, mean, M2)
+// is recovered from its finalized statistics (M2 = unbiased variance x
+// (count - 1); a training batch has count 0 or more than 1) and merged in
+// float64 with Chan's pairwise update, exactly as the batch of all of them
+// would be merged from shards; after the n-th, the union's statistics make
+// one update.
+std::optional<BatchNorm::Finalized> BatchNorm::accumulate(const Finalized& batch) {
+  Accumulator& acc = *accumulator_;
+  if (batch.norm.count > 0) {
+    const auto mean = batch.norm.mean.to_vector<double>(), var = batch.unbiased_var.to_vector<double>();
+    if (acc.count == 0) {
+      acc.mean = mean;
+      acc.m2.assign(mean.size(), 0.0);
+      for (std::size_t j = 0; j < mean.size(); ++j) acc.m2[j] = var[j] * static_cast<double>(batch.norm.count - 1);
+    } else {
+      const double n_a = static_cast<double>(acc.count), n_b = static_cast<double>(batch.norm.count);
+      const double total = n_a + n_b;
+      for (std::size_t j = 0; j < mean.size(); ++j) {
+        const double delta = mean[j] - acc.mean[j];
+        acc.mean[j] += delta * n_b / total;
+        acc.m2[j] += var[j] * (n_b - 1.0) + delta * delta * n_a * n_b / total;
+      }
+    }
+    acc.count += batch.norm.count;
+  }
+  if (++acc.seen < acc.every) return std::nullopt;
+  Finalized merged;
+  merged.norm.count = acc.count;
+  if (acc.count > 0) {
+    const Device device = batch.norm.mean.device();
+    const Shape c{static_cast<std::int64_t>(acc.mean.size())};
+    std::vector<double> unbiased(acc.m2.size());
+    for (std::size_t j = 0; j < unbiased.size(); ++j)
+      unbiased[j] = acc.count > 1 ? acc.m2[j] / static_cast<double>(acc.count - 1) : 0.0;
+    merged.norm.mean = Tensor::from_vector(acc.mean, c, device);
+    merged.unbiased_var = Tensor::from_vector(unbiased, c, device);
+  }
+  const std::int64_t every = acc.every;
+  acc = Accumulator{};
+  acc.every = every;
+  return merged;
+}
+
+void BatchNorm::accumulate_statistics(std::int64_t micro_batches) {
+  SYNCBN_CHECK(micro_batches >= 1, label_, ": accumulate_statistics: ", micro_batches,
+               " micro-batches per update, expected >= 1");
+  *accumulator_ = Accumulator{};
+  accumulator_->every = micro_batches;
+}
+
+std::int64_t BatchNorm::accumulation() const noexcept { return accumulator_->every; }
+std::int64_t BatchNorm::accumulated() const noexcept { return accumulator_->seen; }
 
 std::int64_t BatchNorm::apply_running_updates() {
   const std::vector<Finalized> updates = std::move(*pending_);
@@ -302,6 +364,17 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
     }
   }
   return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b);
+}
+
+std::int64_t accumulate_statistics(Module& module, std::int64_t micro_batches) {
+  SYNCBN_CHECK(micro_batches >= 1, "accumulate_statistics: ", micro_batches, " micro-batches per update, expected >= 1");
+  std::int64_t layers = 0;
+  if (auto* bn = dynamic_cast<BatchNorm*>(&module)) {
+    bn->accumulate_statistics(micro_batches);
+    ++layers;
+  }
+  for (const auto& [name, child] : module.children()) layers += accumulate_statistics(*child, micro_batches);
+  return layers;
 }
 
 std::int64_t apply_running_updates(Module& module) {

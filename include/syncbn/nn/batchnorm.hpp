@@ -121,6 +121,21 @@ class BatchNorm : public Module {
   /// How many batches' statistics apply_running_updates() would apply.
   std::int64_t pending_running_updates() const noexcept;
 
+  /// Micro-batch accumulation: from now on the running statistics take one
+  /// update per `micro_batches` training batches, from the statistics of
+  /// their union merged exactly (count, mean and M2, as one batch of all of
+  /// them would give), while each batch is still normalised by its own
+  /// (synchronized) statistics; num_batches_tracked counts the updates. 1
+  /// (the default) updates from every batch. Applies with every EmaUpdate
+  /// but Skip (Deferred keeps the merged update). Shared with the replicas
+  /// made from the layer (copy 0's batches count, as for Internal). Setting
+  /// it drops a partial accumulation. Throws InvalidArgument for
+  /// micro_batches < 1.
+  void accumulate_statistics(std::int64_t micro_batches);
+  /// The batches per update, and how many of the current group have been seen.
+  std::int64_t accumulation() const noexcept;
+  std::int64_t accumulated() const noexcept;
+
   /// Sets Batch Renormalization's limits from now on (e.g. a warm-up that
   /// opens rmax and dmax over the first steps), for this layer and the
   /// replicas made from it. Throws InvalidArgument for a layer without
@@ -192,6 +207,9 @@ class BatchNorm : public Module {
 
   // One update of the running statistics from a batch's statistics.
   void update_running(const Finalized& finalized);
+  // Merges a batch into the micro-batch accumulation; the union's
+  // statistics once the group is complete.
+  std::optional<Finalized> accumulate(const Finalized& batch);
 
   std::string kind_;
   std::string label_;  // how errors name the layer: its kind, or kind and path once replicated
@@ -203,6 +221,14 @@ class BatchNorm : public Module {
   // EmaUpdate::Deferred's kept statistics, shared with the copies that
   // replicate() makes (so that copy 0's reach the user's module).
   std::shared_ptr<std::vector<Finalized>> pending_ = std::make_shared<std::vector<Finalized>>();
+  // Micro-batch accumulation (accumulate_statistics), shared with the replicas.
+  struct Accumulator {
+    std::int64_t every = 1;
+    std::int64_t seen = 0;
+    std::int64_t count = 0;
+    std::vector<double> mean, m2;
+  };
+  std::shared_ptr<Accumulator> accumulator_ = std::make_shared<Accumulator>();
   // Batch Renormalization's limits, shared with the replicas (so that a
   // schedule set on the module reaches them); null without renorm.
   std::shared_ptr<RenormLimits> renorm_;
@@ -237,6 +263,10 @@ class BatchNorm3d : public Cloneable<BatchNorm3d, BatchNorm> {
   explicit BatchNorm3d(std::int64_t num_features, BatchNormOptions options = {})
       : Cloneable("BatchNorm3d", 3, num_features, options) {}
 };
+
+/// BatchNorm::accumulate_statistics(micro_batches) on every batch-norm
+/// layer in `module`'s tree; returns how many layers it set.
+std::int64_t accumulate_statistics(Module& module, std::int64_t micro_batches);
 
 /// BatchNorm::apply_running_updates() of every batch-norm layer in
 /// `module`'s tree (EmaUpdate::Deferred), e.g. once after each optimizer
