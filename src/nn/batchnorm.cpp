@@ -32,6 +32,10 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
                    options.ema_update == EmaUpdate::Deferred,
                kind_, ": ema_update ", static_cast<int>(options.ema_update),
                ", expected EmaUpdate::Internal, Skip or Deferred");
+  SYNCBN_CHECK(options.virtual_batch_size >= 0, kind_, ": virtual_batch_size ", options.virtual_batch_size,
+               ", expected >= 0 (0: off)");
+  SYNCBN_CHECK(options.virtual_batch_size == 0 || (!options.freeze && !options.renorm), kind_,
+               ": virtual_batch_size normalises with ghost batches' statistics, expected freeze = false and no renorm");
   if (options.renorm) {
     SYNCBN_CHECK(options.renorm->rmax >= 1 && options.renorm->dmax >= 0, kind_, ": renorm limits rmax ",
                  options.renorm->rmax, ", dmax ", options.renorm->dmax, ", expected rmax >= 1 and dmax >= 0");
@@ -62,6 +66,8 @@ std::string BatchNorm::describe() const {
          ", affine=" + (options_.affine ? "true" : "false") +
          ", track_running_stats=" + (options_.track_running_stats ? "true" : "false") +
          (options_.eps_mode == EpsMode::Clamp ? ", eps_mode=clamp" : "") + (options_.freeze ? ", freeze=true" : "") +
+         (options_.virtual_batch_size > 0 ? ", virtual_batch_size=" + std::to_string(options_.virtual_batch_size)
+                                          : std::string()) +
          (renorm_ ? ", renorm(rmax=" + format_double(renorm_->rmax) + ", dmax=" + format_double(renorm_->dmax) + ")"
                   : std::string()) +
          (options_.ema_update == EmaUpdate::Skip       ? ", ema_update=skip"
@@ -117,6 +123,9 @@ void BatchNorm::clear_cache() {
   input_ = Tensor();
   coef_ = Tensor();
   invstd_ = Tensor();
+  ghost_coef_.clear();
+  ghost_norm_.clear();
+  used_ghost_ = false;
 }
 
 void BatchNorm::check_input(const Tensor& input) const {
@@ -238,6 +247,111 @@ std::int64_t BatchNorm::apply_running_updates() {
 
 std::int64_t BatchNorm::pending_running_updates() const noexcept { return static_cast<std::int64_t>(pending_->size()); }
 
+// Note [Ghost batch norm]
+// A ghost batch is a group of consecutive samples of the batch. Each sample
+// (row) of the shard gets its own moments, the rows' moments are merged per
+// ghost batch (per replica here; over the whole batch in replica order by
+// SyncBatchNorm, so a group may span replicas), and every row is normalised
+// and back-propagated with its group's statistics and gradient sums: the
+// stages of batch norm, applied row by row, so both backends run it. The
+// running statistics follow the first ghost batch, tensorpack's choice: it
+// is what per-device batch norm of a device holding that group would give.
+std::vector<BatchNorm::Finalized> BatchNorm::ghost_groups(const std::vector<ShardStats>& rows, Device device) const {
+  const std::int64_t v = options_.virtual_batch_size;
+  const auto n = static_cast<std::int64_t>(rows.size());
+  SYNCBN_CHECK(n % v == 0, label_, ": a batch of ", n, " samples is not a multiple of virtual_batch_size ", v,
+               ", expected a multiple");
+  std::vector<Finalized> groups;
+  for (std::int64_t g = 0; g < n / v; ++g) {
+    // merge_moments takes up to kMaxReplicas parts: merge longer groups in runs.
+    ShardStats merged = rows[static_cast<std::size_t>(g * v)];
+    for (std::int64_t first = g * v + 1; first < (g + 1) * v;) {
+      const std::int64_t last = std::min((g + 1) * v, first + core::kMaxReplicas - 1);
+      std::vector<ShardStats> parts{merged};
+      parts.insert(parts.end(), rows.begin() + first, rows.begin() + last);
+      merged = core::merge_moments(parts, device);
+      first = last;
+    }
+    groups.push_back(finalize_statistics(merged));
+  }
+  return groups;
+}
+
+std::vector<BatchNorm::GradSums> BatchNorm::ghost_group_sums(const std::vector<GradSums>& rows) const {
+  const auto v = static_cast<std::size_t>(options_.virtual_batch_size);
+  std::vector<GradSums> sums;
+  for (std::size_t first = 0; first < rows.size(); first += v) {
+    GradSums total{rows[first].sum_dy.clone(), rows[first].sum_dy_xmu.clone()};
+    for (std::size_t i = first + 1; i < first + v; ++i) {
+      core::add_(total.sum_dy, rows[i].sum_dy.onto(total.sum_dy.device()));
+      core::add_(total.sum_dy_xmu, rows[i].sum_dy_xmu.onto(total.sum_dy.device()));
+    }
+    sums.push_back(std::move(total));
+  }
+  return sums;
+}
+
+std::vector<BatchNorm::NormStats> BatchNorm::ghost_statistics(const std::vector<ShardStats>& rows) {
+  const Device device = rows.empty() ? options_.device : rows.front().mean.device();
+  const std::vector<Finalized> groups = ghost_groups(rows, device);
+  if (groups.empty())
+    track_running(Finalized{});  // an empty batch counts as a batch
+  else
+    track_running(groups.front());
+  std::vector<NormStats> per_row;
+  const auto v = static_cast<std::size_t>(options_.virtual_batch_size);
+  for (std::size_t i = 0; i < rows.size(); ++i) per_row.push_back(groups[i / v].norm);
+  return per_row;
+}
+
+std::vector<BatchNorm::GradSums> BatchNorm::ghost_gradient_sums(const std::vector<GradSums>& rows) {
+  const std::vector<GradSums> sums = ghost_group_sums(rows);
+  std::vector<GradSums> per_row;
+  const auto v = static_cast<std::size_t>(options_.virtual_batch_size);
+  for (std::size_t i = 0; i < rows.size(); ++i) per_row.push_back(sums[i / v]);
+  return per_row;
+}
+
+Tensor BatchNorm::ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias) {
+  const std::int64_t n = input.size(0);
+  std::vector<ShardStats> rows;
+  for (std::int64_t i = 0; i < n; ++i) rows.push_back(core::batch_norm_moments(input.rows(i, i + 1)));
+  std::vector<NormStats> norms = ghost_statistics(rows);
+  Tensor out = Tensor::empty(input.shape(), input.dtype(), input.device());
+  for (std::int64_t i = 0; i < n; ++i) {
+    const NormStats& norm = norms[static_cast<std::size_t>(i)];
+    Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
+    out.rows(i, i + 1).copy_(core::batch_norm_apply(input.rows(i, i + 1), coef));
+    ghost_coef_.push_back(std::move(coef));
+  }
+  ghost_norm_ = std::move(norms);
+  coef_ = Tensor();
+  return out;
+}
+
+Tensor BatchNorm::ghost_backward(const Tensor& grad_output) {
+  const std::int64_t n = input_.size(0);
+  std::vector<GradSums> local;
+  for (std::int64_t i = 0; i < n; ++i)
+    local.push_back(core::batch_norm_grad_sums(grad_output.rows(i, i + 1), input_.rows(i, i + 1),
+                                               ghost_coef_[static_cast<std::size_t>(i)]));
+  const std::vector<GradSums> totals = ghost_gradient_sums(local);
+  const Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
+  const std::optional<double> clamp_eps =
+      options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
+  Tensor dx = Tensor::empty(input_.shape(), input_.dtype(), input_.device());
+  for (std::int64_t i = 0; i < n; ++i) {
+    const auto at = static_cast<std::size_t>(i);
+    const NormStats& norm = ghost_norm_[at];
+    const Tensor coef_b =
+        core::batch_norm_backward_coefficients(norm.count, norm.invstd, weight, totals[at], options_.dtype, clamp_eps);
+    dx.rows(i, i + 1).copy_(
+        core::batch_norm_backward_apply(grad_output.rows(i, i + 1), input_.rows(i, i + 1), ghost_coef_[at], coef_b));
+    if (options_.affine) core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, norm.invstd, local[at]);
+  }
+  return dx;
+}
+
 void BatchNorm::set_renorm_limits(RenormLimits limits) {
   SYNCBN_CHECK(renorm_ != nullptr, label_, ": set_renorm_limits on a layer without renorm, expected "
                "BatchNormOptions::renorm set at construction");
@@ -276,6 +390,16 @@ Tensor BatchNorm::forward(const Tensor& input) {
   check_input(input);
   // Frozen: the running statistics in training too (and no update of them).
   const bool batch_stats = !options_.freeze && (is_training() || !options_.track_running_stats);
+  ghost_coef_.clear();
+  ghost_norm_.clear();
+  used_ghost_ = options_.virtual_batch_size > 0 && batch_stats && is_training();
+  if (used_ghost_) {
+    Tensor out = ghost_forward(input, options_.affine ? parameter(weight_).value : Tensor(),
+                               options_.affine ? parameter(bias_).value : Tensor());
+    input_ = input;
+    used_batch_stats_ = true;
+    return out;
+  }
   NormStats norm;
   const bool renorm = renorm_ != nullptr && batch_stats && is_training();
   // Renorm corrects towards the running statistics before this batch's update.
@@ -336,6 +460,7 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   check_replica_thread();
   detail::check_backward(input_.defined(), grad_output, input_.shape(), label_);
   detail::check_tensor(grad_output, label_, "grad_output", input_.device(), input_.dtype());
+  if (used_ghost_) return ghost_backward(grad_output);
   const GradSums local = core::batch_norm_grad_sums(grad_output, input_, coef_);
   // With batch statistics the mean and variance depend on every input, so
   // the sums over the whole batch enter dx; with running statistics they do not.

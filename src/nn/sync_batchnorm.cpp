@@ -20,16 +20,25 @@ namespace syncbn::nn {
 struct SyncBatchNorm::Link {
   using ForwardMaster = sync::SyncMaster<ShardStats, Finalized>;
   using BackwardMaster = sync::SyncMaster<GradSums, GradSums>;
+  // Ghost batch norm's rendezvous (Note [Ghost batch norm] in batchnorm.cpp).
+  using GhostForwardMaster = sync::SyncMaster<std::vector<ShardStats>, GhostReply>;
+  using GhostBackwardMaster = sync::SyncMaster<std::vector<GradSums>, std::vector<GradSums>>;
   // Copy 0's rendezvous, handed to the other copies through the replication context.
   struct Masters {
     std::shared_ptr<ForwardMaster> forward;
     std::shared_ptr<BackwardMaster> backward;
+    std::shared_ptr<GhostForwardMaster> ghost_forward;
+    std::shared_ptr<GhostBackwardMaster> ghost_backward;
   };
 
   std::shared_ptr<ForwardMaster> forward_master;
   std::shared_ptr<BackwardMaster> backward_master;
+  std::shared_ptr<GhostForwardMaster> ghost_forward_master;
+  std::shared_ptr<GhostBackwardMaster> ghost_backward_master;
   ForwardMaster::Pipe forward_pipe;
   BackwardMaster::Pipe backward_pipe;
+  GhostForwardMaster::Pipe ghost_forward_pipe;
+  GhostBackwardMaster::Pipe ghost_backward_pipe;
 };
 
 SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
@@ -40,6 +49,9 @@ SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t nu
       group_(std::move(process_group)) {
   SYNCBN_CHECK(sync_timeout.count() >= 0, this->kind(), ": sync_timeout is ", sync_timeout.count(),
                " ms, expected >= 0 (0 waits forever)");
+  SYNCBN_CHECK(this->options().virtual_batch_size == 0 || group_ == nullptr, this->kind(),
+               ": virtual_batch_size across processes is not supported yet, expected no process_group with ghost "
+               "batches");
 }
 
 void SyncBatchNorm::clear_cache() {
@@ -172,22 +184,38 @@ void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
     link_->backward_master = std::make_shared<Link::BackwardMaster>(
         [this](std::vector<std::pair<int, GradSums>> parts) { return sum_round(std::move(parts)); },
         sync::SyncOptions{name + " backward", timeout_, {}});
-    context.set(std::make_shared<Link::Masters>(Link::Masters{link_->forward_master, link_->backward_master}));
+    link_->ghost_forward_master = std::make_shared<Link::GhostForwardMaster>(
+        [this](std::vector<std::pair<int, std::vector<ShardStats>>> parts) { return ghost_merge_round(std::move(parts)); },
+        sync::SyncOptions{name + " forward", timeout_, {}});
+    link_->ghost_backward_master = std::make_shared<Link::GhostBackwardMaster>(
+        [this](std::vector<std::pair<int, std::vector<GradSums>>> parts) { return ghost_sum_round(std::move(parts)); },
+        sync::SyncOptions{name + " backward", timeout_, {}});
+    context.set(std::make_shared<Link::Masters>(Link::Masters{link_->forward_master, link_->backward_master,
+                                                              link_->ghost_forward_master,
+                                                              link_->ghost_backward_master}));
     std::weak_ptr<Link::ForwardMaster> forward = link_->forward_master;
     std::weak_ptr<Link::BackwardMaster> backward = link_->backward_master;
+    std::weak_ptr<Link::GhostForwardMaster> ghost_forward = link_->ghost_forward_master;
+    std::weak_ptr<Link::GhostBackwardMaster> ghost_backward = link_->ghost_backward_master;
     context.on_failure(
-        [forward, backward](int failed, const std::string& reason) {
+        [forward, backward, ghost_forward, ghost_backward](int failed, const std::string& reason) {
           if (auto f = forward.lock()) f->abort_for(failed, reason);
           if (auto b = backward.lock()) b->abort_for(failed, reason);
+          if (auto f = ghost_forward.lock()) f->abort_for(failed, reason);
+          if (auto b = ghost_backward.lock()) b->abort_for(failed, reason);
         },
-        [forward, backward] {
+        [forward, backward, ghost_forward, ghost_backward] {
           if (auto f = forward.lock()) f->reset();
           if (auto b = backward.lock()) b->reset();
+          if (auto f = ghost_forward.lock()) f->reset();
+          if (auto b = ghost_backward.lock()) b->reset();
         });
   } else {
     const auto masters = context.get<Link::Masters>(name);
     link_->forward_pipe = masters->forward->register_slave(copy_id);
     link_->backward_pipe = masters->backward->register_slave(copy_id);
+    link_->ghost_forward_pipe = masters->ghost_forward->register_slave(copy_id);
+    link_->ghost_backward_pipe = masters->ghost_backward->register_slave(copy_id);
   }
 }
 
@@ -214,6 +242,69 @@ BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
   track_running(batch);
   synced_forward_ = true;
   return batch.norm;
+}
+
+std::vector<std::pair<int, SyncBatchNorm::GhostReply>> SyncBatchNorm::ghost_merge_round(
+    std::vector<std::pair<int, std::vector<ShardStats>>> parts) const {
+  const Device home = options().device;
+  std::vector<ShardStats> all;
+  for (const auto& [id, rows] : parts) all.insert(all.end(), rows.begin(), rows.end());
+  const Device device = all.empty() ? home : all.front().mean.device();
+  const std::vector<Finalized> groups = ghost_groups(all, device);  // throws for a bad batch size: the round fails
+  const auto v = static_cast<std::size_t>(options().virtual_batch_size);
+  std::vector<std::pair<int, GhostReply>> replies;
+  std::size_t row = 0;
+  for (const auto& [id, rows] : parts) {
+    GhostReply reply;
+    const Device to = rows.empty() ? device : rows.front().mean.device();
+    for (std::size_t i = 0; i < rows.size(); ++i, ++row) {
+      const NormStats& norm = groups[row / v].norm;
+      reply.rows.push_back(NormStats{norm.count, norm.mean.onto(to), norm.invstd.onto(to)});
+    }
+    if (id == 0) reply.first_group = groups.empty() ? Finalized{} : groups.front();
+    replies.emplace_back(id, std::move(reply));
+  }
+  return replies;
+}
+
+std::vector<std::pair<int, std::vector<BatchNorm::GradSums>>> SyncBatchNorm::ghost_sum_round(
+    std::vector<std::pair<int, std::vector<GradSums>>> parts) const {
+  std::vector<GradSums> all;
+  for (const auto& [id, rows] : parts) all.insert(all.end(), rows.begin(), rows.end());
+  const std::vector<GradSums> sums = ghost_group_sums(all);
+  const auto v = static_cast<std::size_t>(options().virtual_batch_size);
+  std::vector<std::pair<int, std::vector<GradSums>>> replies;
+  std::size_t row = 0;
+  for (const auto& [id, rows] : parts) {
+    std::vector<GradSums> reply;
+    for (std::size_t i = 0; i < rows.size(); ++i, ++row) {
+      const Device to = rows[i].sum_dy.device();
+      reply.push_back(GradSums{sums[row / v].sum_dy.onto(to), sums[row / v].sum_dy_xmu.onto(to)});
+    }
+    replies.emplace_back(id, std::move(reply));
+  }
+  return replies;
+}
+
+std::vector<BatchNorm::NormStats> SyncBatchNorm::ghost_statistics(const std::vector<ShardStats>& rows) {
+  synced_forward_ = false;
+  if (copy_id_ < 0) return BatchNorm::ghost_statistics(rows);
+  if (copy_id_ != 0) {
+    std::vector<NormStats> norms = link_->ghost_forward_pipe.run_slave(rows).rows;
+    synced_forward_ = true;
+    return norms;
+  }
+  GhostReply reply = link_->ghost_forward_master->run_master(rows);
+  // As for whole batches: copy 0 updates the running statistics once, after
+  // every replica has its reply, from the first ghost batch (tensorpack's).
+  track_running(reply.first_group.value_or(Finalized{}));
+  synced_forward_ = true;
+  return std::move(reply.rows);
+}
+
+std::vector<BatchNorm::GradSums> SyncBatchNorm::ghost_gradient_sums(const std::vector<GradSums>& rows) {
+  if (!synced_forward_) return BatchNorm::ghost_gradient_sums(rows);
+  return copy_id_ == 0 ? link_->ghost_backward_master->run_master(rows) : link_->ghost_backward_pipe.run_slave(rows);
 }
 
 BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {

@@ -68,6 +68,15 @@ struct BatchNormOptions {
   bool freeze = false;
   /// When training batches update the running statistics (EmaUpdate).
   EmaUpdate ema_update = EmaUpdate::Internal;
+  /// Ghost batch norm (tensorpack's virtual_batch_size): > 0 splits a
+  /// training batch into consecutive groups of this many samples, each
+  /// normalised by its own statistics; under SyncBatchNorm the groups are
+  /// formed over the whole batch in replica order, so a group may span
+  /// replicas (one exchange per layer and pass). The running statistics take
+  /// the first group's, as tensorpack's (it mimics per-device batch norm
+  /// of a device holding that group). The batch must be a multiple of it.
+  /// 0: off. Not with freeze or renorm.
+  std::int64_t virtual_batch_size = 0;
   /// Batch Renormalization: in training y = weight * (x_hat * r + d) + bias
   /// with x_hat normalised by the batch's statistics (the whole batch's
   /// under SyncBatchNorm, so r and d are synchronized too) and r, d treated
@@ -182,6 +191,21 @@ class BatchNorm : public Module {
   /// statistics of this module once from `finalized`.
   void track_running(const Finalized& finalized);
 
+  /// Ghost batch norm: the statistics that normalise each of this shard's
+  /// rows (samples), given each row's moments: those of the row's ghost
+  /// batch, whose count the NormStats holds. Default (per-replica): groups of
+  /// consecutive rows of the shard; the running statistics follow the
+  /// first group.
+  virtual std::vector<NormStats> ghost_statistics(const std::vector<ShardStats>& rows);
+  /// Each row's gradient sums over its ghost batch, given each row's own.
+  virtual std::vector<GradSums> ghost_gradient_sums(const std::vector<GradSums>& rows);
+  /// The ghost batches of `rows` (all of the batch's rows, in order):
+  /// merged and finalized per group; InvalidArgument unless the row count
+  /// is a multiple of virtual_batch_size. Changes no state.
+  std::vector<Finalized> ghost_groups(const std::vector<ShardStats>& rows, Device device) const;
+  /// Sums of consecutive groups of virtual_batch_size rows.
+  std::vector<GradSums> ghost_group_sums(const std::vector<GradSums>& rows) const;
+
   /// Makes this layer's weight and bias the very Parameter objects of
   /// `source` (affine, same number of features), for the conversion.
   void share_parameters_of(BatchNorm& source);
@@ -204,6 +228,10 @@ class BatchNorm : public Module {
  private:
   void check_input(const Tensor& input) const;
   DType param_dtype() const noexcept { return options_.dtype; }
+
+  // Ghost batch norm's forward and backward (virtual_batch_size > 0 in training).
+  Tensor ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias);
+  Tensor ghost_backward(const Tensor& grad_output);
 
   // One update of the running statistics from a batch's statistics.
   void update_running(const Finalized& finalized);
@@ -235,6 +263,10 @@ class BatchNorm : public Module {
   // The latest training forward's r and d per channel (renorm), for backward.
   std::vector<double> renorm_r_, renorm_d_;
   Tensor renorm_weight_;  // weight * r, what backward's coefficients use
+  // The latest ghost forward's per-row coefficients and statistics.
+  std::vector<Tensor> ghost_coef_;
+  std::vector<NormStats> ghost_norm_;
+  bool used_ghost_ = false;
   // Kept by forward for backward.
   Tensor input_;
   Tensor coef_;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -68,6 +69,8 @@ class SyncBatchNorm : public BatchNorm {
 
   NormStats batch_statistics(const ShardStats& shard) override;
   GradSums gradient_sums(const GradSums& local) override;
+  std::vector<NormStats> ghost_statistics(const std::vector<ShardStats>& rows) override;
+  std::vector<GradSums> ghost_gradient_sums(const std::vector<GradSums>& rows) override;
   void clear_cache() override;
 
  private:
@@ -80,6 +83,18 @@ class SyncBatchNorm : public BatchNorm {
   // Backward: sums the shards' gradient sums in replica order and replies
   // with the totals on each replica's device.
   std::vector<std::pair<int, GradSums>> sum_round(std::vector<std::pair<int, GradSums>> parts) const;
+  // Ghost batch norm's rounds: every replica's rows in replica order, grouped
+  // over the whole batch; each replica's reply holds its rows' statistics
+  // (copy 0's also the first group's, for the running statistics), or
+  // gradient sums.
+  struct GhostReply {
+    std::vector<NormStats> rows;
+    std::optional<Finalized> first_group;
+  };
+  std::vector<std::pair<int, GhostReply>> ghost_merge_round(
+      std::vector<std::pair<int, std::vector<ShardStats>>> parts) const;
+  std::vector<std::pair<int, std::vector<GradSums>>> ghost_sum_round(
+      std::vector<std::pair<int, std::vector<GradSums>>> parts) const;
   // With a process group: this process's merged moments, or gradient sums,
   // combined with the other processes' (rank order); otherwise unchanged.
   ShardStats across_processes(const ShardStats& process) const;
