@@ -18,6 +18,7 @@
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
 #include "support/reference.hpp"
+#include "support/replica_grads.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
@@ -30,6 +31,7 @@ using syncbn::testing::make_batchnorm;
 using syncbn::testing::MessageContains;
 using syncbn::testing::MessageIs;
 using syncbn::testing::test_device;
+using syncbn::testing::take_grad_sum;
 using syncbn::testing::test_devices;
 using syncbn::testing::Tolerance;
 
@@ -39,18 +41,6 @@ constexpr Tolerance kFp32{1e-5, 1e-5};
 
 std::vector<double> slice(const std::vector<double>& v, std::int64_t first_row, std::int64_t rows, std::int64_t row) {
   return {v.begin() + first_row * row, v.begin() + (first_row + rows) * row};
-}
-
-std::vector<double> take_grad_sum(parallel::Replication& replicas, std::size_t index) {
-  std::vector<double> total;
-  for (std::size_t k = 0; k < replicas.size(); ++k) {
-    auto* p = replicas[k].parameters()[index];
-    const auto g = p->grad.to_vector<double>();
-    if (total.empty()) total.assign(g.size(), 0.0);
-    for (std::size_t i = 0; i < g.size(); ++i) total[i] += g[i];
-    p->grad.fill_(0.0);
-  }
-  return total;
 }
 
 }  // namespace

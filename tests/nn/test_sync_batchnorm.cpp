@@ -17,6 +17,7 @@
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/reference.hpp"
+#include "support/replica_grads.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
@@ -27,6 +28,7 @@ using syncbn::testing::check_close;
 using syncbn::testing::make_batchnorm;
 using syncbn::testing::spatial_dims_of;
 using syncbn::testing::test_device;
+using syncbn::testing::take_grad_sum;
 using syncbn::testing::test_devices;
 using syncbn::testing::Tolerance;
 
@@ -53,19 +55,6 @@ struct Config {
 };
 
 std::vector<Device> devices_for(const Split& split) { return test_devices(static_cast<int>(split.sizes.size())); }
-
-// Sum of every replica's gradient of parameter `index`, then zeroed.
-std::vector<double> take_grad_sum(parallel::Replication& replicas, std::size_t index) {
-  std::vector<double> total;
-  for (std::size_t k = 0; k < replicas.size(); ++k) {
-    auto* p = replicas[k].parameters()[index];
-    const auto g = p->grad.to_vector<double>();
-    if (total.empty()) total.assign(g.size(), 0.0);
-    for (std::size_t i = 0; i < g.size(); ++i) total[i] += g[i];
-    p->grad.fill_(0.0);
-  }
-  return total;
-}
 
 // One step on split shards: returns (y, dx) gathered.
 std::pair<Tensor, Tensor> split_step(parallel::Replication& replicas, const Tensor& x, const Tensor& dy,
