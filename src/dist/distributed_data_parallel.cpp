@@ -3,13 +3,9 @@
 
 #include "syncbn/dist/distributed_data_parallel.hpp"
 
-#include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <thread>
 #include <string>
 
-#include "syncbn/core/cpu.hpp"
 #include "syncbn/core/ops.hpp"
 #include "syncbn/error.hpp"
 
@@ -29,25 +25,6 @@ namespace {
 // gradients are set aside, zeroed, and added back after the sum), so that
 // gradients accumulated over earlier steps are not summed again.
 
-// Note [BLAS threads across processes]
-// DataParallel gives each BLAS call cores / K threads for K CPU replicas
-// (Note [BLAS threads] in src/parallel/data_parallel.cpp), counting its own
-// process only; the processes of a job that share a node ask for the cores
-// again each. Where the launcher says how many processes share this node
-// (OpenMPI's OMPI_COMM_WORLD_LOCAL_SIZE, MPICH's MPI_LOCALNRANKS), each call
-// gets cores / (K x those processes) threads instead, at least 1, unless the
-// user has chosen (OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set).
-void share_cores_across_processes(const std::vector<Device>& devices) {
-  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  if (local == nullptr) local = std::getenv("MPI_LOCALNRANKS");
-  const long processes = local != nullptr ? std::max(1L, std::atol(local)) : 1L;
-  const long cpu_replicas = std::count_if(devices.begin(), devices.end(), [](Device d) { return d.is_cpu(); });
-  if (processes < 2 || cpu_replicas < 1) return;
-  const auto cores = static_cast<long>(std::max(1u, std::thread::hardware_concurrency()));
-  cpu::set_blas_threads(static_cast<int>(std::max(1L, cores / (cpu_replicas * processes))));
-}
-
 std::shared_ptr<nn::Module> checked_module(std::shared_ptr<nn::Module> module) {
   SYNCBN_CHECK(module != nullptr, "DistributedDataParallel: module is null, expected a module");
   return module;
@@ -62,7 +39,6 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
       group_(std::move(group)),
       options_(options) {
   SYNCBN_CHECK(group_ != nullptr, "DistributedDataParallel: process group is null, expected a group");
-  share_cores_across_processes(local_.devices());
   broadcast_state(true, true, "DistributedDataParallel: rank 0's parameters and buffers");
 }
 

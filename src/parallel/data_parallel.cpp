@@ -101,15 +101,21 @@ namespace {
 // it: K replicas then ask for K times the cores, and the calls queue on the
 // pool. Measured on 2 cores (the ResNet demo, 4 CPU replicas): 277 samples/s
 // with OpenBLAS's default, 610 with one BLAS thread per call; one device is
-// no slower with the default. So a DataParallel over K > 1 CPU devices gives
-// each call cores / K threads (at least 1), unless the user has chosen
-// (OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set); one device keeps the default.
+// no slower with the default. So a DataParallel over K CPU devices gives
+// each call cores / (K x P) threads (at least 1), where P is the number of
+// processes of the job that share this node as the launcher tells it
+// (OpenMPI's OMPI_COMM_WORLD_LOCAL_SIZE, MPICH's MPI_LOCALNRANKS; 1
+// otherwise), unless the user has chosen (OPENBLAS_NUM_THREADS or
+// OMP_NUM_THREADS set); one device in one process keeps the default.
 void share_cores_with_blas(const std::vector<Device>& devices) {
-  const auto cpu_replicas = std::count_if(devices.begin(), devices.end(), [](Device d) { return d.is_cpu(); });
-  if (cpu_replicas < 2 || std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr)
-    return;
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return;
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (local == nullptr) local = std::getenv("MPI_LOCALNRANKS");
+  const long processes = local != nullptr ? std::max(1L, std::atol(local)) : 1L;
+  const long cpu_replicas = std::count_if(devices.begin(), devices.end(), [](Device d) { return d.is_cpu(); });
+  if (cpu_replicas < 1 || cpu_replicas * processes < 2) return;
   const auto cores = static_cast<long>(std::max(1u, std::thread::hardware_concurrency()));
-  cpu::set_blas_threads(static_cast<int>(std::max(1L, cores / static_cast<long>(cpu_replicas))));
+  cpu::set_blas_threads(static_cast<int>(std::max(1L, cores / (cpu_replicas * processes))));
 }
 
 }  // namespace

@@ -60,10 +60,6 @@ std::shared_ptr<comm::ProcessGroup> fresh_world_group() {
   return mpi_session().new_group(ranks, 30s);
 }
 
-std::vector<double> slice(const std::vector<double>& v, std::int64_t begin_row, std::int64_t rows, std::int64_t row) {
-  return {v.begin() + begin_row * row, v.begin() + (begin_row + rows) * row};
-}
-
 // The sum over every rank of each rank's values (rank order).
 std::vector<double> sum_over_ranks(const std::vector<double>& v) {
   return mpi_session().world()->all_reduce_sum(v, "test: sum over ranks", 30s);
@@ -135,8 +131,8 @@ TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch
         }
       }
     }
-    check_close(y, slice(r.y, first, mine, row), kFp32, "this rank's output");
-    check_close(dx, slice(r.dx, first, mine, row), kFp32, "this rank's grad_input");
+    check_close(y, testing::ref::rows_of(r.y, first, mine, row), kFp32, "this rank's output");
+    check_close(dx, testing::ref::rows_of(r.dx, first, mine, row), kFp32, "this rank's grad_input");
     check_close(sum_over_ranks(dweight), r.dweight, kFp32, "grad_weight summed over replicas and ranks");
     check_close(sum_over_ranks(dbias), r.dbias, kFp32, "grad_bias summed over replicas and ranks");
     testing::ref::update_running(rm, rv, r, cfg, step);
@@ -184,8 +180,8 @@ TEST_CASE("SyncBatchNorm over subgroups of pairs synchronizes within each pair o
                                           dy.rows(3 * first, 3 * first + rows).to_vector<double>(),
                                           std::vector<double>(c, 1.0), std::vector<double>(c, 0.0), rows, c, 1, cfg);
   const std::int64_t offset = 3 * (rank - first);
-  check_close(y, slice(r.y, offset, 3, c), kFp32, "output: batch norm over the pair's rows");
-  check_close(dx, slice(r.dx, offset, 3, c), kFp32, "grad_input over the pair's rows");
+  check_close(y, testing::ref::rows_of(r.y, offset, 3, c), kFp32, "output: batch norm over the pair's rows");
+  check_close(dx, testing::ref::rows_of(r.dx, offset, 3, c), kFp32, "grad_input over the pair's rows");
   world->barrier("test: after subgroups", 30s);
 }
 

@@ -39,10 +39,6 @@ namespace {
 
 constexpr Tolerance kFp32{1e-5, 1e-5};
 
-std::vector<double> slice(const std::vector<double>& v, std::int64_t first_row, std::int64_t rows, std::int64_t row) {
-  return {v.begin() + first_row * row, v.begin() + (first_row + rows) * row};
-}
-
 }  // namespace
 
 TEST_CASE("Ghost batches are normalised by their own statistics, across replicas when synchronized", "[nn][ghost]") {
@@ -79,7 +75,8 @@ TEST_CASE("Ghost batches are normalised by their own statistics, across replicas
     std::vector<double> y, dx, dweight(static_cast<std::size_t>(c), 0.0), dbias(static_cast<std::size_t>(c), 0.0);
     testing::ref::BnResult first;
     for (std::int64_t g = 0; g < n / v; ++g) {
-      const auto r = testing::ref::batch_norm(slice(xv, g * v, v, row), slice(dyv, g * v, v, row), w, b, v, c, l, cfg);
+      const auto r = testing::ref::batch_norm(testing::ref::rows_of(xv, g * v, v, row),
+                                              testing::ref::rows_of(dyv, g * v, v, row), w, b, v, c, l, cfg);
       y.insert(y.end(), r.y.begin(), r.y.end());
       dx.insert(dx.end(), r.dx.begin(), r.dx.end());
       for (std::size_t j = 0; j < dweight.size(); ++j) dweight[j] += r.dweight[j], dbias[j] += r.dbias[j];

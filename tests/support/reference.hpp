@@ -67,6 +67,12 @@ inline void update_running(Vec& running_mean, Vec& running_var, const BnResult& 
   spec::update_running(running_mean, running_var, before, r.mean, r.var_unbiased, cfg.momentum);
 }
 
+/// Rows [first_row, first_row + rows) of values laid out as rows of
+/// `row_size` (a part of a batch, e.g. one rank's or one group's).
+inline Vec rows_of(const Vec& v, std::int64_t first_row, std::int64_t rows, std::int64_t row_size) {
+  return {v.begin() + first_row * row_size, v.begin() + (first_row + rows) * row_size};
+}
+
 /// Batch norm in eval mode with given running statistics.
 inline Vec batch_norm_eval(const Vec& x, const Vec& weight, const Vec& bias, const Vec& rm, const Vec& rv,
                            std::int64_t n, std::int64_t c, std::int64_t l, const BnConfig& cfg) {
