@@ -9,6 +9,8 @@ does), or page faults on every call dominate PyTorch's figures:
     python3 bench/torch_batchnorm.py [--shapes 32x64x56x56,...] [--min-ms 200] [--reps 5]
 
 GB/s counts the same passes as bench_batchnorm: forward 3 S, forward+backward 8 S.
+--relu adds forward+backward of batch norm followed by a separate ReLU in each
+layout (what bench_batchnorm_forms's fused rows replace).
 """
 import argparse
 import statistics
@@ -42,6 +44,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]; on a GPU every timed call synchronizes")
+    ap.add_argument("--relu", action="store_true", help="also time batch norm then ReLU, forward+backward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -84,6 +87,15 @@ def main():
             print("%-16s %-22s %10.3f %8.1f" % (text, "fwd " + name, t * 1e3, 3 * nbytes / t / 1e9), flush=True)
             t = time_it(forward_backward, args.min_ms / 1e3, args.reps, args.warmup)
             print("%-16s %-22s %10.3f %8.1f" % (text, "fwd+bwd " + name, t * 1e3, 8 * nbytes / t / 1e9), flush=True)
+            if args.relu:
+                def with_relu(layer=layer, x=x, dy=dy):
+                    x.grad = None
+                    torch.relu(layer(x)).backward(dy)
+                    sync()
+
+                t = time_it(with_relu, args.min_ms / 1e3, args.reps, args.warmup)
+                print("%-16s %-22s %10.3f %8.1f" % (text, "fwd+bwd " + name + "+relu", t * 1e3, 8 * nbytes / t / 1e9),
+                      flush=True)
 
 
 if __name__ == "__main__":

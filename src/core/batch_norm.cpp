@@ -4,6 +4,9 @@
 
 #include "syncbn/core/batch_norm.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include "backend/kernels.hpp"
@@ -15,19 +18,112 @@ namespace {
 
 Tensor channel_tensor(std::int64_t c, Device device) { return Tensor::empty(Shape{c}, DType::Float64, device); }
 
-// x viewed as (n, c, l).
+// Note [Channel layouts]
+// The kernels see x as (n, c, l): n blocks of c channels of l contiguous
+// values. Channels-first (N, C, *) is (N, C, L) with L the spatial size;
+// channels-last (N, *, C) is (N * L, C, 1): rows of C channels, which the
+// backends read with their (N, C) kernels, written for that layout (CPU:
+// row sweeps and column blocks of channel vectors; CUDA: warps across
+// channels), not by permuting around the channels-first ones. A grad_output
+// in the other layout than x (a mixed pair, where other libraries have had
+// wrong gradients) is permuted to x's layout once, then read as x is.
+
+// x viewed as (n, c, l), with its channels' dimension.
 struct Extents {
   std::int64_t n, c, l;
 };
 
-Extents check_input(const Tensor& x, const char* op, const char* name = "x") {
+Extents check_input(const Tensor& x, const char* op, ChannelLayout layout = ChannelLayout::First,
+                    const char* name = "x") {
   SYNCBN_CHECK(x.defined(), op, ": ", name, " is undefined, expected a tensor");
-  SYNCBN_CHECK(x.rank() >= 2, op, ": ", name, " has rank ", x.rank(), ", expected rank >= 2 (N, C, ...)");
+  SYNCBN_CHECK(x.rank() >= 2, op, ": ", name, " has rank ", x.rank(), ", expected rank >= 2 ",
+               layout == ChannelLayout::First ? "(N, C, ...)" : "(N, ..., C)");
   SYNCBN_CHECK(x.dtype() == DType::Float32 || x.dtype() == DType::Float64 || is_reduced_precision(x.dtype()), op,
                ": ", name, " has dtype ", dtype_name(x.dtype()), ", expected float32, float64, float16 or bfloat16");
+  SYNCBN_CHECK(layout == ChannelLayout::First || layout == ChannelLayout::Last, op, ": layout ",
+               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
+  if (layout == ChannelLayout::Last) {
+    std::int64_t rows = 1;
+    for (int i = 0; i + 1 < x.rank(); ++i) rows *= x.size(i);
+    return {rows, x.size(x.rank() - 1), 1};
+  }
   std::int64_t l = 1;
   for (int i = 2; i < x.rank(); ++i) l *= x.size(i);
   return {x.size(0), x.size(1), l};
+}
+
+// The shape of x (rank >= 2) in the other layout.
+Shape permuted_shape(const Shape& shape, ChannelLayout from) {
+  std::vector<std::int64_t> dims = shape.dims();
+  if (from == ChannelLayout::First)
+    std::rotate(dims.begin() + 1, dims.begin() + 2, dims.end());
+  else
+    std::rotate(dims.begin() + 1, dims.end() - 1, dims.end());
+  return Shape(dims);
+}
+
+// Note [Fused activation]
+// batch_norm_apply computes y = act(z), z = (x - mean) * scale + shift, in
+// the same pass. Backward needs dz = dy * act'(z) in place of dy: the
+// kernels recompute z from x and the forward coefficients while they read
+// them, so the fused layer keeps x only, as batch norm alone, and no
+// separate activation output exists. In the in-place mode (from_output) x is
+// not kept at all: y overwrote it, and the kernels recover z = act^-1(y),
+// act'(z) from y (y > 0 exactly where z > 0; elu's alpha * exp(z) is
+// y + alpha) and x - mean = (z - shift) / scale, inplace_abn's inversion.
+// That needs an invertible activation (relu loses z < 0) and scale != 0
+// (the layer checks its weight); the recovered x - mean carries the
+// rounding of y (docs/numerics.md).
+void check_form(const BatchNormForm& form, const char* op) {
+  const Activation& act = form.activation;
+  switch (act.kind) {
+    case ActivationKind::Identity:
+    case ActivationKind::Relu: break;
+    case ActivationKind::LeakyRelu:
+      SYNCBN_CHECK(std::isfinite(act.alpha) && act.alpha >= 0, op, ": leaky_relu slope ", act.alpha,
+                   ", expected a finite slope >= 0");
+      break;
+    case ActivationKind::Elu:
+      SYNCBN_CHECK(std::isfinite(act.alpha) && act.alpha > 0, op, ": elu alpha ", act.alpha,
+                   ", expected a finite alpha > 0");
+      break;
+    default:
+      SYNCBN_THROW(InvalidArgument, op, ": activation kind ", static_cast<int>(act.kind),
+                   ", expected identity, relu, leaky_relu or elu");
+  }
+  SYNCBN_CHECK(!form.from_output || act.invertible(), op, ": from_output recovers x from y = ", act.name(),
+               "(z), expected an invertible activation (identity, leaky_relu with a slope > 0, elu)");
+}
+
+detail::BatchNormFusion fusion_of(const BatchNormForm& form) {
+  return {form.activation.kind, form.activation.alpha, form.from_output};
+}
+
+// grad_output as the kernels read it: checked against `saved` (its shape in
+// the grad's layout) and permuted to saved's layout when the two differ.
+Tensor grad_in_layout(const Tensor& grad_output, const Tensor& saved, const BatchNormForm& form, const char* op) {
+  const ChannelLayout grad_layout = form.grad_layout.value_or(form.layout);
+  SYNCBN_CHECK(grad_layout == ChannelLayout::First || grad_layout == ChannelLayout::Last, op, ": grad_layout ",
+               static_cast<int>(grad_layout), ", expected ChannelLayout::First or Last");
+  SYNCBN_CHECK(grad_output.defined(), op, ": grad_output is undefined, expected a tensor like x");
+  const Shape expected = grad_layout == form.layout ? saved.shape() : permuted_shape(saved.shape(), form.layout);
+  SYNCBN_CHECK(grad_output.shape() == expected, op, ": grad_output has shape ", grad_output.shape(), ", expected ",
+               expected, " (x's, ", channel_layout_name(grad_layout), ")");
+  SYNCBN_CHECK(grad_output.dtype() == saved.dtype(), op, ": grad_output has dtype ", dtype_name(grad_output.dtype()),
+               ", expected ", dtype_name(saved.dtype()), " (x's)");
+  SYNCBN_CHECK(grad_output.device() == saved.device(), op, ": grad_output is on ", grad_output.device(), ", expected ",
+               saved.device(), " (x's)");
+  if (grad_layout == form.layout) return grad_output;
+  return form.layout == ChannelLayout::Last ? to_channels_last(grad_output) : to_channels_first(grad_output);
+}
+
+// Permutes (N, A, B) to (N, B, A) for the layout changes.
+Tensor swap_last_two(const Tensor& x, std::int64_t a, std::int64_t b, Shape out_shape) {
+  Tensor out = Tensor::empty(std::move(out_shape), x.dtype(), x.device());
+  if (x.numel() == 0) return out;
+  detail::memory_kernels(x.device().kind())
+      .transpose(x.device(), dtype_size(x.dtype()), x.size(0), a, b, x.raw_data(), out.raw_data());
+  return out;
 }
 
 // A float64 (C) tensor on `device`.
@@ -66,22 +162,52 @@ void check_coefficients(const Tensor& coef, std::int64_t c, int per_channel, Dev
   SYNCBN_CHECK(coef.device() == device, op, ": ", name, " is on ", coef.device(), ", expected ", device);
 }
 
-void check_like(const Tensor& t, const Tensor& x, const char* op, const char* name) {
-  SYNCBN_CHECK(t.defined(), op, ": ", name, " is undefined, expected a tensor like x");
-  SYNCBN_CHECK(t.shape() == x.shape(), op, ": ", name, " has shape ", t.shape(), ", expected ", x.shape(),
-               " (x's)");
-  SYNCBN_CHECK(t.dtype() == x.dtype(), op, ": ", name, " has dtype ", dtype_name(t.dtype()), ", expected ",
-               dtype_name(x.dtype()), " (x's)");
-  SYNCBN_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ", x.device(),
-               " (x's)");
-}
-
 const detail::BatchNormKernels& kernels(Device device) { return detail::batchnorm_kernels(device.kind()); }
 
 }  // namespace
 
-ChannelMoments batch_norm_moments(const Tensor& x) {
-  const auto [n, c, l] = check_input(x, "batch_norm_moments");
+const char* channel_layout_name(ChannelLayout layout) noexcept {
+  return layout == ChannelLayout::Last ? "channels-last" : "channels-first";
+}
+
+bool Activation::invertible() const noexcept {
+  switch (kind) {
+    case ActivationKind::Identity: return true;
+    case ActivationKind::LeakyRelu: return alpha > 0;
+    case ActivationKind::Elu: return alpha > 0;
+    default: return false;
+  }
+}
+
+std::string Activation::name() const {
+  char buffer[48];
+  switch (kind) {
+    case ActivationKind::Identity: return "identity";
+    case ActivationKind::Relu: return "relu";
+    case ActivationKind::LeakyRelu: std::snprintf(buffer, sizeof buffer, "leaky_relu(%g)", alpha); return buffer;
+    case ActivationKind::Elu: std::snprintf(buffer, sizeof buffer, "elu(%g)", alpha); return buffer;
+  }
+  return "unknown";
+}
+
+Tensor to_channels_last(const Tensor& x) {
+  SYNCBN_CHECK(x.defined() && x.rank() >= 2, "to_channels_last: expected a tensor of rank >= 2 (N, C, ...), got ",
+               x.defined() ? x.shape() : Shape{});
+  std::int64_t l = 1;
+  for (int i = 2; i < x.rank(); ++i) l *= x.size(i);
+  return swap_last_two(x, x.size(1), l, permuted_shape(x.shape(), ChannelLayout::First));
+}
+
+Tensor to_channels_first(const Tensor& x) {
+  SYNCBN_CHECK(x.defined() && x.rank() >= 2, "to_channels_first: expected a tensor of rank >= 2 (N, ..., C), got ",
+               x.defined() ? x.shape() : Shape{});
+  std::int64_t l = 1;
+  for (int i = 1; i + 1 < x.rank(); ++i) l *= x.size(i);
+  return swap_last_two(x, l, x.size(x.rank() - 1), permuted_shape(x.shape(), ChannelLayout::Last));
+}
+
+ChannelMoments batch_norm_moments(const Tensor& x, ChannelLayout layout) {
+  const auto [n, c, l] = check_input(x, "batch_norm_moments", layout);
   const Device device = x.device();
   ChannelMoments out{n * l, channel_tensor(c, device), channel_tensor(c, device)};
   kernels(device).stats(device, x.dtype(), n, c, l, x.raw_data(), out.mean.data<double>(), out.m2.data<double>());
@@ -201,24 +327,37 @@ Tensor batch_norm_coefficients(const Tensor& mean, const Tensor& invstd, const T
   return coef;
 }
 
-Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients) {
+Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form) {
   constexpr const char* op = "batch_norm_apply";
-  const auto [n, c, l] = check_input(x, op);
+  const auto [n, c, l] = check_input(x, op, form.layout);
+  check_form(form, op);
   check_coefficients(coefficients, c, 4, x.device(), op, "coefficients");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  kernels(x.device()).apply(x.device(), x.dtype(), n, c, l, x.raw_data(), coefficients.data<double>(), y.raw_data());
+  kernels(x.device()).apply(x.device(), x.dtype(), n, c, l, x.raw_data(), coefficients.data<double>(),
+                            fusion_of(form), y.raw_data());
   return y;
 }
 
-ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients) {
-  constexpr const char* op = "batch_norm_grad_sums";
-  const auto [n, c, l] = check_input(x, op);
-  check_like(grad_output, x, op, "grad_output");
+void batch_norm_apply_(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form) {
+  constexpr const char* op = "batch_norm_apply_";
+  const auto [n, c, l] = check_input(x, op, form.layout);
+  check_form(form, op);
   check_coefficients(coefficients, c, 4, x.device(), op, "coefficients");
-  const Device device = x.device();
+  kernels(x.device()).apply(x.device(), x.dtype(), n, c, l, x.raw_data(), coefficients.data<double>(),
+                            fusion_of(form), x.raw_data());
+}
+
+ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
+                                     const BatchNormForm& form) {
+  constexpr const char* op = "batch_norm_grad_sums";
+  const auto [n, c, l] = check_input(saved, op, form.layout, form.from_output ? "y" : "x");
+  check_form(form, op);
+  check_coefficients(coefficients, c, 4, saved.device(), op, "coefficients");
+  const Tensor dy = grad_in_layout(grad_output, saved, form, op);
+  const Device device = saved.device();
   ChannelGradSums out{channel_tensor(c, device), channel_tensor(c, device)};
-  kernels(device).backward_reduce(device, x.dtype(), n, c, l, grad_output.raw_data(), x.raw_data(),
-                                  coefficients.data<double>(), out.sum_dy.data<double>(),
+  kernels(device).backward_reduce(device, saved.dtype(), n, c, l, dy.raw_data(), saved.raw_data(),
+                                  coefficients.data<double>(), fusion_of(form), out.sum_dy.data<double>(),
                                   out.sum_dy_xmu.data<double>());
   return out;
 }
@@ -264,17 +403,18 @@ void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, 
                                          grad_bias.defined() ? grad_bias.raw_data() : nullptr);
 }
 
-Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients,
-                                 const Tensor& backward_coefficients) {
+Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
+                                 const Tensor& backward_coefficients, const BatchNormForm& form) {
   constexpr const char* op = "batch_norm_backward_apply";
-  const auto [n, c, l] = check_input(x, op);
-  check_like(grad_output, x, op, "grad_output");
-  check_coefficients(coefficients, c, 4, x.device(), op, "coefficients");
-  check_coefficients(backward_coefficients, c, 3, x.device(), op, "backward_coefficients");
-  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  kernels(x.device()).backward_apply(x.device(), x.dtype(), n, c, l, grad_output.raw_data(), x.raw_data(),
-                                     coefficients.data<double>(), backward_coefficients.data<double>(),
-                                     dx.raw_data());
+  const auto [n, c, l] = check_input(saved, op, form.layout, form.from_output ? "y" : "x");
+  check_form(form, op);
+  check_coefficients(coefficients, c, 4, saved.device(), op, "coefficients");
+  check_coefficients(backward_coefficients, c, 3, saved.device(), op, "backward_coefficients");
+  const Tensor dy = grad_in_layout(grad_output, saved, form, op);
+  Tensor dx = Tensor::empty(saved.shape(), saved.dtype(), saved.device());
+  kernels(saved.device()).backward_apply(saved.device(), saved.dtype(), n, c, l, dy.raw_data(), saved.raw_data(),
+                                         coefficients.data<double>(), backward_coefficients.data<double>(),
+                                         fusion_of(form), dx.raw_data());
   return dx;
 }
 

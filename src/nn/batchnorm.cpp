@@ -43,6 +43,27 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
                  ": renorm corrects the batch's statistics towards the running ones, expected track_running_stats = "
                  "true and freeze = false");
   }
+  SYNCBN_CHECK(options.layout == ChannelLayout::First || options.layout == ChannelLayout::Last, kind_, ": layout ",
+               static_cast<int>(options.layout), ", expected ChannelLayout::First or Last");
+  switch (options.activation.kind) {
+    case core::ActivationKind::Identity:
+    case core::ActivationKind::Relu: break;
+    case core::ActivationKind::LeakyRelu:
+      SYNCBN_CHECK(std::isfinite(options.activation.alpha) && options.activation.alpha >= 0, kind_,
+                   ": activation leaky_relu slope ", options.activation.alpha, ", expected a finite slope >= 0");
+      break;
+    case core::ActivationKind::Elu:
+      SYNCBN_CHECK(std::isfinite(options.activation.alpha) && options.activation.alpha > 0, kind_,
+                   ": activation elu alpha ", options.activation.alpha, ", expected a finite alpha > 0");
+      break;
+    default:
+      SYNCBN_THROW(InvalidArgument, kind_, ": activation kind ", static_cast<int>(options.activation.kind),
+                   ", expected identity, relu, leaky_relu or elu");
+  }
+  SYNCBN_CHECK(!options.inplace || options.activation.invertible(), kind_,
+               ": inplace recovers the input from the output, expected an invertible activation (identity, "
+               "leaky_relu with a slope > 0, elu), got ",
+               options.activation.name());
   SYNCBN_CHECK(!options.freeze || options.track_running_stats, kind_,
                ": freeze needs running statistics to normalise with, expected track_running_stats = true, got false");
   SYNCBN_CHECK(options.dtype == DType::Float32 || options.dtype == DType::Float64, kind_, ": dtype ",
@@ -70,6 +91,10 @@ std::string BatchNorm::describe() const {
                                           : std::string()) +
          (renorm_ ? ", renorm(rmax=" + format_double(renorm_->rmax) + ", dmax=" + format_double(renorm_->dmax) + ")"
                   : std::string()) +
+         (options_.layout == ChannelLayout::Last ? ", layout=channels_last" : "") +
+         (options_.activation.kind != core::ActivationKind::Identity ? ", activation=" + options_.activation.name()
+                                                                      : std::string()) +
+         (options_.inplace ? ", inplace=true" : "") +
          (options_.ema_update == EmaUpdate::Skip       ? ", ema_update=skip"
           : options_.ema_update == EmaUpdate::Deferred ? ", ema_update=deferred"
                                                        : "") +
@@ -119,6 +144,10 @@ std::optional<Device> BatchNorm::state_device() const {
 
 void BatchNorm::set_label(std::string label) { label_ = std::move(label); }
 
+core::BatchNormForm BatchNorm::form() const noexcept {
+  return {options_.layout, std::nullopt, options_.activation, options_.inplace};
+}
+
 void BatchNorm::clear_cache() {
   input_ = Tensor();
   coef_ = Tensor();
@@ -131,15 +160,18 @@ void BatchNorm::clear_cache() {
 void BatchNorm::check_input(const Tensor& input) const {
   SYNCBN_CHECK(input.defined(), label_, ": input is undefined, expected a tensor");
   const int rank = input.rank();
+  const bool last = options_.layout == ChannelLayout::Last;
   if (dims_ == 1) {
-    SYNCBN_CHECK(rank == 2 || rank == 3, label_, ": expected 2-D (N, C) or 3-D (N, C, L) input, got ", rank,
-                 "-D input");
+    SYNCBN_CHECK(rank == 2 || rank == 3, label_, ": expected 2-D (N, C) or 3-D ", last ? "(N, L, C)" : "(N, C, L)",
+                 " input, got ", rank, "-D input");
   } else {
     const int want = dims_ + 2;
-    SYNCBN_CHECK(rank == want, label_, ": expected ", want, "-D input ", (dims_ == 2 ? "(N, C, H, W)" : "(N, C, D, H, W)"),
-                 ", got ", rank, "-D input");
+    const char* form = dims_ == 2 ? (last ? "(N, H, W, C)" : "(N, C, H, W)") : (last ? "(N, D, H, W, C)" : "(N, C, D, H, W)");
+    SYNCBN_CHECK(rank == want, label_, ": expected ", want, "-D input ", form, ", got ", rank, "-D input");
   }
-  SYNCBN_CHECK(input.size(1) == features_, label_, ": input has ", input.size(1), " channels, expected ", features_);
+  const std::int64_t channels = last ? input.size(rank - 1) : input.size(1);
+  SYNCBN_CHECK(channels == features_, label_, ": input has ", channels, " channels", last ? " (last dimension)" : "",
+               ", expected ", features_);
   const bool wide = options_.dtype == DType::Float64;
   const bool ok = wide ? input.dtype() == DType::Float64
                        : (input.dtype() == DType::Float32 || is_reduced_precision(input.dtype()));
@@ -315,13 +347,17 @@ std::vector<BatchNorm::GradSums> BatchNorm::ghost_gradient_sums(const std::vecto
 Tensor BatchNorm::ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias) {
   const std::int64_t n = input.size(0);
   std::vector<ShardStats> rows;
-  for (std::int64_t i = 0; i < n; ++i) rows.push_back(core::batch_norm_moments(input.rows(i, i + 1)));
+  for (std::int64_t i = 0; i < n; ++i) rows.push_back(core::batch_norm_moments(input.rows(i, i + 1), options_.layout));
   std::vector<NormStats> norms = ghost_statistics(rows);
-  Tensor out = Tensor::empty(input.shape(), input.dtype(), input.device());
+  const core::BatchNormForm how = form();
+  Tensor out = options_.inplace ? input : Tensor::empty(input.shape(), input.dtype(), input.device());
   for (std::int64_t i = 0; i < n; ++i) {
     const NormStats& norm = norms[static_cast<std::size_t>(i)];
     Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
-    out.rows(i, i + 1).copy_(core::batch_norm_apply(input.rows(i, i + 1), coef));
+    if (options_.inplace)
+      core::batch_norm_apply_(input.rows(i, i + 1), coef, how);
+    else
+      out.rows(i, i + 1).copy_(core::batch_norm_apply(input.rows(i, i + 1), coef, how));
     ghost_coef_.push_back(std::move(coef));
   }
   ghost_norm_ = std::move(norms);
@@ -331,10 +367,11 @@ Tensor BatchNorm::ghost_forward(const Tensor& input, const Tensor& weight, const
 
 Tensor BatchNorm::ghost_backward(const Tensor& grad_output) {
   const std::int64_t n = input_.size(0);
+  const core::BatchNormForm how = form();
   std::vector<GradSums> local;
   for (std::int64_t i = 0; i < n; ++i)
     local.push_back(core::batch_norm_grad_sums(grad_output.rows(i, i + 1), input_.rows(i, i + 1),
-                                               ghost_coef_[static_cast<std::size_t>(i)]));
+                                               ghost_coef_[static_cast<std::size_t>(i)], how));
   const std::vector<GradSums> totals = ghost_gradient_sums(local);
   const Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
   const std::optional<double> clamp_eps =
@@ -346,7 +383,7 @@ Tensor BatchNorm::ghost_backward(const Tensor& grad_output) {
     const Tensor coef_b =
         core::batch_norm_backward_coefficients(norm.count, norm.invstd, weight, totals[at], options_.dtype, clamp_eps);
     dx.rows(i, i + 1).copy_(
-        core::batch_norm_backward_apply(grad_output.rows(i, i + 1), input_.rows(i, i + 1), ghost_coef_[at], coef_b));
+        core::batch_norm_backward_apply(grad_output.rows(i, i + 1), input_.rows(i, i + 1), ghost_coef_[at], coef_b, how));
     if (options_.affine) core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, norm.invstd, local[at]);
   }
   return dx;
@@ -385,9 +422,19 @@ BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) {
 
 BatchNorm::GradSums BatchNorm::gradient_sums(const GradSums& local) { return local; }
 
+// The in-place mode divides by each channel's scale, invstd * weight.
+void BatchNorm::check_inplace_weight() const {
+  if (!options_.inplace || !options_.affine) return;
+  const std::vector<double> w = parameter(weight_).value.to_vector<double>();
+  for (std::size_t j = 0; j < w.size(); ++j)
+    SYNCBN_CHECK(w[j] != 0, label_, ": inplace recovers the input through each channel's weight, expected non-zero "
+                 "weights, got 0 in channel ", j);
+}
+
 Tensor BatchNorm::forward(const Tensor& input) {
   check_replica_thread();
   check_input(input);
+  check_inplace_weight();
   // Frozen: the running statistics in training too (and no update of them).
   const bool batch_stats = !options_.freeze && (is_training() || !options_.track_running_stats);
   ghost_coef_.clear();
@@ -400,13 +447,14 @@ Tensor BatchNorm::forward(const Tensor& input) {
     used_batch_stats_ = true;
     return out;
   }
+  const core::BatchNormForm how = form();
   NormStats norm;
   const bool renorm = renorm_ != nullptr && batch_stats && is_training();
   // Renorm corrects towards the running statistics before this batch's update.
   const Tensor running_mean_before = renorm ? buffer(running_mean_).clone() : Tensor();
   const Tensor running_var_before = renorm ? buffer(running_var_).clone() : Tensor();
   if (batch_stats) {
-    norm = batch_statistics(core::batch_norm_moments(input));
+    norm = batch_statistics(core::batch_norm_moments(input, options_.layout));
   } else {
     // Eval with running statistics: constants, so count 0 (backward then
     // leaves the batch terms out).
@@ -447,8 +495,14 @@ Tensor BatchNorm::forward(const Tensor& input) {
     renorm_weight_ = weight;
   }
   Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
-  Tensor out = core::batch_norm_apply(input, coef);
-  input_ = input;
+  Tensor out;
+  if (options_.inplace) {
+    core::batch_norm_apply_(input, coef, how);
+    out = input;
+  } else {
+    out = core::batch_norm_apply(input, coef, how);
+  }
+  input_ = options_.inplace ? out : input;
   coef_ = std::move(coef);
   invstd_ = std::move(norm.invstd);
   count_ = norm.count;
@@ -461,7 +515,8 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   detail::check_backward(input_.defined(), grad_output, input_.shape(), label_);
   detail::check_tensor(grad_output, label_, "grad_output", input_.device(), input_.dtype());
   if (used_ghost_) return ghost_backward(grad_output);
-  const GradSums local = core::batch_norm_grad_sums(grad_output, input_, coef_);
+  const core::BatchNormForm how = form();
+  const GradSums local = core::batch_norm_grad_sums(grad_output, input_, coef_, how);
   // With batch statistics the mean and variance depend on every input, so
   // the sums over the whole batch enter dx; with running statistics they do not.
   const GradSums total = used_batch_stats_ ? gradient_sums(local) : local;
@@ -488,7 +543,7 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
       core::add_(parameter(bias_).grad, g_bias);
     }
   }
-  return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b);
+  return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b, how);
 }
 
 std::int64_t accumulate_statistics(Module& module, std::int64_t micro_batches) {

@@ -174,4 +174,43 @@ inline void param_grads(Vec& grad_weight, Vec& grad_bias, const Vec& invstd, con
   }
 }
 
+/// The fused activations by their definitions: y = act(z) and act'(z)
+/// (1 for z > 0, else 0 for relu, alpha for leaky_relu, alpha * exp(z) for
+/// elu). kind: 0 identity, 1 relu, 2 leaky_relu, 3 elu
+/// (core::ActivationKind's order).
+inline double activate(int kind, double alpha, double z) {
+  switch (kind) {
+    case 1: return z > 0 ? z : 0.0;
+    case 2: return z > 0 ? z : alpha * z;
+    case 3: return z > 0 ? z : alpha * (std::exp(z) - 1.0);
+    default: return z;
+  }
+}
+
+inline double activation_slope(int kind, double alpha, double z) {
+  switch (kind) {
+    case 1: return z > 0 ? 1.0 : 0.0;
+    case 2: return z > 0 ? 1.0 : alpha;
+    case 3: return z > 0 ? 1.0 : alpha * std::exp(z);
+    default: return 1.0;
+  }
+}
+
+/// An (n, c, l) array in channels-last order (n, l, c), and back.
+inline Vec to_channels_last(const Vec& x, std::int64_t n, std::int64_t c, std::int64_t l) {
+  Vec out(x.size());
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < c; ++j)
+      for (std::int64_t k = 0; k < l; ++k) out[static_cast<std::size_t>((i * l + k) * c + j)] = x[at(c, l, i, j, k)];
+  return out;
+}
+
+inline Vec to_channels_first(const Vec& x, std::int64_t n, std::int64_t c, std::int64_t l) {
+  Vec out(x.size());
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < c; ++j)
+      for (std::int64_t k = 0; k < l; ++k) out[at(c, l, i, j, k)] = x[static_cast<std::size_t>((i * l + k) * c + j)];
+  return out;
+}
+
 }  // namespace syncbn::testing::spec

@@ -10,17 +10,26 @@
 //             and batch_norm_param_grads for the shard's weight and bias gradients.
 //
 // The input x is viewed as (N, C, L): dimension 1 holds the channels, the
-// dimensions after it are flattened. Per-channel tensors are float64 of shape
-// (C) on x's device. Numerics, tolerances and determinism: docs/numerics.md.
-// CUDA stages are queued on the device's stream and return without waiting.
+// dimensions after it are flattened; or, channels-last, as (N, L, C) with
+// the channels in the last dimension (ChannelLayout). Per-channel tensors
+// are float64 of shape (C) on x's device. Numerics, tolerances and
+// determinism: docs/numerics.md. CUDA stages are queued on the device's
+// stream and return without waiting.
 
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 
+#include "syncbn/core/batch_norm_form.hpp"
 #include "syncbn/core/tensor.hpp"
 
 namespace syncbn::core {
+
+/// x (N, C, *) permuted to channels-last (N, *, C), and back: new tensors.
+/// Rank >= 2 (rank 2 is a copy), any dtype.
+Tensor to_channels_last(const Tensor& x);
+Tensor to_channels_first(const Tensor& x);
 
 /// Per-channel moments of a batch or shard: the number of values each
 /// channel has, their mean and their M2 (sum of squared deviations from the
@@ -51,7 +60,7 @@ struct BatchNormVariance {
 /// count = N * L values per channel, mean and M2 accumulated in float64 from
 /// values shifted by each channel's first element. An empty x has count 0
 /// and zero moments.
-ChannelMoments batch_norm_moments(const Tensor& x);
+ChannelMoments batch_norm_moments(const Tensor& x, ChannelLayout layout = ChannelLayout::First);
 
 /// The moments of the union of `parts` (Chan et al.'s update, in the given
 /// order; parts with count 0 are skipped), on `device`. Parts on other
@@ -83,13 +92,21 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
 Tensor batch_norm_coefficients(const Tensor& mean, const Tensor& invstd, const Tensor& weight, const Tensor& bias,
                                DType param_dtype);
 
-/// y = (x - mean) * invstd * weight + bias, with the coefficients of
-/// batch_norm_coefficients; y has x's shape, dtype and device.
-Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients);
+/// y = act((x - mean) * invstd * weight + bias), with the coefficients of
+/// batch_norm_coefficients and form.activation; y has x's shape, dtype and
+/// device (and layout).
+Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form = {});
 
-/// This shard's sum(dy) and sum(dy * (x - mean)) per channel, with the mean
-/// of the forward's coefficients; grad_output has x's shape, dtype and device.
-ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients);
+/// The same, written into x itself (the in-place mode; x must not share
+/// memory with a tensor still needed).
+void batch_norm_apply_(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form = {});
+
+/// This shard's sum(dz) and sum(dz * (x - mean)) per channel, dz = dy *
+/// act'(z), with the mean of the forward's coefficients. `saved` is x, or y
+/// with form.from_output; grad_output has its dtype and device, and its
+/// shape or, in the other layout, the permuted shape.
+ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
+                                     const BatchNormForm& form = {});
 
 /// The coefficients of batch_norm_backward_apply from the gradient sums over
 /// all `count` values per channel of the batch. count 0 means that the
@@ -107,10 +124,11 @@ Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd
 void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& invstd,
                             const ChannelGradSums& local);
 
-/// dx = (dy - mean(dy) - (x - mean) * mean(dy * (x - mean)) * invstd^2) *
+/// dx = (dz - mean(dz) - (x - mean) * mean(dz * (x - mean)) * invstd^2) *
 /// invstd * weight, with the forward's and the backward coefficients,
-/// computed in float64 and rounded once to x's dtype.
-Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& x, const Tensor& coefficients,
-                                 const Tensor& backward_coefficients);
+/// computed in float64 and rounded once to x's dtype; dx has saved's shape
+/// and layout (saved and grad_output as for batch_norm_grad_sums).
+Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
+                                 const Tensor& backward_coefficients, const BatchNormForm& form = {});
 
 }  // namespace syncbn::core

@@ -49,6 +49,11 @@ struct RenormLimits {
   double dmax = 0.0;  // >= 0
 };
 
+/// The channels' layout and the fused activations of the batch-norm stages
+/// (syncbn/core/batch_norm_form.hpp), as layer options.
+using core::Activation;
+using core::ChannelLayout;
+
 struct BatchNormOptions {
   double eps = 1e-5;
   /// Running-statistics factor; std::nullopt means a cumulative moving average
@@ -83,6 +88,22 @@ struct BatchNormOptions {
   /// as constants in backward. Needs track_running_stats; not with freeze.
   /// Eval is plain batch norm with the running statistics.
   std::optional<RenormLimits> renorm = std::nullopt;
+  /// Where the input's channels are: First, (N, C, *) as PyTorch's default,
+  /// or Last, channels-last (N, *, C): NHWC for 2d, NDHWC for 3d, (N, L, C)
+  /// for 1d. The output and the input gradient have the input's layout;
+  /// grad_output has the output's. Kernels are written for each layout.
+  ChannelLayout layout = ChannelLayout::First;
+  /// An activation fused into the layer (inplace_abn's set): the output is
+  /// act(batch_norm(x)) and backward goes through it, in the same kernels:
+  /// Activation::identity() (default), relu(), leaky_relu(slope >= 0),
+  /// elu(alpha > 0).
+  Activation activation = {};
+  /// inplace_abn's in-place mode: forward writes its output over the input
+  /// tensor (which must not be needed elsewhere, e.g. by a skip connection)
+  /// and keeps only it; backward recovers x from y. Needs an invertible
+  /// activation (identity, leaky_relu with a slope > 0, elu) and a non-zero
+  /// weight in every channel (checked by each forward).
+  bool inplace = false;
   /// dtype of parameters and running statistics: float64 for float64
   /// inputs, float32 for float32, float16 and bfloat16 inputs.
   DType dtype = DType::Float32;
@@ -110,6 +131,9 @@ class BatchNorm : public Module {
   const std::string& kind() const noexcept { return kind_; }
   /// 1, 2 or 3.
   int spatial_dims() const noexcept { return dims_; }
+  /// How the element-wise stages see this layer's tensors (layout,
+  /// activation; from_output in the in-place mode).
+  core::BatchNormForm form() const noexcept;
 
   /// Throw InvalidArgument when the layer is not affine.
   Parameter& weight();
@@ -227,6 +251,7 @@ class BatchNorm : public Module {
 
  private:
   void check_input(const Tensor& input) const;
+  void check_inplace_weight() const;
   DType param_dtype() const noexcept { return options_.dtype; }
 
   // Ghost batch norm's forward and backward (virtual_batch_size > 0 in training).
@@ -267,7 +292,8 @@ class BatchNorm : public Module {
   std::vector<Tensor> ghost_coef_;
   std::vector<NormStats> ghost_norm_;
   bool used_ghost_ = false;
-  // Kept by forward for backward.
+  // Kept by forward for backward: the input, or the output in place of it
+  // (inplace).
   Tensor input_;
   Tensor coef_;
   Tensor invstd_;
@@ -275,21 +301,21 @@ class BatchNorm : public Module {
   bool used_batch_stats_ = false;
 };
 
-/// Batch norm over (N, C) or (N, C, L) input.
+/// Batch norm over (N, C) or (N, C, L) input ((N, C) or (N, L, C) channels-last).
 class BatchNorm1d : public Cloneable<BatchNorm1d, BatchNorm> {
  public:
   explicit BatchNorm1d(std::int64_t num_features, BatchNormOptions options = {})
       : Cloneable("BatchNorm1d", 1, num_features, options) {}
 };
 
-/// Batch norm over (N, C, H, W) input.
+/// Batch norm over (N, C, H, W) input ((N, H, W, C) channels-last).
 class BatchNorm2d : public Cloneable<BatchNorm2d, BatchNorm> {
  public:
   explicit BatchNorm2d(std::int64_t num_features, BatchNormOptions options = {})
       : Cloneable("BatchNorm2d", 2, num_features, options) {}
 };
 
-/// Batch norm over (N, C, D, H, W) input.
+/// Batch norm over (N, C, D, H, W) input ((N, D, H, W, C) channels-last).
 class BatchNorm3d : public Cloneable<BatchNorm3d, BatchNorm> {
  public:
   explicit BatchNorm3d(std::int64_t num_features, BatchNormOptions options = {})

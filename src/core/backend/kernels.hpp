@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "syncbn/core/batch_norm_form.hpp"
 #include "syncbn/core/device.hpp"
 #include "syncbn/core/dtype.hpp"
 
@@ -36,6 +37,11 @@ struct MemoryKernels {
   void (*fill)(Device device, void* dst, DType dtype, std::int64_t n, double value);
   /// Converts n elements from `src_dtype` to `dst_dtype` (round to nearest even).
   void (*convert)(Device device, void* dst, DType dst_dtype, const void* src, DType src_dtype, std::int64_t n);
+  /// Swaps the last two dimensions of `batches` row-major (rows x cols)
+  /// matrices of `element_size`-byte elements (2, 4 or 8) into dst, which
+  /// does not overlap src: the permutation between (N, C, L) and (N, L, C).
+  void (*transpose)(Device device, std::size_t element_size, std::int64_t batches, std::int64_t rows,
+                    std::int64_t cols, const void* src, void* dst);
   /// Waits until the device's queued work is done (CPU: no-op).
   void (*synchronize)(Device device);
 };
@@ -107,6 +113,16 @@ struct ActivationKernels {
   void (*relu_backward)(Device device, DType dtype, std::int64_t n, const void* dy, const void* y, void* dx);
 };
 
+/// The activation fused into the element-wise batch-norm kernels (Note
+/// [Fused activation] in core/batch_norm.cpp), checked by the caller: alpha
+/// is LeakyRelu's slope (>= 0) or Elu's alpha (> 0); from_output needs an
+/// invertible activation (not Relu) and a non-zero scale in every channel.
+struct BatchNormFusion {
+  ActivationKind kind = ActivationKind::Identity;
+  double alpha = 0.0;
+  bool from_output = false;
+};
+
 /// Batch normalization over x viewed as (n, c, l): channel j holds the n*l
 /// elements x[i][j][k]. Statistics and coefficients are float64 arrays of
 /// length c on the device (docs/numerics.md). Parameters and running statistics have
@@ -139,12 +155,16 @@ struct BatchNormKernels {
   /// CUDA: one record per channel): they pass only between its kernels.
   void (*forward_coefficients)(Device device, DType param_dtype, std::int64_t c, const double* mean,
                                const double* invstd, const void* weight, const void* bias, double* coef);
-  /// y = ((x - mean_hi) - mean_lo) * scale + shift.
+  /// y = act(z), z = ((x - mean_hi) - mean_lo) * scale + shift; y may be x
+  /// itself (the in-place mode).
   void (*apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
-                const double* coef, void* y);
-  /// Per-channel sum(dy) and sum(dy * (x - mean)) of this shard (coef from the forward).
+                const double* coef, const BatchNormFusion& fusion, void* y);
+  /// Per-channel sum(dz) and sum(dz * (x - mean)) of this shard, dz = dy *
+  /// act'(z) (coef from the forward). `s` is x, or y = act(z) when
+  /// fusion.from_output (x - mean = (act^-1(y) - shift) / scale).
   void (*backward_reduce)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
-                          const void* x, const double* coef, double* sum_dy, double* sum_dy_xmu);
+                          const void* s, const double* coef, const BatchNormFusion& fusion, double* sum_dy,
+                          double* sum_dy_xmu);
   /// Per-channel backward coefficients {a, b, g} (3c doubles) from the sums
   /// over all `count` elements of the batch: a = sum_dy / count,
   /// b = sum_dy_xmu / count * invstd^2, g = invstd * weight (weight null: 1).
@@ -160,9 +180,11 @@ struct BatchNormKernels {
   void (*accumulate_param_grads)(Device device, DType param_dtype, std::int64_t c, const double* invstd,
                                  const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
                                  void* grad_bias);
-  /// dx = (dy - a - (x - mean) * b) * g, computed in float64.
+  /// dx = (dz - a - (x - mean) * b) * g, computed in float64, with dz and
+  /// x - mean as in backward_reduce (`s` is x, or y when fusion.from_output).
   void (*backward_apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
-                         const void* x, const double* coef, const double* coef_b, void* dx);
+                         const void* s, const double* coef, const double* coef_b, const BatchNormFusion& fusion,
+                         void* dx);
 };
 
 /// Losses (float32 / float64 logits, int64 targets).

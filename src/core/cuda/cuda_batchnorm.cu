@@ -54,6 +54,98 @@ __device__ void for_channel_elements(long long n, long long c, long long l, long
   }
 }
 
+// Channels-last input (l == 1: rows of c channels; Note [Channel layouts]
+// in core/batch_norm.cpp): a block of 32 channels x 8 row lanes, so that
+// each warp reads 32 consecutive channels of a row (coalesced); split
+// blockIdx.y takes rows split * 8 + lane, every splits * 8 rows, and the 8
+// lanes' sums are added in lane order.
+constexpr int kRowLanes = 8;
+
+// Row splits of a channels-last reduction: enough blocks to fill the GPU.
+int row_splits_for(int device, long long n, long long c) {
+  const long long col_blocks = (c + 31) / 32;
+  const long long target_blocks = 4LL * multiprocessor_count(device);
+  const long long by_occupancy = (target_blocks + col_blocks - 1) / col_blocks;
+  const long long by_work = std::max(1LL, n / (kRowLanes * 8));
+  return static_cast<int>(std::max(1LL, std::min({by_occupancy, by_work, 65535LL})));
+}
+
+// body(at, ch, a, b) over the rows of channel ch = blockIdx.x * 32 + lane
+// that this block's split holds; writes the split's two sums.
+template <class Body>
+__device__ void rows_partial(long long n, long long c, int splits, Body&& body, double* pa, double* pb) {
+  __shared__ double sa[kRowLanes][32];
+  __shared__ double sb[kRowLanes][32];
+  const long long ch = static_cast<long long>(blockIdx.x) * 32 + threadIdx.x;
+  double a = 0, b = 0;
+  if (ch < c)
+    for (long long r = static_cast<long long>(blockIdx.y) * kRowLanes + threadIdx.y; r < n;
+         r += static_cast<long long>(splits) * kRowLanes)
+      body(r * c + ch, ch, a, b);
+  sa[threadIdx.y][threadIdx.x] = a;
+  sb[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.y == 0 && ch < c) {
+    double ta = 0, tb = 0;
+    for (int k = 0; k < kRowLanes; ++k) {
+      ta += sa[k][threadIdx.x];
+      tb += sb[k][threadIdx.x];
+    }
+    pa[ch * splits + blockIdx.y] = ta;
+    pb[ch * splits + blockIdx.y] = tb;
+  }
+}
+
+dim3 rows_grid(long long c, int splits) { return dim3(static_cast<unsigned>((c + 31) / 32), static_cast<unsigned>(splits)); }
+const dim3 kRowsBlock(32, kRowLanes);
+
+// The fused activation (Note [Fused activation] in core/batch_norm.cpp), in
+// float64 as the rest of these kernels: act'(z) is 1 for z > 0, else 0,
+// alpha or alpha * exp(z); from y, y + alpha for elu.
+struct DeviceFusion {
+  core::ActivationKind kind;
+  double alpha;
+  bool from_output;
+
+  __device__ double forward(double z) const {
+    switch (kind) {
+      case core::ActivationKind::Relu: return z > 0 ? z : 0.0;
+      case core::ActivationKind::LeakyRelu: return z > 0 ? z : z * alpha;
+      case core::ActivationKind::Elu: return z > 0 ? z : alpha * expm1(z);
+      default: return z;
+    }
+  }
+  __device__ double grad_from_z(double dy, double z) const {
+    switch (kind) {
+      case core::ActivationKind::Relu: return z > 0 ? dy : 0.0;
+      case core::ActivationKind::LeakyRelu: return z > 0 ? dy : dy * alpha;
+      case core::ActivationKind::Elu: return z > 0 ? dy : dy * alpha * exp(z);
+      default: return dy;
+    }
+  }
+  // dz and x - mean of one element; s is x, or y with from_output.
+  __device__ void grad(double dy, double s, const double* coef4, double& dz, double& xmu) const {
+    const double hi = coef4[0], lo = coef4[1], scale = coef4[2], shift = coef4[3];
+    if (!from_output) {
+      xmu = (s - hi) - lo;
+      dz = grad_from_z(dy, xmu * scale + shift);
+      return;
+    }
+    double z = s;
+    dz = dy;
+    if (kind == core::ActivationKind::LeakyRelu && s <= 0) {
+      z = s / alpha;
+      dz = dy * alpha;
+    } else if (kind == core::ActivationKind::Elu && s <= 0) {
+      z = log1p(s / alpha);
+      dz = dy * (s + alpha);
+    }
+    xmu = (z - shift) / scale;
+  }
+};
+
+DeviceFusion device_fusion(const core::detail::BatchNormFusion& f) { return {f.kind, f.alpha, f.from_output}; }
+
 // Two sums per block, reduced with CUB in a fixed order.
 __device__ void block_sum2(double a, double b, double* out_a, double* out_b) {
   using Reduce = cub::BlockReduce<double, kBlock>;
@@ -84,6 +176,20 @@ __global__ void stats_partial_kernel(long long n, long long c, long long l, cons
 }
 
 template <class T>
+__global__ void stats_rows_kernel(long long n, long long c, const T* x, int splits, double* ps, double* pss) {
+  const long long ch = static_cast<long long>(blockIdx.x) * 32 + threadIdx.x;
+  const double shift = ch < c ? static_cast<double>(load_compute(x, ch)) : 0.0;
+  rows_partial(
+      n, c, splits,
+      [&](long long at, long long, double& s, double& ss) {
+        const double d = static_cast<double>(load_compute(x, at)) - shift;
+        s += d;
+        ss += d * d;
+      },
+      ps, pss);
+}
+
+template <class T>
 __global__ void stats_finish_kernel(long long c, long long l, long long count, const T* x, int splits, const double* ps,
                                     const double* pss, double* mean, double* m2) {
   SYNCBN_GRID_STRIDE(ch, c) {
@@ -111,14 +217,20 @@ void cuda_stats(Device device, DType dtype, std::int64_t n, std::int64_t c, std:
     SYNCBN_CUDA_CHECK(cudaMemsetAsync(m2, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
     return;
   }
-  const int splits = splits_for(device.index(), c, count);
+  const bool rows = l == 1;
+  const int splits = rows ? row_splits_for(device.index(), n, c) : splits_for(device.index(), c, count);
   ScratchBuffer ps(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
   ScratchBuffer pss(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
   dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
-    const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
-    stats_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(x), splits, ps.as<double>(),
-                                                         pss.as<double>());
+    if (rows) {
+      stats_rows_kernel<T><<<rows_grid(c, splits), kRowsBlock, 0, stream>>>(n, c, static_cast<const T*>(x), splits,
+                                                                            ps.as<double>(), pss.as<double>());
+    } else {
+      const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
+      stats_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(x), splits, ps.as<double>(),
+                                                           pss.as<double>());
+    }
     SYNCBN_CUDA_LAUNCH_CHECK();
     stats_finish_kernel<T><<<grid_for(c), kBlock, 0, stream>>>(c, l, count, static_cast<const T*>(x), splits,
                                                                ps.as<double>(), pss.as<double>(), mean, m2);
@@ -275,40 +387,56 @@ dim3 elementwise_grid(long long n, long long c, long long l) {
   return dim3(grid_for(n * c * l));
 }
 
+// y may be x (the in-place mode): each element is read before it is written.
 template <class T>
-__global__ void apply_kernel(long long n, long long c, long long l, const T* x, const double* coef, T* y) {
+__global__ void apply_kernel(long long n, long long c, long long l, const T* x, const double* coef, DeviceFusion act,
+                             T* y) {
   for_all_elements(n, c, l, [&](long long at, long long ch) {
     const double xmu = (to_double(x[at]) - coef[4 * ch]) - coef[4 * ch + 1];
-    y[at] = from_double<T>(xmu * coef[4 * ch + 2] + coef[4 * ch + 3]);
+    y[at] = from_double<T>(act.forward(xmu * coef[4 * ch + 2] + coef[4 * ch + 3]));
   });
 }
 
 void cuda_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
-                const double* coef, void* y) {
+                const double* coef, const core::detail::BatchNormFusion& fusion, void* y) {
   if (n * c * l == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
   dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
     apply_kernel<T><<<elementwise_grid(n, c, l), kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(x), coef,
-                                                                      static_cast<T*>(y));
+                                                                      device_fusion(fusion), static_cast<T*>(y));
     SYNCBN_CUDA_LAUNCH_CHECK();
   });
 }
 
 template <class T>
 __global__ void backward_partial_kernel(long long n, long long c, long long l, const T* dy, const T* x,
-                                        const double* coef, int splits, double* ps, double* psx) {
+                                        const double* coef, DeviceFusion act, int splits, double* ps, double* psx) {
   const long long ch = blockIdx.x;
   const int split = static_cast<int>(blockIdx.y);
-  const double hi = coef[4 * ch], lo = coef[4 * ch + 1];
   double s = 0, sx = 0;
   for_channel_elements(n, c, l, ch, split, splits, [&](long long at) {
-    const double g = to_double(dy[at]);
-    s += g;
-    sx += g * ((to_double(x[at]) - hi) - lo);
+    double dz, xmu;
+    act.grad(to_double(dy[at]), to_double(x[at]), coef + 4 * ch, dz, xmu);
+    s += dz;
+    sx += dz * xmu;
   });
   block_sum2(s, sx, &ps[ch * splits + split], &psx[ch * splits + split]);
+}
+
+template <class T>
+__global__ void backward_rows_kernel(long long n, long long c, const T* dy, const T* x, const double* coef,
+                                     DeviceFusion act, int splits, double* ps, double* psx) {
+  rows_partial(
+      n, c, splits,
+      [&](long long at, long long ch, double& s, double& sx) {
+        double dz, xmu;
+        act.grad(to_double(dy[at]), to_double(x[at]), coef + 4 * ch, dz, xmu);
+        s += dz;
+        sx += dz * xmu;
+      },
+      ps, psx);
 }
 
 __global__ void backward_finish_kernel(long long c, int splits, const double* ps, const double* psx, double* sum_dy,
@@ -325,7 +453,8 @@ __global__ void backward_finish_kernel(long long c, int splits, const double* ps
 }
 
 void cuda_backward_reduce(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
-                          const void* x, const double* coef, double* sum_dy, double* sum_dy_xmu) {
+                          const void* x, const double* coef, const core::detail::BatchNormFusion& fusion,
+                          double* sum_dy, double* sum_dy_xmu) {
   if (c == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
@@ -335,14 +464,23 @@ void cuda_backward_reduce(Device device, DType dtype, std::int64_t n, std::int64
     SYNCBN_CUDA_CHECK(cudaMemsetAsync(sum_dy_xmu, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
     return;
   }
-  const int splits = splits_for(device.index(), c, count);
+  const bool rows = l == 1;
+  const int splits = rows ? row_splits_for(device.index(), n, c) : splits_for(device.index(), c, count);
   ScratchBuffer ps(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
   ScratchBuffer psx(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
+  const DeviceFusion act = device_fusion(fusion);
   dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
-    const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
-    backward_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(dy), static_cast<const T*>(x),
-                                                            coef, splits, ps.as<double>(), psx.as<double>());
+    if (rows) {
+      backward_rows_kernel<T><<<rows_grid(c, splits), kRowsBlock, 0, stream>>>(
+          n, c, static_cast<const T*>(dy), static_cast<const T*>(x), coef, act, splits, ps.as<double>(),
+          psx.as<double>());
+    } else {
+      const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
+      backward_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(dy),
+                                                              static_cast<const T*>(x), coef, act, splits,
+                                                              ps.as<double>(), psx.as<double>());
+    }
     SYNCBN_CUDA_LAUNCH_CHECK();
     backward_finish_kernel<<<grid_for(c), kBlock, 0, stream>>>(c, splits, ps.as<double>(), psx.as<double>(), sum_dy,
                                                                sum_dy_xmu);
@@ -409,24 +547,26 @@ void cuda_accumulate_param_grads(Device device, DType param_dtype, std::int64_t 
 // g reaches 1 / sqrt(eps) when a channel's variance is far below eps.
 template <class T>
 __global__ void backward_apply_kernel(long long n, long long c, long long l, const T* dy, const T* x, const double* coef,
-                                      const double* coef_b, T* dx) {
+                                      const double* coef_b, DeviceFusion act, T* dx) {
   for_all_elements(n, c, l, [&](long long at, long long ch) {
-    const double hi = coef[4 * ch], lo = coef[4 * ch + 1];
     const double a = coef_b[3 * ch], b = coef_b[3 * ch + 1], g = coef_b[3 * ch + 2];
-    const double xmu = (to_double(x[at]) - hi) - lo;
-    dx[at] = from_double<T>((to_double(dy[at]) - a - xmu * b) * g);
+    double dz, xmu;
+    act.grad(to_double(dy[at]), to_double(x[at]), coef + 4 * ch, dz, xmu);
+    dx[at] = from_double<T>((dz - a - xmu * b) * g);
   });
 }
 
 void cuda_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
-                         const void* x, const double* coef, const double* coef_b, void* dx) {
+                         const void* x, const double* coef, const double* coef_b,
+                         const core::detail::BatchNormFusion& fusion, void* dx) {
   if (n * c * l == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
   dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
     backward_apply_kernel<T><<<elementwise_grid(n, c, l), kBlock, 0, stream>>>(
-        n, c, l, static_cast<const T*>(dy), static_cast<const T*>(x), coef, coef_b, static_cast<T*>(dx));
+        n, c, l, static_cast<const T*>(dy), static_cast<const T*>(x), coef, coef_b, device_fusion(fusion),
+        static_cast<T*>(dx));
     SYNCBN_CUDA_LAUNCH_CHECK();
   });
 }

@@ -2,6 +2,7 @@
 // fills and dtype conversions. The CPU versions (src/core/cpu/cpu_memory.cpp) are
 // the specification.
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/cuda_check.hpp"
@@ -109,6 +110,57 @@ void cuda_convert(Device device, void* dst, DType dst_dtype, const void* src, DT
   });
 }
 
+// A 32 x 32 tile through shared memory (one column of padding against bank
+// conflicts), so that both the reads and the writes are coalesced. Tiles
+// are numbered along x (no 65535 limit on either matrix side), batches
+// along z.
+template <class E>
+__global__ void transpose_kernel(long long rows, long long cols, long long col_tiles, const E* src, E* dst) {
+  __shared__ E tile[32][33];
+  const long long batch = blockIdx.z;
+  const E* s = src + batch * rows * cols;
+  E* d = dst + batch * rows * cols;
+  const long long row0 = (static_cast<long long>(blockIdx.x) / col_tiles) * 32;
+  const long long col0 = (static_cast<long long>(blockIdx.x) % col_tiles) * 32;
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    const long long i = row0 + k, j = col0 + threadIdx.x;
+    if (i < rows && j < cols) tile[k][threadIdx.x] = s[i * cols + j];
+  }
+  __syncthreads();
+  for (int k = threadIdx.y; k < 32; k += blockDim.y) {
+    const long long j = col0 + k, i = row0 + threadIdx.x;
+    if (i < rows && j < cols) d[j * rows + i] = tile[threadIdx.x][k];
+  }
+}
+
+void cuda_transpose(Device device, std::size_t element_size, std::int64_t batches, std::int64_t rows,
+                    std::int64_t cols, const void* src, void* dst) {
+  if (batches * rows * cols == 0) return;
+  DeviceGuard guard(device.index());
+  cudaStream_t stream = stream_for(device.index());
+  const long long col_tiles = (cols + 31) / 32, tiles = (rows + 31) / 32 * col_tiles;
+  auto launch = [&](auto tag) {
+    using E = decltype(tag);
+    const auto* s = static_cast<const E*>(src);
+    auto* d = static_cast<E*>(dst);
+    constexpr long long kMaxZ = 65535;  // grid z limit: batches in groups
+    for (long long b0 = 0; b0 < batches; b0 += kMaxZ) {
+      const long long count = std::min<long long>(kMaxZ, batches - b0);
+      const dim3 grid(static_cast<unsigned>(tiles), 1, static_cast<unsigned>(count));
+      transpose_kernel<E><<<grid, dim3(32, 8), 0, stream>>>(rows, cols, col_tiles, s + b0 * rows * cols,
+                                                            d + b0 * rows * cols);
+      SYNCBN_CUDA_LAUNCH_CHECK();
+    }
+  };
+  switch (element_size) {
+    case 2: launch(std::uint16_t{}); return;
+    case 4: launch(std::uint32_t{}); return;
+    case 8: launch(std::uint64_t{}); return;
+    default: break;
+  }
+  SYNCBN_THROW(InvalidArgument, "transpose: element size ", element_size, " bytes, expected 2, 4 or 8");
+}
+
 void cuda_synchronize(Device device) {
   DeviceGuard guard(device.index());
   SYNCBN_CUDA_CHECK(cudaStreamSynchronize(stream_for(device.index())));
@@ -117,6 +169,6 @@ void cuda_synchronize(Device device) {
 }  // namespace
 
 const core::detail::MemoryKernels kMemoryKernels{cuda_allocate, cuda_release, cuda_copy, cuda_fill, cuda_convert,
-                                       cuda_synchronize};
+                                                 cuda_transpose, cuda_synchronize};
 
 }  // namespace syncbn::cuda::detail
