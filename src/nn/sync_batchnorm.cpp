@@ -49,9 +49,6 @@ SyncBatchNorm::SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t nu
       group_(std::move(process_group)) {
   SYNCBN_CHECK(sync_timeout.count() >= 0, this->kind(), ": sync_timeout is ", sync_timeout.count(),
                " ms, expected >= 0 (0 waits forever)");
-  SYNCBN_CHECK(this->options().virtual_batch_size == 0 || group_ == nullptr, this->kind(),
-               ": virtual_batch_size across processes is not supported yet, expected no process_group with ghost "
-               "batches");
 }
 
 void SyncBatchNorm::clear_cache() {
@@ -169,6 +166,85 @@ BatchNorm::GradSums SyncBatchNorm::across_processes(const GradSums& process) con
                   Tensor::from_vector(std::vector<double>(totals.begin() + static_cast<std::ptrdiff_t>(c), totals.end()), shape).onto(device)};
 }
 
+// Note [Ghost batches across processes]
+// With a process group, ghost batches are formed over the job's whole batch:
+// every process's rows in rank order (each process's in replica order), so a
+// group may span processes as it spans replicas. The masters exchange their
+// row counts, then their per-row moments (count, mean, M2 in float64) padded
+// to the longest, and every rank forms the same groups from the same rows
+// with the same code (so the same bits, and the same error for a batch that
+// the virtual batch size does not divide); backward exchanges the per-row
+// gradient sums the same way, with the counts of the forward. Two
+// collectives per pass rather than one: the counts decide the sizes.
+SyncBatchNorm::JobRows SyncBatchNorm::rows_across_processes(const std::vector<ShardStats>& process, Device device) {
+  if (group_ == nullptr || group_->size() == 1) return JobRows{process, 0};
+  const auto local_rows = static_cast<std::int64_t>(process.size());
+  std::vector<std::byte> count_bytes(sizeof(std::int64_t));
+  std::memcpy(count_bytes.data(), &local_rows, sizeof local_rows);
+  const std::vector<std::byte> counts = group_->all_gather(count_bytes, label() + " forward rows", timeout_);
+  ghost_rank_rows_.assign(static_cast<std::size_t>(group_->size()), 0);
+  std::int64_t most = 0;
+  for (std::size_t r = 0; r < ghost_rank_rows_.size(); ++r) {
+    std::memcpy(&ghost_rank_rows_[r], counts.data() + r * sizeof(std::int64_t), sizeof(std::int64_t));
+    most = std::max(most, ghost_rank_rows_[r]);
+  }
+  const auto c = static_cast<std::size_t>(num_features());
+  const std::size_t row_bytes = sizeof(std::int64_t) + 2 * c * sizeof(double);
+  std::vector<std::byte> payload(static_cast<std::size_t>(most) * row_bytes);
+  for (std::size_t i = 0; i < process.size(); ++i) {
+    std::byte* at = payload.data() + i * row_bytes;
+    const std::vector<double> mean = process[i].mean.to_vector<double>(), m2 = process[i].m2.to_vector<double>();
+    std::memcpy(at, &process[i].count, sizeof(std::int64_t));
+    std::memcpy(at + sizeof(std::int64_t), mean.data(), c * sizeof(double));
+    std::memcpy(at + sizeof(std::int64_t) + c * sizeof(double), m2.data(), c * sizeof(double));
+  }
+  const std::vector<std::byte> all = group_->all_gather(payload, label() + " forward", timeout_);
+  JobRows job;
+  const Shape shape{num_features()};
+  std::vector<double> mean(c), m2(c);
+  for (std::size_t r = 0; r < ghost_rank_rows_.size(); ++r) {
+    if (static_cast<int>(r) == group_->rank()) job.first = job.rows.size();
+    for (std::int64_t i = 0; i < ghost_rank_rows_[r]; ++i) {
+      const std::byte* at = all.data() + r * payload.size() + static_cast<std::size_t>(i) * row_bytes;
+      ShardStats row;
+      std::memcpy(&row.count, at, sizeof(std::int64_t));
+      std::memcpy(mean.data(), at + sizeof(std::int64_t), c * sizeof(double));
+      std::memcpy(m2.data(), at + sizeof(std::int64_t) + c * sizeof(double), c * sizeof(double));
+      row.mean = Tensor::from_vector(mean, shape).onto(device);
+      row.m2 = Tensor::from_vector(m2, shape).onto(device);
+      job.rows.push_back(std::move(row));
+    }
+  }
+  return job;
+}
+
+std::vector<BatchNorm::GradSums> SyncBatchNorm::row_sums_across_processes(const std::vector<GradSums>& process) const {
+  if (group_ == nullptr || group_->size() == 1) return process;
+  std::int64_t most = 0;
+  for (const std::int64_t rows : ghost_rank_rows_) most = std::max(most, rows);
+  const auto c = static_cast<std::size_t>(num_features());
+  const std::size_t row_bytes = 2 * c * sizeof(double);
+  std::vector<std::byte> payload(static_cast<std::size_t>(most) * row_bytes);
+  for (std::size_t i = 0; i < process.size(); ++i) {
+    const std::vector<double> s = process[i].sum_dy.to_vector<double>(), sx = process[i].sum_dy_xmu.to_vector<double>();
+    std::memcpy(payload.data() + i * row_bytes, s.data(), c * sizeof(double));
+    std::memcpy(payload.data() + i * row_bytes + c * sizeof(double), sx.data(), c * sizeof(double));
+  }
+  const std::vector<std::byte> all = group_->all_gather(payload, label() + " backward", timeout_);
+  const Device device = process.empty() ? options().device : process.front().sum_dy.device();
+  const Shape shape{num_features()};
+  std::vector<GradSums> rows;
+  std::vector<double> s(c), sx(c);
+  for (std::size_t r = 0; r < ghost_rank_rows_.size(); ++r)
+    for (std::int64_t i = 0; i < ghost_rank_rows_[r]; ++i) {
+      const std::byte* at = all.data() + r * payload.size() + static_cast<std::size_t>(i) * row_bytes;
+      std::memcpy(s.data(), at, c * sizeof(double));
+      std::memcpy(sx.data(), at + c * sizeof(double), c * sizeof(double));
+      rows.push_back(GradSums{Tensor::from_vector(s, shape).onto(device), Tensor::from_vector(sx, shape).onto(device)});
+    }
+  return rows;
+}
+
 void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
   copy_id_ = copy_id;
   synced_forward_ = false;
@@ -245,15 +321,18 @@ BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
 }
 
 std::vector<std::pair<int, SyncBatchNorm::GhostReply>> SyncBatchNorm::ghost_merge_round(
-    std::vector<std::pair<int, std::vector<ShardStats>>> parts) const {
+    std::vector<std::pair<int, std::vector<ShardStats>>> parts) {
   const Device home = options().device;
   std::vector<ShardStats> all;
   for (const auto& [id, rows] : parts) all.insert(all.end(), rows.begin(), rows.end());
-  const Device device = all.empty() ? home : all.front().mean.device();
-  const std::vector<Finalized> groups = ghost_groups(all, device);  // throws for a bad batch size: the round fails
+  // On copy 0's device (this is copy 0), whose running statistics the first
+  // group updates, even when copy 0 holds no rows.
+  const Device device = state_device().value_or(home);
+  const JobRows job = rows_across_processes(all, device);
+  const std::vector<Finalized> groups = ghost_groups(job.rows, device);  // throws for a bad batch size: the round fails
   const auto v = static_cast<std::size_t>(options().virtual_batch_size);
   std::vector<std::pair<int, GhostReply>> replies;
-  std::size_t row = 0;
+  std::size_t row = job.first;
   for (const auto& [id, rows] : parts) {
     GhostReply reply;
     const Device to = rows.empty() ? device : rows.front().mean.device();
@@ -271,10 +350,11 @@ std::vector<std::pair<int, std::vector<BatchNorm::GradSums>>> SyncBatchNorm::gho
     std::vector<std::pair<int, std::vector<GradSums>>> parts) const {
   std::vector<GradSums> all;
   for (const auto& [id, rows] : parts) all.insert(all.end(), rows.begin(), rows.end());
-  const std::vector<GradSums> sums = ghost_group_sums(all);
+  const std::size_t first = job_first_row();
+  const std::vector<GradSums> sums = ghost_group_sums(row_sums_across_processes(all));
   const auto v = static_cast<std::size_t>(options().virtual_batch_size);
   std::vector<std::pair<int, std::vector<GradSums>>> replies;
-  std::size_t row = 0;
+  std::size_t row = first;
   for (const auto& [id, rows] : parts) {
     std::vector<GradSums> reply;
     for (std::size_t i = 0; i < rows.size(); ++i, ++row) {
@@ -288,7 +368,19 @@ std::vector<std::pair<int, std::vector<BatchNorm::GradSums>>> SyncBatchNorm::gho
 
 std::vector<BatchNorm::NormStats> SyncBatchNorm::ghost_statistics(const std::vector<ShardStats>& rows) {
   synced_forward_ = false;
-  if (copy_id_ < 0) return BatchNorm::ghost_statistics(rows);
+  if (copy_id_ < 0 && group_ == nullptr) return BatchNorm::ghost_statistics(rows);
+  if (copy_id_ < 0) {
+    // Not replicated: this process's rows are its part of the job's batch.
+    const Device device = rows.empty() ? options().device : rows.front().mean.device();
+    const JobRows job = rows_across_processes(rows, device);
+    const std::vector<Finalized> groups = ghost_groups(job.rows, device);
+    track_running(groups.empty() ? Finalized{} : groups.front());
+    const auto v = static_cast<std::size_t>(options().virtual_batch_size);
+    std::vector<NormStats> norms;
+    for (std::size_t i = 0; i < rows.size(); ++i) norms.push_back(groups[(job.first + i) / v].norm);
+    synced_forward_ = true;
+    return norms;
+  }
   if (copy_id_ != 0) {
     std::vector<NormStats> norms = link_->ghost_forward_pipe.run_slave(rows).rows;
     synced_forward_ = true;
@@ -304,7 +396,22 @@ std::vector<BatchNorm::NormStats> SyncBatchNorm::ghost_statistics(const std::vec
 
 std::vector<BatchNorm::GradSums> SyncBatchNorm::ghost_gradient_sums(const std::vector<GradSums>& rows) {
   if (!synced_forward_) return BatchNorm::ghost_gradient_sums(rows);
+  if (copy_id_ < 0) {
+    const std::size_t first = job_first_row();
+    const std::vector<GradSums> sums = ghost_group_sums(row_sums_across_processes(rows));
+    const auto v = static_cast<std::size_t>(options().virtual_batch_size);
+    std::vector<GradSums> per_row;
+    for (std::size_t i = 0; i < rows.size(); ++i) per_row.push_back(sums[(first + i) / v]);
+    return per_row;
+  }
   return copy_id_ == 0 ? link_->ghost_backward_master->run_master(rows) : link_->ghost_backward_pipe.run_slave(rows);
+}
+
+std::size_t SyncBatchNorm::job_first_row() const {
+  if (group_ == nullptr || group_->size() == 1) return 0;
+  std::int64_t first = 0;
+  for (int r = 0; r < group_->rank(); ++r) first += ghost_rank_rows_[static_cast<std::size_t>(r)];
+  return static_cast<std::size_t>(first);
 }
 
 BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {

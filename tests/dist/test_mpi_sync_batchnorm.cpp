@@ -15,14 +15,17 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "mpi_world.hpp"
+#include "support/batch_norm_spec.hpp"
 #include "support/batchnorm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/matchers.hpp"
 #include "support/reference.hpp"
 #include "support/seeds.hpp"
+#include "syncbn/core/batch_norm.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/sequential.hpp"
 #include "syncbn/nn/sync_batchnorm.hpp"
@@ -150,6 +153,107 @@ TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch
     CHECK(group->calls() == calls);
   }
   mpi_session().world()->barrier("test: after eval", 30s);
+}
+
+TEST_CASE("Ghost batches span processes as they span replicas, in any layout and with a fused activation",
+          "[dist][mpi][ghost]") {
+  const Shape shape = GENERATE(Shape{12, 5}, Shape{12, 3, 2, 3});
+  const int replicas_per_process = GENERATE(0, 2);
+  const auto [layout, act] = GENERATE(std::tuple{nn::ChannelLayout::First, nn::Activation::identity()},
+                                      std::tuple{nn::ChannelLayout::Last, nn::Activation::relu()});
+  auto group = fresh_world_group();
+  const int rank = group->rank(), size = group->size();
+  CAPTURE(shape, replicas_per_process, core::channel_layout_name(layout), act.name(), rank, size, syncbn::testing::kSeed);
+  // A global batch of 12 in groups of 4: {5, 7}, {5, 0, 7}, {1, 4, 0, 7}, so
+  // that groups span processes (and one process holds none).
+  std::vector<std::int64_t> sizes{5, 7};
+  if (size == 3) sizes = {5, 0, 7};
+  if (size >= 4) {
+    sizes = {1, 4, 0};
+    sizes.resize(static_cast<std::size_t>(size), 0);
+    sizes.back() += 7;
+  }
+  if (size == 1) sizes = {12};
+  const std::int64_t first = std::accumulate(sizes.begin(), sizes.begin() + rank, std::int64_t{0});
+  const std::int64_t mine = sizes[static_cast<std::size_t>(rank)];
+  const std::int64_t n = shape[0], c = shape[1], l = syncbn::testing::spatial_size(shape), row = c * l, v = 4;
+
+  nn::BatchNormOptions options;
+  options.virtual_batch_size = v;
+  options.layout = layout;
+  options.activation = act;
+  auto bn = syncbn::testing::make_batchnorm(false, syncbn::testing::spatial_dims_of(shape), c, options);
+  bn->weight().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 70, DType::Float32, Device(), 1.0, 0.5));
+  bn->bias().value.copy_(Tensor::randn(Shape{c}, syncbn::testing::kSeed + 71, DType::Float32, Device()));
+  auto layer = std::dynamic_pointer_cast<nn::SyncBatchNorm>(nn::convert_sync_batchnorm(bn, 30s, group));
+  REQUIRE(layer != nullptr);
+  const auto wv = layer->weight().value.to_vector<double>(), bv = layer->bias().value.to_vector<double>();
+  const testing::ref::BnConfig cfg{1e-5, 0.1, false};
+  std::vector<double> rm(static_cast<std::size_t>(c), 0.0), rv(static_cast<std::size_t>(c), 1.0);
+  const auto kind = static_cast<int>(act.kind);
+  auto to_layout = [&](const Tensor& t) { return layout == nn::ChannelLayout::Last ? core::to_channels_last(t) : t; };
+  auto to_first = [&](const Tensor& t) { return layout == nn::ChannelLayout::Last ? core::to_channels_first(t) : t; };
+
+  std::vector<Device> devices;
+  for (int k = 0; k < replicas_per_process; ++k) devices.push_back(Device::parse("cpu:" + std::to_string(k)));
+  std::optional<parallel::Replication> replicas;
+  if (!devices.empty()) replicas.emplace(parallel::replicate(*layer, devices));
+  for (int step = 1; step <= 2; ++step) {
+    INFO("training step " << step);
+    const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed + 80 + static_cast<std::uint64_t>(step),
+                                   DType::Float32, Device(), 1.0, 2.0);
+    const Tensor dy = Tensor::randn(shape, syncbn::testing::kSeed + 90 + static_cast<std::uint64_t>(step),
+                                    DType::Float32, Device());
+    // The reference: batch norm per group of 4 samples, then the activation.
+    const auto xv = x.to_vector<double>(), dyv = dy.to_vector<double>();
+    std::vector<double> want_y, want_dx, dweight(static_cast<std::size_t>(c), 0.0), dbias(dweight);
+    testing::ref::BnResult first_group;
+    for (std::int64_t g = 0; g < n / v; ++g) {
+      const auto xg = testing::ref::rows_of(xv, g * v, v, row), dyg = testing::ref::rows_of(dyv, g * v, v, row);
+      const auto z = testing::ref::batch_norm(xg, dyg, wv, bv, v, c, l, cfg).y;
+      std::vector<double> dz(dyg.size());
+      for (std::size_t i = 0; i < z.size(); ++i) {
+        want_y.push_back(testing::spec::activate(kind, act.alpha, z[i]));
+        dz[i] = dyg[i] * testing::spec::activation_slope(kind, act.alpha, z[i]);
+      }
+      const auto r = testing::ref::batch_norm(xg, dz, wv, bv, v, c, l, cfg);
+      want_dx.insert(want_dx.end(), r.dx.begin(), r.dx.end());
+      for (std::size_t j = 0; j < dweight.size(); ++j) dweight[j] += r.dweight[j], dbias[j] += r.dbias[j];
+      if (g == 0) first_group = r;
+    }
+    const Tensor x_mine = to_layout(x.rows(first, first + mine).clone());
+    const Tensor dy_mine = to_layout(dy.rows(first, first + mine).clone());
+    Tensor y, dx;
+    std::vector<double> gw(static_cast<std::size_t>(c), 0.0), gb(gw);
+    if (!replicas) {
+      y = layer->forward(x_mine);
+      dx = layer->backward(dy_mine);
+      gw = layer->weight().grad.to_vector<double>();
+      gb = layer->bias().grad.to_vector<double>();
+      layer->weight().grad.fill_(0.0);
+      layer->bias().grad.fill_(0.0);
+    } else {
+      const std::vector<std::int64_t> split{mine / 2, mine - mine / 2};
+      y = parallel::gather(parallel::parallel_apply(*replicas, parallel::scatter(x_mine, devices, split)), Device());
+      dx = parallel::gather(parallel::parallel_backward(*replicas, parallel::scatter(dy_mine, devices, split)), Device());
+      for (std::size_t k = 0; k < replicas->size(); ++k)
+        for (std::size_t p = 0; p < 2; ++p) {
+          auto* param = (*replicas)[k].parameters()[p];
+          const auto g = param->grad.to_vector<double>();
+          auto& total = p == 0 ? gw : gb;
+          for (std::size_t i = 0; i < g.size(); ++i) total[i] += g[i];
+          param->grad.fill_(0.0);
+        }
+    }
+    check_close(to_first(y), testing::ref::rows_of(want_y, first, mine, row), kFp32, "this rank's output");
+    check_close(to_first(dx), testing::ref::rows_of(want_dx, first, mine, row), kFp32, "this rank's grad_input");
+    check_close(sum_over_ranks(gw), dweight, kFp32, "grad_weight summed over replicas and ranks");
+    check_close(sum_over_ranks(gb), dbias, kFp32, "grad_bias summed over replicas and ranks");
+    // The running statistics follow the job's first ghost batch on every rank.
+    testing::ref::update_running(rm, rv, first_group, cfg, step);
+    check_close(layer->running_mean(), rm, kFp32, "running_mean on this rank");
+    check_close(layer->running_var(), rv, kFp32, "running_var on this rank");
+  }
 }
 
 TEST_CASE("SyncBatchNorm over subgroups of pairs synchronizes within each pair only", "[dist][mpi]") {

@@ -50,6 +50,8 @@ TEST_CASE("Ghost batches are normalised by their own statistics, across replicas
                                          std::tuple{true, std::vector<std::int64_t>{2, 5, 0, 5}, std::int64_t{4}},
                                          std::tuple{true, std::vector<std::int64_t>{1, 1, 3, 1, 2, 2, 1, 1}, std::int64_t{6}},
                                          std::tuple{true, std::vector<std::int64_t>{4, 4, 4}, std::int64_t{4}},
+                                         // replica 0 empty: the first group still reaches its state
+                                         std::tuple{true, std::vector<std::int64_t>{0, 3, 5, 4}, std::int64_t{4}},
                                          std::tuple{true, std::vector<std::int64_t>{5, 7}, std::int64_t{12}});
   CAPTURE(shape, sync, split.size(), v, syncbn::testing::kSeed);
   const std::int64_t n = shape[0], c = shape[1], l = syncbn::testing::spatial_size(shape), row = c * l;

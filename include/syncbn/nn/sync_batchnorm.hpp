@@ -91,14 +91,28 @@ class SyncBatchNorm : public BatchNorm {
     std::vector<NormStats> rows;
     std::optional<Finalized> first_group;
   };
+  // Not const: across processes it records the ranks' row counts.
   std::vector<std::pair<int, GhostReply>> ghost_merge_round(
-      std::vector<std::pair<int, std::vector<ShardStats>>> parts) const;
+      std::vector<std::pair<int, std::vector<ShardStats>>> parts);
   std::vector<std::pair<int, std::vector<GradSums>>> ghost_sum_round(
       std::vector<std::pair<int, std::vector<GradSums>>> parts) const;
   // With a process group: this process's merged moments, or gradient sums,
   // combined with the other processes' (rank order); otherwise unchanged.
   ShardStats across_processes(const ShardStats& process) const;
   GradSums across_processes(const GradSums& process) const;
+  // Ghost batches across processes (Note [Ghost batches across processes]):
+  // this process's rows in their place among all of the job's, in rank order.
+  struct JobRows {
+    std::vector<ShardStats> rows;  // every rank's rows, in rank order
+    std::size_t first = 0;         // where this process's rows start
+  };
+  JobRows rows_across_processes(const std::vector<ShardStats>& process, Device device);
+  std::vector<GradSums> row_sums_across_processes(const std::vector<GradSums>& process) const;
+  // Where this process's rows start among the job's, from the latest ghost
+  // forward's counts.
+  std::size_t job_first_row() const;
+  // Each rank's row count in the latest ghost forward across processes.
+  std::vector<std::int64_t> ghost_rank_rows_;
 
   std::chrono::milliseconds timeout_;
   std::shared_ptr<comm::ProcessGroup> group_;
