@@ -31,5 +31,8 @@ torch_cuda=$(python3 -c 'import torch; print(int(torch.cuda.is_available()))' 2>
 for shape in 32x64x56x56 64x256x14x14 256x1024 8x32x16x32x32; do
   [ "$torch_cuda" = 1 ] && python3 bench/torch_batchnorm.py --device cuda --shapes "$shape" 2>&1 | log bench_batchnorm.txt
   build-gpu/bench/bench_batchnorm --device cuda:0 --shapes "$shape" 2>&1 | log bench_batchnorm.txt || status=1
+  # Channels-last and fused activations beside plain batch norm (and PyTorch's batch norm + ReLU).
+  [ "$torch_cuda" = 1 ] && python3 bench/torch_batchnorm.py --device cuda --relu --shapes "$shape" 2>&1 | log bench_batchnorm_forms.txt
+  build-gpu/bench/bench_batchnorm_forms --device cuda:0 --rounds 3 --shapes "$shape" 2>&1 | log bench_batchnorm_forms.txt || status=1
 done
 exit "$status"
