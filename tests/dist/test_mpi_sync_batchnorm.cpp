@@ -159,8 +159,9 @@ TEST_CASE("Ghost batches span processes as they span replicas, in any layout and
           "[dist][mpi][ghost]") {
   const Shape shape = GENERATE(Shape{12, 5}, Shape{12, 3, 2, 3});
   const int replicas_per_process = GENERATE(0, 2);
-  const auto [layout, act] = GENERATE(std::tuple{nn::ChannelLayout::First, nn::Activation::identity()},
-                                      std::tuple{nn::ChannelLayout::Last, nn::Activation::relu()});
+  const auto [layout_option, act] = GENERATE(std::tuple{nn::ChannelLayout::First, nn::Activation::identity()},
+                                             std::tuple{nn::ChannelLayout::Last, nn::Activation::relu()});
+  const nn::ChannelLayout layout = layout_option;  // a plain variable: lambdas below capture it
   auto group = fresh_world_group();
   const int rank = group->rank(), size = group->size();
   CAPTURE(shape, replicas_per_process, core::channel_layout_name(layout), act.name(), rank, size, syncbn::testing::kSeed);
