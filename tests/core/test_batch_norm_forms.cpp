@@ -101,6 +101,15 @@ Channels channels(std::int64_t c, double center) {
   return ch;
 }
 
+// Backward coefficients from the specification's sums over a batch of
+// `count` values per channel.
+Tensor backward_coefficients(std::int64_t count, const Channels& ch, const Tensor& weight, const spec::GradSums& sums,
+                             DType param) {
+  return core::batch_norm_backward_coefficients(
+      count, channel_values(ch.invstd), weight,
+      core::ChannelGradSums{channel_values(sums.sum_dy), channel_values(sums.sum_dy_xmu)}, param);
+}
+
 }  // namespace
 
 TEST_CASE("Channels-last stages match the specification for every pairing of input and gradient layout",
@@ -144,9 +153,7 @@ TEST_CASE("Channels-last stages match the specification for every pairing of inp
   check_close(sums.sum_dy_xmu.to_vector<double>(), want_sums.sum_dy_xmu, sum_scale, sum_tol, "sum_dy_xmu");
 
   const std::int64_t count = 2 * s.n * s.l;
-  const Tensor coef_b = core::batch_norm_backward_coefficients(
-      count, channel_values(ch.invstd), w, core::ChannelGradSums{channel_values(want_sums.sum_dy), channel_values(want_sums.sum_dy_xmu)},
-      param);
+  const Tensor coef_b = backward_coefficients(count, ch, w, want_sums, param);
   const Tensor dx = core::batch_norm_backward_apply(dy, x, coef, coef_b, form);
   CHECK(dx.shape() == x.shape());
   const Vec want_dx = spec::backward_apply(dys, xs, s.n, s.c, s.l, ch.mean, ch.invstd, ch.weight, want_sums, count);
@@ -226,9 +233,7 @@ TEST_CASE("Fused activations match batch norm followed by the activation, also w
   check_close(sums.sum_dy_xmu.to_vector<double>(), want_sums.sum_dy_xmu, sum_scale, sum_tol, "sum_dz_xmu");
 
   const std::int64_t count = 2 * s.n * s.l;
-  const Tensor coef_b = core::batch_norm_backward_coefficients(
-      count, channel_values(ch.invstd), w, core::ChannelGradSums{channel_values(want_sums.sum_dy), channel_values(want_sums.sum_dy_xmu)},
-      param);
+  const Tensor coef_b = backward_coefficients(count, ch, w, want_sums, param);
   const Tensor dx = core::batch_norm_backward_apply(dy, saved, coef, coef_b, back);
   const Vec want_dx = spec::backward_apply(dzs, xs, s.n, s.c, s.l, ch.mean, ch.invstd, ch.weight, want_sums, count);
   Vec dx_scale(want_dx.size());

@@ -68,6 +68,45 @@ std::vector<double> sum_over_ranks(const std::vector<double>& v) {
   return mpi_session().world()->all_reduce_sum(v, "test: sum over ranks", 30s);
 }
 
+// One training step of this process's part: the layer called directly (no
+// replicas), or its replicas over `devices` (the part split in two for two);
+// the weight and bias gradients summed over the replicas, then cleared.
+struct Step {
+  Tensor y, dx;
+  std::vector<double> dweight, dbias;
+};
+
+Step train_step(nn::SyncBatchNorm& layer, std::optional<parallel::Replication>& replicas,
+                const std::vector<Device>& devices, const Tensor& x, const Tensor& dy) {
+  Step step;
+  const auto c = static_cast<std::size_t>(layer.num_features());
+  step.dweight.assign(c, 0.0);
+  step.dbias.assign(c, 0.0);
+  if (!replicas) {
+    step.y = layer.forward(x);
+    step.dx = layer.backward(dy);
+    step.dweight = layer.weight().grad.to_vector<double>();
+    step.dbias = layer.bias().grad.to_vector<double>();
+    layer.weight().grad.fill_(0.0);
+    layer.bias().grad.fill_(0.0);
+    return step;
+  }
+  const std::int64_t mine = x.size(0);
+  const auto split = devices.size() == 1 ? std::vector<std::int64_t>{mine}
+                                         : std::vector<std::int64_t>{mine / 2, mine - mine / 2};
+  step.y = parallel::gather(parallel::parallel_apply(*replicas, parallel::scatter(x, devices, split)), Device());
+  step.dx = parallel::gather(parallel::parallel_backward(*replicas, parallel::scatter(dy, devices, split)), Device());
+  for (std::size_t k = 0; k < replicas->size(); ++k)
+    for (std::size_t p = 0; p < 2; ++p) {
+      auto* param = (*replicas)[k].parameters()[p];
+      const auto g = param->grad.to_vector<double>();
+      auto& total = p == 0 ? step.dweight : step.dbias;
+      for (std::size_t i = 0; i < g.size(); ++i) total[i] += g[i];
+      param->grad.fill_(0.0);
+    }
+  return step;
+}
+
 }  // namespace
 
 TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch on every rank", "[dist][mpi]") {
@@ -108,36 +147,11 @@ TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch
     const auto r = testing::ref::batch_norm(x.to_vector<double>(), dy.to_vector<double>(), wv, bv, n, c, l, cfg);
     const Tensor x_mine = x.rows(first, first + mine).clone(), dy_mine = dy.rows(first, first + mine).clone();
 
-    Tensor y, dx;
-    std::vector<double> dweight(static_cast<std::size_t>(c), 0.0), dbias(static_cast<std::size_t>(c), 0.0);
-    if (!replicas) {
-      y = layer->forward(x_mine);
-      dx = layer->backward(dy_mine);
-      dweight = layer->weight().grad.to_vector<double>();
-      dbias = layer->bias().grad.to_vector<double>();
-      layer->weight().grad.fill_(0.0);
-      layer->bias().grad.fill_(0.0);
-    } else {
-      const std::vector<std::int64_t> split{mine / 2, mine - mine / 2};
-      const auto shard_sizes = devices.size() == 1 ? std::vector<std::int64_t>{mine} : split;
-      const auto outputs = parallel::parallel_apply(*replicas, parallel::scatter(x_mine, devices, shard_sizes));
-      const auto grads = parallel::parallel_backward(*replicas, parallel::scatter(dy_mine, devices, shard_sizes));
-      y = parallel::gather(outputs, Device());
-      dx = parallel::gather(grads, Device());
-      for (std::size_t k = 0; k < replicas->size(); ++k) {
-        for (std::size_t p = 0; p < 2; ++p) {
-          auto* param = (*replicas)[k].parameters()[p];
-          const auto g = param->grad.to_vector<double>();
-          auto& total = p == 0 ? dweight : dbias;
-          for (std::size_t i = 0; i < g.size(); ++i) total[i] += g[i];
-          param->grad.fill_(0.0);
-        }
-      }
-    }
-    check_close(y, testing::ref::rows_of(r.y, first, mine, row), kFp32, "this rank's output");
-    check_close(dx, testing::ref::rows_of(r.dx, first, mine, row), kFp32, "this rank's grad_input");
-    check_close(sum_over_ranks(dweight), r.dweight, kFp32, "grad_weight summed over replicas and ranks");
-    check_close(sum_over_ranks(dbias), r.dbias, kFp32, "grad_bias summed over replicas and ranks");
+    const Step got = train_step(*layer, replicas, devices, x_mine, dy_mine);
+    check_close(got.y, testing::ref::rows_of(r.y, first, mine, row), kFp32, "this rank's output");
+    check_close(got.dx, testing::ref::rows_of(r.dx, first, mine, row), kFp32, "this rank's grad_input");
+    check_close(sum_over_ranks(got.dweight), r.dweight, kFp32, "grad_weight summed over replicas and ranks");
+    check_close(sum_over_ranks(got.dbias), r.dbias, kFp32, "grad_bias summed over replicas and ranks");
     testing::ref::update_running(rm, rv, r, cfg, step);
     check_close(layer->running_mean(), rm, kFp32, "running_mean on this rank");
     check_close(layer->running_var(), rv, kFp32, "running_var on this rank");
@@ -224,32 +238,11 @@ TEST_CASE("Ghost batches span processes as they span replicas, in any layout and
     }
     const Tensor x_mine = to_layout(x.rows(first, first + mine).clone());
     const Tensor dy_mine = to_layout(dy.rows(first, first + mine).clone());
-    Tensor y, dx;
-    std::vector<double> gw(static_cast<std::size_t>(c), 0.0), gb(gw);
-    if (!replicas) {
-      y = layer->forward(x_mine);
-      dx = layer->backward(dy_mine);
-      gw = layer->weight().grad.to_vector<double>();
-      gb = layer->bias().grad.to_vector<double>();
-      layer->weight().grad.fill_(0.0);
-      layer->bias().grad.fill_(0.0);
-    } else {
-      const std::vector<std::int64_t> split{mine / 2, mine - mine / 2};
-      y = parallel::gather(parallel::parallel_apply(*replicas, parallel::scatter(x_mine, devices, split)), Device());
-      dx = parallel::gather(parallel::parallel_backward(*replicas, parallel::scatter(dy_mine, devices, split)), Device());
-      for (std::size_t k = 0; k < replicas->size(); ++k)
-        for (std::size_t p = 0; p < 2; ++p) {
-          auto* param = (*replicas)[k].parameters()[p];
-          const auto g = param->grad.to_vector<double>();
-          auto& total = p == 0 ? gw : gb;
-          for (std::size_t i = 0; i < g.size(); ++i) total[i] += g[i];
-          param->grad.fill_(0.0);
-        }
-    }
-    check_close(to_first(y), testing::ref::rows_of(want_y, first, mine, row), kFp32, "this rank's output");
-    check_close(to_first(dx), testing::ref::rows_of(want_dx, first, mine, row), kFp32, "this rank's grad_input");
-    check_close(sum_over_ranks(gw), dweight, kFp32, "grad_weight summed over replicas and ranks");
-    check_close(sum_over_ranks(gb), dbias, kFp32, "grad_bias summed over replicas and ranks");
+    const Step got = train_step(*layer, replicas, devices, x_mine, dy_mine);
+    check_close(to_first(got.y), testing::ref::rows_of(want_y, first, mine, row), kFp32, "this rank's output");
+    check_close(to_first(got.dx), testing::ref::rows_of(want_dx, first, mine, row), kFp32, "this rank's grad_input");
+    check_close(sum_over_ranks(got.dweight), dweight, kFp32, "grad_weight summed over replicas and ranks");
+    check_close(sum_over_ranks(got.dbias), dbias, kFp32, "grad_bias summed over replicas and ranks");
     // The running statistics follow the job's first ghost batch on every rank.
     testing::ref::update_running(rm, rv, first_group, cfg, step);
     check_close(layer->running_mean(), rm, kFp32, "running_mean on this rank");

@@ -249,18 +249,23 @@ struct VectorTerms {
   Vec<T> hi, lo, half_hi, twice_scale, offset, shift;
 };
 
-// dz = dy * act'(z) and u, where x - mean = u (from x) or u / scale (from y,
-// u = act^-1(y) - shift). The identity from x is plain batch norm:
-// dz = dy, u = (x - hi) - lo.
-template <ActivationKind K, bool FromOutput, class V, class Terms, class E>
+// dz = dy * act'(z) and u, one element or vector (V), where x - mean = u
+// from x, or u / scale from y (u = act^-1(y) - shift). From x, z is
+// recomputed as the forward did, from d = x / 2 - hi / 2; u is
+// (x - hi) - lo for the gradient sums, or d itself (Halved) for the
+// backward's element-wise step, whose kTwiceBg term expects it. The identity
+// from x is plain batch norm: dz = dy.
+template <ActivationKind K, bool FromOutput, bool Halved = false, class V, class Terms, class E>
 inline void fused_grad(V dy, V s, const Terms& t, E alpha, V& dz, V& u) {
   if constexpr (FromOutput) {
     dz = Act<K>::grad_from_y(dy, s, alpha);
     u = Act<K>::inverse(s, alpha) - t.shift;
   } else {
-    u = (s - t.hi) - t.lo;
+    const V d = s * E(0.5) - t.half_hi;
+    if constexpr (Halved) u = d;
+    else u = (s - t.hi) - t.lo;
     if constexpr (K == ActivationKind::Identity) dz = dy;
-    else dz = Act<K>::grad_from_z(dy, (s * E(0.5) - t.half_hi) * t.twice_scale + t.offset, alpha);
+    else dz = Act<K>::grad_from_z(dy, d * t.twice_scale + t.offset, alpha);
   }
 }
 
@@ -460,22 +465,6 @@ void normalize_run(const T* x, T* y, std::int64_t len, const std::array<T, kForw
 // dx = dy * g - (x - hi) * bg - k over a run of one channel: the halved
 // x - hi in T (one rounding, relative to the difference itself), the rest in
 // float64.
-// dz and the factor d of the kTwiceBg term of one element or vector (V)
-// of a run: from x, d = x / 2 - hi / 2 and dz = dy * act'(z) with z
-// recomputed as the forward did; from y, d = act^-1(y) - shift and dz from
-// y (the terms of backward_term<Q, true>).
-template <ActivationKind K, bool FromOutput, class V, class Terms, class E>
-inline void backward_factors(V dyv, V sv, const Terms& c, E alpha, V& dz, V& d) {
-  if constexpr (FromOutput) {
-    dz = Act<K>::grad_from_y(dyv, sv, alpha);
-    d = Act<K>::inverse(sv, alpha) - c.shift;
-  } else {
-    d = sv * E(0.5) - c.half_hi;
-    if constexpr (K == ActivationKind::Identity) dz = dyv;
-    else dz = Act<K>::grad_from_z(dyv, d * c.twice_scale + c.offset, alpha);
-  }
-}
-
 // dx = dz * g - d * twice_bg - k over a run of one channel, in explicit
 // vectors (with a compare in it, the plain loop stayed scalar).
 template <ActivationKind K, bool FromOutput, class T>
@@ -487,12 +476,12 @@ void backward_run(const T* __restrict dy, const T* __restrict s, T* __restrict d
   std::int64_t i = 0;
   for (; i + lanes <= len; i += lanes) {
     Vec<T> dz, d;
-    backward_factors<K, FromOutput>(load(dy + i), load(s + i), vc, alpha, dz, d);
+    fused_grad<K, FromOutput, true>(load(dy + i), load(s + i), vc, alpha, dz, d);
     store<T>(dx + i, narrow<T>((widen<T>(dz) * g - k) - widen<T>(d) * twice_bg));
   }
   for (; i < len; ++i) {
     T dz, d;
-    backward_factors<K, FromOutput>(dy[i], s[i], c, alpha, dz, d);
+    fused_grad<K, FromOutput, true>(dy[i], s[i], c, alpha, dz, d);
     dx[i] = static_cast<T>((static_cast<double>(dz) * t[kG] - t[kK]) - static_cast<double>(d) * t[kTwiceBg]);
   }
 }
@@ -529,11 +518,11 @@ void row_backward(const T* __restrict dy, const T* __restrict s, T* __restrict d
     using V = std::remove_cvref_t<decltype(dz)>;
     if constexpr (!kIsVector<V>) {
       const ChannelTerms<T> one{c.hi[at], c.lo[at], c.half_hi[at], c.twice_scale[at], c.offset[at], c.shift[at]};
-      backward_factors<K, FromOutput>(dyv, sv, one, alpha, dz, d);
+      fused_grad<K, FromOutput, true>(dyv, sv, one, alpha, dz, d);
     } else {
       const VectorTerms<T> vec{load(c.hi + at),          load(c.lo + at),     load(c.half_hi + at),
                                load(c.twice_scale + at), load(c.offset + at), load(c.shift + at)};
-      backward_factors<K, FromOutput>(dyv, sv, vec, alpha, dz, d);
+      fused_grad<K, FromOutput, true>(dyv, sv, vec, alpha, dz, d);
     }
   };
   std::int64_t j = 0;
