@@ -76,21 +76,7 @@ Shape permuted_shape(const Shape& shape, ChannelLayout from) {
 // rounding of y (docs/numerics.md).
 void check_form(const BatchNormForm& form, const char* op) {
   const Activation& act = form.activation;
-  switch (act.kind) {
-    case ActivationKind::Identity:
-    case ActivationKind::Relu: break;
-    case ActivationKind::LeakyRelu:
-      SYNCBN_CHECK(std::isfinite(act.alpha) && act.alpha >= 0, op, ": leaky_relu slope ", act.alpha,
-                   ", expected a finite slope >= 0");
-      break;
-    case ActivationKind::Elu:
-      SYNCBN_CHECK(std::isfinite(act.alpha) && act.alpha > 0, op, ": elu alpha ", act.alpha,
-                   ", expected a finite alpha > 0");
-      break;
-    default:
-      SYNCBN_THROW(InvalidArgument, op, ": activation kind ", static_cast<int>(act.kind),
-                   ", expected identity, relu, leaky_relu or elu");
-  }
+  act.check(op);
   SYNCBN_CHECK(!form.from_output || act.invertible(), op, ": from_output recovers x from y = ", act.name(),
                "(z), expected an invertible activation (identity, leaky_relu with a slope > 0, elu)");
 }
@@ -177,6 +163,23 @@ bool Activation::invertible() const noexcept {
     case ActivationKind::Elu: return alpha > 0;
     default: return false;
   }
+}
+
+void Activation::check(const std::string& op) const {
+  switch (kind) {
+    case ActivationKind::Identity:
+    case ActivationKind::Relu: return;
+    case ActivationKind::LeakyRelu:
+      SYNCBN_CHECK(std::isfinite(alpha) && alpha >= 0, op, ": activation leaky_relu slope ", alpha,
+                   ", expected a finite slope >= 0");
+      return;
+    case ActivationKind::Elu:
+      SYNCBN_CHECK(std::isfinite(alpha) && alpha > 0, op, ": activation elu alpha ", alpha,
+                   ", expected a finite alpha > 0");
+      return;
+  }
+  SYNCBN_THROW(InvalidArgument, op, ": activation kind ", static_cast<int>(kind),
+               ", expected identity, relu, leaky_relu or elu");
 }
 
 std::string Activation::name() const {

@@ -45,21 +45,7 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
   }
   SYNCBN_CHECK(options.layout == ChannelLayout::First || options.layout == ChannelLayout::Last, kind_, ": layout ",
                static_cast<int>(options.layout), ", expected ChannelLayout::First or Last");
-  switch (options.activation.kind) {
-    case core::ActivationKind::Identity:
-    case core::ActivationKind::Relu: break;
-    case core::ActivationKind::LeakyRelu:
-      SYNCBN_CHECK(std::isfinite(options.activation.alpha) && options.activation.alpha >= 0, kind_,
-                   ": activation leaky_relu slope ", options.activation.alpha, ", expected a finite slope >= 0");
-      break;
-    case core::ActivationKind::Elu:
-      SYNCBN_CHECK(std::isfinite(options.activation.alpha) && options.activation.alpha > 0, kind_,
-                   ": activation elu alpha ", options.activation.alpha, ", expected a finite alpha > 0");
-      break;
-    default:
-      SYNCBN_THROW(InvalidArgument, kind_, ": activation kind ", static_cast<int>(options.activation.kind),
-                   ", expected identity, relu, leaky_relu or elu");
-  }
+  options.activation.check(kind_);
   SYNCBN_CHECK(!options.inplace || options.activation.invertible(), kind_,
                ": inplace recovers the input from the output, expected an invertible activation (identity, "
                "leaky_relu with a slope > 0, elu), got ",

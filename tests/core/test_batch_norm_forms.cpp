@@ -277,10 +277,10 @@ TEST_CASE("Batch-norm forms reject what they cannot compute, naming the stage", 
                        MessageIs("batch_norm_grad_sums: from_output recovers x from y = relu(z), expected an invertible "
                                  "activation (identity, leaky_relu with a slope > 0, elu)"));
   CHECK_THROWS_MATCHES(core::batch_norm_apply(x, coef, {ChannelLayout::First, std::nullopt, Activation::elu(0.0), false}),
-                       InvalidArgument, MessageIs("batch_norm_apply: elu alpha 0, expected a finite alpha > 0"));
+                       InvalidArgument, MessageIs("batch_norm_apply: activation elu alpha 0, expected a finite alpha > 0"));
   CHECK_THROWS_MATCHES(
       core::batch_norm_apply(x, coef, {ChannelLayout::First, std::nullopt, Activation::leaky_relu(-1.0), false}),
-      InvalidArgument, MessageIs("batch_norm_apply: leaky_relu slope -1, expected a finite slope >= 0"));
+      InvalidArgument, MessageIs("batch_norm_apply: activation leaky_relu slope -1, expected a finite slope >= 0"));
   // A channels-last grad for channels-first x has the permuted shape.
   CHECK_THROWS_MATCHES(core::batch_norm_grad_sums(dy, x, coef, {ChannelLayout::First, ChannelLayout::Last, {}, false}),
                        InvalidArgument,

@@ -40,6 +40,10 @@ struct Activation {
   bool invertible() const noexcept;
   /// e.g. "relu", "leaky_relu(0.01)".
   std::string name() const;
+  /// Throws InvalidArgument naming `op` for an unknown kind, a leaky_relu
+  /// slope that is not finite and >= 0, or an elu alpha that is not finite
+  /// and > 0.
+  void check(const std::string& op) const;
 };
 
 /// How the element-wise stages read their tensors. x (and y, dx) have
