@@ -68,6 +68,19 @@ std::vector<double> sum_over_ranks(const std::vector<double>& v) {
   return mpi_session().world()->all_reduce_sum(v, "test: sum over ranks", 30s);
 }
 
+// cpu:0 .. cpu:k-1.
+std::vector<Device> cpu_devices(int k) {
+  std::vector<Device> devices;
+  for (int i = 0; i < k; ++i) devices.push_back(Device::parse("cpu:" + std::to_string(i)));
+  return devices;
+}
+
+// The layer's replicas over `devices`, or none (the layer called directly).
+std::optional<parallel::Replication> replicate_over(nn::SyncBatchNorm& layer, const std::vector<Device>& devices) {
+  if (devices.empty()) return std::nullopt;
+  return parallel::replicate(layer, devices);
+}
+
 // One training step of this process's part: the layer called directly (no
 // replicas), or its replicas over `devices` (the part split in two for two);
 // the weight and bias gradients summed over the replicas, then cleared.
@@ -133,10 +146,8 @@ TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch
   const testing::ref::BnConfig cfg{1e-5, 0.1, false};
   std::vector<double> rm(static_cast<std::size_t>(c), 0.0), rv(static_cast<std::size_t>(c), 1.0);
 
-  std::vector<Device> devices;
-  for (int k = 0; k < replicas_per_process; ++k) devices.push_back(Device::parse("cpu:" + std::to_string(k)));
-  std::optional<parallel::Replication> replicas;
-  if (!devices.empty()) replicas.emplace(parallel::replicate(*layer, devices));
+  const std::vector<Device> devices = cpu_devices(replicas_per_process);
+  std::optional<parallel::Replication> replicas = replicate_over(*layer, devices);
 
   for (int step = 1; step <= 2; ++step) {
     INFO("training step " << step);
@@ -209,10 +220,8 @@ TEST_CASE("Ghost batches span processes as they span replicas, in any layout and
   auto to_layout = [&](const Tensor& t) { return layout == nn::ChannelLayout::Last ? core::to_channels_last(t) : t; };
   auto to_first = [&](const Tensor& t) { return layout == nn::ChannelLayout::Last ? core::to_channels_first(t) : t; };
 
-  std::vector<Device> devices;
-  for (int k = 0; k < replicas_per_process; ++k) devices.push_back(Device::parse("cpu:" + std::to_string(k)));
-  std::optional<parallel::Replication> replicas;
-  if (!devices.empty()) replicas.emplace(parallel::replicate(*layer, devices));
+  const std::vector<Device> devices = cpu_devices(replicas_per_process);
+  std::optional<parallel::Replication> replicas = replicate_over(*layer, devices);
   for (int step = 1; step <= 2; ++step) {
     INFO("training step " << step);
     const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed + 80 + static_cast<std::uint64_t>(step),
