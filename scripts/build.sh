@@ -2,7 +2,8 @@
 # Configures (once) and builds syncbn incrementally.
 #   scripts/build.sh [BUILD_DIR] [--target NAME]... [extra CMake -D options...]
 # BUILD_DIR defaults to build/; --target builds only that target (and what it
-# needs). Re-running only rebuilds what changed. syncbn's configure messages
+# needs); SYNCBN_WERROR=ON in the environment treats warnings as errors.
+# Re-running only rebuilds what changed. syncbn's configure messages
 # (CUDA, NCCL, the CPU levels built) are printed; the rest only on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,10 @@ while [[ $# -gt 0 ]]; do
     shift
   fi
 done
+# SYNCBN_WERROR=ON in the environment (.ci/run sets it) makes warnings errors.
+if [[ -n ${SYNCBN_WERROR:-} ]]; then
+  options=(-DSYNCBN_WERROR="$SYNCBN_WERROR" "${options[@]}")
+fi
 generator=()
 if [ ! -f "$build_dir/CMakeCache.txt" ] && command -v ninja >/dev/null 2>&1; then
   generator=(-G Ninja)

@@ -1,39 +1,60 @@
 #!/usr/bin/env bash
-# Builds the CPU code with ThreadSanitizer and with AddressSanitizer +
-# UndefinedBehaviorSanitizer (separate build trees) and runs the threaded
-# test areas and the data area (the file parsers) under both.
-#   scripts/sanitize.sh [thread|address|all]     (default: all)
+# The sanitizer builds, each proving what the plain build cannot
+# (docs/testing.md, "What each configuration proves"):
+#   thread   GCC with ThreadSanitizer (build-tsan/): the test cases that run
+#            replica threads, a rendezvous or a collective ([threads]); only
+#            the binaries that hold them are built.
+#   address  Clang with AddressSanitizer + UndefinedBehaviorSanitizer
+#            (build-asan/): the whole tree (libraries, tests, examples,
+#            benchmarks) compiled by a second compiler with -Werror, and every
+#            test but the long training runs, the [levels] cases at every CPU
+#            level.
+# Both are CPU-only (SYNCBN_CUDA=OFF), which also exercises the "no CUDA
+# backend" errors.
+#   scripts/sanitize.sh [thread|address|all] [extra ctest arguments...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install_deps.sh python3-torch  # torch: the PyTorch interop tests
+source scripts/timing.sh
 
 which=${1:-all}
-labels='sync|core|comm|nn|optim|parallel|data'
+shift || true
+case $which in
+  thread | address | all) ;;
+  *) echo "sanitize.sh: expected thread, address or all, got '$which'" >&2; exit 2 ;;
+esac
 jobs=$(nproc 2>/dev/null || echo 2)
 # ASLR with high entropy breaks the shadow-memory layout of GCC 12's TSan
-# ("unexpected memory mapping"); run the tests without address randomisation.
+# ("unexpected memory mapping") and of Clang 14's sanitizers; run the tests
+# without address randomisation.
 norandom=()
 if command -v setarch >/dev/null 2>&1 && setarch "$(uname -m)" -R true 2>/dev/null; then
   norandom=(setarch "$(uname -m)" -R)
 fi
 
-run() {  # run <build-dir> <sanitizers>
-  local dir=$1 san=$2
-  echo "== sanitize: $san ($dir)"
-  scripts/build.sh "$dir" -DSYNCBN_SANITIZE="$san" -DSYNCBN_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_BUILD_EXAMPLES=OFF
-  # Under TSan, OpenBLAS stays on the calling thread: its own worker pool
-  # synchronizes in code TSan does not see, so its workers' writes to the
-  # operands read as races (they did for the larger products of test_gemm).
-  (cd "$dir" && if [[ $san == thread ]]; then export OPENBLAS_NUM_THREADS=1; fi &&
-     TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-     ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
-     "${norandom[@]}" ctest --output-on-failure --parallel "$jobs" -L "$labels")
+thread() {
+  timed "tsan: install" scripts/install_deps.sh python3-torch  # torch: the PyTorch interop tests
+  echo "== sanitize: thread (build-tsan)"
+  timed "tsan: build" scripts/build.sh build-tsan -DSYNCBN_SANITIZE=thread -DSYNCBN_CUDA=OFF \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_BUILD_EXAMPLES=OFF
+  # OpenBLAS stays on the calling thread: its own worker pool synchronizes in
+  # code TSan does not see, so its workers' writes to the operands read as
+  # races (they did for the larger products of test_gemm).
+  (cd build-tsan && export OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" &&
+     timed "tsan: test" "${norandom[@]}" ctest --output-on-failure --parallel "$jobs" --output-junit junit.xml "$@")
+}
+
+address() {
+  timed "asan: install" scripts/install_deps.sh clang libclang-rt-14-dev python3-torch
+  echo "== sanitize: address,undefined with Clang (build-asan)"
+  timed "asan: build" env CXX=clang++ scripts/build.sh build-asan -DSYNCBN_SANITIZE=address,undefined -DSYNCBN_CUDA=OFF \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCBN_WERROR=ON
+  (cd build-asan && export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
+     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" &&
+     timed "asan: test" "${norandom[@]}" ctest --output-on-failure --parallel "$jobs" --output-junit junit.xml "$@")
 }
 
 case $which in
-  thread) run build-tsan thread ;;
-  address) run build-asan address,undefined ;;
-  all) run build-tsan thread; run build-asan address,undefined ;;
-  *) echo "sanitize.sh: expected thread, address or all, got '$which'" >&2; exit 2 ;;
+  thread) thread "$@" ;;
+  address) address "$@" ;;
+  all) thread "$@"; address "$@" ;;
 esac

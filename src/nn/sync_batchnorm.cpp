@@ -436,7 +436,8 @@ std::shared_ptr<SyncBatchNorm> make_sync(const BatchNorm& bn, std::chrono::milli
 std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, std::chrono::milliseconds sync_timeout,
                                                std::shared_ptr<comm::ProcessGroup> process_group) {
   SYNCBN_CHECK(module != nullptr, "convert_sync_batchnorm: module is null, expected a module");
-  const auto& type = typeid(*module);
+  const Module& root = *module;  // typeid of a plain reference: no side effect to evaluate
+  const auto& type = typeid(root);
   if (type == typeid(BatchNorm1d) || type == typeid(BatchNorm2d) || type == typeid(BatchNorm3d)) {
     auto& bn = static_cast<BatchNorm&>(*module);
     auto sync = make_sync(bn, sync_timeout, process_group);

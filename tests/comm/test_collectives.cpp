@@ -163,7 +163,7 @@ TEST_CASE("reduce_add_coalesced rejects inconsistent groups", "[comm]") {
                        MessageIs("reduce_add_coalesced: group 1 tensor 0 has dtype float64, expected float32 (as group 0)"));
   CHECK_THROWS_MATCHES(reduce_add_coalesced({{Tensor::ones(Shape{2}, DType::Int64, d0)}}, d0), InvalidArgument,
                        MessageIs("reduce_add_coalesced: group 0 tensor 0 has dtype int64, expected float32 or float64"));
-  const Device elsewhere = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(5);
+  const Device elsewhere = syncbn::testing::test_on_cuda() ? Device::cpu(0) : Device::cpu(5);
   CHECK_THROWS_MATCHES(reduce_add_coalesced({{a, Tensor::ones(Shape{2}, DType::Float32, elsewhere)}}, d0),
                        InvalidArgument,
                        MessageIs("reduce_add_coalesced: group 0 tensor 1 is on " + elsewhere.str() + ", expected " +
@@ -207,7 +207,7 @@ TEST_CASE("broadcast_coalesced rejects tensors on different devices and empty de
   const Tensor a = Tensor::ones(Shape{2}, DType::Float32, test_device());
   CHECK_THROWS_MATCHES(broadcast_coalesced({a}, {}), InvalidArgument,
                        MessageIs("broadcast_coalesced: no devices, expected at least one"));
-  const Device elsewhere = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(4);
+  const Device elsewhere = syncbn::testing::test_on_cuda() ? Device::cpu(0) : Device::cpu(4);
   CHECK_THROWS_MATCHES(broadcast_coalesced({a, Tensor::ones(Shape{2}, DType::Float32, elsewhere)}, test_devices(2)),
                        InvalidArgument,
                        MessageIs("broadcast_coalesced: tensor 1 is on " + elsewhere.str() + ", expected " +

@@ -101,7 +101,8 @@ std::vector<std::string> run_ranks(int size, const std::function<void(comm::Proc
 
 }  // namespace
 
-TEST_CASE("A process group gathers, sums in rank order, broadcasts and meets, on every rank", "[comm][group]") {
+TEST_CASE("A process group gathers, sums in rank order, broadcasts and meets, on every rank",
+          "[comm][group][threads]") {
   const int size = GENERATE(1, 2, 3, 4);
   CAPTURE(size);
   std::mutex results_mutex;
@@ -132,7 +133,7 @@ TEST_CASE("A process group gathers, sums in rank order, broadcasts and meets, on
 }
 
 TEST_CASE("A rank in another collective fails it on every rank with each rank's call; the group is then refused",
-          "[comm][group]") {
+          "[comm][group][threads]") {
   const auto errors = run_ranks(3, [&](comm::ProcessGroup& g) {
     if (g.rank() == 2) {
       const double v = 1.0;
@@ -159,7 +160,7 @@ TEST_CASE("A rank in another collective fails it on every rank with each rank's 
     CHECK_THAT(e, Catch::Contains("barrier 'next': thread group of 2 ranks failed earlier, expected a working group"));
 }
 
-TEST_CASE("Different sizes, roots or sequence numbers are told apart before any data moves", "[comm][group]") {
+TEST_CASE("Different sizes, roots or sequence numbers are told apart before any data moves", "[comm][group][threads]") {
   const auto sizes = run_ranks(2, [&](comm::ProcessGroup& g) {
     std::vector<std::byte> data(g.rank() == 0 ? 8 : 16);
     g.all_gather(data, "gather", 5s);
@@ -178,7 +179,7 @@ TEST_CASE("Different sizes, roots or sequence numbers are told apart before any 
   CHECK_THAT(cut[1], Catch::Contains("rank 0 in barrier '" + std::string(100, 'x') + "...'"));
 }
 
-TEST_CASE("A rank that never arrives makes the others time out naming the call", "[comm][group]") {
+TEST_CASE("A rank that never arrives makes the others time out naming the call", "[comm][group][threads]") {
   const auto start = std::chrono::steady_clock::now();
   const auto errors = run_ranks(3, [&](comm::ProcessGroup& g) {
     if (g.rank() != 1) g.barrier("SyncBatchNorm1d 'bn' forward", 200ms);

@@ -113,7 +113,7 @@ Tensor backward_coefficients(std::int64_t count, const Channels& ch, const Tenso
 }  // namespace
 
 TEST_CASE("Channels-last stages match the specification for every pairing of input and gradient layout",
-          "[core][batchnorm][layout]") {
+          "[core][batchnorm][layout][levels]") {
   const Case s = GENERATE(from_range(std::begin(kCases), std::end(kCases)));
   const DType dtype = GENERATE(DType::Float32, DType::Float64, DType::Float16, DType::BFloat16);
   const ChannelLayout layout = GENERATE(ChannelLayout::First, ChannelLayout::Last);
@@ -161,7 +161,7 @@ TEST_CASE("Channels-last stages match the specification for every pairing of inp
 }
 
 TEST_CASE("Fused activations match batch norm followed by the activation, also when read back from the output",
-          "[core][batchnorm][activation]") {
+          "[core][batchnorm][activation][levels]") {
   const Case s = GENERATE(from_range(std::begin(kCases), std::end(kCases)));
   const DType dtype = GENERATE(DType::Float32, DType::Float64, DType::Float16, DType::BFloat16);
   const ChannelLayout layout = GENERATE(ChannelLayout::First, ChannelLayout::Last);

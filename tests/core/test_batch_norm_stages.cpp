@@ -111,7 +111,7 @@ const Case kCases[] = {
 
 }  // namespace
 
-TEST_CASE("Batch-norm moments, variance and running statistics match the specification", "[core][batchnorm]") {
+TEST_CASE("Batch-norm moments, variance and running statistics match the specification", "[core][batchnorm][levels]") {
   const Case s = GENERATE(from_range(std::begin(kCases), std::end(kCases)));
   const DType dtype = GENERATE(DType::Float32, DType::Float64, DType::Float16, DType::BFloat16);
   const bool clamp = GENERATE(false, true);
@@ -173,7 +173,7 @@ TEST_CASE("Batch-norm moments, variance and running statistics match the specifi
   }
 }
 
-TEST_CASE("Batch-norm apply, gradient sums and backward match the specification", "[core][batchnorm]") {
+TEST_CASE("Batch-norm apply, gradient sums and backward match the specification", "[core][batchnorm][levels]") {
   const Case s = GENERATE(from_range(std::begin(kCases), std::end(kCases)));
   const DType dtype = GENERATE(DType::Float32, DType::Float64, DType::Float16, DType::BFloat16);
   const bool affine = GENERATE(true, false);

@@ -209,14 +209,14 @@ TEST_CASE("Convolution rejects mismatched shapes, bad geometry, dtypes and devic
                        MessageIs("conv2d_backward_weight_: grad_output has shape (2, 6, 3, 4), expected (2, 6, 3, 3) "
                                  "(the output's)"));
   CHECK(gw.to_vector<double>() == std::vector<double>(static_cast<std::size_t>(gw.numel()), 1.0));
-  if (!syncbn::testing::kTestOnCuda && d.is_cpu()) {
+  if (!syncbn::testing::test_on_cuda() && d.is_cpu()) {
     CHECK_THROWS_MATCHES(core::conv2d(x, w.to(Device::cpu(1)), Tensor(), g), InvalidArgument,
                          MessageIs("conv2d: weight is on cpu:1, expected cpu:0 (as input)"));
   }
 }
 
 TEST_CASE("A build without a BLAS refuses CPU convolutions with Unsupported, naming the package", "[core][conv]") {
-  if (syncbn::testing::kTestOnCuda || cpu::has_blas()) SYNCBN_SKIP("this build has a BLAS for CPU convolutions");
+  if (syncbn::testing::test_on_cuda() || cpu::has_blas()) SYNCBN_SKIP("this build has a BLAS for CPU convolutions");
   const Tensor x = Tensor::zeros(Shape{1, 1, 3, 3}, DType::Float32, test_device());
   const Tensor w = Tensor::zeros(Shape{1, 1, 3, 3}, DType::Float32, test_device());
   CHECK_THROWS_MATCHES(core::conv2d(x, w, Tensor(), core::Conv2dGeometry{}), Unsupported,

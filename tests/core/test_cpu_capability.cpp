@@ -41,7 +41,7 @@ TEST_CASE("Every build has the baseline level, or only the native one", "[core]"
   }
 }
 
-TEST_CASE("The kernels use the forced level, or else the highest compiled level the CPU supports", "[core]") {
+TEST_CASE("The kernels use the forced level, or else the highest compiled level the CPU supports", "[core][levels]") {
   const char* forced = std::getenv("SYNCBN_CPU_CAPABILITY");
   const Capability active = syncbn::cpu::active_capability();
   CAPTURE(syncbn::cpu::capability_name(active));

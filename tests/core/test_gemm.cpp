@@ -48,7 +48,7 @@ class ScopedGemmEngine {
 // The engines to test: both on the CPU where the build has a BLAS, the
 // builtin one alone without; on CUDA the engine does not apply (one pass).
 std::vector<cpu::GemmEngine> engines_under_test() {
-  if (syncbn::testing::kTestOnCuda || !cpu::has_blas()) return {cpu::GemmEngine::Builtin};
+  if (syncbn::testing::test_on_cuda() || !cpu::has_blas()) return {cpu::GemmEngine::Builtin};
   return {cpu::GemmEngine::Blas, cpu::GemmEngine::Builtin};
 }
 
@@ -101,7 +101,8 @@ void check_product(const Product& pr, DType dtype, std::mt19937_64& rng) {
 
 }  // namespace
 
-TEST_CASE("Matrix products match a float64 reference on every engine, transpose, alpha and beta", "[core][gemm]") {
+TEST_CASE("Matrix products match a float64 reference on every engine, transpose, alpha and beta",
+          "[core][gemm][levels]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   for (const cpu::GemmEngine engine : engines_under_test()) {
     ScopedGemmEngine scoped(engine);
@@ -125,8 +126,8 @@ TEST_CASE("Matrix products match a float64 reference on every engine, transpose,
   }
 }
 
-TEST_CASE("The builtin GEMM gives bit-identical rows whatever the number of rows", "[core][gemm]") {
-  if (syncbn::testing::kTestOnCuda) SYNCBN_SKIP("the builtin GEMM is a CPU engine");
+TEST_CASE("The builtin GEMM gives bit-identical rows whatever the number of rows", "[core][gemm][levels]") {
+  if (syncbn::testing::test_on_cuda()) SYNCBN_SKIP("the builtin GEMM is a CPU engine");
   ScopedGemmEngine scoped(cpu::GemmEngine::Builtin);
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   CAPTURE(kSeed, dtype);

@@ -44,7 +44,7 @@ Inputs make_inputs(const Shape& shape, DType dtype) {
 
 }  // namespace
 
-TEST_CASE("Element-wise add, sub, mul and scale match a float64 reference", "[tensor]") {
+TEST_CASE("Element-wise add, sub, mul and scale match a float64 reference", "[tensor][levels]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   const std::int64_t n = GENERATE(0, 1, 7, 1000, 4099);
   CAPTURE(dtype, n, syncbn::testing::kSeed);
@@ -63,7 +63,7 @@ TEST_CASE("Element-wise add, sub, mul and scale match a float64 reference", "[te
   check_close(syncbn::core::scale(in.a, -2.5), scaled, tol, "scale");
 }
 
-TEST_CASE("In-place add_, axpby_ and scale_ match a float64 reference", "[tensor]") {
+TEST_CASE("In-place add_, axpby_ and scale_ match a float64 reference", "[tensor][levels]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   CAPTURE(dtype, syncbn::testing::kSeed);
   const auto in = make_inputs(Shape{33, 5}, dtype);
@@ -91,7 +91,7 @@ TEST_CASE("In-place add_, axpby_ and scale_ match a float64 reference", "[tensor
   check_close(y, want, tol, "scale_");
 }
 
-TEST_CASE("sum and sum_rows accumulate in float64 and match a float64 reference", "[tensor]") {
+TEST_CASE("sum and sum_rows accumulate in float64 and match a float64 reference", "[tensor][levels]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   const std::int64_t rows = GENERATE(0, 1, 3, 257, 1000);
   const std::int64_t cols = GENERATE(1, 5, 70);
@@ -113,7 +113,7 @@ TEST_CASE("sum and sum_rows accumulate in float64 and match a float64 reference"
   check_close(cs, column, tol, "sum_rows");
 }
 
-TEST_CASE("sum_rows keeps the trailing dimensions", "[tensor]") {
+TEST_CASE("sum_rows keeps the trailing dimensions", "[tensor][levels]") {
   const Tensor x = Tensor::ones(Shape{4, 2, 3}, DType::Float64, test_device());
   const Tensor s = syncbn::core::sum_rows(x);
   CHECK(s.shape() == Shape{2, 3});
@@ -126,7 +126,7 @@ TEST_CASE("Ops reject mismatched shapes, dtypes and devices before writing anyth
                        MessageIs("add: b has shape (3, 2), expected (2, 3) (as a)"));
   CHECK_THROWS_MATCHES(syncbn::core::mul(a, Tensor::ones(Shape{2, 3}, DType::Float64, test_device())), InvalidArgument,
                        MessageIs("mul: b has dtype float64, expected float32 (as a)"));
-  const Device other = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(1);
+  const Device other = syncbn::testing::test_on_cuda() ? Device::cpu(0) : Device::cpu(1);
   CHECK_THROWS_MATCHES(syncbn::core::sub(a, Tensor::ones(Shape{2, 3}, DType::Float32, other)), InvalidArgument,
                        MessageIs("sub: b is on " + other.str() + ", expected " + a.device().str() + " (as a)"));
   CHECK_THROWS_MATCHES(syncbn::core::sum(Tensor::ones(Shape{2}, DType::Int64, test_device())), InvalidArgument,
@@ -179,7 +179,7 @@ struct AdamCase {
 
 }  // namespace
 
-TEST_CASE("adam_update_ matches a float64 reference of PyTorch's Adam and AdamW step", "[tensor]") {
+TEST_CASE("adam_update_ matches a float64 reference of PyTorch's Adam and AdamW step", "[tensor][levels]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   const std::int64_t n = GENERATE(0, 1, 7, 1000);
   const AdamCase c = GENERATE(AdamCase{"adam", 0.0, false, false}, AdamCase{"adam with L2", 0.1, false, false},

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -99,4 +100,17 @@ TEST_CASE("Collectives between the host and the GPU match the CPU-only results",
   const auto on_gpu = syncbn::comm::reduce_add_coalesced(groups, kGpu);
   const auto on_cpu = syncbn::comm::reduce_add_coalesced({{x}, {x}, {x}}, kHost);
   check_equal(on_gpu[0].to_vector<float>(), on_cpu[0].to_vector<float>(), "reduce onto the GPU vs the host");
+}
+
+TEST_CASE("cuBLAS opens on the first CUDA matrix product, which matches the CPU backend", "[cuda]") {
+  const Tensor a = Tensor::randn({33, 17}, syncbn::testing::kSeed + 40, DType::Float32, kHost);
+  const Tensor b = Tensor::randn({17, 9}, syncbn::testing::kSeed + 41, DType::Float32, kHost);
+  const Tensor on_gpu = syncbn::core::matmul(a.to(kGpu), b.to(kGpu));
+  check_close(on_gpu, host_of(syncbn::core::matmul(a, b)), syncbn::testing::tolerance_for(DType::Float32), "matmul on cuda:0");
+  std::ifstream maps("/proc/self/maps");
+  bool cublas_mapped = false;
+  for (std::string line; std::getline(maps, line);) {
+    cublas_mapped = cublas_mapped || line.find("libcublas") != std::string::npos;
+  }
+  CHECK(cublas_mapped);
 }

@@ -1,13 +1,11 @@
 // The runner of the dist tests, started under mpirun: one MpiSession per
 // process for every test case (support/mpi_world.hpp), Catch2 on every rank,
 // and one exit code for the job: failed when any rank failed.
-#define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-
 #include <cstdio>
 
 #include "mpi_world.hpp"
-#include "support/skip_runner.hpp"
+#include "support/catch_runner.hpp"
+#include "support/skip_code.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::testing {
@@ -24,7 +22,7 @@ int main(int argc, char** argv) {
   }
   dist::MpiSession session;
   testing::g_mpi_session = &session;
-  const int result = testing::exit_code_with_skips(Catch::Session().run(argc, argv));
+  const int result = testing::run_catch(argc, argv);
   // Every rank learns whether any failed, so that mpirun's status is the job's.
   const double failed = result != 0 && result != testing::kSkipReturnCode ? 1.0 : 0.0;
   double failures = failed;

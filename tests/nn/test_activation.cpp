@@ -18,7 +18,7 @@ using syncbn::testing::check_equal;
 using syncbn::testing::MessageIs;
 using syncbn::testing::test_device;
 
-TEST_CASE("ReLU passes positive values and their gradients only", "[nn]") {
+TEST_CASE("ReLU passes positive values and their gradients only", "[nn][levels]") {
   nn::ReLU relu;
   const Tensor x = Tensor::from_vector(std::vector<float>{-2, 0, 3, -0.5f, 7, 1e-8f}, Shape{2, 3}, test_device());
   check_equal(relu.forward(x).to_vector<float>(), std::vector<float>{0, 0, 3, 0, 7, 1e-8f}, "relu");

@@ -34,7 +34,7 @@ constexpr Tolerance kFp32{1e-5, 1e-5};
 
 }  // namespace
 
-TEST_CASE("BatchNorm matches the float64 reference over several training steps and in eval", "[nn]") {
+TEST_CASE("BatchNorm matches the float64 reference over several training steps and in eval", "[nn][levels]") {
   const Layout layout = GENERATE(Layout{"1d (N, C)", Shape{13, 5}}, Layout{"1d (N, C, L)", Shape{6, 4, 7}},
                                  Layout{"2d", Shape{5, 3, 4, 6}}, Layout{"3d", Shape{3, 2, 3, 4, 5}});
   const bool affine = GENERATE(true, false);
@@ -96,7 +96,7 @@ TEST_CASE("BatchNorm matches the float64 reference over several training steps a
     }
 }
 
-TEST_CASE("BatchNorm is accurate when the mean is 1e4 times the standard deviation", "[nn]") {
+TEST_CASE("BatchNorm is accurate when the mean is 1e4 times the standard deviation", "[nn][levels]") {
   const Shape shape{16, 3, 8, 8};
   nn::BatchNorm2d bn(3, nn::BatchNormOptions{.device = test_device()});
   const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed, DType::Float32, test_device(), 1e4, 1.0);
@@ -110,7 +110,7 @@ TEST_CASE("BatchNorm is accurate when the mean is 1e4 times the standard deviati
   check_close(bn.running_var(), rv, kFp32, "running_var");
 }
 
-TEST_CASE("BatchNorm matches the reference on shapes that take every vectorised CPU path", "[nn]") {
+TEST_CASE("BatchNorm matches the reference on shapes that take every vectorised CPU path", "[nn][levels]") {
   // The small cases above never fill a float32 lane's 32 additions or a
   // column block. These do: (N, C) with several flush periods, a partial
   // tile and period, and channels in 4-vector blocks, in a 1-vector block and
@@ -146,7 +146,7 @@ TEST_CASE("BatchNorm matches the reference on shapes that take every vectorised 
   check_close(bn->running_var(), rv, kFp32, "running_var");
 }
 
-TEST_CASE("BatchNorm takes float16 and bfloat16 input through its staged paths", "[nn]") {
+TEST_CASE("BatchNorm takes float16 and bfloat16 input through its staged paths", "[nn][levels]") {
   // 16-bit inputs are converted to float32 in chunks of 1024 values: (N, C)
   // rows wider than a chunk (the second chunk starts mid-row, with leftover
   // vectors and odd channels) and (N, C, L) runs longer than one.
@@ -173,7 +173,7 @@ TEST_CASE("BatchNorm takes float16 and bfloat16 input through its staged paths",
   check_close(bn.running_var(), rv, kFp32, "running_var");
 }
 
-TEST_CASE("BatchNorm in float64 matches the reference to float64 precision", "[nn]") {
+TEST_CASE("BatchNorm in float64 matches the reference to float64 precision", "[nn][levels]") {
   // (N, C) 70x37: float64 column blocks of 16 channels, one of 4, one odd channel.
   const Shape shape = GENERATE(Shape{7, 3, 5}, Shape{70, 37});
   CAPTURE(shape.str());
@@ -286,7 +286,7 @@ TEST_CASE("BatchNorm rejects inputs of the wrong rank, channels, dtype or device
   CHECK_THROWS_MATCHES(bn.forward(Tensor::zeros(Shape{2, 4, 2, 2}, DType::Float64, test_device())), InvalidArgument,
                        MessageIs("BatchNorm2d: input has dtype float64, expected float32, float16 or bfloat16 "
                                  "(parameters are float32)"));
-  const Device other = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(1);
+  const Device other = syncbn::testing::test_on_cuda() ? Device::cpu(0) : Device::cpu(1);
   CHECK_THROWS_MATCHES(bn.forward(Tensor::zeros(Shape{2, 4, 2, 2}, DType::Float32, other)), InvalidArgument,
                        MessageIs("BatchNorm2d: input is on " + other.str() + ", expected " + test_device().str() +
                                  " (the device of its parameters)"));

@@ -41,7 +41,8 @@ std::vector<double> concat(const std::vector<std::vector<double>>& parts) {
 
 }  // namespace
 
-TEST_CASE("Accumulated micro-batches update the running statistics once, as their union would", "[nn][accumulate]") {
+TEST_CASE("Accumulated micro-batches update the running statistics once, as their union would",
+          "[nn][accumulate][threads]") {
   const Shape shape = GENERATE(Shape{8, 5}, Shape{8, 3, 2, 3}, Shape{8, 2, 2, 2, 3});
   const auto [sync, replicas] = GENERATE(std::pair{false, 1}, std::pair{true, 2}, std::pair{true, 4});
   const nn::EmaUpdate mode = GENERATE(nn::EmaUpdate::Internal, nn::EmaUpdate::Deferred);

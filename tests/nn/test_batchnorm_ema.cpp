@@ -35,7 +35,7 @@ constexpr Tolerance kFp32{1e-5, 1e-5};
 }  // namespace
 
 TEST_CASE("Skip leaves the running statistics alone and Deferred applies them later as Internal would",
-          "[nn][ema]") {
+          "[nn][ema][threads]") {
   const Shape shape = GENERATE(Shape{11, 5}, Shape{11, 3, 2, 3}, Shape{11, 2, 2, 2, 3});
   // SyncBatchNorm over 1, 2 and 4 replicas (statistics of the whole batch)
   // and BatchNorm on one device; per-replica shards: the next case.
@@ -89,7 +89,7 @@ TEST_CASE("Skip leaves the running statistics alone and Deferred applies them la
   }
 }
 
-TEST_CASE("Deferred updates of a model's layers are applied once, from copy 0's batches", "[nn][ema]") {
+TEST_CASE("Deferred updates of a model's layers are applied once, from copy 0's batches", "[nn][ema][threads]") {
   // Per-replica BatchNorm over 2 replicas: Internal updates the module from
   // copy 0's shard; Deferred must end with the same running statistics.
   const std::int64_t c = 3;

@@ -79,7 +79,7 @@ Expected fused_reference(const std::vector<double>& x, const std::vector<double>
 }  // namespace
 
 TEST_CASE("Channels-last and fused-activation layers equal batch norm then the activation over the whole batch",
-          "[nn][layout][activation]") {
+          "[nn][layout][activation][levels][threads]") {
   // Channels-first shapes; the layer sees them permuted when channels-last.
   const Shape shape = GENERATE(Shape{12, 5}, Shape{12, 3, 4}, Shape{12, 3, 2, 3}, Shape{12, 2, 2, 2, 3});
   const nn::ChannelLayout layout = GENERATE(nn::ChannelLayout::First, nn::ChannelLayout::Last);

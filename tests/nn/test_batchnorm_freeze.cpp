@@ -37,7 +37,8 @@ constexpr Tolerance kFp32{1e-5, 1e-5};
 
 }  // namespace
 
-TEST_CASE("A frozen batch norm trains with its running statistics and changes none of its state", "[nn][freeze]") {
+TEST_CASE("A frozen batch norm trains with its running statistics and changes none of its state",
+          "[nn][freeze][threads]") {
   const Shape shape = GENERATE(Shape{11, 5}, Shape{11, 3, 2, 3}, Shape{11, 2, 2, 2, 3});
   const bool sync = GENERATE(false, true);
   const std::vector<std::int64_t> split = GENERATE(std::vector<std::int64_t>{11}, std::vector<std::int64_t>{4, 7},
@@ -89,7 +90,7 @@ TEST_CASE("A frozen batch norm trains with its running statistics and changes no
   CHECK(layer->num_batches_tracked().item() == 5);
 }
 
-TEST_CASE("A frozen SyncBatchNorm never waits for the other replicas", "[nn][freeze]") {
+TEST_CASE("A frozen SyncBatchNorm never waits for the other replicas", "[nn][freeze][threads]") {
   nn::BatchNormOptions options;
   options.freeze = true;
   options.device = test_device();

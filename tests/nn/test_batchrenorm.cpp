@@ -39,7 +39,8 @@ constexpr Tolerance kFp32{1e-5, 1e-5};
 
 }  // namespace
 
-TEST_CASE("Batch renormalization matches its definition, and is batch norm with rmax 1 and dmax 0", "[nn][renorm]") {
+TEST_CASE("Batch renormalization matches its definition, and is batch norm with rmax 1 and dmax 0",
+          "[nn][renorm][threads]") {
   const Shape shape = GENERATE(Shape{13, 5}, Shape{13, 3, 2, 3}, Shape{13, 2, 2, 2, 3});
   const auto [sync, split] = GENERATE(std::pair{false, std::vector<std::int64_t>{13}},
                                       std::pair{true, std::vector<std::int64_t>{13}},
@@ -111,7 +112,7 @@ TEST_CASE("Batch renormalization matches its definition, and is batch norm with 
 }
 
 TEST_CASE("Renorm limits set on a module reach its replicas; bad limits and combinations are refused",
-          "[nn][renorm]") {
+          "[nn][renorm][threads]") {
   nn::BatchNormOptions options;
   options.renorm = nn::RenormLimits{1.0, 0.0};
   options.device = test_device();

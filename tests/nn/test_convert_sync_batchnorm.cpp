@@ -133,7 +133,8 @@ TEST_CASE("revert_sync_batchnorm turns every SyncBatchNorm back into BatchNorm a
   // A SyncBatchNorm root becomes a new BatchNorm root.
   auto root = std::make_shared<nn::SyncBatchNorm3d>(2, nn::BatchNormOptions{.device = test_device()});
   auto plain = nn::revert_sync_batchnorm(root);
-  CHECK(typeid(*plain) == typeid(nn::BatchNorm3d));
+  const nn::Module& plain_root = *plain;
+  CHECK(typeid(plain_root) == typeid(nn::BatchNorm3d));
   // A model without synchronized layers is returned as it is.
   CHECK(nn::revert_sync_batchnorm(linear) == linear);
 }

@@ -41,7 +41,8 @@ constexpr Tolerance kFp32{1e-5, 1e-5};
 
 }  // namespace
 
-TEST_CASE("Ghost batches are normalised by their own statistics, across replicas when synchronized", "[nn][ghost]") {
+TEST_CASE("Ghost batches are normalised by their own statistics, across replicas when synchronized",
+          "[nn][ghost][threads]") {
   const Shape shape = GENERATE(Shape{12, 4}, Shape{12, 3, 2, 3}, Shape{12, 2, 2, 2, 3});
   // (sync, shards, V): per-replica on one device; synchronized with groups
   // spanning uneven and empty shards; V = the per-replica batch; V = the
@@ -103,7 +104,7 @@ TEST_CASE("Ghost batches are normalised by their own statistics, across replicas
 }
 
 TEST_CASE("A batch that virtual_batch_size does not divide is refused with the numbers, changing nothing",
-          "[nn][ghost]") {
+          "[nn][ghost][threads]") {
   nn::BatchNormOptions options;
   options.virtual_batch_size = 4;
   options.device = test_device();

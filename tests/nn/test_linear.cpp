@@ -83,7 +83,7 @@ TEST_CASE("Linear rejects inputs of the wrong rank, width, dtype or device", "[n
                        MessageIs(name + ": expected 2-D input (N, 4), got 3-D input of shape (2, 2, 4)"));
   CHECK_THROWS_MATCHES(layer.forward(Tensor::zeros(Shape{2, 4}, DType::Float64, test_device())), InvalidArgument,
                        MessageIs(name + ": input has dtype float64, expected float32"));
-  const Device other = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(1);
+  const Device other = syncbn::testing::test_on_cuda() ? Device::cpu(0) : Device::cpu(1);
   CHECK_THROWS_MATCHES(layer.forward(Tensor::zeros(Shape{2, 4}, DType::Float32, other)), InvalidArgument,
                        MessageIs(name + ": input is on " + other.str() + ", expected " + test_device().str() +
                                  " (the device of its parameters)"));

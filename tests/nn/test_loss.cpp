@@ -16,7 +16,7 @@ using syncbn::testing::MessageIs;
 using syncbn::testing::test_device;
 using syncbn::testing::tolerance_for;
 
-TEST_CASE("MSELoss is the mean squared error and its gradient", "[nn]") {
+TEST_CASE("MSELoss is the mean squared error and its gradient", "[nn][levels]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   CAPTURE(dtype, syncbn::testing::kSeed);
   const Tensor x = Tensor::randn(Shape{7, 3}, syncbn::testing::kSeed, dtype, test_device());
@@ -39,7 +39,7 @@ TEST_CASE("MSELoss is the mean squared error and its gradient", "[nn]") {
                        MessageIs("MSELoss: backward called without a forward, expected forward first"));
 }
 
-TEST_CASE("CrossEntropyLoss is softmax + NLL averaged over the batch", "[nn]") {
+TEST_CASE("CrossEntropyLoss is softmax + NLL averaged over the batch", "[nn][levels]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   CAPTURE(dtype, syncbn::testing::kSeed);
   const std::int64_t n = 9, c = 4;

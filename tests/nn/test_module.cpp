@@ -82,7 +82,7 @@ TEST_CASE("clone is deep and clone_structure shares tensors", "[nn]") {
 
 TEST_CASE("to moves parameters, gradients and buffers", "[nn]") {
   auto net = small_net();
-  const Device target = syncbn::testing::kTestOnCuda ? Device::cpu(0) : Device::cpu(2);
+  const Device target = syncbn::testing::test_on_cuda() ? Device::cpu(0) : Device::cpu(2);
   net->to(target);
   for (auto* p : net->parameters()) {
     CHECK(p->value.device() == target);

@@ -67,7 +67,7 @@ std::pair<Tensor, Tensor> split_step(parallel::Replication& replicas, const Tens
 
 }  // namespace
 
-TEST_CASE("SyncBatchNorm over split replicas equals batch norm over the whole batch", "[nn]") {
+TEST_CASE("SyncBatchNorm over split replicas equals batch norm over the whole batch", "[nn][threads]") {
   const Layout layout = GENERATE(Layout{"1d (N, C)", Shape{13, 5}}, Layout{"1d (N, C, L)", Shape{13, 4, 3}},
                                  Layout{"2d", Shape{13, 3, 2, 3}}, Layout{"3d", Shape{13, 2, 2, 2, 3}});
   const Split split = GENERATE(Split{"one replica", {13}}, Split{"two even-ish", {7, 6}},
@@ -129,7 +129,7 @@ TEST_CASE("SyncBatchNorm over split replicas equals batch norm over the whole ba
   CHECK(layer->num_batches_tracked().item() == 3);
 }
 
-TEST_CASE("SyncBatchNorm stays exact when the mean is 1e4 times the standard deviation", "[nn]") {
+TEST_CASE("SyncBatchNorm stays exact when the mean is 1e4 times the standard deviation", "[nn][threads]") {
   const std::vector<std::int64_t> sizes = GENERATE(std::vector<std::int64_t>{4, 4, 4, 4},
                                                    std::vector<std::int64_t>{1, 7, 0, 8});
   CAPTURE(sizes, syncbn::testing::kSeed);
@@ -148,7 +148,7 @@ TEST_CASE("SyncBatchNorm stays exact when the mean is 1e4 times the standard dev
   check_close(layer->running_var(), rv, kFp32, "running_var");
 }
 
-TEST_CASE("Per-replica BatchNorm on the same split departs from whole-batch batch norm", "[nn]") {
+TEST_CASE("Per-replica BatchNorm on the same split departs from whole-batch batch norm", "[nn][threads]") {
   // Why the synchronisation matters: the same setup with local statistics.
   const std::vector<std::int64_t> sizes{2, 2, 2, 2, 2, 2, 1};
   const Shape shape{13, 3, 2, 3};
@@ -165,14 +165,14 @@ TEST_CASE("Per-replica BatchNorm on the same split departs from whole-batch batc
   CHECK(max_diff > 0.1);
 }
 
-TEST_CASE("SyncBatchNorm under DataParallel trains like batch norm on one device", "[nn]") {
+TEST_CASE("SyncBatchNorm under DataParallel trains like batch norm on one device", "[nn][threads]") {
   // DataParallel's even split, its gradient reduction and its buffer handling.
   const int k = GENERATE(2, 4);
   CAPTURE(k);
   const Shape shape{10, 3, 2, 2};
   auto single = std::make_shared<nn::BatchNorm2d>(3, nn::BatchNormOptions{.device = test_device()});
   auto synced = nn::convert_sync_batchnorm(single->clone());
-  parallel::DataParallel dp(synced, test_devices(k), std::nullopt, {syncbn::testing::kTestOnCuda});
+  parallel::DataParallel dp(synced, test_devices(k), std::nullopt, {syncbn::testing::test_on_cuda()});
   for (int step = 1; step <= 3; ++step) {
     const Tensor x = Tensor::randn(shape, syncbn::testing::kSeed + static_cast<std::uint64_t>(step), DType::Float32,
                                    test_device(), -1.0, 3.0);
@@ -191,7 +191,7 @@ TEST_CASE("SyncBatchNorm under DataParallel trains like batch norm on one device
   }
 }
 
-TEST_CASE("SyncBatchNorm accepts float16 and bfloat16 input with float32 statistics", "[nn]") {
+TEST_CASE("SyncBatchNorm accepts float16 and bfloat16 input with float32 statistics", "[nn][threads]") {
   const DType dtype = GENERATE(DType::Float16, DType::BFloat16);
   CAPTURE(dtype, syncbn::testing::kSeed);
   const Shape shape{12, 4, 3, 3};
@@ -212,7 +212,8 @@ TEST_CASE("SyncBatchNorm accepts float16 and bfloat16 input with float32 statist
   check_close(layer->running_var(), rv, kFp32, "running_var (float32)");
 }
 
-TEST_CASE("SyncBatchNorm over replicas whose shards are all empty gives empty outputs and counts a batch", "[nn]") {
+TEST_CASE("SyncBatchNorm over replicas whose shards are all empty gives empty outputs and counts a batch",
+          "[nn][threads]") {
   // Every partial has count 0: the merge has nothing to weigh, and the step
   // must produce no NaN and change no running statistic; it counts as a
   // batch, as an empty batch does for BatchNorm (and in PyTorch).
@@ -229,7 +230,7 @@ TEST_CASE("SyncBatchNorm over replicas whose shards are all empty gives empty ou
   CHECK(take_grad_sum(replicas, 1) == std::vector<double>{0, 0});
 }
 
-TEST_CASE("SyncBatchNorm gives a NaN running variance for a NaN input whatever the replica count", "[nn]") {
+TEST_CASE("SyncBatchNorm gives a NaN running variance for a NaN input whatever the replica count", "[nn][threads]") {
   // The merge of several replicas propagated the NaN while one replica's own
   // statistics clamped it away; both must give NaN, as PyTorch does.
   const int k = GENERATE(1, 3);

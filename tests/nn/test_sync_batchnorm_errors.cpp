@@ -32,7 +32,7 @@ nn::BatchNormOptions on_device() { return nn::BatchNormOptions{.device = test_de
 
 }  // namespace
 
-TEST_CASE("A replica with a bad shard fails the step for everyone and leaves the state unchanged", "[nn]") {
+TEST_CASE("A replica with a bad shard fails the step for everyone and leaves the state unchanged", "[nn][threads]") {
   auto layer = std::make_shared<nn::SyncBatchNorm2d>(4, on_device());
   auto replicas = parallel::replicate(*layer, test_devices(3));
   const std::vector<Tensor> inputs{Tensor::randn(Shape{3, 4, 2, 2}, 1, DType::Float32, test_device(0)),
@@ -50,7 +50,7 @@ TEST_CASE("A replica with a bad shard fails the step for everyone and leaves the
   CHECK(layer->num_batches_tracked().item() == 1);
 }
 
-TEST_CASE("One value per channel over the whole batch is rejected after the exchange", "[nn]") {
+TEST_CASE("One value per channel over the whole batch is rejected after the exchange", "[nn][threads]") {
   auto layer = std::make_shared<nn::SyncBatchNorm1d>(3, on_device());
   auto replicas = parallel::replicate(*layer, test_devices(3));
   // Shards of 0, 1 and 0 rows: every replica's own check would pass or be
@@ -68,7 +68,7 @@ TEST_CASE("One value per channel over the whole batch is rejected after the exch
   CHECK_NOTHROW(parallel::parallel_apply(replicas, parallel::scatter(two, test_devices(3), {1, 0, 1})));
 }
 
-TEST_CASE("A layer that one replica skips times out naming the layer and the missing replica", "[nn]") {
+TEST_CASE("A layer that one replica skips times out naming the layer and the missing replica", "[nn][threads]") {
   auto model = std::make_shared<nn::Sequential>();
   model->add("bn", std::make_shared<nn::SyncBatchNorm2d>(2, on_device(), 200ms));
   auto replicas = parallel::replicate(*model, test_devices(3));
@@ -83,7 +83,7 @@ TEST_CASE("A layer that one replica skips times out naming the layer and the mis
   }
 }
 
-TEST_CASE("Eval mode uses running statistics and never communicates", "[nn]") {
+TEST_CASE("Eval mode uses running statistics and never communicates", "[nn][threads]") {
   const bool track = GENERATE(true, false);
   CAPTURE(track);
   nn::BatchNormOptions o = on_device();
@@ -102,7 +102,7 @@ TEST_CASE("Eval mode uses running statistics and never communicates", "[nn]") {
               "eval output equals BatchNorm2d's");
 }
 
-TEST_CASE("An unreplicated or once-replicated SyncBatchNorm is exactly BatchNorm", "[nn]") {
+TEST_CASE("An unreplicated or once-replicated SyncBatchNorm is exactly BatchNorm", "[nn][threads]") {
   const bool replicated_once = GENERATE(false, true);
   CAPTURE(replicated_once);
   auto sync = std::make_shared<nn::SyncBatchNorm2d>(3, on_device());
@@ -130,7 +130,7 @@ TEST_CASE("SyncBatchNorm rejects a negative sync timeout", "[nn]") {
                        MessageIs("SyncBatchNorm1d: sync_timeout is -1 ms, expected >= 0 (0 waits forever)"));
 }
 
-TEST_CASE("A bad shard names the synchronized layer by its path in the model", "[nn]") {
+TEST_CASE("A bad shard names the synchronized layer by its path in the model", "[nn][threads]") {
   auto block = std::make_shared<nn::Sequential>();
   block->add("bn", std::make_shared<nn::SyncBatchNorm2d>(4, on_device()));
   nn::Sequential model;
@@ -172,13 +172,14 @@ class SkipAndSleep : public nn::Cloneable<SkipAndSleep> {
 
 }  // namespace
 
-TEST_CASE("A replica that skips a layer is reported by the timeout it causes, not by the aborts that follow", "[nn]") {
+TEST_CASE("A replica that skips a layer is reported by the timeout it causes, not by the aborts that follow",
+          "[nn][threads]") {
   // Replica 1 skips 'a' and waits in 'b'; replica 0 reaches 'a' late and
   // waits there for replica 1. The first timeout fires in 'b'; releasing the
   // others then fails replica 0's round in 'a' as aborted by replica 1.
   auto model = std::make_shared<SkipAndSleep>(1, 0, 60ms, 150ms);
   parallel::DataParallel dp(model, test_devices(2), std::nullopt,
-                            parallel::DataParallelOptions{syncbn::testing::kTestOnCuda});
+                            parallel::DataParallelOptions{syncbn::testing::test_on_cuda()});
   const Tensor x = Tensor::randn(Shape{6, 4}, syncbn::testing::kSeed, DType::Float32, test_device());
   CHECK_THROWS_MATCHES(dp.forward(x), Timeout,
                        MessageContains("SyncBatchNorm1d 'b' forward: round 1 timed out after 150 ms on replica 1, "

@@ -231,10 +231,10 @@ void run_configs(int count, std::uint64_t stream) {
 
 }  // namespace
 
-TEST_CASE("SyncBatchNorm matches the float64 reference over random configurations", "[nn]") {
+TEST_CASE("SyncBatchNorm matches the float64 reference over random configurations", "[nn][levels][threads]") {
   run_configs(160, 1);
 }
 
-TEST_CASE("SyncBatchNorm matches the float64 reference over many random configurations", "[nn][.stress]") {
+TEST_CASE("SyncBatchNorm matches the float64 reference over many random configurations", "[nn][.stress][threads]") {
   run_configs(1200, 2);
 }

@@ -47,7 +47,8 @@ std::shared_ptr<nn::Module> small_resnet(DType dtype) {
 
 }  // namespace
 
-TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device on the whole batch", "[replicate][conv]") {
+TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device on the whole batch",
+          "[replicate][conv][threads]") {
   if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const int k = GENERATE(2, 3, 4);
   const DType dtype = GENERATE(DType::Float64, DType::Float32);
@@ -60,7 +61,7 @@ TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device 
   auto single = small_resnet(dtype);
   auto synced = nn::convert_sync_batchnorm(single->clone());
   parallel::DataParallel dp(synced, test_devices(k), std::nullopt,
-                          parallel::DataParallelOptions{syncbn::testing::kTestOnCuda});
+                          parallel::DataParallelOptions{syncbn::testing::test_on_cuda()});
   optim::SGD sgd_single(single->parameters(), optim::SGDOptions{0.05, 0.9});
   optim::SGD sgd_multi(synced->parameters(), optim::SGDOptions{0.05, 0.9});
   nn::CrossEntropyLoss loss_single, loss_multi;
@@ -101,8 +102,9 @@ TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device 
   check_close(dp.forward(x), single->forward(x).to_vector<double>(), tol, "eval output");
 }
 
-TEST_CASE("DataParallel over several CPU devices gives each BLAS call its share of the cores", "[replicate][conv]") {
-  if (syncbn::testing::kTestOnCuda) SYNCBN_SKIP("the BLAS serves CPU devices only");
+TEST_CASE("DataParallel over several CPU devices gives each BLAS call its share of the cores",
+          "[replicate][conv][threads]") {
+  if (syncbn::testing::test_on_cuda()) SYNCBN_SKIP("the BLAS serves CPU devices only");
   if (cpu::blas_threads() == 0) SYNCBN_SKIP("this build's BLAS (if any) cannot be told its threads");
   if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr)
     SYNCBN_SKIP("OPENBLAS_NUM_THREADS or OMP_NUM_THREADS is set: DataParallel keeps the user's choice");

@@ -29,7 +29,7 @@ using syncbn::testing::Tolerance;
 
 namespace {
 
-parallel::DataParallelOptions dp_options() { return {syncbn::testing::kTestOnCuda}; }
+parallel::DataParallelOptions dp_options() { return {syncbn::testing::test_on_cuda()}; }
 
 nn::LinearOptions lin(std::uint64_t seed) { return {true, seed, DType::Float32, test_device()}; }
 
@@ -72,7 +72,7 @@ constexpr Tolerance kTrainTol{1e-5, 1e-6};
 
 }  // namespace
 
-TEST_CASE("SGD steps under DataParallel match single-device training on the full batch", "[replicate]") {
+TEST_CASE("SGD steps under DataParallel match single-device training on the full batch", "[replicate][threads]") {
   const int k = GENERATE(1, 2, 3, 4);
   const std::int64_t batch = GENERATE(10, 3);  // 10: uneven shards for K = 3, 4; 3: empty shards for K = 4
   CAPTURE(k, batch, syncbn::testing::kSeed);
@@ -90,7 +90,7 @@ TEST_CASE("SGD steps under DataParallel match single-device training on the full
   CHECK(dp.replication_count() == (k == 1 ? 0U : 1U));
 }
 
-TEST_CASE("Per-replica BatchNorm with small shards departs from full-batch BatchNorm", "[replicate]") {
+TEST_CASE("Per-replica BatchNorm with small shards departs from full-batch BatchNorm", "[replicate][threads]") {
   // The problem SyncBatchNorm solves: each replica normalises with its own
   // 2-sample statistics instead of the batch's.
   auto single = mlp(true);
@@ -104,7 +104,7 @@ TEST_CASE("Per-replica BatchNorm with small shards departs from full-batch Batch
   CHECK(max_diff > 0.05);
 }
 
-TEST_CASE("Replica 0's running statistics land on the module and drive its eval mode", "[replicate]") {
+TEST_CASE("Replica 0's running statistics land on the module and drive its eval mode", "[replicate][threads]") {
   auto model = std::make_shared<nn::Sequential>();
   auto bn = std::make_shared<nn::BatchNorm1d>(3, nn::BatchNormOptions{.device = test_device()});
   model->add(bn);
@@ -123,7 +123,7 @@ TEST_CASE("Replica 0's running statistics land on the module and drive its eval 
   check_close(model->forward(x), through_dp, {1e-6, 1e-6}, "eval with and without DataParallel");
 }
 
-TEST_CASE("A batch smaller than the number of devices runs with empty shards", "[replicate]") {
+TEST_CASE("A batch smaller than the number of devices runs with empty shards", "[replicate][threads]") {
   auto single = mlp(false);
   auto multi = std::static_pointer_cast<nn::Sequential>(single->clone());
   parallel::DataParallel dp(multi, test_devices(4), std::nullopt, dp_options());
@@ -135,7 +135,7 @@ TEST_CASE("A batch smaller than the number of devices runs with empty shards", "
   CHECK(dx.shape() == Shape{2, 6});
 }
 
-TEST_CASE("Replicas persist across steps and are rebuilt when the module changes", "[replicate]") {
+TEST_CASE("Replicas persist across steps and are rebuilt when the module changes", "[replicate][threads]") {
   auto model = mlp(false);
   parallel::DataParallel dp(model, test_devices(2), std::nullopt, dp_options());
   const Tensor x = Tensor::randn(Shape{4, 6}, syncbn::testing::kSeed, DType::Float32, test_device());
@@ -154,7 +154,7 @@ TEST_CASE("Replicas persist across steps and are rebuilt when the module changes
   CHECK(dp.replication_count() == 3);
 }
 
-TEST_CASE("parallel_apply and parallel_backward run replicas made by replicate", "[replicate]") {
+TEST_CASE("parallel_apply and parallel_backward run replicas made by replicate", "[replicate][threads]") {
   auto model = mlp(false);
   auto replicas = parallel::replicate(*model, test_devices(3));
   const Tensor x = Tensor::randn(Shape{7, 6}, syncbn::testing::kSeed, DType::Float32, test_device());
@@ -170,7 +170,7 @@ TEST_CASE("parallel_apply and parallel_backward run replicas made by replicate",
                        MessageIs("parallel_apply: 1 inputs, expected 3 (one per replica)"));
 }
 
-TEST_CASE("DataParallel rejects bad devices, inputs and call orders", "[replicate]") {
+TEST_CASE("DataParallel rejects bad devices, inputs and call orders", "[replicate][threads]") {
   auto model = mlp(false);
   CHECK_THROWS_MATCHES(parallel::DataParallel(model, {}), InvalidArgument,
                        MessageIs("DataParallel: 0 devices, expected 1 to 64"));
@@ -184,7 +184,7 @@ TEST_CASE("DataParallel rejects bad devices, inputs and call orders", "[replicat
       parallel::DataParallel(model, {test_device(), test_device()}), InvalidArgument,
       MessageIs("DataParallel: device " + test_device().str() +
                 " is listed twice, expected distinct devices (set allow_shared_devices for logical replicas sharing a GPU)"));
-  if (!syncbn::testing::kTestOnCuda) {
+  if (!syncbn::testing::test_on_cuda()) {
     CHECK_THROWS_MATCHES(parallel::DataParallel(model, {Device::cpu(1), Device::cpu(2)}), InvalidArgument,
                          MessageIs("DataParallel: parameter '0.weight' is on cpu:0, expected cpu:1 (devices[0])"));
   } else {

@@ -28,7 +28,7 @@ using syncbn::testing::ThrowAt;
 
 namespace {
 
-parallel::DataParallelOptions dp_options() { return {syncbn::testing::kTestOnCuda}; }
+parallel::DataParallelOptions dp_options() { return {syncbn::testing::test_on_cuda()}; }
 
 std::shared_ptr<nn::Sequential> model_with(std::shared_ptr<nn::Module> middle) {
   auto m = std::make_shared<nn::Sequential>();
@@ -47,7 +47,7 @@ bool finite(const Tensor& t) {
 
 }  // namespace
 
-TEST_CASE("A replica that throws at step 5 is reported and the next steps work", "[replicate]") {
+TEST_CASE("A replica that throws at step 5 is reported and the next steps work", "[replicate][threads]") {
   parallel::DataParallel dp(model_with(std::make_shared<ThrowAt>(2, 5)), test_devices(4), std::nullopt, dp_options());
   for (int step = 1; step <= 8; ++step) {
     INFO("step " << step);
@@ -65,7 +65,7 @@ TEST_CASE("A replica that throws at step 5 is reported and the next steps work",
   CHECK(dp.replication_count() == 1);
 }
 
-TEST_CASE("A replica that throws in backward is reported and leaves no partial gradients", "[replicate]") {
+TEST_CASE("A replica that throws in backward is reported and leaves no partial gradients", "[replicate][threads]") {
   auto model = model_with(std::make_shared<ThrowAt>(1, 2, /*in_backward=*/true));
   parallel::DataParallel dp(model, test_devices(3), std::nullopt, dp_options());
   const Tensor ones = Tensor::ones(Shape{8, 2}, DType::Float32, test_device());
@@ -83,7 +83,7 @@ TEST_CASE("A replica that throws in backward is reported and leaves no partial g
     REQUIRE_THAT(after_two[i], Catch::Matchers::WithinRel(2 * after_one[i], 1e-5) || Catch::Matchers::WithinAbs(2 * after_one[i], 1e-6));
 }
 
-TEST_CASE("A failing replica releases the replicas waiting for it in a rendezvous", "[replicate]") {
+TEST_CASE("A failing replica releases the replicas waiting for it in a rendezvous", "[replicate][threads]") {
   auto log = std::make_shared<CallLog>();
   auto middle = std::make_shared<nn::Sequential>();
   middle->add(std::make_shared<ThrowAt>(2, 3));
@@ -105,7 +105,7 @@ TEST_CASE("A failing replica releases the replicas waiting for it in a rendezvou
   CHECK(log->lines.size() == 4);
 }
 
-TEST_CASE("A replica's syncbn error keeps its type", "[replicate]") {
+TEST_CASE("A replica's syncbn error keeps its type", "[replicate][threads]") {
   parallel::DataParallel dp(model_with(std::make_shared<ThrowAt>(1, 1, false, ThrowAt::Kind::InvalidArgument)),
                             test_devices(2), std::nullopt, dp_options());
   CHECK_THROWS_MATCHES(dp.forward(batch()), InvalidArgument,

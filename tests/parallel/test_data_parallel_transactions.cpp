@@ -35,7 +35,7 @@ using syncbn::testing::ThrowAt;
 
 namespace {
 
-parallel::DataParallelOptions dp_options() { return {syncbn::testing::kTestOnCuda}; }
+parallel::DataParallelOptions dp_options() { return {syncbn::testing::test_on_cuda()}; }
 
 // Sleeps on one replica before passing its input on: a late replica. The
 // delay is shared by every copy, so the test can change it between steps.
@@ -78,7 +78,8 @@ void good_step(parallel::DataParallel& dp, std::uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("A forward that fails after a synchronized batch norm leaves the module as before the step", "[replicate]") {
+TEST_CASE("A forward that fails after a synchronized batch norm leaves the module as before the step",
+          "[replicate][threads]") {
   const int k = GENERATE(1, 2, 3);
   CAPTURE(k, kSeed);
   auto model = std::make_shared<nn::Sequential>();
@@ -97,7 +98,7 @@ TEST_CASE("A forward that fails after a synchronized batch norm leaves the modul
   CHECK(model->named_buffers().back().second->item() == 2.0);
 }
 
-TEST_CASE("A backward that fails leaves gradients and buffers as before the step's forward", "[replicate]") {
+TEST_CASE("A backward that fails leaves gradients and buffers as before the step's forward", "[replicate][threads]") {
   const int k = GENERATE(1, 2, 3);
   const int failing = GENERATE(0, 1);
   CAPTURE(k, failing, kSeed);
@@ -115,7 +116,7 @@ TEST_CASE("A backward that fails leaves gradients and buffers as before the step
   good_step(dp, kSeed + 20);
 }
 
-TEST_CASE("Steps that fail because a replica arrives late change no running statistics", "[replicate]") {
+TEST_CASE("Steps that fail because a replica arrives late change no running statistics", "[replicate][threads]") {
   // Replica 0 sleeps about as long as the layer's timeout before the
   // synchronized batch norm: some steps fail with a Timeout, some succeed;
   // only the successful ones may count a batch.
@@ -143,7 +144,7 @@ TEST_CASE("Steps that fail because a replica arrives late change no running stat
   CAPTURE(succeeded, failed);
 }
 
-TEST_CASE("parallel_backward after a failed parallel_apply is rejected at once", "[replicate]") {
+TEST_CASE("parallel_backward after a failed parallel_apply is rejected at once", "[replicate][threads]") {
   CAPTURE(kSeed);
   // Replica 1 fails after the synchronized batch norm ran on every replica.
   auto model = model_with(std::make_shared<ThrowAt>(1, 2));

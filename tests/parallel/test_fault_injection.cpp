@@ -209,8 +209,8 @@ void inject_faults(int trials, std::uint64_t stream) {
     auto twin_plan = std::make_shared<FaultPlan>();  // never armed
     auto model = make_model(plan);
     auto twin = make_model(twin_plan);
-    parallel::DataParallel dp(model, test_devices(k), std::nullopt, {syncbn::testing::kTestOnCuda});
-    parallel::DataParallel twin_dp(twin, test_devices(k), std::nullopt, {syncbn::testing::kTestOnCuda});
+    parallel::DataParallel dp(model, test_devices(k), std::nullopt, {syncbn::testing::test_on_cuda()});
+    parallel::DataParallel twin_dp(twin, test_devices(k), std::nullopt, {syncbn::testing::test_on_cuda()});
     const std::uint64_t data = seed + 1000 * static_cast<std::uint64_t>(trial);
     step(dp, data);  // a good step first: gradients and running statistics set
     step(twin_dp, data);
@@ -250,11 +250,12 @@ void inject_faults(int trials, std::uint64_t stream) {
 
 }  // namespace
 
-TEST_CASE("Injected faults fail the step cleanly, name the culprit and leave the module as before", "[replicate]") {
+TEST_CASE("Injected faults fail the step cleanly, name the culprit and leave the module as before",
+          "[replicate][threads]") {
   inject_faults(16, 1);
 }
 
 TEST_CASE("Many injected faults fail the step cleanly, name the culprit and leave the module as before",
-          "[replicate][.stress]") {
+          "[replicate][.stress][threads]") {
   inject_faults(150, 2);
 }

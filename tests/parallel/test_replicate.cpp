@@ -59,7 +59,8 @@ Parsed parse(const CallLog& log) {
 
 }  // namespace
 
-TEST_CASE("The replication callback gives each module position one shared context, master copy first", "[replicate]") {
+TEST_CASE("The replication callback gives each module position one shared context, master copy first",
+          "[replicate][threads]") {
   const int k = GENERATE(1, 2, 3, 5);
   CAPTURE(k);
   auto log = std::make_shared<CallLog>();
@@ -91,7 +92,7 @@ TEST_CASE("The replication callback gives each module position one shared contex
     CHECK(dynamic_cast<Recorder&>(*replicas.modules()[static_cast<std::size_t>(c)]->children()[0].second).copy_id() == c);
 }
 
-TEST_CASE("Replicating again with another device list makes new contexts and copies", "[replicate]") {
+TEST_CASE("Replicating again with another device list makes new contexts and copies", "[replicate][threads]") {
   auto log = std::make_shared<CallLog>();
   auto model = nested_model(log);
   (void)parallel::replicate(*model, test_devices(2));
@@ -105,7 +106,8 @@ TEST_CASE("Replicating again with another device list makes new contexts and cop
   (void)first;  // the first replication's contexts are gone with it
 }
 
-TEST_CASE("Replicas alias the module's parameters where memory is shared and own their gradients", "[replicate]") {
+TEST_CASE("Replicas alias the module's parameters where memory is shared and own their gradients",
+          "[replicate][threads]") {
   auto model = std::make_shared<nn::Sequential>();
   model->add(std::make_shared<nn::Linear>(3, 2, nn::LinearOptions{true, 4, DType::Float32, test_device()}));
   model->add(std::make_shared<nn::BatchNorm1d>(2, nn::BatchNormOptions{.device = test_device()}));
@@ -138,7 +140,7 @@ TEST_CASE("A replication context hands copy 0's object to the other copies and c
   CHECK_THROWS_AS(ctx.get<double>("Layer"), InvalidArgument);
 }
 
-TEST_CASE("replicate rejects an empty device list and more devices than the replica limit", "[replicate]") {
+TEST_CASE("replicate rejects an empty device list and more devices than the replica limit", "[replicate][threads]") {
   nn::Sequential model;
   CHECK_THROWS_MATCHES(parallel::replicate(model, {}), InvalidArgument,
                        MessageIs("replicate: 0 devices, expected 1 to 64"));
@@ -184,7 +186,7 @@ class ThrowsOnReplicate : public nn::Cloneable<ThrowsOnReplicate> {
 
 }  // namespace
 
-TEST_CASE("A replica that reaches a child through a member pointer is told so", "[replicate]") {
+TEST_CASE("A replica that reaches a child through a member pointer is told so", "[replicate][threads]") {
   auto model = std::make_shared<HoldsMember>(false);
   auto replicas = parallel::replicate(*model, test_devices(2));
   std::vector<Tensor> xs;
@@ -202,7 +204,7 @@ TEST_CASE("A replica that reaches a child through a member pointer is told so", 
   CHECK(ys.size() == 2);
 }
 
-TEST_CASE("An exception from a replication callback names the module and the copy", "[replicate]") {
+TEST_CASE("An exception from a replication callback names the module and the copy", "[replicate][threads]") {
   nn::Sequential model;
   model.add(std::make_shared<nn::ReLU>());
   model.add("wiring", std::make_shared<ThrowsOnReplicate>());

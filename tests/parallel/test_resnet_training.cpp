@@ -69,7 +69,7 @@ double accuracy(parallel::DataParallel& dp, const data::Dataset& test) {
 }  // namespace
 
 TEST_CASE("A small ResNet with SyncBatchNorm on 2 devices learns Fashion-MNIST: the loss falls, the accuracy beats chance",
-          "[parallel][training]") {
+          "[parallel][training][long][threads]") {
   if (const std::string why = fashion_mnist_missing(); !why.empty()) SYNCBN_SKIP(why);
   const std::uint64_t seed = syncbn::testing::kSeed;
   CAPTURE(seed, kSteps, kBatch);
@@ -86,7 +86,7 @@ TEST_CASE("A small ResNet with SyncBatchNorm on 2 devices learns Fashion-MNIST: 
   options.seed = seed;
   options.device = test_device();
   auto model = nn::convert_sync_batchnorm(nn::resnet(options));
-  parallel::DataParallel dp(model, test_devices(2), std::nullopt, {syncbn::testing::kTestOnCuda});
+  parallel::DataParallel dp(model, test_devices(2), std::nullopt, {syncbn::testing::test_on_cuda()});
   optim::SGD sgd(optim::split_weight_decay(*model, 5e-4), optim::SGDOptions{.lr = 0.1, .momentum = 0.9});
   optim::CosineAnnealingLR schedule(sgd, kSteps);
   nn::CrossEntropyLoss loss_fn;

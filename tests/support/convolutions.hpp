@@ -11,7 +11,7 @@
 namespace syncbn::testing {
 
 inline std::string convolutions_unavailable() {
-  if (!kTestOnCuda && !cpu::has_blas())
+  if (!test_on_cuda() && !cpu::has_blas())
     return "this build has no BLAS for CPU convolutions (install libopenblas-dev and reconfigure)";
   return "";
 }

@@ -1,7 +1,7 @@
 #pragma once
-// The part of the test runners (catch_main.cpp, cuda_main.cpp) that turns
-// skipped test cases into CTest's skip code. Include it in one translation
-// unit per test binary: it registers a Catch2 listener.
+// The part of the test runners (support/catch_runner.cpp) that turns skipped
+// test cases into CTest's skip code. Include it in one translation unit per
+// test binary: it registers a Catch2 listener.
 
 #include <catch2/catch.hpp>
 

@@ -28,7 +28,7 @@ WaitPolicy policy_named(const std::string& name) {
 }  // namespace
 
 TEST_CASE("A FutureResult hands values from a producer thread to a consumer thread round after round",
-          "[comm]") {
+          "[comm][threads]") {
   const std::string policy = GENERATE(as<std::string>{}, "adaptive", "blocking");
   CAPTURE(policy);
   FutureResult<int> to_consumer(policy_named(policy));
@@ -71,7 +71,7 @@ TEST_CASE("get_for throws Timeout when no value arrives", "[comm]") {
   CHECK(std::chrono::steady_clock::now() - start >= 20ms);
 }
 
-TEST_CASE("A failure wakes a blocked consumer and is rethrown until reset", "[comm]") {
+TEST_CASE("A failure wakes a blocked consumer and is rethrown until reset", "[comm][threads]") {
   const std::string policy = GENERATE(as<std::string>{}, "adaptive", "blocking");
   CAPTURE(policy);
   FutureResult<int> future(policy_named(policy));

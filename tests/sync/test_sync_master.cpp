@@ -119,7 +119,7 @@ Script make_script(int k, std::uint64_t rounds) {
 }  // namespace
 
 TEST_CASE("K threads reduce and broadcast sum/ssum/count structs exactly for 1000 back-to-back rounds",
-          "[comm]") {
+          "[comm][threads]") {
   const int k = GENERATE(1, 2, 3, 4, 8, 16);
   CAPTURE(k, syncbn::testing::kSeed);
   constexpr std::uint64_t kRounds = 1000;
@@ -163,7 +163,7 @@ TEST_CASE("K threads reduce and broadcast sum/ssum/count structs exactly for 100
   CHECK(callback_ids_wrong.empty());
 }
 
-TEST_CASE("K threads reduce and broadcast random vectors of doubles exactly for 1000 rounds", "[comm]") {
+TEST_CASE("K threads reduce and broadcast random vectors of doubles exactly for 1000 rounds", "[comm][threads]") {
   const int k = GENERATE(1, 2, 3, 4, 8, 16);
   CAPTURE(k, syncbn::testing::kSeed);
   constexpr std::uint64_t kRounds = 1000;
@@ -196,7 +196,7 @@ TEST_CASE("K threads reduce and broadcast random vectors of doubles exactly for 
 }
 
 TEST_CASE("The callback sees messages in increasing id order whatever the registration and arrival order",
-          "[comm]") {
+          "[comm][threads]") {
   const std::vector<int> ids{7, 3, 5};  // registered out of order, not contiguous
   std::vector<std::vector<int>> seen;
   SyncMaster<int, int> master([&](std::vector<std::pair<int, int>> msgs) {
@@ -228,7 +228,7 @@ TEST_CASE("The callback sees messages in increasing id order whatever the regist
   for (const auto& order : seen) CHECK(order == std::vector<int>{0, 3, 5, 7});
 }
 
-TEST_CASE("Replies returned in another order still reach their own slave", "[comm]") {
+TEST_CASE("Replies returned in another order still reach their own slave", "[comm][threads]") {
   SyncMaster<int, int> master([](std::vector<std::pair<int, int>> msgs) {
     std::vector<std::pair<int, int>> replies{{0, msgs[0].second + 1000}};
     for (auto it = msgs.rbegin(); it + 1 != msgs.rend(); ++it) replies.emplace_back(it->first, it->second + 1000);
@@ -246,7 +246,7 @@ TEST_CASE("Replies returned in another order still reach their own slave", "[com
   for (const auto& r : results) CHECK(r.empty());
 }
 
-TEST_CASE("Registering after a round has run starts a fresh registration with a different K", "[comm]") {
+TEST_CASE("Registering after a round has run starts a fresh registration with a different K", "[comm][threads]") {
   SyncMaster<int, int> master(sum_to_everyone);
   auto run_rounds = [&](std::vector<SlavePipe<int, int>>& pipes, int rounds) {
     const int k = static_cast<int>(pipes.size()) + 1;
@@ -277,7 +277,7 @@ TEST_CASE("Registering after a round has run starts a fresh registration with a 
   for (const auto& r : run_rounds(eight, 100)) CHECK(r.empty());
 }
 
-TEST_CASE("Bad slave ids are rejected without changing the registration", "[comm]") {
+TEST_CASE("Bad slave ids are rejected without changing the registration", "[comm][threads]") {
   SyncMaster<int, int> master([](std::vector<std::pair<int, int>> msgs) {
     std::vector<std::pair<int, int>> replies;
     for (const auto& m : msgs) replies.emplace_back(m.first, m.second);
@@ -297,17 +297,17 @@ TEST_CASE("Bad slave ids are rejected without changing the registration", "[comm
   for (const auto& r : results) CHECK(r.empty());
 }
 
-TEST_CASE("An empty callback is rejected", "[comm]") {
+TEST_CASE("An empty callback is rejected", "[comm][threads]") {
   CHECK_THROWS_AS((SyncMaster<int, int>(nullptr)), InvalidArgument);
 }
 
-TEST_CASE("An unregistered pipe refuses to run", "[comm]") {
+TEST_CASE("An unregistered pipe refuses to run", "[comm][threads]") {
   SlavePipe<int, int> pipe;
   CHECK_FALSE(static_cast<bool>(pipe));
   CHECK_THROWS_MATCHES(pipe.run_slave(1), CommError, MessageContains("not registered"));
 }
 
-TEST_CASE("Eight threads run 100k back-to-back rounds", "[comm][.stress]") {
+TEST_CASE("Eight threads run 100k back-to-back rounds", "[comm][.stress][threads]") {
   SyncMaster<int, int> master(sum_to_everyone);
   std::vector<SlavePipe<int, int>> pipes;
   for (int id = 1; id < 8; ++id) pipes.push_back(master.register_slave(id));

@@ -87,7 +87,7 @@ void check_round_succeeds(Master& master, std::vector<Pipe>& pipes) {
 
 }  // namespace
 
-TEST_CASE("An exception in the master callback reaches every participant", "[comm]") {
+TEST_CASE("An exception in the master callback reaches every participant", "[comm][threads]") {
   const int k = GENERATE(1, 2, 4, 8);
   CAPTURE(k);
   bool explode = true;
@@ -121,7 +121,7 @@ TEST_CASE("An exception in the master callback reaches every participant", "[com
   check_round_succeeds(master, pipes);
 }
 
-TEST_CASE("An abort from a slave reaches the master and the other slaves", "[comm]") {
+TEST_CASE("An abort from a slave reaches the master and the other slaves", "[comm][threads]") {
   const int k = GENERATE(2, 3, 4, 8);
   CAPTURE(k);
   Master master(sum_all, options());
@@ -149,7 +149,7 @@ TEST_CASE("An abort from a slave reaches the master and the other slaves", "[com
   check_round_succeeds(master, pipes);
 }
 
-TEST_CASE("An abort by the master with a captured exception reaches every slave", "[comm]") {
+TEST_CASE("An abort by the master with a captured exception reaches every slave", "[comm][threads]") {
   Master master(sum_all, options());
   auto pipes = register_slaves(master, 4);
   const auto errors = capture_in_threads(4, [&](int id) {
@@ -170,7 +170,7 @@ TEST_CASE("An abort by the master with a captured exception reaches every slave"
   }
 }
 
-TEST_CASE("A missing slave raises Timeout naming it on every participant", "[comm]") {
+TEST_CASE("A missing slave raises Timeout naming it on every participant", "[comm][threads]") {
   const auto timeout = 100ms;
   Master master(sum_all, options(timeout));
   auto pipes = register_slaves(master, 4);
@@ -191,7 +191,7 @@ TEST_CASE("A missing slave raises Timeout naming it on every participant", "[com
   CHECK_THROWS_AS(pipes[1].run_slave(1), Timeout);
 }
 
-TEST_CASE("A missing master raises Timeout naming replica 0 on every slave", "[comm]") {
+TEST_CASE("A missing master raises Timeout naming replica 0 on every slave", "[comm][threads]") {
   Master master(sum_all, options(50ms));
   auto pipes = register_slaves(master, 3);
   const auto errors = capture_in_threads(2, [&](int t) { pipes[static_cast<std::size_t>(t)].run_slave(1); });
@@ -203,7 +203,7 @@ TEST_CASE("A missing master raises Timeout naming replica 0 on every slave", "[c
   CHECK_THROWS_AS(master.run_master(1), Timeout);
 }
 
-TEST_CASE("A callback that outlives the timeout fails the round on the master too", "[comm]") {
+TEST_CASE("A callback that outlives the timeout fails the round on the master too", "[comm][threads]") {
   Master master([](std::vector<std::pair<int, int>> msgs) {
     std::this_thread::sleep_for(150ms);
     return sum_all(std::move(msgs));
@@ -217,7 +217,7 @@ TEST_CASE("A callback that outlives the timeout fails the round on the master to
   }
 }
 
-TEST_CASE("A callback that returns a wrong set of ids fails the round for everyone", "[comm]") {
+TEST_CASE("A callback that returns a wrong set of ids fails the round for everyone", "[comm][threads]") {
   using Replies = std::vector<std::pair<int, int>>;
   const std::string kind = GENERATE(as<std::string>{}, "missing", "duplicate", "unknown", "master not first", "extra");
   CAPTURE(kind);
@@ -240,7 +240,7 @@ TEST_CASE("A callback that returns a wrong set of ids fails the round for everyo
   }
 }
 
-TEST_CASE("Registering after a failure starts a fresh registration that works", "[comm]") {
+TEST_CASE("Registering after a failure starts a fresh registration that works", "[comm][threads]") {
   bool explode = true;
   Master master([&](std::vector<std::pair<int, int>> msgs) {
     if (explode) throw std::runtime_error("boom");
@@ -265,7 +265,7 @@ TEST_CASE("Destroying a pipe fails its registration at once instead of timing ou
   check_round_succeeds(master, fresh);
 }
 
-TEST_CASE("Destroying the SyncMaster wakes waiting slaves with CommError", "[comm]") {
+TEST_CASE("Destroying the SyncMaster wakes waiting slaves with CommError", "[comm][threads]") {
   auto master = std::make_unique<Master>(sum_all, options(60000ms));
   auto pipes = register_slaves(*master, 3);
   std::vector<std::exception_ptr> errors(2);
@@ -288,7 +288,7 @@ TEST_CASE("Destroying the SyncMaster wakes waiting slaves with CommError", "[com
   }
 }
 
-TEST_CASE("reset refuses while a participant is still inside a round", "[comm]") {
+TEST_CASE("reset refuses while a participant is still inside a round", "[comm][threads]") {
   Master master(sum_all, options(200ms));
   auto pipes = register_slaves(master, 2);
   std::exception_ptr slave_error;
@@ -318,7 +318,7 @@ TEST_CASE("reset refuses while a participant is still inside a round", "[comm]")
   check_round_succeeds(master, pipes);
 }
 
-TEST_CASE("A second concurrent run_master is refused", "[comm]") {
+TEST_CASE("A second concurrent run_master is refused", "[comm][threads]") {
   std::string second;
   Master* self = nullptr;
   Master master([&](std::vector<std::pair<int, int>> msgs) {
@@ -337,7 +337,7 @@ TEST_CASE("A second concurrent run_master is refused", "[comm]") {
   CHECK_THAT(second, Contains("run_master called while another run_master is in flight"));
 }
 
-TEST_CASE("Every participant of a round gets the same outcome when timeouts race the replies", "[comm]") {
+TEST_CASE("Every participant of a round gets the same outcome when timeouts race the replies", "[comm][threads]") {
   // The callback takes about as long as the slaves' timeout, so that their
   // deadlines pass just before, during or just after the master hands out
   // the replies. A round must then succeed for everyone or fail for everyone.

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "backend/dispatch.hpp"
+#include "cuda/cublas_library.hpp"
 #include "cuda/cuda_handles.hpp"
 #include "cuda/cuda_kernels.hpp"
 #include "cuda/cuda_runtime.hpp"
@@ -27,12 +28,13 @@ void cuda_gemm(Device device, DType dtype, bool trans_a, bool trans_b, std::int6
   core::detail::dispatch_floating(dtype, "gemm", [&](auto tag) {
     using T = decltype(tag);
     const T alpha_t = static_cast<T>(alpha), beta_t = static_cast<T>(beta);
+    const auto& cublas = cublas_api();
     if constexpr (std::is_same_v<T, float>)
-      SYNCBN_CUBLAS_CHECK(cublasSgemm(handle, op_b, op_a, ni, mi, ki, &alpha_t, static_cast<const float*>(b), ldb,
-                                      static_cast<const float*>(a), lda, &beta_t, static_cast<float*>(c), ni));
+      SYNCBN_CUBLAS_CHECK(cublas.sgemm(handle, op_b, op_a, ni, mi, ki, &alpha_t, static_cast<const float*>(b), ldb,
+                                       static_cast<const float*>(a), lda, &beta_t, static_cast<float*>(c), ni));
     else
-      SYNCBN_CUBLAS_CHECK(cublasDgemm(handle, op_b, op_a, ni, mi, ki, &alpha_t, static_cast<const double*>(b), ldb,
-                                      static_cast<const double*>(a), lda, &beta_t, static_cast<double*>(c), ni));
+      SYNCBN_CUBLAS_CHECK(cublas.dgemm(handle, op_b, op_a, ni, mi, ki, &alpha_t, static_cast<const double*>(b), ldb,
+                                       static_cast<const double*>(a), lda, &beta_t, static_cast<double*>(c), ni));
   });
 }
 
