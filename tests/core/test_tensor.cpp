@@ -180,8 +180,12 @@ TEST_CASE("A CPU tensor can be relabelled as another logical CPU device without 
   CHECK_THROWS_AS(a.relabel(Device::cuda(0)), InvalidArgument);
 }
 
+// ASan's and TSan's allocators end the process on an impossible request (GCC
+// says so with __SANITIZE_*__, Clang with __has_feature).
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;  // their allocators end the process on an impossible request
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+constexpr bool kSanitized = __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
 #else
 constexpr bool kSanitized = false;
 #endif
