@@ -28,7 +28,41 @@ if [ "$(id -u)" -ne 0 ]; then
   command -v sudo >/dev/null 2>&1 || { echo "install_deps: need root or sudo to install ${missing[*]}" >&2; exit 1; }
   sudo=(sudo)
 fi
+# On a fresh machine another package manager (unattended upgrades, a
+# provisioning script) may hold dpkg's or apt's locks for minutes, and
+# apt-get fails at once when it meets one (apt-get update does not honour
+# DPkg::Lock::Timeout): wait for them, bounded, saying who holds them.
+lock_timeout=${SYNCBN_APT_LOCK_TIMEOUT:-600}
+apt_locks=${SYNCBN_APT_LOCKS:-"/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock /var/cache/apt/archives/lock"}
+lock_holder() {  # "PID COMMAND PATH" of a process holding one of apt_locks; empty when none
+  lslocks -n -r -o PID,COMMAND,PATH 2>/dev/null |
+    awk -v locks="$apt_locks" 'BEGIN { n = split(locks, l, " "); for (i = 1; i <= n; i++) held[l[i]] = 1 }
+                               ($3 in held) { print; exit }'
+}
+wait_for_apt_locks() {
+  local waited=0 holder
+  command -v lslocks >/dev/null 2>&1 || return 0  # apt's own timeout below still applies to dpkg's lock
+  while holder=$(lock_holder) && [ -n "$holder" ]; do
+    read -r pid command path <<<"$holder"
+    if [ "$waited" -ge "$lock_timeout" ]; then
+      echo "install_deps: $path is still held by process $pid ($command) after ${lock_timeout} s, expected it" \
+           "free: let that package manager finish, or stop it, then run this again" \
+           "(SYNCBN_APT_LOCK_TIMEOUT sets the wait in seconds)" >&2
+      exit 1
+    fi
+    if [ "$waited" -eq 0 ]; then
+      echo "install_deps: another package manager, process $pid ($command), holds $path; waiting up to" \
+           "${lock_timeout} s for it"
+    fi
+    sleep 2
+    waited=$((waited + 2))
+  done
+}
+
 echo "install_deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt_options=(-o "DPkg::Lock::Timeout=${lock_timeout}")
+wait_for_apt_locks
+"${sudo[@]}" apt-get "${apt_options[@]}" update -qq
+wait_for_apt_locks
+"${sudo[@]}" apt-get "${apt_options[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The sanitizer builds, each proving what the plain build cannot
 # (docs/testing.md, "What each configuration proves"):
-#   thread   GCC with ThreadSanitizer (build-tsan/): the test cases that run
-#            replica threads, a rendezvous or a collective ([threads]); only
-#            the binaries that hold them are built.
+#   thread   GCC with ThreadSanitizer, Debug (build-tsan/): the test cases
+#            that run replica threads, a rendezvous or a collective
+#            ([threads]); only the binaries that hold them are built.
 #   address  Clang with AddressSanitizer + UndefinedBehaviorSanitizer
 #            (build-asan/): the whole tree (libraries, tests, examples,
 #            benchmarks) compiled by a second compiler with -Werror, and every
@@ -34,8 +34,12 @@ fi
 thread() {
   timed "tsan: install" scripts/install_deps.sh python3-torch  # torch: the PyTorch interop tests
   echo "== sanitize: thread (build-tsan)"
+  # Debug: this is also the project's own unoptimised build, whose objects
+  # hold what an optimised build inlines away (the CPU level objects must
+  # still export their kernel set only: "core: CPU kernels of level L define
+  # symbols of their own namespace only" runs here too).
   timed "tsan: build" scripts/build.sh build-tsan -DSYNCBN_SANITIZE=thread -DSYNCBN_CUDA=OFF \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_BUILD_EXAMPLES=OFF
+    -DCMAKE_BUILD_TYPE=Debug -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_BUILD_EXAMPLES=OFF
   # OpenBLAS stays on the calling thread: its own worker pool synchronizes in
   # code TSan does not see, so its workers' writes to the operands read as
   # races (they did for the larger products of test_gemm).

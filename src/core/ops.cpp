@@ -148,21 +148,22 @@ Tensor sum_rows(const Tensor& a) {
 
 void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
              double beta) {
-  check_math_operand(a, "matmul", "a");
-  check_math_operand(b, "matmul", "b");
-  check_math_operand(c, "matmul", "c");
-  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul: a and b must be 2-D, got ranks ", a.rank(), " and ", b.rank());
-  SYNCBN_CHECK(b.device() == a.device() && c.device() == a.device(), "matmul: operands are on ", a.device(), ", ",
+  check_math_operand(a, "matmul_", "a");
+  check_math_operand(b, "matmul_", "b");
+  check_math_operand(c, "matmul_", "c");
+  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul_: a and b have ranks ", a.rank(), " and ", b.rank(),
+               ", expected 2-D matrices");
+  SYNCBN_CHECK(b.device() == a.device() && c.device() == a.device(), "matmul_: operands are on ", a.device(), ", ",
                b.device(), " and ", c.device(), ", expected one device");
-  SYNCBN_CHECK(b.dtype() == a.dtype() && c.dtype() == a.dtype(), "matmul: operands have dtypes ",
+  SYNCBN_CHECK(b.dtype() == a.dtype() && c.dtype() == a.dtype(), "matmul_: operands have dtypes ",
                dtype_name(a.dtype()), ", ", dtype_name(b.dtype()), " and ", dtype_name(c.dtype()),
                ", expected one dtype");
   const std::int64_t m = trans_a ? a.size(1) : a.size(0);
   const std::int64_t k = trans_a ? a.size(0) : a.size(1);
   const std::int64_t kb = trans_b ? b.size(1) : b.size(0);
   const std::int64_t n = trans_b ? b.size(0) : b.size(1);
-  SYNCBN_CHECK(k == kb, "matmul: op(a) is ", m, " x ", k, " and op(b) is ", kb, " x ", n, ", expected inner sizes to match");
-  SYNCBN_CHECK(c.shape() == Shape({m, n}), "matmul: c has shape ", c.shape(), ", expected ", Shape({m, n}));
+  SYNCBN_CHECK(k == kb, "matmul_: op(a) is ", m, " x ", k, " and op(b) is ", kb, " x ", n, ", expected inner sizes to match");
+  SYNCBN_CHECK(c.shape() == Shape({m, n}), "matmul_: c has shape ", c.shape(), ", expected ", Shape({m, n}));
   // The product reads a and b while it writes c: an output that overlaps an
   // input would be read after it was overwritten.
   SYNCBN_CHECK(!overlap(c, a) && !overlap(c, b), "matmul_: c overlaps ", overlap(c, a) ? "a" : "b",
@@ -174,7 +175,13 @@ void matmul_(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bo
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   check_math_operand(a, "matmul", "a");
   check_math_operand(b, "matmul", "b");
-  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul: a and b must be 2-D, got ranks ", a.rank(), " and ", b.rank());
+  SYNCBN_CHECK(a.rank() == 2 && b.rank() == 2, "matmul: a and b have ranks ", a.rank(), " and ", b.rank(),
+               ", expected 2-D matrices");
+  SYNCBN_CHECK((trans_a ? a.size(0) : a.size(1)) == (trans_b ? b.size(1) : b.size(0)), "matmul: op(a) is ",
+               trans_a ? a.size(1) : a.size(0), " x ", trans_a ? a.size(0) : a.size(1), " and op(b) is ",
+               trans_b ? b.size(1) : b.size(0), " x ", trans_b ? b.size(0) : b.size(1), ", expected inner sizes to match");
+  SYNCBN_CHECK(b.device() == a.device() && b.dtype() == a.dtype(), "matmul: b is ", dtype_name(b.dtype()), " on ",
+               b.device(), ", expected ", dtype_name(a.dtype()), " on ", a.device(), " (as a)");
   const std::int64_t m = trans_a ? a.size(1) : a.size(0);
   const std::int64_t n = trans_b ? b.size(0) : b.size(1);
   Tensor c = Tensor::empty(Shape{m, n}, a.dtype(), a.device());

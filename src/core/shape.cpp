@@ -51,7 +51,7 @@ std::int64_t Shape::numel() const noexcept {
 }
 
 Shape Shape::with_rows(std::int64_t rows) const {
-  SYNCBN_CHECK(rank_ >= 1, "Shape: with_rows needs rank >= 1, got a scalar");
+  SYNCBN_CHECK(rank_ >= 1, "Shape::with_rows: the shape is a scalar's, expected rank >= 1 (rows to replace)");
   SYNCBN_CHECK(rows >= 0, "Shape: rows is ", rows, ", expected >= 0");
   Shape out = *this;
   out.dims_[0] = rows;

@@ -40,7 +40,7 @@ std::vector<double> staging(const Shape& shape, const char* op) {
     return std::vector<double>(static_cast<std::size_t>(shape.numel()));
   } catch (const std::bad_alloc&) {
     SYNCBN_THROW(OutOfMemory, op, ": cannot allocate ", shape.numel(), " float64 values (", shape.numel() * 8,
-                 " bytes) of host memory to stage ", shape, ": out of memory");
+                 " bytes) of host memory to stage ", shape, ": out of memory, expected a tensor that fits in memory");
   }
 }
 
@@ -79,7 +79,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
     return Tensor(std::make_shared<detail::Storage>(device, nbytes), 0, shape, dtype, device);
   } catch (const std::bad_alloc&) {
     SYNCBN_THROW(OutOfMemory, "Tensor: cannot allocate ", shape, " of ", dtype_name(dtype), " (", nbytes,
-                 " bytes) on ", device, ": out of memory");
+                 " bytes) on ", device, ": out of memory, expected a tensor that fits in the device's free memory");
   }
 }
 
@@ -219,6 +219,7 @@ Tensor Tensor::relabel(Device device) const {
 }
 
 Tensor Tensor::onto(Device device) const {
+  check_defined(*this, "Tensor::onto");
   if (device == device_) return *this;
   return device.shares_memory_with(device_) ? relabel(device) : to(device);
 }

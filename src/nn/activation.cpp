@@ -10,6 +10,8 @@ namespace syncbn::nn {
 Tensor ReLU::forward(const Tensor& input) {
   check_replica_thread();
   SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
+  SYNCBN_CHECK(input.dtype() == DType::Float32 || input.dtype() == DType::Float64, describe(), ": input has dtype ",
+               dtype_name(input.dtype()), ", expected float32 or float64");
   output_ = relu(input);
   return output_;
 }
@@ -17,6 +19,9 @@ Tensor ReLU::forward(const Tensor& input) {
 Tensor ReLU::backward(const Tensor& grad_output) {
   check_replica_thread();
   detail::check_backward(output_.defined(), grad_output, output_.shape(), describe());
+  SYNCBN_CHECK(grad_output.dtype() == output_.dtype() && grad_output.device() == output_.device(), describe(),
+               ": grad_output is ", dtype_name(grad_output.dtype()), " on ", grad_output.device(), ", expected ",
+               dtype_name(output_.dtype()), " on ", output_.device(), " (as the output)");
   return relu_backward(grad_output, output_);
 }
 

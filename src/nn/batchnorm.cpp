@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <tuple>
 
 #include "layer_checks.hpp"
+#include "syncbn/nn/forward_transaction.hpp"
 #include "syncbn/core/ops.hpp"
 
 namespace syncbn::nn {
@@ -115,11 +117,22 @@ Tensor& BatchNorm::num_batches_tracked() {
   return buffer(batches_);
 }
 
-void BatchNorm::share_parameters_of(BatchNorm& source) {
-  SYNCBN_CHECK(options_.affine && source.options_.affine && source.features_ == features_, kind_,
-               ": share_parameters_of(", source.kind_, "): expected two affine layers of ", features_, " features");
-  share_parameter(weight_, source.parameter_object(source.weight_));
-  share_parameter(bias_, source.parameter_object(source.bias_));
+void BatchNorm::take_state_of(BatchNorm& source) {
+  SYNCBN_CHECK(options_.affine == source.options_.affine &&
+                   options_.track_running_stats == source.options_.track_running_stats &&
+                   source.features_ == features_,
+               kind_, ": take_state_of(", source.kind_, "): expected a layer of the same options and ", features_,
+               " features");
+  if (options_.affine) {
+    share_parameter(weight_, source.parameter_object(source.weight_));
+    share_parameter(bias_, source.parameter_object(source.bias_));
+  }
+  if (options_.track_running_stats) {
+    buffer(running_mean_) = source.buffer(source.running_mean_);
+    buffer(running_var_) = source.buffer(source.running_var_);
+    buffer(batches_) = source.buffer(source.batches_);
+  }
+  train(source.is_training());
 }
 
 std::optional<Device> BatchNorm::state_device() const {
@@ -134,14 +147,7 @@ core::BatchNormForm BatchNorm::form() const noexcept {
   return {options_.layout, std::nullopt, options_.activation, options_.inplace};
 }
 
-void BatchNorm::clear_cache() {
-  input_ = Tensor();
-  coef_ = Tensor();
-  invstd_ = Tensor();
-  ghost_coef_.clear();
-  ghost_norm_.clear();
-  used_ghost_ = false;
-}
+void BatchNorm::clear_cache() { saved_ = Saved{}; }
 
 void BatchNorm::check_input(const Tensor& input) const {
   SYNCBN_CHECK(input.defined(), label_, ": input is undefined, expected a tensor");
@@ -169,13 +175,13 @@ void BatchNorm::check_input(const Tensor& input) const {
   }
 }
 
-BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) const {
+BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged, const std::string& over) const {
   // Called whenever the batch's own statistics normalise it: in training and
   // in eval without running statistics, where PyTorch refuses a single value
   // per channel as well (its variance is 0 and y would be the bias).
   SYNCBN_CHECK(merged.count != 1, label_, ": expected more than 1 value per channel ",
                is_training() ? "when training" : "for batch statistics (track_running_stats is off)",
-               ", got 1 (input of ", features_, " channels with one value each over the whole batch)");
+               ", got 1 (input of ", features_, " channels with one value each ", over, ")");
   auto [invstd, unbiased_var] =
       core::batch_norm_variance(merged, options_.eps, options_.eps_mode == EpsMode::Clamp);
   return Finalized{NormStats{merged.count, merged.mean, std::move(invstd)}, std::move(unbiased_var)};
@@ -183,20 +189,52 @@ BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged) co
 
 void BatchNorm::track_running(const Finalized& finalized) {
   if (!is_training() || !options_.track_running_stats || options_.ema_update == EmaUpdate::Skip) return;
+  // The kept and accumulated statistics are shared with the replicas: only
+  // copy 0 (or the user's module itself) changes them, as Internal updates
+  // the module from copy 0 (the other copies' buffers are refreshed from it
+  // every forward).
+  const bool owner = replica_id() <= 0;
   Finalized update = finalized;
   if (accumulator_->every > 1) {
-    // Copy 0's batches only, as Internal updates the module from copy 0
-    // (the other copies' buffers are refreshed from it every forward).
-    if (replica_id() > 0) return;
+    if (!owner) return;
+    record_undo(RunningState::Accumulator);
     std::optional<Finalized> merged = accumulate(finalized);
     if (!merged) return;
     update = std::move(*merged);
   }
   switch (options_.ema_update) {
-    case EmaUpdate::Internal: update_running(update); return;
+    case EmaUpdate::Internal:
+      record_undo(RunningState::Buffers);
+      update_running(update);
+      return;
     case EmaUpdate::Skip: return;
     case EmaUpdate::Deferred:
-      if (replica_id() <= 0) pending_->push_back(update);
+      if (owner) {
+        record_undo(RunningState::Pending);
+        pending_->push_back(update);
+      }
+      return;
+  }
+}
+
+void BatchNorm::record_undo(RunningState what) {
+  if (!ForwardTransaction::active()) return;
+  switch (what) {
+    case RunningState::Buffers: {
+      // The buffers' own tensors (the storage that replicas alias) and copies.
+      std::vector<std::pair<Tensor, Tensor>> buffers;
+      for (const std::size_t index : {running_mean_, running_var_, batches_})
+        buffers.emplace_back(buffer(index), buffer(index).clone());
+      ForwardTransaction::record([buffers = std::move(buffers)] {
+        for (const auto& [target, before] : buffers) target.copy_(before);
+      });
+      return;
+    }
+    case RunningState::Pending:
+      ForwardTransaction::record([pending = pending_, size = pending_->size()] { pending->resize(size); });
+      return;
+    case RunningState::Accumulator:
+      ForwardTransaction::record([accumulator = accumulator_, before = *accumulator_] { *accumulator = before; });
       return;
   }
 }
@@ -290,7 +328,9 @@ std::vector<BatchNorm::Finalized> BatchNorm::ghost_groups(const std::vector<Shar
       merged = core::merge_moments(parts, device);
       first = last;
     }
-    groups.push_back(finalize_statistics(merged));
+    groups.push_back(finalize_statistics(merged, "over ghost batch " + std::to_string(g) + " (rows " +
+                                                     std::to_string(g * v) + " to " + std::to_string((g + 1) * v - 1) +
+                                                     " of the batch)"));
   }
   return groups;
 }
@@ -330,7 +370,7 @@ std::vector<BatchNorm::GradSums> BatchNorm::ghost_gradient_sums(const std::vecto
   return per_row;
 }
 
-Tensor BatchNorm::ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias) {
+Tensor BatchNorm::ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias, Saved& saved) {
   const std::int64_t n = input.size(0);
   std::vector<ShardStats> rows;
   for (std::int64_t i = 0; i < n; ++i) rows.push_back(core::batch_norm_moments(input.rows(i, i + 1), options_.layout));
@@ -344,32 +384,32 @@ Tensor BatchNorm::ghost_forward(const Tensor& input, const Tensor& weight, const
       core::batch_norm_apply_(input.rows(i, i + 1), coef, how);
     else
       out.rows(i, i + 1).copy_(core::batch_norm_apply(input.rows(i, i + 1), coef, how));
-    ghost_coef_.push_back(std::move(coef));
+    saved.ghost_coef.push_back(std::move(coef));
   }
-  ghost_norm_ = std::move(norms);
-  coef_ = Tensor();
+  saved.ghost_norm = std::move(norms);
   return out;
 }
 
 Tensor BatchNorm::ghost_backward(const Tensor& grad_output) {
-  const std::int64_t n = input_.size(0);
+  const Tensor& input = saved_.input;
+  const std::int64_t n = input.size(0);
   const core::BatchNormForm how = form();
   std::vector<GradSums> local;
   for (std::int64_t i = 0; i < n; ++i)
-    local.push_back(core::batch_norm_grad_sums(grad_output.rows(i, i + 1), input_.rows(i, i + 1),
-                                               ghost_coef_[static_cast<std::size_t>(i)], how));
+    local.push_back(core::batch_norm_grad_sums(grad_output.rows(i, i + 1), input.rows(i, i + 1),
+                                               saved_.ghost_coef[static_cast<std::size_t>(i)], how));
   const std::vector<GradSums> totals = ghost_gradient_sums(local);
   const Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
   const std::optional<double> clamp_eps =
       options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
-  Tensor dx = Tensor::empty(input_.shape(), input_.dtype(), input_.device());
+  Tensor dx = Tensor::empty(input.shape(), input.dtype(), input.device());
   for (std::int64_t i = 0; i < n; ++i) {
     const auto at = static_cast<std::size_t>(i);
-    const NormStats& norm = ghost_norm_[at];
+    const NormStats& norm = saved_.ghost_norm[at];
     const Tensor coef_b =
         core::batch_norm_backward_coefficients(norm.count, norm.invstd, weight, totals[at], options_.dtype, clamp_eps);
     dx.rows(i, i + 1).copy_(
-        core::batch_norm_backward_apply(grad_output.rows(i, i + 1), input_.rows(i, i + 1), ghost_coef_[at], coef_b, how));
+        core::batch_norm_backward_apply(grad_output.rows(i, i + 1), input.rows(i, i + 1), saved_.ghost_coef[at], coef_b, how));
     if (options_.affine) core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, norm.invstd, local[at]);
   }
   return dx;
@@ -401,7 +441,11 @@ void BatchNorm::update_running(const Finalized& finalized) {
 }
 
 BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) {
-  const Finalized finalized = finalize_statistics(shard);
+  // Unsynchronized statistics are the whole batch's for the user's own
+  // module, and one shard's for a replica (or a SyncBatchNorm in eval).
+  const Finalized finalized = finalize_statistics(
+      shard, replica_id() < 0 ? std::string("over the whole batch")
+                              : "over replica " + std::to_string(replica_id()) + "'s shard (its own statistics)");
   track_running(finalized);
   return finalized.norm;
 }
@@ -421,25 +465,28 @@ Tensor BatchNorm::forward(const Tensor& input) {
   check_replica_thread();
   check_input(input);
   check_inplace_weight();
+  // Note [All-or-nothing forward]: a failure below undoes the running
+  // statistics' update, and saved_ is replaced only once all went well.
+  ForwardTransaction transaction;
+  Saved next;
   // Frozen: the running statistics in training too (and no update of them).
-  const bool batch_stats = !options_.freeze && (is_training() || !options_.track_running_stats);
-  ghost_coef_.clear();
-  ghost_norm_.clear();
-  used_ghost_ = options_.virtual_batch_size > 0 && batch_stats && is_training();
-  if (used_ghost_) {
-    Tensor out = ghost_forward(input, options_.affine ? parameter(weight_).value : Tensor(),
-                               options_.affine ? parameter(bias_).value : Tensor());
-    input_ = input;
-    used_batch_stats_ = true;
+  next.batch_stats = !options_.freeze && (is_training() || !options_.track_running_stats);
+  Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
+  Tensor bias = options_.affine ? parameter(bias_).value : Tensor();
+  next.ghost = options_.virtual_batch_size > 0 && next.batch_stats && is_training();
+  if (next.ghost) {
+    Tensor out = ghost_forward(input, weight, bias, next);
+    next.input = input;
+    saved_ = std::move(next);
     return out;
   }
   const core::BatchNormForm how = form();
   NormStats norm;
-  const bool renorm = renorm_ != nullptr && batch_stats && is_training();
+  const bool renorm = renorm_ != nullptr && next.batch_stats && is_training();
   // Renorm corrects towards the running statistics before this batch's update.
   const Tensor running_mean_before = renorm ? buffer(running_mean_).clone() : Tensor();
   const Tensor running_var_before = renorm ? buffer(running_var_).clone() : Tensor();
-  if (batch_stats) {
+  if (next.batch_stats) {
     norm = batch_statistics(core::batch_norm_moments(input, options_.layout));
   } else {
     // Eval with running statistics: constants, so count 0 (backward then
@@ -447,39 +494,7 @@ Tensor BatchNorm::forward(const Tensor& input) {
     norm.mean = buffer(running_mean_).to(DType::Float64);
     norm.invstd = core::batch_norm_invstd(buffer(running_var_), options_.eps, options_.eps_mode == EpsMode::Clamp);
   }
-  Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
-  Tensor bias = options_.affine ? parameter(bias_).value : Tensor();
-  renorm_r_.clear();
-  renorm_d_.clear();
-  renorm_weight_ = Tensor();
-  if (renorm) {
-    // Note [Batch renormalization]: y = w (x_hat r + d) + b is batch norm with
-    // weight w r and bias w d + b, so the stages stay those of batch norm;
-    // r and d are constants of backward (Ioffe 2017), whose input gradient is
-    // then batch norm's with weight w r, and dw = r sum(dy x_hat) + d sum(dy).
-    const RenormLimits limits = *renorm_;
-    const auto mean = norm.mean.to_vector<double>(), invstd = norm.invstd.to_vector<double>();
-    const auto running_mean = running_mean_before.to_vector<double>();
-    const auto running_var = running_var_before.to_vector<double>();
-    const std::vector<double> w = options_.affine ? weight.to_vector<double>() : std::vector<double>(mean.size(), 1.0);
-    const std::vector<double> b = options_.affine ? bias.to_vector<double>() : std::vector<double>(mean.size(), 0.0);
-    std::vector<double> w_eff(mean.size()), b_eff(mean.size());
-    for (std::size_t j = 0; j < mean.size(); ++j) {
-      // The running standard deviation as eval mode would use it (EpsMode).
-      const double sigma = options_.eps_mode == EpsMode::Clamp ? std::sqrt(std::max(running_var[j], options_.eps))
-                                                               : std::sqrt(running_var[j] + options_.eps);
-      const double r = std::clamp(1.0 / (invstd[j] * sigma), 1.0 / limits.rmax, limits.rmax);
-      const double d = std::clamp((mean[j] - running_mean[j]) / sigma, -limits.dmax, limits.dmax);
-      renorm_r_.push_back(r);
-      renorm_d_.push_back(d);
-      w_eff[j] = w[j] * r;
-      b_eff[j] = w[j] * d + b[j];
-    }
-    const Shape c{static_cast<std::int64_t>(mean.size())};
-    weight = Tensor::from_vector(w_eff, c, input.device()).to(options_.dtype);
-    bias = Tensor::from_vector(b_eff, c, input.device()).to(options_.dtype);
-    renorm_weight_ = weight;
-  }
+  if (renorm) std::tie(weight, bias) = renorm_affine(norm, running_mean_before, running_var_before, weight, bias, next);
   Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
   Tensor out;
   if (options_.inplace) {
@@ -488,48 +503,85 @@ Tensor BatchNorm::forward(const Tensor& input) {
   } else {
     out = core::batch_norm_apply(input, coef, how);
   }
-  input_ = options_.inplace ? out : input;
-  coef_ = std::move(coef);
-  invstd_ = std::move(norm.invstd);
-  count_ = norm.count;
-  used_batch_stats_ = batch_stats;
+  next.input = options_.inplace ? out : input;
+  next.coef = std::move(coef);
+  next.invstd = std::move(norm.invstd);
+  next.count = norm.count;
+  saved_ = std::move(next);
   return out;
+}
+
+// Note [Batch renormalization]: y = w (x_hat r + d) + b is batch norm with
+// weight w r and bias w d + b, so the stages stay those of batch norm; r and
+// d are constants of backward (Ioffe 2017), whose input gradient is then
+// batch norm's with weight w r, and dw = r sum(dy x_hat) + d sum(dy).
+std::pair<Tensor, Tensor> BatchNorm::renorm_affine(const NormStats& norm, const Tensor& running_mean_before,
+                                                   const Tensor& running_var_before, const Tensor& weight,
+                                                   const Tensor& bias, Saved& saved) const {
+  const RenormLimits limits = *renorm_;
+  const auto mean = norm.mean.to_vector<double>(), invstd = norm.invstd.to_vector<double>();
+  const auto running_mean = running_mean_before.to_vector<double>();
+  const auto running_var = running_var_before.to_vector<double>();
+  const std::vector<double> w = options_.affine ? weight.to_vector<double>() : std::vector<double>(mean.size(), 1.0);
+  const std::vector<double> b = options_.affine ? bias.to_vector<double>() : std::vector<double>(mean.size(), 0.0);
+  std::vector<double> w_eff(mean.size()), b_eff(mean.size());
+  for (std::size_t j = 0; j < mean.size(); ++j) {
+    // The running standard deviation as eval mode would use it (EpsMode).
+    const double sigma = options_.eps_mode == EpsMode::Clamp ? std::sqrt(std::max(running_var[j], options_.eps))
+                                                             : std::sqrt(running_var[j] + options_.eps);
+    const double r = std::clamp(1.0 / (invstd[j] * sigma), 1.0 / limits.rmax, limits.rmax);
+    const double d = std::clamp((mean[j] - running_mean[j]) / sigma, -limits.dmax, limits.dmax);
+    saved.renorm_r.push_back(r);
+    saved.renorm_d.push_back(d);
+    w_eff[j] = w[j] * r;
+    b_eff[j] = w[j] * d + b[j];
+  }
+  const Shape c{static_cast<std::int64_t>(mean.size())};
+  const Device device = running_mean_before.device();
+  Tensor w_out = Tensor::from_vector(w_eff, c, device).to(options_.dtype);
+  saved.renorm_weight = w_out;
+  return {std::move(w_out), Tensor::from_vector(b_eff, c, device).to(options_.dtype)};
 }
 
 Tensor BatchNorm::backward(const Tensor& grad_output) {
   check_replica_thread();
-  detail::check_backward(input_.defined(), grad_output, input_.shape(), label_);
-  detail::check_tensor(grad_output, label_, "grad_output", input_.device(), input_.dtype());
-  if (used_ghost_) return ghost_backward(grad_output);
+  const Saved& saved = saved_;
+  detail::check_backward(saved.input.defined(), grad_output, saved.input.shape(), label_);
+  detail::check_tensor(grad_output, label_, "grad_output", saved.input.device(), saved.input.dtype());
+  if (saved.ghost) return ghost_backward(grad_output);
   const core::BatchNormForm how = form();
-  const GradSums local = core::batch_norm_grad_sums(grad_output, input_, coef_, how);
+  const GradSums local = core::batch_norm_grad_sums(grad_output, saved.input, saved.coef, how);
   // With batch statistics the mean and variance depend on every input, so
   // the sums over the whole batch enter dx; with running statistics they do not.
-  const GradSums total = used_batch_stats_ ? gradient_sums(local) : local;
-  const Tensor weight = renorm_weight_.defined() ? renorm_weight_ : options_.affine ? parameter(weight_).value : Tensor();
+  const GradSums total = saved.batch_stats ? gradient_sums(local) : local;
+  const Tensor weight = saved.renorm_weight.defined() ? saved.renorm_weight
+                        : options_.affine             ? parameter(weight_).value
+                                                      : Tensor();
   const std::optional<double> clamp_eps =
       options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
-  const Tensor coef_b = core::batch_norm_backward_coefficients(used_batch_stats_ ? count_ : 0, invstd_, weight, total,
-                                                               options_.dtype, clamp_eps);
+  const Tensor coef_b = core::batch_norm_backward_coefficients(saved.batch_stats ? saved.count : 0, saved.invstd,
+                                                               weight, total, options_.dtype, clamp_eps);
   // Frozen affine parameters are constants: no gradient (MegEngine detaches them).
-  if (options_.affine && !options_.freeze) {
-    if (renorm_r_.empty()) {
-      core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, invstd_, local);
+  const ParamShare share = saved.batch_stats ? param_share() : ParamShare::Local;
+  if (options_.affine && !options_.freeze && share != ParamShare::None) {
+    const GradSums& sums = share == ParamShare::Whole ? total : local;
+    if (saved.renorm_r.empty()) {
+      core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, saved.invstd, sums);
     } else {
       // d/dw of w (x_hat r + d) + b: r sum(dy x_hat) + d sum(dy) (r, d constants).
       const Parameter& w = parameter(weight_);
       const Shape c{features_};
       const Tensor g_xhat = Tensor::zeros(c, options_.dtype, w.grad.device());
       const Tensor g_bias = Tensor::zeros(c, options_.dtype, w.grad.device());
-      core::batch_norm_param_grads(g_xhat, g_bias, invstd_, local);
+      core::batch_norm_param_grads(g_xhat, g_bias, saved.invstd, sums);
       const auto gx = g_xhat.to_vector<double>(), gb = g_bias.to_vector<double>();
       std::vector<double> gw(gx.size());
-      for (std::size_t j = 0; j < gx.size(); ++j) gw[j] = renorm_r_[j] * gx[j] + renorm_d_[j] * gb[j];
+      for (std::size_t j = 0; j < gx.size(); ++j) gw[j] = saved.renorm_r[j] * gx[j] + saved.renorm_d[j] * gb[j];
       core::add_(w.grad, Tensor::from_vector(gw, c, w.grad.device()).to(options_.dtype));
       core::add_(parameter(bias_).grad, g_bias);
     }
   }
-  return core::batch_norm_backward_apply(grad_output, input_, coef_, coef_b, how);
+  return core::batch_norm_backward_apply(grad_output, saved.input, saved.coef, coef_b, how);
 }
 
 std::int64_t accumulate_statistics(Module& module, std::int64_t micro_batches) {

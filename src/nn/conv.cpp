@@ -53,7 +53,7 @@ std::string Conv2d::describe() const {
 }
 
 Parameter& Conv2d::bias() {
-  SYNCBN_CHECK(has_bias_, describe(), ": the layer has no bias");
+  SYNCBN_CHECK(has_bias_, describe(), ": bias(): the layer has no bias, expected a layer made with bias = true");
   return parameter(bias_);
 }
 

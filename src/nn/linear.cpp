@@ -31,7 +31,7 @@ std::string Linear::describe() const {
 }
 
 Parameter& Linear::bias() {
-  SYNCBN_CHECK(has_bias_, describe(), ": the layer has no bias");
+  SYNCBN_CHECK(has_bias_, describe(), ": bias(): the layer has no bias, expected a layer made with bias = true");
   return parameter(bias_);
 }
 

@@ -4,6 +4,7 @@
 
 #include "layer_checks.hpp"
 #include "syncbn/core/ops.hpp"
+#include "syncbn/nn/forward_transaction.hpp"
 
 namespace syncbn::nn {
 
@@ -23,6 +24,7 @@ Tensor Residual::forward(const Tensor& input) {
   check_replica_thread();
   SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
   has_forward_ = false;
+  ForwardTransaction transaction;  // Note [All-or-nothing forward]
   Tensor main = child(0).forward(input);
   Tensor side = has_shortcut_ ? child(1).forward(input) : input;
   SYNCBN_CHECK(main.shape() == side.shape(), "Residual: body gives shape ", main.shape(), ", expected ", side.shape(),

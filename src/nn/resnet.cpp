@@ -7,6 +7,7 @@
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
 #include "syncbn/nn/conv.hpp"
+#include "syncbn/nn/forward_transaction.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/pooling.hpp"
 
@@ -67,6 +68,7 @@ Tensor BasicBlock::forward(const Tensor& input) {
   check_replica_thread();
   SYNCBN_CHECK(input.defined(), describe(), ": input is undefined, expected a tensor");
   output_ = Tensor();
+  ForwardTransaction transaction;  // Note [All-or-nothing forward]
   Tensor h = child(kConv1).forward(input);
   h = child(kBn1).forward(h);
   h = child(kRelu).forward(h);

@@ -3,6 +3,7 @@
 #include "syncbn/nn/sequential.hpp"
 
 #include "syncbn/error.hpp"
+#include "syncbn/nn/forward_transaction.hpp"
 
 namespace syncbn::nn {
 
@@ -29,13 +30,18 @@ std::string Sequential::describe() const {
 
 Tensor Sequential::forward(const Tensor& input) {
   check_replica_thread();
+  ForwardTransaction transaction;  // Note [All-or-nothing forward]
+  forward_failed_ = true;
   Tensor x = input;
   for (std::size_t i = 0; i < child_count(); ++i) x = child(i).forward(x);
+  forward_failed_ = false;
   return x;
 }
 
 Tensor Sequential::backward(const Tensor& grad_output) {
   check_replica_thread();
+  SYNCBN_CHECK(!forward_failed_, "Sequential: backward after a failed forward, expected a successful forward first "
+               "(the layers before the failure hold its tensors, the others the previous forward's)");
   Tensor g = grad_output;
   for (std::size_t i = child_count(); i-- > 0;) g = child(i).backward(g);
   return g;

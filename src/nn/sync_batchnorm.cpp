@@ -60,6 +60,18 @@ void SyncBatchNorm::clear_cache() {
   synced_forward_ = false;
 }
 
+Tensor SyncBatchNorm::forward(const Tensor& input) {
+  const bool synced_before = synced_forward_;
+  std::vector<std::int64_t> rank_rows_before = ghost_rank_rows_;
+  try {
+    return BatchNorm::forward(input);
+  } catch (...) {
+    synced_forward_ = synced_before;
+    ghost_rank_rows_ = std::move(rank_rows_before);
+    throw;
+  }
+}
+
 std::vector<std::pair<int, BatchNorm::Finalized>> SyncBatchNorm::merge_round(
     std::vector<std::pair<int, ShardStats>> parts) const {
   std::vector<ShardStats> shards;
@@ -73,7 +85,8 @@ std::vector<std::pair<int, BatchNorm::Finalized>> SyncBatchNorm::merge_round(
   // Merged on copy 0's device in replica order; finalize_statistics rejects
   // one value per channel and changes no state (the running statistics are
   // updated by copy 0 once the replies are out).
-  Finalized batch = finalize_statistics(across_processes(core::merge_moments(shards, devices.front().second)));
+  Finalized batch = finalize_statistics(across_processes(core::merge_moments(shards, devices.front().second)),
+                                        "over the whole batch");
   std::vector<std::pair<int, Finalized>> replies;
   replies.reserve(devices.size());
   for (const auto& [id, device] : devices) {
@@ -256,16 +269,16 @@ void SyncBatchNorm::on_replicate(ReplicationContext& context, int copy_id) {
     // the masters through link_: they never outlive it.
     link_->forward_master = std::make_shared<Link::ForwardMaster>(
         [this](std::vector<std::pair<int, ShardStats>> parts) { return merge_round(std::move(parts)); },
-        sync::SyncOptions{name + " forward", timeout_, {}});
+        sync::SyncOptions{name + " forward", timeout_, {}, context.whereabouts()});
     link_->backward_master = std::make_shared<Link::BackwardMaster>(
         [this](std::vector<std::pair<int, GradSums>> parts) { return sum_round(std::move(parts)); },
-        sync::SyncOptions{name + " backward", timeout_, {}});
+        sync::SyncOptions{name + " backward", timeout_, {}, context.whereabouts()});
     link_->ghost_forward_master = std::make_shared<Link::GhostForwardMaster>(
         [this](std::vector<std::pair<int, std::vector<ShardStats>>> parts) { return ghost_merge_round(std::move(parts)); },
-        sync::SyncOptions{name + " forward", timeout_, {}});
+        sync::SyncOptions{name + " forward", timeout_, {}, context.whereabouts()});
     link_->ghost_backward_master = std::make_shared<Link::GhostBackwardMaster>(
         [this](std::vector<std::pair<int, std::vector<GradSums>>> parts) { return ghost_sum_round(std::move(parts)); },
-        sync::SyncOptions{name + " backward", timeout_, {}});
+        sync::SyncOptions{name + " backward", timeout_, {}, context.whereabouts()});
     context.set(std::make_shared<Link::Masters>(Link::Masters{link_->forward_master, link_->backward_master,
                                                               link_->ghost_forward_master,
                                                               link_->ghost_backward_master}));
@@ -301,7 +314,7 @@ BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
   if (copy_id_ < 0) {
     // Not replicated: this process's batch is the shard; the other
     // processes' come through the group.
-    const Finalized batch = finalize_statistics(across_processes(shard));
+    const Finalized batch = finalize_statistics(across_processes(shard), "over the whole batch");
     track_running(batch);
     synced_forward_ = true;
     return batch.norm;
@@ -414,6 +427,22 @@ std::size_t SyncBatchNorm::job_first_row() const {
   return static_cast<std::size_t>(first);
 }
 
+// Note [Parameter gradients from the exchanged sums]
+// After the backward exchange every participant holds the whole batch's
+// sum(dy) and sum(dy * (x - mean)) in float64. Each adding its own shard's
+// share to a float32 gradient rounds every share (one of 8 replicas of 16k
+// values per channel: an error of up to 4e-6 of a share of 130), and the
+// runner's sum of the shares keeps those roundings, which a small total
+// cannot absorb (measured: 2.3e-5 of max(1, |dw|)). So one participant,
+// copy 0 of rank 0, takes the whole batch's gradients and the others none:
+// the runner's sum (DataParallel's replica sum, DistributedDataParallel's
+// all-reduce) is then the total rounded once.
+BatchNorm::ParamShare SyncBatchNorm::param_share() const {
+  if (!synced_forward_) return ParamShare::Local;
+  const bool first_process = group_ == nullptr || group_->rank() == 0;
+  return copy_id_ <= 0 && first_process ? ParamShare::Whole : ParamShare::None;
+}
+
 BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {
   if (!synced_forward_) return local;
   if (copy_id_ < 0) return across_processes(local);
@@ -421,6 +450,38 @@ BatchNorm::GradSums SyncBatchNorm::gradient_sums(const GradSums& local) {
 }
 
 namespace {
+
+// Note [Conversions change all or nothing]
+// A conversion decides every replacement before it makes the first: the
+// walk builds the new layers (which is where a refusal is thrown) and only
+// then are they put in place, so a refused conversion leaves the tree as it
+// was.
+struct Replacement {
+  Module* parent;
+  std::string name;
+  std::shared_ptr<Module> with;
+};
+
+// `replace(m)` gives the module that takes m's place, null to keep m and
+// look into its children, or throws to refuse the whole conversion.
+template <class Replace>
+void plan_replacements(Module& parent, const Replace& replace, std::vector<Replacement>& plan) {
+  for (const auto& [name, child] : parent.children()) {
+    if (auto with = replace(*child))
+      plan.push_back(Replacement{&parent, name, std::move(with)});
+    else
+      plan_replacements(*child, replace, plan);
+  }
+}
+
+template <class Replace>
+std::shared_ptr<Module> replace_in_tree(std::shared_ptr<Module> root, const Replace& replace) {
+  if (auto with = replace(*root)) return with;
+  std::vector<Replacement> plan;
+  plan_replacements(*root, replace, plan);
+  for (Replacement& r : plan) r.parent->replace_child(r.name, std::move(r.with));
+  return root;
+}
 
 std::shared_ptr<SyncBatchNorm> make_sync(const BatchNorm& bn, std::chrono::milliseconds timeout,
                                          const std::shared_ptr<comm::ProcessGroup>& group) {
@@ -431,43 +492,10 @@ std::shared_ptr<SyncBatchNorm> make_sync(const BatchNorm& bn, std::chrono::milli
   }
 }
 
-}  // namespace
-
-std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, std::chrono::milliseconds sync_timeout,
-                                               std::shared_ptr<comm::ProcessGroup> process_group) {
-  SYNCBN_CHECK(module != nullptr, "convert_sync_batchnorm: module is null, expected a module");
-  const Module& root = *module;  // typeid of a plain reference: no side effect to evaluate
-  const auto& type = typeid(root);
-  if (type == typeid(BatchNorm1d) || type == typeid(BatchNorm2d) || type == typeid(BatchNorm3d)) {
-    auto& bn = static_cast<BatchNorm&>(*module);
-    auto sync = make_sync(bn, sync_timeout, process_group);
-    // Take over the very Parameter objects (so that an optimizer holding
-    // them keeps working) and buffers, as PyTorch's conversion does: nothing
-    // is copied or reset.
-    if (bn.options().affine) sync->share_parameters_of(bn);
-    if (bn.options().track_running_stats) {
-      sync->running_mean() = bn.running_mean();
-      sync->running_var() = bn.running_var();
-      sync->num_batches_tracked() = bn.num_batches_tracked();
-    }
-    sync->train(bn.is_training());
-    return sync;
-  }
-  // A user's subclass of BatchNorm1d/2d/3d would lose its overrides in a
-  // plain SyncBatchNorm*d: refuse rather than drop them silently.
-  if (const auto* bn = dynamic_cast<const BatchNorm*>(module.get()); bn != nullptr && dynamic_cast<const SyncBatchNorm*>(bn) == nullptr)
-    SYNCBN_THROW(InvalidArgument, "convert_sync_batchnorm: ", bn->describe(),
-                 " is a subclass of ", bn->kind(), ", expected BatchNorm1d, BatchNorm2d or BatchNorm3d itself "
-                 "(converting it would drop its overrides; give it a synchronized version of its own)");
-  const auto children = module->children();  // a copy: replace_child edits the list
-  for (const auto& [name, child] : children) {
-    auto converted = convert_sync_batchnorm(child, sync_timeout, process_group);
-    if (converted != child) module->replace_child(name, std::move(converted));
-  }
-  return module;
+bool is_plain(const Module& m) {
+  const auto& type = typeid(m);
+  return type == typeid(BatchNorm1d) || type == typeid(BatchNorm2d) || type == typeid(BatchNorm3d);
 }
-
-namespace {
 
 std::shared_ptr<BatchNorm> make_plain(const SyncBatchNorm& bn) {
   switch (bn.spatial_dims()) {
@@ -482,40 +510,47 @@ bool is_plain_sync(const Module& m) {
   return type == typeid(SyncBatchNorm1d) || type == typeid(SyncBatchNorm2d) || type == typeid(SyncBatchNorm3d);
 }
 
-// Refuses, before anything changes, a tree holding a subclass of a
-// SyncBatchNorm*d.
-void check_revertible(Module& module) {
-  if (const auto* sync = dynamic_cast<const SyncBatchNorm*>(&module); sync != nullptr && !is_plain_sync(module))
-    SYNCBN_THROW(InvalidArgument, "revert_sync_batchnorm: ", sync->describe(), " is a subclass of ", sync->kind(),
-                 ", expected SyncBatchNorm1d, SyncBatchNorm2d or SyncBatchNorm3d itself (reverting it would drop its "
-                 "overrides)");
-  for (const auto& [name, child] : module.children()) check_revertible(*child);
-}
-
 }  // namespace
+
+std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module, std::chrono::milliseconds sync_timeout,
+                                               std::shared_ptr<comm::ProcessGroup> process_group) {
+  SYNCBN_CHECK(module != nullptr, "convert_sync_batchnorm: module is null, expected a module");
+  SYNCBN_CHECK(sync_timeout.count() >= 0, "convert_sync_batchnorm: sync_timeout is ", sync_timeout.count(),
+               " ms, expected >= 0 (0 waits forever)");
+  const auto replace = [&](Module& m) -> std::shared_ptr<Module> {
+    if (is_plain(m)) {
+      auto& bn = static_cast<BatchNorm&>(m);
+      auto sync = make_sync(bn, sync_timeout, process_group);
+      sync->take_state_of(bn);
+      return sync;
+    }
+    // A user's subclass of BatchNorm1d/2d/3d would lose its overrides in a
+    // plain SyncBatchNorm*d: refuse rather than drop them silently.
+    if (const auto* bn = dynamic_cast<const BatchNorm*>(&m); bn != nullptr && dynamic_cast<const SyncBatchNorm*>(bn) == nullptr)
+      SYNCBN_THROW(InvalidArgument, "convert_sync_batchnorm: ", bn->describe(), " is a subclass of ", bn->kind(),
+                   ", expected BatchNorm1d, BatchNorm2d or BatchNorm3d itself (converting it would drop its "
+                   "overrides; give it a synchronized version of its own); nothing was converted");
+    return nullptr;
+  };
+  return replace_in_tree(std::move(module), replace);
+}
 
 std::shared_ptr<Module> revert_sync_batchnorm(std::shared_ptr<Module> module) {
   SYNCBN_CHECK(module != nullptr, "revert_sync_batchnorm: module is null, expected a module");
-  check_revertible(*module);  // the whole tree first: a refusal changes nothing
-  if (is_plain_sync(*module)) {
-    auto& sync = static_cast<SyncBatchNorm&>(*module);
-    auto plain = make_plain(sync);
-    // The very Parameter objects and buffers: nothing copied or reset.
-    if (sync.options().affine) plain->share_parameters_of(sync);
-    if (sync.options().track_running_stats) {
-      plain->running_mean() = sync.running_mean();
-      plain->running_var() = sync.running_var();
-      plain->num_batches_tracked() = sync.num_batches_tracked();
+  const auto replace = [](Module& m) -> std::shared_ptr<Module> {
+    if (is_plain_sync(m)) {
+      auto& sync = static_cast<SyncBatchNorm&>(m);
+      auto plain = make_plain(sync);
+      plain->take_state_of(sync);
+      return plain;
     }
-    plain->train(sync.is_training());
-    return plain;
-  }
-  const auto children = module->children();  // a copy: replace_child edits the list
-  for (const auto& [name, child] : children) {
-    auto reverted = revert_sync_batchnorm(child);
-    if (reverted != child) module->replace_child(name, std::move(reverted));
-  }
-  return module;
+    if (const auto* sync = dynamic_cast<const SyncBatchNorm*>(&m))
+      SYNCBN_THROW(InvalidArgument, "revert_sync_batchnorm: ", sync->describe(), " is a subclass of ", sync->kind(),
+                   ", expected SyncBatchNorm1d, SyncBatchNorm2d or SyncBatchNorm3d itself (reverting it would drop "
+                   "its overrides); nothing was reverted");
+    return nullptr;
+  };
+  return replace_in_tree(std::move(module), replace);
 }
 
 }  // namespace syncbn::nn

@@ -16,8 +16,8 @@ SGD::SGD(ParamGroups groups, SGDOptions options)
     : Optimizer("SGD", std::move(groups), options.lr, options.weight_decay), options_(options) {
   SYNCBN_CHECK(options.momentum >= 0, "SGD: momentum is ", options.momentum, ", expected >= 0");
   SYNCBN_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0),
-               "SGD: nesterov needs momentum > 0 and dampening 0, got momentum ", options.momentum, " and dampening ",
-               options.dampening);
+               "SGD: nesterov needs momentum and no dampening, got momentum ", options.momentum, " and dampening ",
+               options.dampening, ", expected momentum > 0 and dampening 0");
 }
 
 std::vector<std::string> SGD::buffer_names() const {

@@ -158,9 +158,32 @@ void DataParallel::train(bool on) { module_->train(on); }
 void DataParallel::ensure_replicas() {
   const std::size_t fp = fingerprint(*module_);
   if (!replication_.empty() && fp == fingerprint_) return;
-  replication_ = replicate(*module_, devices_);
+  try {
+    replication_ = replicate(*module_, devices_);
+  } catch (...) {
+    // The user called forward: say so before replicate's own account.
+    detail::rethrow_with_context(std::current_exception(), "DataParallel::forward: ");
+  }
   fingerprint_ = fp;
   ++replications_;
+}
+
+Tensor DataParallel::gather_outputs(const std::vector<Tensor>& outputs) {
+  std::vector<std::int64_t> rows;
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    const Tensor& y = outputs[i];
+    SYNCBN_CHECK(y.defined() && y.rank() >= 1, "DataParallel::forward: replica ", i, " on ", devices_[i], " returned ",
+                 y.defined() ? "a scalar" : "an undefined tensor", ", expected a tensor of rank >= 1 (rows to gather)");
+    rows.push_back(y.size(0));
+  }
+  Tensor out;
+  try {
+    out = comm::gather(outputs, output_device_);
+  } catch (...) {
+    detail::rethrow_with_context(std::current_exception(), "DataParallel::forward: the replicas' outputs: ");
+  }
+  output_rows_ = std::move(rows);
+  return out;
 }
 
 void DataParallel::refresh_replicas() {
@@ -247,27 +270,32 @@ Tensor DataParallel::forward(const Tensor& input) {
   check_module_device();
   has_forward_ = false;
   buffers_before_step_.clear();
+  step_undo_.clear();
   // Note [Step guarantees]: the buffers as they were before this step, put
   // back if its forward or its backward fails.
   std::vector<Tensor> before = snapshot(module_->named_buffers());
   Tensor out;
   try {
     if (devices_.size() == 1) {
+      const nn::UndoRecords::Adopt adopt(step_undo_);
       out = module_->forward(input.onto(devices_.front())).onto(output_device_);
-      chunk_sizes_ = {input.size(0)};
     } else {
       ensure_replicas();
       refresh_replicas();
-      chunk_sizes_ = comm::even_chunk_sizes(input.size(0), static_cast<int>(devices_.size()));
-      const auto chunks = comm::scatter(input, devices_, chunk_sizes_);
+      const auto chunks =
+          comm::scatter(input, devices_, comm::even_chunk_sizes(input.size(0), static_cast<int>(devices_.size())));
       std::vector<Tensor> outputs(devices_.size());
       run_on_replicas("forward", [&](int i) {
+        const nn::UndoRecords::Adopt adopt(step_undo_);
         outputs[static_cast<std::size_t>(i)] = replication_[static_cast<std::size_t>(i)].forward(chunks[static_cast<std::size_t>(i)]);
       });
       write_back_buffers();
-      out = comm::gather(outputs, output_device_);
+      out = gather_outputs(outputs);
     }
   } catch (...) {
+    // The replicas whose forward completed hand over their records; the
+    // failed ones undid their own part already.
+    step_undo_.undo();
     restore(buffer_targets(*module_), before);
     throw;
   }
@@ -280,21 +308,24 @@ Tensor DataParallel::forward(const Tensor& input) {
 
 Tensor DataParallel::backward(const Tensor& grad_output) {
   SYNCBN_CHECK(has_forward_, "DataParallel::backward: no forward to differentiate, expected a successful forward first");
-  SYNCBN_CHECK(grad_output.defined(), "DataParallel::backward: grad_output is undefined, expected a tensor");
-  SYNCBN_CHECK(grad_output.shape() == output_shape_, "DataParallel::backward: grad_output has shape ",
-               grad_output.shape(), ", expected ", output_shape_, " (the output's)");
-  // Note [Step guarantees]: a failed backward puts the gradients and the
-  // forward's buffers back. With replicas the module's gradients change only
-  // after every replica has finished; one device accumulates into them as it
-  // goes, so they are saved first.
+  // Note [Step guarantees]: a failed backward, a refused grad_output
+  // included, puts the gradients and the forward's buffers back: the step
+  // leaves no trace. With replicas the module's gradients change only after
+  // every replica has finished; one device accumulates into them as it goes,
+  // so they are saved first.
   const std::vector<Tensor> grads_before = devices_.size() == 1 ? snapshot_grads(*module_) : std::vector<Tensor>{};
   try {
+    SYNCBN_CHECK(grad_output.defined(), "DataParallel::backward: grad_output is undefined, expected a tensor");
+    SYNCBN_CHECK(grad_output.shape() == output_shape_, "DataParallel::backward: grad_output has shape ",
+                 grad_output.shape(), ", expected ", output_shape_, " (the output's)");
     Tensor dx = backward_step(grad_output);
     buffers_before_step_.clear();  // the step is complete
+    step_undo_.clear();
     return dx;
   } catch (...) {
     has_forward_ = false;
     if (devices_.size() == 1) restore(grad_targets(*module_), grads_before);
+    step_undo_.undo();  // what the buffers do not hold: kept and accumulated statistics
     restore(buffer_targets(*module_), buffers_before_step_);
     buffers_before_step_.clear();
     throw;
@@ -304,7 +335,9 @@ Tensor DataParallel::backward(const Tensor& grad_output) {
 Tensor DataParallel::backward_step(const Tensor& grad_output) {
   if (devices_.size() == 1) return module_->backward(grad_output.onto(devices_.front())).onto(input_device_);
 
-  const auto chunks = comm::scatter(grad_output, devices_, chunk_sizes_);
+  // Each replica gets the gradient of the rows it returned (as on one
+  // device, a module's output need not have its input's rows).
+  const auto chunks = comm::scatter(grad_output, devices_, output_rows_);
   std::vector<Tensor> grad_inputs(devices_.size());
   run_on_replicas("backward", [&](int i) {
     grad_inputs[static_cast<std::size_t>(i)] = replication_[static_cast<std::size_t>(i)].backward(chunks[static_cast<std::size_t>(i)]);

@@ -49,7 +49,9 @@ Replication replicate(nn::Module& module, const std::vector<Device>& devices) {
   // The replication callback: one context per module position; every copy in
   // order, so copy 0 (the master) meets each position first.
   const auto positions = out.modules_.front()->named_modules();
-  for (const auto& [name, m] : positions) out.contexts_.push_back(std::make_shared<nn::ReplicationContext>(name, devices));
+  const auto whereabouts = std::make_shared<sync::Whereabouts>(static_cast<int>(devices.size()));
+  for (const auto& [name, m] : positions)
+    out.contexts_.push_back(std::make_shared<nn::ReplicationContext>(name, devices, whereabouts));
   for (std::size_t k = 0; k < out.modules_.size(); ++k) {
     auto modules = out.modules_[k]->named_modules();
     for (std::size_t p = 0; p < positions.size(); ++p) {

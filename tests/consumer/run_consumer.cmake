@@ -1,10 +1,11 @@
 # cmake -DWAY=installed|subproject -DSOURCE_DIR=<syncbn> -DBUILD_DIR=<syncbn build> -DWORK_DIR=<scratch>
-#       -DGENERATOR=<generator> -DCXX=<compiler> [-DJOBS=N] -P run_consumer.cmake
+#       -DGENERATOR=<generator> -DCXX=<compiler> [-DJOBS=N] [-DBUILD_TYPE=<type>] -P run_consumer.cmake
 #
 # installed:  cmake --install BUILD_DIR into WORK_DIR/prefix, then configure,
 #             build and run tests/consumer/installed against it;
 # subproject: configure, build and run tests/consumer/subproject, which adds
-#             SOURCE_DIR with add_subdirectory (CPU only, Catch2 unavailable).
+#             SOURCE_DIR with add_subdirectory (CPU only, Catch2 unavailable),
+#             in build type BUILD_TYPE (empty: CMake's default).
 
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -27,7 +28,8 @@ if(WAY STREQUAL "installed")
       "-DCMAKE_CXX_COMPILER=${CXX}" "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
 elseif(WAY STREQUAL "subproject")
   run("${CMAKE_COMMAND}" -S "${SOURCE_DIR}/tests/consumer/subproject" -B "${app_build}" -G "${GENERATOR}"
-      "-DCMAKE_CXX_COMPILER=${CXX}" "-DSYNCBN_SOURCE_DIR=${SOURCE_DIR}" -DSYNCBN_CUDA=OFF
+      "-DCMAKE_CXX_COMPILER=${CXX}" "-DSYNCBN_SOURCE_DIR=${SOURCE_DIR}" "-DCONSUMER_BUILD_TYPE=${BUILD_TYPE}"
+      -DSYNCBN_CUDA=OFF
       -DCMAKE_DISABLE_FIND_PACKAGE_Catch2=ON)
 else()
   message(FATAL_ERROR "WAY: expected installed or subproject, got '${WAY}'")

@@ -262,3 +262,16 @@ TEST_CASE("adam_update_ rejects bad tensors and hyper-parameters before writing 
   CHECK(m.to_vector<double>() == std::vector<double>(4, 0.0));
   CHECK(v.to_vector<double>() == std::vector<double>(4, 0.0));
 }
+
+TEST_CASE("matmul and matmul_ name themselves and say what they expect", "[ops]") {
+  const Tensor a3 = Tensor::zeros(Shape{2, 3, 4}, DType::Float32, test_device());
+  const Tensor b = Tensor::zeros(Shape{4, 5}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(syncbn::core::matmul(a3, b), InvalidArgument,
+                       MessageIs("matmul: a and b have ranks 3 and 2, expected 2-D matrices"));
+  const Tensor c = Tensor::zeros(Shape{2, 5}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(syncbn::core::matmul_(c, a3, b, false, false), InvalidArgument,
+                       MessageIs("matmul_: a and b have ranks 3 and 2, expected 2-D matrices"));
+  const Tensor a = Tensor::zeros(Shape{2, 3}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(syncbn::core::matmul(a, b), InvalidArgument,
+                       MessageIs("matmul: op(a) is 2 x 3 and op(b) is 4 x 5, expected inner sizes to match"));
+}

@@ -43,3 +43,8 @@ TEST_CASE("Shapes whose element count overflows int64 are rejected", "[tensor]")
   CHECK((Shape{std::int64_t{1} << 62, 0, std::int64_t{1} << 62}).numel() == 0);  // empty: nothing to count
   CHECK((Shape{std::int64_t{1} << 62}).numel() == std::int64_t{1} << 62);
 }
+
+TEST_CASE("with_rows on a scalar's shape names the call and what it expects", "[tensor]") {
+  CHECK_THROWS_MATCHES(Shape{}.with_rows(1), InvalidArgument,
+                       MessageIs("Shape::with_rows: the shape is a scalar's, expected rank >= 1 (rows to replace)"));
+}

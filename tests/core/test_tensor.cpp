@@ -198,7 +198,7 @@ TEST_CASE("Tensors too large to address or to allocate are clear errors", "[tens
   if (!kSanitized && dev.is_cpu()) {
     CHECK_THROWS_MATCHES(Tensor::empty(Shape{std::int64_t{1} << 50}, DType::Float32, dev), syncbn::OutOfMemory,
                          MessageIs("Tensor: cannot allocate (1125899906842624) of float32 (4503599627370496 bytes) on " +
-                                   dev.str() + ": out of memory"));
+                                   dev.str() + ": out of memory, expected a tensor that fits in the device's free memory"));
   }
 }
 
@@ -218,4 +218,11 @@ TEST_CASE("Floating values convert to int64 with saturation, and int64 fills tak
                        MessageIs("Tensor::fill_: value 1e+300 cannot be stored as int64, expected a finite value "
                                  "within its range"));
   CHECK(n.to_vector<std::int64_t>() == std::vector<std::int64_t>{0, 0});
+}
+
+TEST_CASE("onto of an undefined tensor names onto", "[tensor]") {
+  CHECK_THROWS_MATCHES(Tensor().onto(Device::cpu(1)), InvalidArgument,
+                       syncbn::testing::MessageContains("Tensor::onto: "));
+  CHECK_THROWS_MATCHES(Tensor().onto(Device::cpu(0)), InvalidArgument,
+                       syncbn::testing::MessageContains("Tensor::onto: "));
 }

@@ -76,3 +76,13 @@ TEST_CASE("Sequential composes forward in order and backward in reverse", "[nn]"
   CHECK_THROWS_AS(seq[3], InvalidArgument);
   CHECK_THROWS_AS(nn::Sequential({nullptr}), InvalidArgument);
 }
+
+TEST_CASE("ReLU's errors start with the layer", "[nn]") {
+  nn::ReLU relu;
+  CHECK_THROWS_MATCHES(relu.forward(Tensor::zeros(Shape{2, 3}, DType::Int64, test_device())), InvalidArgument,
+                       MessageIs("ReLU(): input has dtype int64, expected float32 or float64"));
+  relu.forward(Tensor::zeros(Shape{2, 3}, DType::Float32, test_device()));
+  CHECK_THROWS_MATCHES(relu.backward(Tensor::zeros(Shape{2, 3}, DType::Float64, test_device())), InvalidArgument,
+                       MessageIs("ReLU(): grad_output is float64 on " + test_device().str() + ", expected float32 on " +
+                                 test_device().str() + " (as the output)"));
+}

@@ -90,7 +90,32 @@ TEST_CASE("convert_sync_batchnorm refuses a subclass of a batch-norm layer inste
                        MessageIs("convert_sync_batchnorm: BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=true, "
                                  "track_running_stats=true) is a subclass of BatchNorm1d, expected BatchNorm1d, "
                                  "BatchNorm2d or BatchNorm3d itself (converting it would drop its overrides; give it a "
-                                 "synchronized version of its own)"));
+                                 "synchronized version of its own); nothing was converted"));
+}
+
+TEST_CASE("A refused conversion leaves the tree exactly as it was, also after converting earlier children", "[nn]") {
+  // The plain layer comes first: a conversion that replaced as it walked
+  // would have replaced it before meeting the subclass.
+  auto plain = std::make_shared<nn::BatchNorm1d>(3, nn::BatchNormOptions{.device = test_device()});
+  auto tuned = std::make_shared<ScaledBatchNorm>(3, nn::BatchNormOptions{.device = test_device()});
+  auto inner = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::BatchNorm1d>(3, nn::BatchNormOptions{.device = test_device()})});
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{plain, inner, tuned});
+  CHECK_THROWS_AS(nn::convert_sync_batchnorm(model), InvalidArgument);
+  CHECK(model->children()[0].second == plain);
+  const nn::Module& inner_bn = *inner->children()[0].second;  // typeid of a plain reference: nothing to evaluate
+  CHECK(typeid(inner_bn) == typeid(nn::BatchNorm1d));
+  CHECK(model->children()[2].second == tuned);
+
+  CHECK_THROWS_MATCHES(nn::convert_sync_batchnorm(model, -1ms), InvalidArgument,
+                       MessageIs("convert_sync_batchnorm: sync_timeout is -1 ms, expected >= 0 (0 waits forever)"));
+  CHECK(model->children()[0].second == plain);
+
+  // Without the subclass the same tree converts.
+  auto fine = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{plain, inner});
+  CHECK(nn::convert_sync_batchnorm(fine) == fine);
+  CHECK(dynamic_cast<nn::SyncBatchNorm1d*>(fine->children()[0].second.get()) != nullptr);
+  CHECK(dynamic_cast<nn::SyncBatchNorm1d*>(inner->children()[0].second.get()) != nullptr);
 }
 
 TEST_CASE("revert_sync_batchnorm turns every SyncBatchNorm back into BatchNorm and keeps its state", "[nn]") {
@@ -155,6 +180,7 @@ TEST_CASE("revert_sync_batchnorm refuses a null module and a subclass, changing 
   CHECK_THROWS_MATCHES(nn::revert_sync_batchnorm(model), InvalidArgument,
                        MessageIs("revert_sync_batchnorm: SyncBatchNorm2d(3, eps=1e-05, momentum=0.1, affine=true, "
                                  "track_running_stats=true) is a subclass of SyncBatchNorm2d, expected SyncBatchNorm1d, "
-                                 "SyncBatchNorm2d or SyncBatchNorm3d itself (reverting it would drop its overrides)"));
+                                 "SyncBatchNorm2d or SyncBatchNorm3d itself (reverting it would drop its overrides); "
+                                 "nothing was reverted"));
   CHECK(model->children()[0].second == sync);  // checked before the first replacement
 }

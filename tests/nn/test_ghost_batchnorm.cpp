@@ -124,6 +124,47 @@ TEST_CASE("A batch that virtual_batch_size does not divide is refused with the n
   CHECK(layer.num_batches_tracked().item() == 0);
 }
 
+namespace {
+
+// A BatchNorm2d or SyncBatchNorm2d of 4 channels in ghost batches of 3.
+std::shared_ptr<nn::BatchNorm> ghost_layer(bool sync) {
+  nn::BatchNormOptions options;
+  options.virtual_batch_size = 3;
+  options.device = test_device();
+  return make_batchnorm(sync, 2, 4, options);
+}
+
+}  // namespace
+
+TEST_CASE("A refused ghost batch keeps the previous forward for its backward", "[nn][ghost]") {
+  const bool sync = GENERATE(false, true);
+  CAPTURE(sync, syncbn::testing::kSeed);
+  auto layer = ghost_layer(sync);
+  auto twin = ghost_layer(sync);  // the same steps without the refused forward
+  const Tensor x = Tensor::randn(Shape{6, 4, 2, 2}, syncbn::testing::kSeed + 180, DType::Float32, test_device());
+  const Tensor dy = Tensor::randn(Shape{6, 4, 2, 2}, syncbn::testing::kSeed + 181, DType::Float32, test_device());
+  layer->forward(x);
+  twin->forward(x);
+  const Tensor refused = Tensor::randn(Shape{8, 4, 2, 2}, syncbn::testing::kSeed + 182, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(layer->forward(refused), InvalidArgument,
+                       MessageContains("a batch of 8 samples is not a multiple of virtual_batch_size 3"));
+  const Tensor dx = layer->backward(dy);
+  check_close(dx, twin->backward(dy).to_vector<double>(), Tolerance{0, 0}, "grad_input of the forward before");
+  check_close(layer->weight().grad, twin->weight().grad.to_vector<double>(), Tolerance{0, 0}, "grad_weight");
+  CHECK(layer->num_batches_tracked().item() == 1);
+}
+
+TEST_CASE("A refused ghost batch without an earlier forward leaves no forward to differentiate", "[nn][ghost]") {
+  const bool sync = GENERATE(false, true);
+  CAPTURE(sync, syncbn::testing::kSeed);
+  auto layer = ghost_layer(sync);
+  const Tensor refused = Tensor::randn(Shape{8, 4, 2, 2}, syncbn::testing::kSeed + 183, DType::Float32, test_device());
+  CHECK_THROWS_AS(layer->forward(refused), InvalidArgument);
+  CHECK_THROWS_MATCHES(layer->backward(Tensor::ones(Shape{6, 4, 2, 2}, DType::Float32, test_device())), InvalidArgument,
+                       MessageContains("backward called without a forward"));
+  CHECK(layer->num_batches_tracked().item() == 0);
+}
+
 TEST_CASE("virtual_batch_size option errors", "[nn][ghost]") {
   nn::BatchNormOptions options;
   options.virtual_batch_size = -2;

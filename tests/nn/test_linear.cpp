@@ -95,3 +95,10 @@ TEST_CASE("Linear rejects inputs of the wrong rank, width, dtype or device", "[n
   CHECK_THROWS_AS(nn::Linear(0, 3), InvalidArgument);
   CHECK_THROWS_AS(nn::Linear(2, 3, nn::LinearOptions{true, 0, DType::Int64}), InvalidArgument);
 }
+
+TEST_CASE("bias() of a Linear without one says what it expects", "[nn]") {
+  nn::Linear layer(3, 2, nn::LinearOptions{.bias = false, .device = test_device()});
+  CHECK_THROWS_MATCHES(layer.bias(), InvalidArgument,
+                       MessageIs("Linear(in_features=3, out_features=2, bias=false): bias(): the layer has no bias, "
+                                 "expected a layer made with bias = true"));
+}

@@ -79,7 +79,9 @@ TEST_CASE("A layer that one replica skips times out naming the layer and the mis
   });
   for (const auto& r : results) {
     CHECK_THAT(r, Catch::Matchers::Contains("SyncBatchNorm2d 'bn' forward: round 1 timed out after 200 ms"));
-    CHECK_THAT(r, Catch::Matchers::Contains("still waiting for replica(s) [2]"));
+    CHECK_THAT(r, Catch::Matchers::Contains("still waiting for replica(s) [2]; where the replicas are: replica 0 waits "
+                                            "in 'SyncBatchNorm2d 'bn' forward' round 1, replica 1 waits in "
+                                            "'SyncBatchNorm2d 'bn' forward' round 1, replica 2 is in no rendezvous"));
   }
 }
 
@@ -183,6 +185,25 @@ TEST_CASE("A replica that skips a layer is reported by the timeout it causes, no
   const Tensor x = Tensor::randn(Shape{6, 4}, syncbn::testing::kSeed, DType::Float32, test_device());
   CHECK_THROWS_MATCHES(dp.forward(x), Timeout,
                        MessageContains("SyncBatchNorm1d 'b' forward: round 1 timed out after 150 ms on replica 1, "
-                                       "still waiting for replica(s) [0]"));
+                                       "still waiting for replica(s) [0]; where the replicas are: replica 0 waits in "
+                                       "'SyncBatchNorm1d 'a' forward' round 1, replica 1 waits in 'SyncBatchNorm1d 'b' "
+                                       "forward' round 1"));
   CHECK(model->named_buffers().back().second->item() == 0.0);
+}
+
+TEST_CASE("One value per channel in an eval shard without running statistics names the shard", "[nn][threads]") {
+  nn::BatchNormOptions options = on_device();
+  options.track_running_stats = false;
+  auto layer = std::make_shared<nn::SyncBatchNorm1d>(3, options);
+  layer->eval();
+  auto replicas = parallel::replicate(*layer, test_devices(2));
+  // Eval does not synchronize: each shard is normalised by its own
+  // statistics, and replica 1's single row is what is wrong.
+  const Tensor x = Tensor::randn(Shape{4, 3}, syncbn::testing::kSeed, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(
+      parallel::parallel_apply(replicas, parallel::scatter(x, test_devices(2), {3, 1})), InvalidArgument,
+      MessageIs("parallel_apply: replica 1 on " + test_device(1).str() +
+                " failed in forward: SyncBatchNorm1d: expected more than 1 value per channel for batch statistics "
+                "(track_running_stats is off), got 1 (input of 3 channels with one value each over replica 1's "
+                "shard (its own statistics))"));
 }

@@ -72,7 +72,8 @@ TEST_CASE("SGD rejects invalid options", "[nn]") {
   nn::Linear layer(2, 2);
   CHECK_THROWS_MATCHES(optim::SGD(layer.parameters(), {-0.1}), InvalidArgument, MessageIs("SGD: lr is -0.1, expected >= 0"));
   CHECK_THROWS_MATCHES(optim::SGD(layer.parameters(), {0.1, 0, 0, 0, true}), InvalidArgument,
-                       MessageIs("SGD: nesterov needs momentum > 0 and dampening 0, got momentum 0 and dampening 0"));
+                       MessageIs("SGD: nesterov needs momentum and no dampening, got momentum 0 and dampening 0, expected momentum > 0 "
+                                 "and dampening 0"));
   CHECK_THROWS_AS(optim::SGD({nullptr}, {0.1}), InvalidArgument);
 }
 

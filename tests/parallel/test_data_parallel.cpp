@@ -65,6 +65,34 @@ std::vector<double> train(const std::function<Tensor(const Tensor&)>& forward,
   return losses;
 }
 
+// Replica `replica` returns its shard without the last row (or a scalar);
+// the others return theirs whole. Backward pads the missing row's gradient
+// with zeros.
+class DropsLastRow : public nn::Cloneable<DropsLastRow> {
+ public:
+  DropsLastRow(int replica, bool scalar) : replica_(replica), scalar_(scalar) {}
+  std::string describe() const override { return "DropsLastRow"; }
+  void on_replicate(nn::ReplicationContext& /*ctx*/, int copy_id) override { copy_id_ = copy_id; }
+  Tensor forward(const Tensor& x) override {
+    rows_ = x.size(0);
+    if (copy_id_ != replica_) return x;
+    if (scalar_) return Tensor::zeros(Shape{}, x.dtype(), x.device());
+    return x.rows(0, rows_ - 1).clone();
+  }
+  Tensor backward(const Tensor& g) override {
+    if (g.size(0) == rows_) return g;
+    Tensor dx = Tensor::zeros(g.shape().with_rows(rows_), g.dtype(), g.device());
+    dx.rows(0, rows_ - 1).copy_(g);
+    return dx;
+  }
+
+ private:
+  int replica_;
+  bool scalar_;
+  int copy_id_ = -1;
+  std::int64_t rows_ = 0;
+};
+
 // The tolerance of multi-replica against single-device float32 training:
 // gradients are summed per replica and then across replicas, a different
 // rounding order than one sum over the batch.
@@ -204,4 +232,26 @@ TEST_CASE("DataParallel rejects bad devices, inputs and call orders", "[replicat
                        MessageIs("DataParallel: replica 0 on " + test_device(0).str() +
                                  " failed in forward: Linear(in_features=6, out_features=16, bias=true): input has 5 "
                                  "features, expected 6"));
+}
+
+TEST_CASE("A replica may return other rows than it got: backward gives it the gradient of its own rows",
+          "[replicate][threads]") {
+  auto model = std::make_shared<DropsLastRow>(1, false);
+  parallel::DataParallel dp(model, test_devices(2), std::nullopt, dp_options());
+  const Tensor x = Tensor::randn(Shape{6, 2}, syncbn::testing::kSeed, DType::Float32, test_device());
+  const Tensor y = dp.forward(x);  // rows 0-2 from replica 0, rows 3-4 from replica 1
+  REQUIRE(y.shape() == Shape({5, 2}));
+  const Tensor dy = Tensor::randn(Shape{5, 2}, syncbn::testing::kSeed + 1, DType::Float32, test_device());
+  const Tensor dx = dp.backward(dy);
+  std::vector<double> want = dy.to_vector<double>();
+  want.insert(want.end(), {0.0, 0.0});  // the dropped row's gradient
+  check_close(dx, want, Tolerance{0, 0}, "grad_input");
+}
+
+TEST_CASE("A replica that returns a scalar is named at forward", "[replicate][threads]") {
+  auto model = std::make_shared<DropsLastRow>(1, true);
+  parallel::DataParallel dp(model, test_devices(2), std::nullopt, dp_options());
+  CHECK_THROWS_MATCHES(dp.forward(Tensor::ones(Shape{4, 2}, DType::Float32, test_device())), InvalidArgument,
+                       MessageIs("DataParallel::forward: replica 1 on " + test_device(1).str() +
+                                 " returned a scalar, expected a tensor of rank >= 1 (rows to gather)"));
 }

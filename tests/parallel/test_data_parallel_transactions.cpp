@@ -19,6 +19,7 @@
 #include "support/seeds.hpp"
 #include "support/test_layers.hpp"
 #include "syncbn/error.hpp"
+#include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
@@ -114,6 +115,45 @@ TEST_CASE("A backward that fails leaves gradients and buffers as before the step
   CHECK_THROWS(dp.backward(Tensor::randn(y.shape(), kSeed + 11, DType::Float32, test_device())));
   CHECK(module_state(*model) == before);
   good_step(dp, kSeed + 20);
+}
+
+TEST_CASE("A backward refused for its grad_output leaves the module as before the step's forward",
+          "[replicate][threads]") {
+  const int k = GENERATE(1, 2, 3);
+  const bool undefined = GENERATE(false, true);
+  CAPTURE(k, undefined, kSeed);
+  auto model = model_with(std::make_shared<nn::Identity>());
+  parallel::DataParallel dp(model, test_devices(k), std::nullopt, dp_options());
+  good_step(dp, kSeed);
+  const auto before = module_state(*model);
+  dp.forward(batch(6, kSeed + 30));
+  CHECK(module_state(*model) != before);  // the forward counted a batch
+  const Tensor wrong = undefined ? Tensor() : Tensor::ones(Shape{6, 3}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(dp.backward(wrong), InvalidArgument,
+                       syncbn::testing::MessageContains(undefined ? "DataParallel::backward: grad_output is undefined"
+                                                                  : "DataParallel::backward: grad_output has shape"));
+  CHECK(module_state(*model) == before);
+  CHECK_THROWS_MATCHES(dp.backward(Tensor::ones(Shape{6, 2}, DType::Float32, test_device())), InvalidArgument,
+                       syncbn::testing::MessageContains("no forward to differentiate"));
+  good_step(dp, kSeed + 40);
+}
+
+TEST_CASE("A failed step drops the statistics its forward kept for a deferred update", "[replicate][threads]") {
+  const int k = GENERATE(1, 2);
+  CAPTURE(k, kSeed);
+  nn::BatchNormOptions options{.device = test_device()};
+  options.ema_update = nn::EmaUpdate::Deferred;
+  auto bn = std::make_shared<nn::SyncBatchNorm1d>(4, options);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      bn, std::make_shared<ThrowAt>(k == 1 ? -1 : 0, 2, /*in_backward=*/true), std::make_shared<nn::Identity>()});
+  parallel::DataParallel dp(model, test_devices(k), std::nullopt, dp_options());
+  const Tensor y = dp.forward(batch(6, kSeed + 50));
+  dp.backward(Tensor::ones(y.shape(), DType::Float32, test_device()));
+  REQUIRE(bn->pending_running_updates() == 1);
+  dp.forward(batch(6, kSeed + 51));
+  CHECK(bn->pending_running_updates() == 2);
+  CHECK_THROWS(dp.backward(Tensor::ones(y.shape(), DType::Float32, test_device())));  // ThrowAt's second backward
+  CHECK(bn->pending_running_updates() == 1);
 }
 
 TEST_CASE("Steps that fail because a replica arrives late change no running statistics", "[replicate][threads]") {

@@ -2,7 +2,8 @@
 // batch norm: for every injected fault (an exception, a bad argument or a bad
 // shard in forward, an exception in backward, a replica that skips the layer,
 // calls it twice or arrives late), the step fails without hanging, with the
-// expected exception type, naming the culprit replica and layer; the user's
+// expected exception type, naming the culprit replica and layer (and, when
+// replicas wait in different layers, where each one waits); the user's
 // module is exactly as before the step; and the next step gives the same bits
 // as a twin that never saw the fault (docs/design.md, "Guarantees on
 // failure"). The default run injects 16 faults, the [.stress] run 150.
@@ -114,7 +115,9 @@ class Gate : public nn::Cloneable<Gate> {
 };
 
 // Linear(4, 6) -> FaultPoint 0 -> Gate(SyncBatchNorm1d(6)) -> FaultPoint 1 ->
-// ReLU -> Linear(6, 3); the same parameters for the same seed.
+// SyncBatchNorm1d(6) -> ReLU -> Linear(6, 3); the same parameters for the
+// same seed. The second batch norm is where a replica that skipped the first
+// (or the others, when one calls it twice) waits.
 std::shared_ptr<nn::Sequential> make_model(const std::shared_ptr<FaultPlan>& plan) {
   const nn::BatchNormOptions bn_options{.device = test_device()};
   auto model = std::make_shared<nn::Sequential>();
@@ -122,6 +125,7 @@ std::shared_ptr<nn::Sequential> make_model(const std::shared_ptr<FaultPlan>& pla
   model->add("before", std::make_shared<FaultPoint>(plan, 0));
   model->add("block", std::make_shared<Gate>(plan, std::make_shared<nn::SyncBatchNorm1d>(6, bn_options, kSyncTimeout)));
   model->add("after", std::make_shared<FaultPoint>(plan, 1));
+  model->add("norm2", std::make_shared<nn::SyncBatchNorm1d>(6, bn_options, kSyncTimeout));
   model->add("relu", std::make_shared<nn::ReLU>());
   model->add("fc2", std::make_shared<nn::Linear>(6, 3, nn::LinearOptions{true, 12, DType::Float32, test_device()}));
   return model;
@@ -144,9 +148,14 @@ struct Expected {
   std::vector<std::string> mentions;
 };
 
-Expected expected_for(const FaultPlan& plan, int k) {
+Expected expected_for(const FaultPlan& plan) {
   const std::string culprit = "replica " + std::to_string(plan.replica) + " on " + test_device(plan.replica).str();
   const std::string waiting = "still waiting for replica(s) [" + std::to_string(plan.replica) + "]";
+  // Note [Where the replicas wait]: the culprit's place and another replica's.
+  const int other = plan.replica == 0 ? 1 : 0;
+  const auto waits_in = [](int replica, const std::string& layer) {
+    return "replica " + std::to_string(replica) + " waits in 'SyncBatchNorm1d '" + layer + "' forward' round ";
+  };
   switch (plan.fault) {
     case Fault::Throw: return {"Error", {"DataParallel: " + culprit + " failed in forward: injected failure"}};
     case Fault::BadArgument:
@@ -157,16 +166,16 @@ Expected expected_for(const FaultPlan& plan, int k) {
                                             "expected 6"}};
     case Fault::ThrowInBackward: return {"Error", {"DataParallel: " + culprit + " failed in backward: injected failure"}};
     case Fault::Skip:
-    case Fault::Late: return {"Timeout", {"SyncBatchNorm1d 'block.bn' forward: round ", " timed out", waiting}};
-    case Fault::Twice: {
-      // The culprit alone enters round 2 and waits for everyone else.
-      std::string others;
-      for (int i = 0; i < k; ++i)
-        if (i != plan.replica) others += (others.empty() ? "" : ", ") + std::to_string(i);
-      return {"Timeout",
-              {"DataParallel: " + culprit + " failed in forward: SyncBatchNorm1d 'block.bn' forward: round ", " timed out",
-               "still waiting for replica(s) [" + others + "]"}};
-    }
+      // The culprit waits in the next layer, the others in the one it
+      // skipped; whichever side times out first names both.
+      return {"Timeout", {" timed out", waits_in(plan.replica, "norm2"), waits_in(other, "block.bn")}};
+    case Fault::Late:
+      return {"Timeout", {"SyncBatchNorm1d 'block.bn' forward: round ", " timed out", waiting,
+                          "replica " + std::to_string(plan.replica) + " is in no rendezvous"}};
+    case Fault::Twice:
+      // The culprit alone enters the layer's next round; the others wait in
+      // the next layer.
+      return {"Timeout", {" timed out", waits_in(plan.replica, "block.bn"), waits_in(other, "norm2")}};
     case Fault::kCount: break;
   }
   return {"?", {}};
@@ -222,7 +231,7 @@ void inject_faults(int trials, std::uint64_t stream) {
     plan->point = plan->fault == Fault::BadShard || plan->fault == Fault::Late ? 0 : static_cast<int>(rng() % 2);
     INFO("trial " << trial << ": " << k << " replicas, " << name_of(plan->fault) << " on replica " << plan->replica
                   << " at point " << plan->point);
-    const Expected expected = expected_for(*plan, k);
+    const Expected expected = expected_for(*plan);
     const auto before = module_state(*model);
 
     plan->armed = true;

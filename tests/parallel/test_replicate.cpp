@@ -211,4 +211,11 @@ TEST_CASE("An exception from a replication callback names the module and the cop
   CHECK_THROWS_MATCHES(parallel::replicate(model, test_devices(2)), Error,
                        MessageIs("replicate: the replication callback of 'wiring' failed on copy 1 (" +
                                  test_device(1).str() + "): cannot wire copy 1"));
+  // Through DataParallel, the error starts with the call the user made.
+  auto owned = std::make_shared<nn::Sequential>();
+  owned->add("wiring", std::make_shared<ThrowsOnReplicate>());
+  parallel::DataParallel dp(owned, test_devices(2), std::nullopt, {syncbn::testing::test_on_cuda()});
+  CHECK_THROWS_MATCHES(dp.forward(Tensor::ones(Shape{2, 3}, DType::Float32, test_device())), Error,
+                       MessageIs("DataParallel::forward: replicate: the replication callback of 'wiring' failed on "
+                                 "copy 1 (" + test_device(1).str() + "): cannot wire copy 1"));
 }

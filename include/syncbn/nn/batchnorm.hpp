@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "syncbn/core/batch_norm.hpp"
@@ -199,6 +200,12 @@ class BatchNorm : public Module {
   /// The gradient sums over the whole batch, given this shard's.
   /// Default (per-replica): the shard's own.
   virtual GradSums gradient_sums(const GradSums& local);
+  /// Which sums this participant's weight and bias gradients take after
+  /// gradient_sums (Note [Parameter gradients from the exchanged sums]):
+  /// its shard's (Local, the default), the whole batch's (Whole: one
+  /// participant of a synchronized batch), or none (the others).
+  enum class ParamShare : unsigned char { Local, Whole, None };
+  virtual ParamShare param_share() const { return ParamShare::Local; }
 
   /// Normalising statistics and the unbiased variance that the running
   /// statistics take, from merged statistics.
@@ -209,7 +216,9 @@ class BatchNorm : public Module {
 
   /// From merged statistics: rejects a count of 1 in training and computes
   /// invstd and the unbiased variance; changes no state.
-  Finalized finalize_statistics(const ShardStats& merged) const;
+  /// `over` says what the statistics cover, for the error ("over the whole
+  /// batch", "over replica 1's shard (its own statistics)").
+  Finalized finalize_statistics(const ShardStats& merged, const std::string& over) const;
 
   /// In training with tracking and a count > 0, updates the running
   /// statistics of this module once from `finalized`.
@@ -230,9 +239,11 @@ class BatchNorm : public Module {
   /// Sums of consecutive groups of virtual_batch_size rows.
   std::vector<GradSums> ghost_group_sums(const std::vector<GradSums>& rows) const;
 
-  /// Makes this layer's weight and bias the very Parameter objects of
-  /// `source` (affine, same number of features), for the conversion.
-  void share_parameters_of(BatchNorm& source);
+  /// For the conversions: takes over `source`'s state as PyTorch's
+  /// conversion does, nothing copied or reset: its very Parameter objects
+  /// (so that an optimizer holding them keeps working), its buffers and its
+  /// training mode (same options and number of features).
+  void take_state_of(BatchNorm& source);
   friend std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,
                                                         std::chrono::milliseconds sync_timeout,
                                                         std::shared_ptr<comm::ProcessGroup> process_group);
@@ -250,13 +261,41 @@ class BatchNorm : public Module {
   void clear_cache() override;
 
  private:
+  // What forward keeps for backward. A forward builds a new one and installs
+  // it only once it has succeeded, so that a refused forward leaves the
+  // previous one (and its backward) intact.
+  struct Saved {
+    Tensor input;  // the input, or the output in place of it (inplace)
+    Tensor coef;
+    Tensor invstd;
+    std::int64_t count = 0;
+    bool batch_stats = false;
+    // Renorm: the batch's r and d per channel, and weight * r, which
+    // backward's coefficients use.
+    std::vector<double> renorm_r, renorm_d;
+    Tensor renorm_weight;
+    // Ghost batch norm: each row's coefficients and statistics.
+    bool ghost = false;
+    std::vector<Tensor> ghost_coef;
+    std::vector<NormStats> ghost_norm;
+  };
+
   void check_input(const Tensor& input) const;
   void check_inplace_weight() const;
   DType param_dtype() const noexcept { return options_.dtype; }
 
   // Ghost batch norm's forward and backward (virtual_batch_size > 0 in training).
-  Tensor ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias);
+  Tensor ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias, Saved& saved);
   Tensor ghost_backward(const Tensor& grad_output);
+  // Renorm's correction of the batch's statistics (Note [Batch
+  // renormalization]): sets saved.renorm_* and returns the effective weight and bias.
+  std::pair<Tensor, Tensor> renorm_affine(const NormStats& norm, const Tensor& running_mean,
+                                          const Tensor& running_var, const Tensor& weight, const Tensor& bias,
+                                          Saved& saved) const;
+  // Records how to undo a change track_running is about to make (Note
+  // [All-or-nothing forward]).
+  enum class RunningState : unsigned char { Buffers, Pending, Accumulator };
+  void record_undo(RunningState what);
 
   // One update of the running statistics from a batch's statistics.
   void update_running(const Finalized& finalized);
@@ -285,20 +324,7 @@ class BatchNorm : public Module {
   // Batch Renormalization's limits, shared with the replicas (so that a
   // schedule set on the module reaches them); null without renorm.
   std::shared_ptr<RenormLimits> renorm_;
-  // The latest training forward's r and d per channel (renorm), for backward.
-  std::vector<double> renorm_r_, renorm_d_;
-  Tensor renorm_weight_;  // weight * r, what backward's coefficients use
-  // The latest ghost forward's per-row coefficients and statistics.
-  std::vector<Tensor> ghost_coef_;
-  std::vector<NormStats> ghost_norm_;
-  bool used_ghost_ = false;
-  // Kept by forward for backward: the input, or the output in place of it
-  // (inplace).
-  Tensor input_;
-  Tensor coef_;
-  Tensor invstd_;
-  std::int64_t count_ = 0;
-  bool used_batch_stats_ = false;
+  Saved saved_;
 };
 
 /// Batch norm over (N, C) or (N, C, L) input ((N, C) or (N, L, C) channels-last).

@@ -11,6 +11,7 @@
 
 #include "syncbn/core/device.hpp"
 #include "syncbn/error.hpp"
+#include "syncbn/sync/whereabouts.hpp"
 
 namespace syncbn::nn {
 
@@ -21,8 +22,9 @@ namespace syncbn::nn {
 /// rendezvous also register how to release it when a replica fails.
 class ReplicationContext {
  public:
-  ReplicationContext(std::string name, std::vector<Device> devices)
-      : name_(std::move(name)), devices_(std::move(devices)) {}
+  ReplicationContext(std::string name, std::vector<Device> devices,
+                     std::shared_ptr<sync::Whereabouts> whereabouts = nullptr)
+      : name_(std::move(name)), devices_(std::move(devices)), whereabouts_(std::move(whereabouts)) {}
 
   /// The module position's dotted path in the replicated tree ("" for the
   /// root), for error messages such as a rendezvous's timeout.
@@ -32,6 +34,11 @@ class ReplicationContext {
   /// The device of copy `copy_id`.
   Device device(int copy_id) const { return devices_.at(static_cast<std::size_t>(copy_id)); }
 
+  /// Shared by every position of one replication: a rendezvous given it in
+  /// its SyncOptions lets a timeout say where every replica waits (Note
+  /// [Where the replicas wait]). Null when the replicas are not made by
+  /// parallel::replicate.
+  const std::shared_ptr<sync::Whereabouts>& whereabouts() const noexcept { return whereabouts_; }
   /// Stores the position's shared object (replacing any earlier one).
   template <class T>
   void set(std::shared_ptr<T> value) {
@@ -66,6 +73,7 @@ class ReplicationContext {
   };
   std::string name_;
   std::vector<Device> devices_;
+  std::shared_ptr<sync::Whereabouts> whereabouts_;
   std::any value_;
   std::vector<Handlers> handlers_;
 };

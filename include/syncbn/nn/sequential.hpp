@@ -27,6 +27,14 @@ class Sequential : public Cloneable<Sequential> {
   std::size_t size() const noexcept { return children().size(); }
   /// The i-th child; InvalidArgument when out of range.
   Module& operator[](std::size_t i);
+
+ protected:
+  void clear_cache() override { forward_failed_ = false; }
+
+ private:
+  // A failed forward leaves the children before the failure with its
+  // tensors and the others with the previous forward's: no backward fits.
+  bool forward_failed_ = false;
 };
 
 }  // namespace syncbn::nn

@@ -62,6 +62,10 @@ class SyncBatchNorm : public BatchNorm {
   /// process's replicas only).
   const std::shared_ptr<comm::ProcessGroup>& process_group() const noexcept { return group_; }
 
+  /// BatchNorm::forward; a refused forward keeps the previous one's
+  /// exchange state for its backward, as BatchNorm keeps its saved tensors.
+  Tensor forward(const Tensor& input) override;
+
  protected:
   SyncBatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options,
                 std::chrono::milliseconds sync_timeout, std::shared_ptr<comm::ProcessGroup> process_group);
@@ -69,6 +73,7 @@ class SyncBatchNorm : public BatchNorm {
 
   NormStats batch_statistics(const ShardStats& shard) override;
   GradSums gradient_sums(const GradSums& local) override;
+  ParamShare param_share() const override;
   std::vector<NormStats> ghost_statistics(const std::vector<ShardStats>& rows) override;
   std::vector<GradSums> ghost_gradient_sums(const std::vector<GradSums>& rows) override;
   void clear_cache() override;
@@ -151,8 +156,12 @@ class SyncBatchNorm3d : public Cloneable<SyncBatchNorm3d, SyncBatchNorm> {
 /// Replaces every BatchNorm1d/2d/3d in `module`'s tree by the matching
 /// SyncBatchNorm*d (with `sync_timeout` and `process_group`), which takes
 /// over the same parameters (values and gradients), buffers (running
-/// statistics and num_batches_tracked), options and training mode. Returns the converted root: `module` itself, or a new
-/// layer when the root is a BatchNorm. Throws InvalidArgument for a null module.
+/// statistics and num_batches_tracked), options and training mode. Returns
+/// the converted root: `module` itself, or a new layer when the root is a
+/// BatchNorm. Throws InvalidArgument for a null module, a negative
+/// sync_timeout and a subclass of a BatchNorm*d (its overrides would be
+/// dropped), before changing anything: a refused conversion leaves the tree
+/// as it was.
 /// Create optimizers after converting: they hold pointers to the layers'
 /// parameter entries, and a replaced layer's entries go away with it.
 std::shared_ptr<Module> convert_sync_batchnorm(std::shared_ptr<Module> module,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "syncbn/comm/collectives.hpp"
+#include "syncbn/nn/forward_transaction.hpp"
 #include "syncbn/nn/module.hpp"
 #include "syncbn/parallel/replicate.hpp"
 
@@ -35,7 +36,9 @@ struct DataParallelOptions {
 /// thread, and the outputs are gathered on the output device. Replica 0's
 /// buffers (e.g. running statistics) land in the module.
 ///
-/// backward(dy): dy is scattered like the forward's input, every replica runs
+/// backward(dy): dy is scattered by the rows each replica's output had (its
+/// input's for a per-sample model; a module's output may have other rows, as
+/// on one device), every replica runs
 /// backward in its thread, and every parameter gradient is reduce-added (in
 /// replica order, float64) into the module's own gradients, which accumulate
 /// like a single-device backward: an optimizer on the module just works.
@@ -90,6 +93,7 @@ class DataParallel {
   void ensure_replicas();
   void refresh_replicas();
   void write_back_buffers();
+  Tensor gather_outputs(const std::vector<Tensor>& outputs);
   void run_on_replicas(const char* phase, const std::function<void(int)>& task);
   void zero_replica_grads();
   Tensor backward_step(const Tensor& grad_output);
@@ -107,7 +111,12 @@ class DataParallel {
   // The module's buffers before the current step's forward, restored when
   // the step fails (Note [Step guarantees]); empty once the step completed.
   std::vector<Tensor> buffers_before_step_;
-  std::vector<std::int64_t> chunk_sizes_;
+  // How to undo the state the step's forward changed beyond the buffers
+  // (Note [All-or-nothing forward]); emptied once the step completed.
+  nn::UndoRecords step_undo_;
+  // The rows of each replica's output in the latest forward, by which
+  // backward scatters grad_output.
+  std::vector<std::int64_t> output_rows_;
   Device input_device_;
   Shape output_shape_;
 };

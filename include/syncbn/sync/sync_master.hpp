@@ -27,6 +27,7 @@
 
 #include "syncbn/sync/future_result.hpp"
 #include "syncbn/sync/wait_policy.hpp"
+#include "syncbn/sync/whereabouts.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::sync {
@@ -44,6 +45,10 @@ struct SyncOptions {
   std::chrono::milliseconds timeout = kDefaultSyncTimeout;
   /// How waiters spin, yield and block (see WaitPolicy).
   WaitPolicy wait{};
+  /// Shared by the rendezvous of one replicated model, so that a timeout
+  /// says where every replica waits (Note [Where the replicas wait]); null:
+  /// this rendezvous's own account only.
+  std::shared_ptr<Whereabouts> whereabouts = nullptr;
 };
 
 /// what() of the exception in `error`, or a placeholder for a null pointer
@@ -171,7 +176,7 @@ struct Registration {
     return std::make_exception_ptr(Timeout(
         options.name + ": round " + std::to_string(round) + " timed out after " +
         std::to_string(options.timeout.count()) + " ms on replica " + std::to_string(replica) +
-        ", still waiting for " + waiting));
+        ", still waiting for " + waiting + (options.whereabouts ? options.whereabouts->disagreement() : std::string())));
   }
 
   /// Records a Timeout of the master in `round` and throws the recorded cause.
@@ -267,6 +272,7 @@ class SlavePipe {
     detail::InsideGuard inside(reg.inside);
     if (reg.failure.failed()) reg.failure.throw_stale(reg.options.name);
     const std::uint64_t round = slot_->rounds.fetch_add(1) + 1;
+    const WhereaboutsGuard where(reg.options.whereabouts.get(), slot_->id, reg.options.name, round);
     slot_->inside.store(true);
     struct Leave {
       std::atomic<bool>& flag;
@@ -399,6 +405,7 @@ class SyncMaster {
                      slot->id, " was destroyed, expected re-registration");
     }
     const std::uint64_t round = reg->master_rounds.fetch_add(1) + 1;
+    const WhereaboutsGuard where(options_.whereabouts.get(), 0, options_.name, round);
     const auto deadline = deadline_after(options_.timeout);
 
     std::vector<std::pair<int, Msg>> messages;

@@ -69,13 +69,15 @@ void for_runs(const void* x, DType dtype, std::int64_t offset, std::int64_t n, F
 // ---- vectorised runs ----------------------------------------------------------
 
 constexpr std::int64_t kAccumulators = 4;
-constexpr int kAddsPerFlush = 32;  // float32 adds per lane before a float64 flush
 
 // Two per-channel sums fed run by run (a channel's rows of l elements), in
-// T vectors that persist across runs and are flushed into float64 once any
-// lane has taken kAddsPerFlush values; odd elements go straight to float64.
+// float64 lanes of T vectors (Notes [Moments in float64] and [Gradient sums
+// in float64]) that persist across runs; odd elements go straight to a and
+// b.
 template <class T>
 class PairSums {
+  using A = WideVec<T>;
+
  public:
   double a = 0, b = 0;
 
@@ -86,76 +88,58 @@ class PairSums {
   template <class Body, class Tail>
   void run(std::int64_t len, Body&& body, Tail&& tail) {
     constexpr std::int64_t lanes = kLanes<T>;
-    Vec<T> va[kAccumulators], vb[kAccumulators];
+    A va[kAccumulators], vb[kAccumulators];
     for (std::int64_t q = 0; q < kAccumulators; ++q) {
       va[q] = va_[q];
       vb[q] = vb_[q];
     }
-    int adds = adds_;
     std::int64_t k = 0;
-    for (; k + kAccumulators * lanes <= len; k += kAccumulators * lanes) {
+    for (; k + kAccumulators * lanes <= len; k += kAccumulators * lanes)
       for (std::int64_t q = 0; q < kAccumulators; ++q) body(k + q * lanes, va[q], vb[q]);
-      if (++adds == kAddsPerFlush) {
-        flush(va, vb);
-        adds = 0;
-      }
-    }
     for (; k + lanes <= len; k += lanes) {  // leftover vectors rotate over the accumulators
       body(k, va[next_], vb[next_]);
-      if (++next_ == kAccumulators) {
-        next_ = 0;
-        if (++adds == kAddsPerFlush) {
-          flush(va, vb);
-          adds = 0;
-        }
-      }
+      if (++next_ == kAccumulators) next_ = 0;
     }
     for (; k < len; ++k) tail(k, a, b);
     for (std::int64_t q = 0; q < kAccumulators; ++q) {
       va_[q] = va[q];
       vb_[q] = vb[q];
     }
-    adds_ = adds;
   }
 
-  // Adds what the vectors hold to a and b (call before reading them).
+  // Adds what the vectors hold to a and b (call once, before reading them).
   void flush() {
-    flush(va_, vb_);
-    adds_ = 0;
-  }
-
- private:
-  void flush(Vec<T>* va, Vec<T>* vb) {
     for (std::int64_t q = 0; q < kAccumulators; ++q) {
       for (std::int64_t lane = 0; lane < kLanes<T>; ++lane) {
-        a += static_cast<double>(va[q][lane]);
-        b += static_cast<double>(vb[q][lane]);
+        a += va_[q][lane];
+        b += vb_[q][lane];
       }
-      va[q] = Vec<T>{};
-      vb[q] = Vec<T>{};
+      va_[q] = A{};
+      vb_[q] = A{};
     }
   }
 
-  Vec<T> va_[kAccumulators] = {}, vb_[kAccumulators] = {};
-  int adds_ = 0;
+ private:
+  A va_[kAccumulators] = {}, vb_[kAccumulators] = {};
   int next_ = 0;
 };
 
-// Adds sum(x - shift) and sum((x - shift)^2) over a run to `sums`.
+// Adds sum(x - shift) and sum((x - shift)^2) over a run to `sums`, in
+// float64 lanes (Note [Moments in float64]).
 template <class T>
 void shifted_sums(const T* __restrict x, std::int64_t len, T shift, PairSums<T>& sums) {
-  const Vec<T> vshift = splat(shift);
+  const WideVec<T> vshift = widen<T>(splat(shift));
   sums.run(
       len,
-      [&](std::int64_t i, Vec<T>& a, Vec<T>& b) {
-        const Vec<T> d = load(x + i) - vshift;
+      [&](std::int64_t i, WideVec<T>& a, WideVec<T>& b) {
+        const WideVec<T> d = widen<T>(load(x + i)) - vshift;
         a += d;
         b += d * d;
       },
       [&](std::int64_t i, double& a, double& b) {
-        const T d = x[i] - shift;
-        a += static_cast<double>(d);
-        b += static_cast<double>(d) * static_cast<double>(d);
+        const double d = static_cast<double>(x[i]) - static_cast<double>(shift);
+        a += d;
+        b += d * d;
       });
 }
 
@@ -289,6 +273,58 @@ void dispatch_fusion(const BatchNormFusion& fusion, Fn&& fn) {
   }
 }
 
+// Note [Moments in float64]
+// The mean enters every later quantity, and grad_weight through
+// sum(dy * (x - mean)) = sum(dy * (x - mean')) + (mean' - mean) * sum(dy):
+// with mean(dy) far from 0 a mean off by 1e-9 moves grad_weight of 8
+// replicas of 16k values per channel by 1e-4 (measured: 2.2e-5 of max(1,
+// |dw|) with float32 partials of 32 shifted values). So the shifted values
+// x - x0 are formed and summed, and squared, in float64 lanes: x - x0 is
+// exact there, and no partial sum is rounded to float32 (the float32
+// partials with a float64 flush every 32 values, used before, were
+// compute-bound at a third of the cost; see docs/performance.md for what
+// the float64 lanes cost).
+
+// Note [Gradient sums in float64]
+// The gradient sums enter dx through mean(dy) and mean(dy * (x - mean)),
+// multiplied by g = w * invstd, which reaches 1 / sqrt(eps) (316 for eps
+// 1e-5) when the variance is far below eps: a float32 rounding of mean(dy)
+// alone (6e-8 of it) then moves dx by 1.2e-5 of mean(dy) (measured: 1.8e-5
+// of max(1, |dx|) for 45 rows with a spread of 1e-4 and mean(dy) 0.65), and
+// grad_weight of 8 replicas of 16k values per channel, summed from float32
+// partials of 32 products each, was off by 6.4e-5 of max(1, |dw|). So the
+// terms are summed in float64 lanes: dz exactly, and dz * u with u = (x -
+// hi) - lo formed in float64 from the float32 x (exact: a difference of two
+// float32 values, then lo), so that no term and no partial sum is rounded to
+// float32. From the output (in place) u comes from y in float32 as before,
+// and only the products and sums are float64. Cost in docs/performance.md.
+// Float64 lanes of T vectors and float64 of T scalars.
+template <class T>
+struct ToWide {
+  template <class V>
+  auto operator()(V v) const {
+    if constexpr (kIsVector<V>) return widen<T>(v);
+    else return static_cast<double>(v);
+  }
+};
+
+// From x, b takes sum(dz * x), exact products of float32 values summed in
+// float64, and fast_gradient_sums subtracts mean * sum(dz) once per channel
+// at the end: one conversion and one fused multiply-add per vector fewer
+// than forming x - mean in float64 per element (measured on 256x1024:
+// forward+backward 1.19x the float32 sums' time against 1.25x), and exact
+// enough: the float64 rounding of sum(dz * x) is 1e-16 of sum(|dz * x|),
+// 1e-9 of the result for |mean| = 1e4 x std and a million values.
+template <ActivationKind K, bool FromOutput, class V, class W, class Terms, class E, class Wide>
+inline void add_grad_terms(V dy, V s, const Terms& t, E alpha, W& a, W& b, Wide wide) {
+  V dz, u;
+  fused_grad<K, FromOutput>(dy, s, t, alpha, dz, u);
+  const W wdz = wide(dz);
+  a += wdz;
+  if constexpr (FromOutput) b += wdz * wide(u);
+  else b += wdz * wide(s);
+}
+
 // Adds sum(dz) and sum(dz * u) over a run of one channel to `sums`.
 template <ActivationKind K, bool FromOutput, class T>
 void gradient_sums(const T* __restrict dy, const T* __restrict s, std::int64_t len, const ChannelTerms<T>& t, T alpha,
@@ -296,17 +332,11 @@ void gradient_sums(const T* __restrict dy, const T* __restrict s, std::int64_t l
   const VectorTerms<T> vt = splat_terms(t);
   sums.run(
       len,
-      [&](std::int64_t i, Vec<T>& a, Vec<T>& b) {
-        Vec<T> dz, u;
-        fused_grad<K, FromOutput>(load(dy + i), load(s + i), vt, alpha, dz, u);
-        a += dz;
-        b += dz * u;
+      [&](std::int64_t i, WideVec<T>& a, WideVec<T>& b) {
+        add_grad_terms<K, FromOutput>(load(dy + i), load(s + i), vt, alpha, a, b, ToWide<T>{});
       },
       [&](std::int64_t i, double& a, double& b) {
-        T dz, u;
-        fused_grad<K, FromOutput>(dy[i], s[i], t, alpha, dz, u);
-        a += static_cast<double>(dz);
-        b += static_cast<double>(dz * u);
+        add_grad_terms<K, FromOutput>(dy[i], s[i], t, alpha, a, b, ToWide<T>{});
       });
 }
 
@@ -543,10 +573,10 @@ void row_backward(const T* __restrict dy, const T* __restrict s, T* __restrict d
 
 // (N, C) rows of 16-bit inputs staged as float32: row-wise float partials.
 template <class T>
-void row_shifted_sums(const T* __restrict row, const T* __restrict shift, T* __restrict s, T* __restrict ss,
+void row_shifted_sums(const T* __restrict row, const T* __restrict shift, double* __restrict s, double* __restrict ss,
                       std::int64_t c) {
   for (std::int64_t j = 0; j < c; ++j) {
-    const T d = row[j] - shift[j];
+    const double d = static_cast<double>(row[j]) - static_cast<double>(shift[j]);
     s[j] += d;
     ss[j] += d * d;
   }
@@ -554,14 +584,11 @@ void row_shifted_sums(const T* __restrict row, const T* __restrict shift, T* __r
 
 template <ActivationKind K, bool FromOutput, class T>
 void row_gradient_sums(const T* __restrict dy, const T* __restrict x, std::int64_t c, const ChannelTerms<const T*>& t,
-                       T alpha, T* __restrict s, T* __restrict sx) {
-  for (std::int64_t j = 0; j < c; ++j) {
-    T dz, u;
-    fused_grad<K, FromOutput>(dy[j], x[j], ChannelTerms<T>{t.hi[j], t.lo[j], t.half_hi[j], t.twice_scale[j], t.offset[j], t.shift[j]},
-                              alpha, dz, u);
-    s[j] += dz;
-    sx[j] += dz * u;
-  }
+                       T alpha, double* __restrict s, double* __restrict sx) {
+  for (std::int64_t j = 0; j < c; ++j)
+    add_grad_terms<K, FromOutput>(
+        dy[j], x[j], ChannelTerms<T>{t.hi[j], t.lo[j], t.half_hi[j], t.twice_scale[j], t.offset[j], t.shift[j]}, alpha,
+        s[j], sx[j], ToWide<T>{});
 }
 
 // Every channel's ChannelTerms as six T arrays, converted once from the
@@ -610,91 +637,86 @@ class ChannelColumns {
 // across the whole row, keep the reads close to sequential (4 streams the
 // prefetchers follow) and give 8 independent add chains; a block walking
 // 32 rows 4 KiB apart before moving on ran 1.5x slower for (256, 1024). The
-// float32 partials live in per-channel arrays between tiles and are flushed
-// into float64 every kAddsPerFlush rows. Each channel adds its rows in order
-// and flushes on the same rows whatever its block, so the sums do not depend
-// on the blocking.
+// float64 partials live in per-channel arrays between tiles. Each channel
+// adds its rows in order whatever its block, so the sums do not depend on
+// the blocking.
 // Rows per tile. Rows of 1 KiB to 4 KiB (channels-last input of 256 to
 // 1023 float32 channels, Note [Channel layouts] in core/batch_norm.cpp) take
-// tiles of a whole flush period, whose partials are loaded and stored once
-// per 32 rows rather than per 4: 64x256x14x14 channels-last (rows of 1 KiB)
-// took 1.14-1.19x its channels-first time with 4-row tiles and 1.04x with
-// 32; rows of 256 B were best with 4 (1.04x against 1.13-1.17x with 32),
-// and (256, 1024) keeps the 4 it was tuned with. Tile heights divide the
-// flush period, so every channel still flushes on the same rows.
-std::int64_t tile_rows(std::int64_t row_bytes) {
-  return row_bytes >= 1024 && row_bytes < 4096 ? kAddsPerFlush : 4;
-}
+// tiles of 32 rows, whose partials are loaded and stored once per 32 rows
+// rather than per 4: 64x256x14x14 channels-last (rows of 1 KiB) took
+// 1.14-1.19x its channels-first time with 4-row tiles and 1.04x with 32;
+// rows of 256 B were best with 4 (1.04x against 1.13-1.17x with 32), and
+// (256, 1024) keeps the 4 it was tuned with.
+std::int64_t tile_rows(std::int64_t row_bytes) { return row_bytes >= 1024 && row_bytes < 4096 ? 32 : 4; }
 constexpr int kWideBlock = 4;  // vectors per block
 
-// The first tile starts its accumulators at zero, the others from the
-// partials (no separate clearing pass over them).
+// The first tile starts its accumulators (float64 lanes of T vectors) at
+// zero, the others from the partials (no separate clearing pass over them).
 template <class T, int V, class Body>
-void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, std::int64_t tile, T* ps, T* pss, Body&& body) {
+void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, std::int64_t tile, double* ps, double* pss,
+                   Body&& body) {
   constexpr std::int64_t lanes = kLanes<T>;
   for (std::int64_t i0 = 0; i0 < n; i0 += tile) {
     const std::int64_t i1 = std::min(n, i0 + tile);
     for (std::int64_t j = j0; j + V * lanes <= j1; j += V * lanes) {
-      Vec<T> a[V], b[V];
+      WideVec<T> a[V], b[V];
       for (int v = 0; v < V; ++v) {
-        a[v] = i0 == 0 ? Vec<T>{} : load(ps + j + v * lanes);
-        b[v] = i0 == 0 ? Vec<T>{} : load(pss + j + v * lanes);
+        a[v] = i0 == 0 ? WideVec<T>{} : load_wide<T>(ps + j + v * lanes);
+        b[v] = i0 == 0 ? WideVec<T>{} : load_wide<T>(pss + j + v * lanes);
       }
       for (std::int64_t i = i0; i < i1; ++i)
         for (int v = 0; v < V; ++v) body(i, j + v * lanes, a[v], b[v]);
       for (int v = 0; v < V; ++v) {
-        store<T>(ps + j + v * lanes, a[v]);
-        store<T>(pss + j + v * lanes, b[v]);
+        __builtin_memcpy(ps + j + v * lanes, &a[v], sizeof a[v]);
+        __builtin_memcpy(pss + j + v * lanes, &b[v], sizeof b[v]);
       }
     }
   }
 }
 
 // Runs body(i, j, a, b) over every full vector of channels of an (N, C)
-// input: 4-vector blocks, then 1-vector blocks for what is left; returns the
-// number of channels covered (the caller sums the rest in float64).
+// input: 4-vector blocks, then 1-vector blocks for what is left, and adds
+// the sums to s and ss; returns the number of channels covered (the caller
+// sums the rest in float64).
 template <class T, class Body>
 std::int64_t column_vectors(std::int64_t n, std::int64_t c, double* s, double* ss, Body&& body) {
   constexpr std::int64_t lanes = kLanes<T>, wide = kWideBlock * lanes;
   const std::int64_t wide_end = c / wide * wide, end = c / lanes * lanes;
-  // Float partials of the current flush period (no initial values needed).
-  const auto partials = std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(2 * end));
-  T* ps = partials.get();
-  T* pss = ps + end;
-  for (std::int64_t i0 = 0; i0 < n; i0 += kAddsPerFlush) {
-    const std::int64_t rows = std::min<std::int64_t>(kAddsPerFlush, n - i0);
-    auto shifted = [&](std::int64_t i, std::int64_t j, Vec<T>& a, Vec<T>& b) { body(i0 + i, j, a, b); };
-    const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
-    column_blocks<T, kWideBlock>(rows, 0, wide_end, tile, ps, pss, shifted);
-    column_blocks<T, 1>(rows, wide_end, end, tile, ps, pss, shifted);
+  const auto partials = std::make_unique_for_overwrite<double[]>(static_cast<std::size_t>(2 * end));
+  double* ps = partials.get();
+  double* pss = ps + end;
+  const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
+  column_blocks<T, kWideBlock>(n, 0, wide_end, tile, ps, pss, body);
+  column_blocks<T, 1>(n, wide_end, end, tile, ps, pss, body);
+  if (n > 0) {
     for (std::int64_t j = 0; j < end; ++j) {
-      s[j] += static_cast<double>(ps[j]);
-      ss[j] += static_cast<double>(pss[j]);
+      s[j] += ps[j];
+      ss[j] += pss[j];
     }
   }
   return end;
 }
 
-// s[j] += sum over rows of (x - shift[j]), ss[j] += its square.
+// s[j] += sum over rows of (x - shift[j]), ss[j] += its square, in float64
+// lanes (Note [Moments in float64]).
 template <class T>
 std::int64_t column_shifted_sums(const T* x, std::int64_t n, std::int64_t c, const T* shift, double* s, double* ss) {
-  return column_vectors<T>(n, c, s, ss, [&](std::int64_t i, std::int64_t j, Vec<T>& a, Vec<T>& b) {
-    const Vec<T> d = load(x + i * c + j) - load(shift + j);
+  return column_vectors<T>(n, c, s, ss, [&](std::int64_t i, std::int64_t j, WideVec<T>& a, WideVec<T>& b) {
+    const WideVec<T> d = widen<T>(load(x + i * c + j)) - widen<T>(load(shift + j));
     a += d;
     b += d * d;
   });
 }
 
 // The same over dy and x (or y): s[j] += sum(dz), sx[j] += sum(dz * u)
-// (fused_grad; plain batch norm: dz = dy, u = (x - hi) - lo).
+// (fused_grad; plain batch norm: dz = dy, u = (x - hi) - lo), in float64
+// lanes (Note [Gradient sums in float64]).
 template <ActivationKind K, bool FromOutput, class T>
 std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::int64_t c,
                                   const ChannelColumns<T>& cols, T alpha, double* s, double* sx) {
-  return column_vectors<T>(n, c, s, sx, [&](std::int64_t i, std::int64_t j, Vec<T>& a, Vec<T>& b) {
-    Vec<T> dz, u;
-    fused_grad<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, dz, u);
-    a += dz;
-    b += dz * u;
+  return column_vectors<T>(n, c, s, sx, [&](std::int64_t i, std::int64_t j, WideVec<T>& a, WideVec<T>& b) {
+    add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, a, b,
+                                  ToWide<T>{});
   });
 }
 
@@ -794,17 +816,18 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
       const std::int64_t done = column_shifted_sums<T>(static_cast<const T*>(x), n, c, shift.data(), s.data(), ss.data());
       for (std::int64_t j = done; j < c; ++j)
         for (std::int64_t i = 0; i < n; ++i) {
-          const double d = static_cast<double>(static_cast<const T*>(x)[i * c + j] - shift[static_cast<std::size_t>(j)]);
+          const double d = static_cast<double>(static_cast<const T*>(x)[i * c + j]) -
+                           static_cast<double>(shift[static_cast<std::size_t>(j)]);
           s[static_cast<std::size_t>(j)] += d;
           ss[static_cast<std::size_t>(j)] += d * d;
         }
     } else if (l == 1) {
-      // (N, C) with 16-bit input: rows staged as float32; per-channel float
-      // partials over blocks of 32 rows, flushed into float64.
-      std::vector<T> ps(static_cast<std::size_t>(c)), pss(static_cast<std::size_t>(c));
+      // (N, C) with 16-bit input: rows staged as float32; per-channel
+      // float64 partials over blocks of 32 rows.
+      std::vector<double> ps(static_cast<std::size_t>(c)), pss(static_cast<std::size_t>(c));
       for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
-        std::fill(ps.begin(), ps.end(), T(0));
-        std::fill(pss.begin(), pss.end(), T(0));
+        std::fill(ps.begin(), ps.end(), 0.0);
+        std::fill(pss.begin(), pss.end(), 0.0);
         for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i) {
           // A row wider than the staging chunk arrives in pieces.
           std::int64_t done = 0;
@@ -814,8 +837,8 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
           });
         }
         for (std::int64_t j = 0; j < c; ++j) {
-          s[static_cast<std::size_t>(j)] += static_cast<double>(ps[static_cast<std::size_t>(j)]);
-          ss[static_cast<std::size_t>(j)] += static_cast<double>(pss[static_cast<std::size_t>(j)]);
+          s[static_cast<std::size_t>(j)] += ps[static_cast<std::size_t>(j)];
+          ss[static_cast<std::size_t>(j)] += pss[static_cast<std::size_t>(j)];
         }
       }
     } else {
@@ -997,8 +1020,18 @@ void apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c
   });
 }
 
-// The fast sums of cpu_backward_reduce (float32 partials for float32 and
-// 16-bit data, flushed into float64).
+// sum(dz * (x - mean)) from sum(dz * x), which add_grad_terms accumulates
+// from x (the mean in float64 as hi + lo).
+template <bool FromOutput>
+void center_gradient_sums(std::int64_t c, const double* coef, const double* sum_dy, double* sum_dy_xmu) {
+  if constexpr (!FromOutput) {
+    const ForwardCoef f(coef, c);
+    for (std::int64_t j = 0; j < c; ++j) sum_dy_xmu[j] -= (f.hi[j] + f.lo[j]) * sum_dy[j];
+  }
+}
+
+// The fast sums of cpu_backward_reduce (float64 lanes and partials for every
+// dtype, Note [Gradient sums in float64]).
 template <ActivationKind K, bool FromOutput, class T>
 void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy, const void* x,
                         const double* coef, T alpha, double* sum_dy, double* sum_dy_xmu) {
@@ -1027,20 +1060,17 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
       const std::int64_t done = column_gradient_sums<K, FromOutput>(gs, xs, n, c, cols, alpha, sum_dy, sum_dy_xmu);
       for (std::int64_t j = done; j < c; ++j) {
         const ChannelTerms<T> t = cols.at(j);
-        for (std::int64_t i = 0; i < n; ++i) {
-          T dz, u;
-          fused_grad<K, FromOutput>(gs[i * c + j], xs[i * c + j], t, alpha, dz, u);
-          sum_dy[j] += static_cast<double>(dz);
-          sum_dy_xmu[j] += static_cast<double>(dz * u);
-        }
+        for (std::int64_t i = 0; i < n; ++i)
+          add_grad_terms<K, FromOutput>(gs[i * c + j], xs[i * c + j], t, alpha, sum_dy[j], sum_dy_xmu[j], ToWide<T>{});
       }
+      center_gradient_sums<FromOutput>(c, coef, sum_dy, sum_dy_xmu);
       return;
     }
     const ChannelTerms<const T*> planes = cols.planes();
-    std::vector<T> ps(static_cast<std::size_t>(c)), psx(static_cast<std::size_t>(c));
+    std::vector<double> ps(static_cast<std::size_t>(c)), psx(static_cast<std::size_t>(c));
     for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
-      std::fill(ps.begin(), ps.end(), T(0));
-      std::fill(psx.begin(), psx.end(), T(0));
+      std::fill(ps.begin(), ps.end(), 0.0);
+      std::fill(psx.begin(), psx.end(), 0.0);
       for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i) {
         std::int64_t done = 0;
         both(i * c, c, [&](const T* g, const T* xp, std::int64_t len) {
@@ -1052,10 +1082,11 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
         });
       }
       for (std::int64_t j = 0; j < c; ++j) {
-        sum_dy[j] += static_cast<double>(ps[static_cast<std::size_t>(j)]);
-        sum_dy_xmu[j] += static_cast<double>(psx[static_cast<std::size_t>(j)]);
+        sum_dy[j] += ps[static_cast<std::size_t>(j)];
+        sum_dy_xmu[j] += psx[static_cast<std::size_t>(j)];
       }
     }
+    center_gradient_sums<FromOutput>(c, coef, sum_dy, sum_dy_xmu);
     return;
   }
   // In memory order with one accumulator set per channel, as in cpu_stats.
@@ -1075,6 +1106,7 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
     sum_dy[j] = sum.a;
     sum_dy_xmu[j] = sum.b;
   }
+  center_gradient_sums<FromOutput>(c, coef, sum_dy, sum_dy_xmu);
 }
 
 void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
