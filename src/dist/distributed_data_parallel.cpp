@@ -102,7 +102,9 @@ Tensor DistributedDataParallel::backward(const Tensor& grad_output) {
   const double scale = static_cast<double>(local_batch_) / static_cast<double>(global_batch_);
   Tensor grad_input;
   try {
-    grad_input = local_.backward(core::scale(grad_output, scale));
+    // An undefined grad_output goes to DataParallel as it is: it refuses it
+    // and puts the step's forward back (Note [Step guarantees]).
+    grad_input = local_.backward(grad_output.defined() ? core::scale(grad_output, scale) : grad_output);
     sum_gradients();
   } catch (...) {
     for (std::size_t i = 0; i < params.size(); ++i) params[i]->grad.copy_(before[i]);

@@ -146,4 +146,13 @@ TEST_CASE("DistributedDataParallel refuses a null module or group and a backward
   CHECK_THROWS_MATCHES(ddp.backward(Tensor::zeros(Shape{2, 3})), InvalidArgument,
                        syncbn::testing::MessageIs("DistributedDataParallel::backward: no forward to go back through, "
                                                   "expected a successful forward first"));
+  // A refused grad_output leaves no trace of the step's forward.
+  auto model = mlp(2);
+  dist::DistributedDataParallel stepped(model, cpu_devices(1), world);
+  const auto before = all_values(*model);
+  stepped.forward(Tensor::randn(Shape{4, 6}, syncbn::testing::kSeed + static_cast<std::uint64_t>(world->rank())));
+  CHECK(all_values(*model) != before);  // the forward counted a batch
+  CHECK_THROWS_MATCHES(stepped.backward(Tensor()), InvalidArgument,
+                       syncbn::testing::MessageContains("grad_output is undefined, expected a tensor"));
+  CHECK(all_values(*model) == before);
 }
