@@ -31,7 +31,7 @@ using syncbn::testing::test_devices;
 
 namespace {
 
-// One family of the cases.
+// One family of cases (shape, replicas, mode, data).
 struct Family {
   const char* name;
   Shape shape;  // the whole batch
