@@ -175,13 +175,21 @@ void BatchNorm::check_input(const Tensor& input) const {
   }
 }
 
-BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged, const std::string& over) const {
+std::string BatchNorm::StatsCover::describe() const {
+  if (ghost_group >= 0)
+    return "over ghost batch " + std::to_string(ghost_group) + " (rows " + std::to_string(ghost_group * ghost_rows) +
+           " to " + std::to_string((ghost_group + 1) * ghost_rows - 1) + " of the batch)";
+  if (replica >= 0) return "over replica " + std::to_string(replica) + "'s shard (its own statistics)";
+  return "over the whole batch";
+}
+
+BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged, StatsCover cover) const {
   // Called whenever the batch's own statistics normalise it: in training and
   // in eval without running statistics, where PyTorch refuses a single value
   // per channel as well (its variance is 0 and y would be the bias).
   SYNCBN_CHECK(merged.count != 1, label_, ": expected more than 1 value per channel ",
                is_training() ? "when training" : "for batch statistics (track_running_stats is off)",
-               ", got 1 (input of ", features_, " channels with one value each ", over, ")");
+               ", got 1 (input of ", features_, " channels with one value each ", cover.describe(), ")");
   auto [invstd, unbiased_var] =
       core::batch_norm_variance(merged, options_.eps, options_.eps_mode == EpsMode::Clamp);
   return Finalized{NormStats{merged.count, merged.mean, std::move(invstd)}, std::move(unbiased_var)};
@@ -328,9 +336,7 @@ std::vector<BatchNorm::Finalized> BatchNorm::ghost_groups(const std::vector<Shar
       merged = core::merge_moments(parts, device);
       first = last;
     }
-    groups.push_back(finalize_statistics(merged, "over ghost batch " + std::to_string(g) + " (rows " +
-                                                     std::to_string(g * v) + " to " + std::to_string((g + 1) * v - 1) +
-                                                     " of the batch)"));
+    groups.push_back(finalize_statistics(merged, StatsCover{.ghost_group = g, .ghost_rows = v}));
   }
   return groups;
 }
@@ -443,9 +449,7 @@ void BatchNorm::update_running(const Finalized& finalized) {
 BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) {
   // Unsynchronized statistics are the whole batch's for the user's own
   // module, and one shard's for a replica (or a SyncBatchNorm in eval).
-  const Finalized finalized = finalize_statistics(
-      shard, replica_id() < 0 ? std::string("over the whole batch")
-                              : "over replica " + std::to_string(replica_id()) + "'s shard (its own statistics)");
+  const Finalized finalized = finalize_statistics(shard, StatsCover{.replica = replica_id()});
   track_running(finalized);
   return finalized.norm;
 }

@@ -85,8 +85,8 @@ std::vector<std::pair<int, BatchNorm::Finalized>> SyncBatchNorm::merge_round(
   // Merged on copy 0's device in replica order; finalize_statistics rejects
   // one value per channel and changes no state (the running statistics are
   // updated by copy 0 once the replies are out).
-  Finalized batch = finalize_statistics(across_processes(core::merge_moments(shards, devices.front().second)),
-                                        "over the whole batch");
+  Finalized batch =
+      finalize_statistics(across_processes(core::merge_moments(shards, devices.front().second)), StatsCover{});
   std::vector<std::pair<int, Finalized>> replies;
   replies.reserve(devices.size());
   for (const auto& [id, device] : devices) {
@@ -314,7 +314,7 @@ BatchNorm::NormStats SyncBatchNorm::batch_statistics(const ShardStats& shard) {
   if (copy_id_ < 0) {
     // Not replicated: this process's batch is the shard; the other
     // processes' come through the group.
-    const Finalized batch = finalize_statistics(across_processes(shard), "over the whole batch");
+    const Finalized batch = finalize_statistics(across_processes(shard), StatsCover{});
     track_running(batch);
     synced_forward_ = true;
     return batch.norm;

@@ -216,9 +216,16 @@ class BatchNorm : public Module {
 
   /// From merged statistics: rejects a count of 1 in training and computes
   /// invstd and the unbiased variance; changes no state.
-  /// `over` says what the statistics cover, for the error ("over the whole
-  /// batch", "over replica 1's shard (its own statistics)").
-  Finalized finalize_statistics(const ShardStats& merged, const std::string& over) const;
+  /// What statistics cover, for finalize_statistics's error only (formatted
+  /// when it is thrown): the whole batch (the default), one replica's shard
+  /// (replica >= 0), or ghost batch `ghost_group` of `ghost_rows` rows.
+  struct StatsCover {
+    int replica = -1;
+    std::int64_t ghost_group = -1;
+    std::int64_t ghost_rows = 0;
+    std::string describe() const;
+  };
+  Finalized finalize_statistics(const ShardStats& merged, StatsCover cover) const;
 
   /// In training with tracking and a count > 0, updates the running
   /// statistics of this module once from `finalized`.

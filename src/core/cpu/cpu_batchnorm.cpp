@@ -280,10 +280,9 @@ void dispatch_fusion(const BatchNormFusion& fusion, Fn&& fn) {
 // replicas of 16k values per channel by 1e-4 (measured: 2.2e-5 of max(1,
 // |dw|) with float32 partials of 32 shifted values). So the shifted values
 // x - x0 are formed and summed, and squared, in float64 lanes: x - x0 is
-// exact there, and no partial sum is rounded to float32 (the float32
-// partials with a float64 flush every 32 values, used before, were
-// compute-bound at a third of the cost; see docs/performance.md for what
-// the float64 lanes cost).
+// exact there, and no partial sum is rounded to float32 (which the float32
+// partials flushed into float64 every 32 values, used before, did). What
+// the float64 lanes cost: docs/performance.md, "The exact reductions".
 
 // Note [Gradient sums in float64]
 // The gradient sums enter dx through mean(dy) and mean(dy * (x - mean)),
@@ -293,11 +292,13 @@ void dispatch_fusion(const BatchNormFusion& fusion, Fn&& fn) {
 // of max(1, |dx|) for 45 rows with a spread of 1e-4 and mean(dy) 0.65), and
 // grad_weight of 8 replicas of 16k values per channel, summed from float32
 // partials of 32 products each, was off by 6.4e-5 of max(1, |dw|). So the
-// terms are summed in float64 lanes: dz exactly, and dz * u with u = (x -
-// hi) - lo formed in float64 from the float32 x (exact: a difference of two
-// float32 values, then lo), so that no term and no partial sum is rounded to
-// float32. From the output (in place) u comes from y in float32 as before,
-// and only the products and sums are float64. Cost in docs/performance.md.
+// terms are summed in float64 lanes: dz exactly, and dz * x, the exact
+// product of two float32 values, from which center_gradient_sums makes
+// sum(dz * (x - mean)); no term and no partial sum is rounded to float32.
+// From the output (in place) u comes from y in float32 as before, and only
+// the products and sums are float64. Cost: docs/performance.md, "The exact
+// reductions".
+
 // Float64 lanes of T vectors and float64 of T scalars.
 template <class T>
 struct ToWide {
@@ -571,7 +572,7 @@ void row_backward(const T* __restrict dy, const T* __restrict s, T* __restrict d
   }
 }
 
-// (N, C) rows of 16-bit inputs staged as float32: row-wise float partials.
+// (N, C) rows of 16-bit inputs staged as float32, added into float64 sums.
 template <class T>
 void row_shifted_sums(const T* __restrict row, const T* __restrict shift, double* __restrict s, double* __restrict ss,
                       std::int64_t c) {
@@ -667,8 +668,8 @@ void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, std::int64_
       for (std::int64_t i = i0; i < i1; ++i)
         for (int v = 0; v < V; ++v) body(i, j + v * lanes, a[v], b[v]);
       for (int v = 0; v < V; ++v) {
-        __builtin_memcpy(ps + j + v * lanes, &a[v], sizeof a[v]);
-        __builtin_memcpy(pss + j + v * lanes, &b[v], sizeof b[v]);
+        store_wide<T>(ps + j + v * lanes, a[v]);
+        store_wide<T>(pss + j + v * lanes, b[v]);
       }
     }
   }
@@ -822,24 +823,15 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
           ss[static_cast<std::size_t>(j)] += d * d;
         }
     } else if (l == 1) {
-      // (N, C) with 16-bit input: rows staged as float32; per-channel
-      // float64 partials over blocks of 32 rows.
-      std::vector<double> ps(static_cast<std::size_t>(c)), pss(static_cast<std::size_t>(c));
-      for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
-        std::fill(ps.begin(), ps.end(), 0.0);
-        std::fill(pss.begin(), pss.end(), 0.0);
-        for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i) {
-          // A row wider than the staging chunk arrives in pieces.
-          std::int64_t done = 0;
-          for_runs<T>(x, dtype, i * c, c, [&](const T* row, std::int64_t len) {
-            row_shifted_sums(row, shift.data() + done, ps.data() + done, pss.data() + done, len);
-            done += len;
-          });
-        }
-        for (std::int64_t j = 0; j < c; ++j) {
-          s[static_cast<std::size_t>(j)] += ps[static_cast<std::size_t>(j)];
-          ss[static_cast<std::size_t>(j)] += pss[static_cast<std::size_t>(j)];
-        }
+      // (N, C) with 16-bit input: rows staged as float32, added row by row
+      // into the float64 sums.
+      for (std::int64_t i = 0; i < n; ++i) {
+        // A row wider than the staging chunk arrives in pieces.
+        std::int64_t done = 0;
+        for_runs<T>(x, dtype, i * c, c, [&](const T* row, std::int64_t len) {
+          row_shifted_sums(row, shift.data() + done, s.data() + done, ss.data() + done, len);
+          done += len;
+        });
       }
     } else {
       // One accumulator set per channel, the tensor read in memory order: a
@@ -1021,7 +1013,8 @@ void apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c
 }
 
 // sum(dz * (x - mean)) from sum(dz * x), which add_grad_terms accumulates
-// from x (the mean in float64 as hi + lo).
+// from x (the mean in float64 as hi + lo); before the redo of channels
+// whose sums are not finite, which computes the centred sum itself.
 template <bool FromOutput>
 void center_gradient_sums(std::int64_t c, const double* coef, const double* sum_dy, double* sum_dy_xmu) {
   if constexpr (!FromOutput) {
@@ -1063,30 +1056,18 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
         for (std::int64_t i = 0; i < n; ++i)
           add_grad_terms<K, FromOutput>(gs[i * c + j], xs[i * c + j], t, alpha, sum_dy[j], sum_dy_xmu[j], ToWide<T>{});
       }
-      center_gradient_sums<FromOutput>(c, coef, sum_dy, sum_dy_xmu);
       return;
     }
     const ChannelTerms<const T*> planes = cols.planes();
-    std::vector<double> ps(static_cast<std::size_t>(c)), psx(static_cast<std::size_t>(c));
-    for (std::int64_t i0 = 0; i0 < n; i0 += 32) {
-      std::fill(ps.begin(), ps.end(), 0.0);
-      std::fill(psx.begin(), psx.end(), 0.0);
-      for (std::int64_t i = i0; i < std::min(n, i0 + 32); ++i) {
-        std::int64_t done = 0;
-        both(i * c, c, [&](const T* g, const T* xp, std::int64_t len) {
-          const auto u = static_cast<std::size_t>(done);
-          const ChannelTerms<const T*> at{planes.hi + u,     planes.lo + u,     planes.half_hi + u,
-                                          planes.twice_scale + u, planes.offset + u, planes.shift + u};
-          row_gradient_sums<K, FromOutput>(g, xp, len, at, alpha, ps.data() + u, psx.data() + u);
-          done += len;
-        });
-      }
-      for (std::int64_t j = 0; j < c; ++j) {
-        sum_dy[j] += ps[static_cast<std::size_t>(j)];
-        sum_dy_xmu[j] += psx[static_cast<std::size_t>(j)];
-      }
+    for (std::int64_t i = 0; i < n; ++i) {
+      std::int64_t done = 0;
+      both(i * c, c, [&](const T* g, const T* xp, std::int64_t len) {
+        const ChannelTerms<const T*> at{planes.hi + done,          planes.lo + done,     planes.half_hi + done,
+                                        planes.twice_scale + done, planes.offset + done, planes.shift + done};
+        row_gradient_sums<K, FromOutput>(g, xp, len, at, alpha, sum_dy + done, sum_dy_xmu + done);
+        done += len;
+      });
     }
-    center_gradient_sums<FromOutput>(c, coef, sum_dy, sum_dy_xmu);
     return;
   }
   // In memory order with one accumulator set per channel, as in cpu_stats.
@@ -1106,7 +1087,6 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
     sum_dy[j] = sum.a;
     sum_dy_xmu[j] = sum.b;
   }
-  center_gradient_sums<FromOutput>(c, coef, sum_dy, sum_dy_xmu);
 }
 
 void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
@@ -1119,6 +1099,7 @@ void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::in
       constexpr bool kFromOutput = decltype(from_output)::value;
       fast_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, static_cast<T>(fusion.alpha), sum_dy,
                                             sum_dy_xmu);
+      center_gradient_sums<kFromOutput>(c, coef, sum_dy, sum_dy_xmu);
       redo_overflowed_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, fusion.alpha, sum_dy, sum_dy_xmu);
       if constexpr (kFromOutput) {
         // u = (x - mean) * scale (Note [Fused activation]).

@@ -51,6 +51,12 @@ inline WideVec<T> load_wide(const double* p) {
   return v;
 }
 
+/// kLanes<T> doubles to p.
+template <class T>
+inline void store_wide(double* p, WideVec<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
 /// A vector with every lane `x`.
 template <class T>
 inline Vec<T> splat(T x) {
