@@ -95,7 +95,7 @@ struct LayerStep {
 int main(int argc, char** argv) {
   using bench::flag;
   try {
-    dist::MpiSession mpi;
+    distributed::MpiSession mpi;
     auto world = mpi.world();
     const auto channels = bench::int_list(flag(argc, argv, "--channels", "64,256,1024"), "--channels");
     const auto threads = bench::int_list(flag(argc, argv, "--threads", "1,2"), "--threads");

@@ -1,4 +1,4 @@
-# The MPI backend of syncbn::dist (process groups across processes and
+# The MPI backend of syncbn::distributed (process groups across processes and
 # nodes). SYNCBN_MPI: AUTO (use MPI where found), ON (require it) or OFF.
 # Debian: libopenmpi-dev (and openmpi-bin for mpirun).
 #
@@ -22,6 +22,6 @@ if(NOT SYNCBN_MPI STREQUAL "OFF")
   elseif(SYNCBN_MPI STREQUAL "ON")
     message(FATAL_ERROR "SYNCBN_MPI=ON but no MPI was found (install libopenmpi-dev and openmpi-bin)")
   else()
-    message(STATUS "syncbn: no MPI found: dist's MPI process groups throw Unsupported (install libopenmpi-dev)")
+    message(STATUS "syncbn: no MPI found: distributed's MPI process groups throw Unsupported (install libopenmpi-dev)")
   endif()
 endif()

@@ -265,14 +265,14 @@ std::shared_ptr<nn::Module> make_model(const Flags& f, const std::shared_ptr<com
 // global batch.
 struct Trainer {
   std::optional<parallel::DataParallel> local;
-  std::optional<dist::DistributedDataParallel> distributed;
+  std::optional<distributed::DistributedDataParallel> distributed;
   std::shared_ptr<comm::ProcessGroup> world;  // null without --dist
 
   Trainer(std::shared_ptr<nn::Module> model, const Flags& f, std::shared_ptr<comm::ProcessGroup> group)
       : world(std::move(group)) {
     const parallel::DataParallelOptions options{.allow_shared_devices = true};
     if (world)
-      distributed.emplace(std::move(model), f.devices, world, dist::DistributedOptions{.local = options});
+      distributed.emplace(std::move(model), f.devices, world, distributed::DistributedOptions{.local = options});
     else
       local.emplace(std::move(model), f.devices, std::nullopt, options);
   }
@@ -714,7 +714,7 @@ int main(int argc, char** argv) {
   try {
     // --dist mpi: this process is one rank of the job; the global batch and
     // the default learning rate count every process's devices.
-    std::optional<dist::MpiSession> mpi;
+    std::optional<distributed::MpiSession> mpi;
     std::shared_ptr<comm::ProcessGroup> world;
     if (flags.dist == "mpi") {
       mpi.emplace();

@@ -10,7 +10,7 @@
 //
 // With --dist mpi every process of the job runs --devices on its own part
 // of each global batch (per-device batch x devices x processes) through
-// dist::DistributedDataParallel, batch norm synchronized over every replica
+// distributed::DistributedDataParallel, batch norm synchronized over every replica
 // of every process; rank 0 prints and writes the CSV.
 //
 // Every step draws the same global batch (per-device batch x devices) from the
@@ -205,7 +205,7 @@ int main(int argc, char** argv) {
     const Dataset train = spirals(1000, f.seed);
     const Dataset test = spirals(300, f.seed + 1000);
     // --dist mpi: this process is one rank of the job's world group.
-    std::optional<dist::MpiSession> mpi;
+    std::optional<distributed::MpiSession> mpi;
     std::shared_ptr<comm::ProcessGroup> world;
     if (f.dist == "mpi") {
       mpi.emplace();
@@ -216,9 +216,9 @@ int main(int argc, char** argv) {
     parallel::DataParallelOptions options;
     options.allow_shared_devices = true;  // several logical replicas may share one GPU
     std::optional<parallel::DataParallel> dp;
-    std::optional<dist::DistributedDataParallel> ddp;
+    std::optional<distributed::DistributedDataParallel> ddp;
     if (world)
-      ddp.emplace(model, f.devices, world, dist::DistributedOptions{.local = options});
+      ddp.emplace(model, f.devices, world, distributed::DistributedOptions{.local = options});
     else
       dp.emplace(model, f.devices, std::nullopt, options);
     optim::SGD sgd(model->parameters(), optim::SGDOptions{.lr = f.lr, .momentum = 0.9});

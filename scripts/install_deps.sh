@@ -2,7 +2,7 @@
 # Installs what syncbn needs to build and test on Debian/Ubuntu, only what is
 # missing: a C++20 compiler, CMake >= 3.25, Ninja, Catch2 (v2, Debian's
 # package), OpenBLAS (the CPU convolutions and matrix products; a build
-# without a BLAS refuses CPU convolutions), OpenMPI (syncbn::dist's process
+# without a BLAS refuses CPU convolutions), OpenMPI (syncbn::distributed's process
 # groups and mpirun for the multi-process tests), nlohmann-json (the
 # safetensors header), zlib (gzip-compressed datasets) and Fashion-MNIST (Debian's dataset-fashion-mnist, which the data
 # tests and the demo read). The CUDA toolkit is optional and never installed

@@ -50,7 +50,7 @@
 #include "syncbn/data/batch_iterator.hpp"
 #include "syncbn/data/fashion_mnist.hpp"
 #include "syncbn/data/idx.hpp"
-// dist: process groups across processes (MPI).
-#include "syncbn/dist/distributed_data_parallel.hpp"
-#include "syncbn/dist/mpi.hpp"
-#include "syncbn/dist/nccl.hpp"
+// distributed: process groups across processes (MPI).
+#include "syncbn/distributed/distributed_data_parallel.hpp"
+#include "syncbn/distributed/mpi.hpp"
+#include "syncbn/distributed/nccl.hpp"

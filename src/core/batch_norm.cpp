@@ -256,6 +256,29 @@ ChannelMoments merge_moments(std::span<const ChannelMoments> parts, Device devic
   return out;
 }
 
+void HostMoments::merge(std::int64_t part_count, std::span<const double> part_mean, std::span<const double> part_m2) {
+  SYNCBN_CHECK(part_count >= 0, "HostMoments::merge: count ", part_count, ", expected >= 0");
+  SYNCBN_CHECK(part_mean.size() == part_m2.size(), "HostMoments::merge: ", part_mean.size(), " means and ",
+               part_m2.size(), " M2 values, expected as many of each");
+  if (mean.empty() && count == 0) {
+    mean.assign(part_mean.size(), 0.0);
+    m2.assign(part_m2.size(), 0.0);
+  }
+  SYNCBN_CHECK(part_mean.size() == mean.size(), "HostMoments::merge: a part of ", part_mean.size(),
+               " channels, expected ", mean.size());
+  if (part_count == 0) return;
+  const std::int64_t total = count + part_count;
+  // From the empty state: weight 1 and cross 0 give the part's own bits.
+  const double weight = static_cast<double>(part_count) / static_cast<double>(total);
+  const double cross = static_cast<double>(count) * static_cast<double>(part_count) / static_cast<double>(total);
+  for (std::size_t j = 0; j < mean.size(); ++j) {
+    const double delta = part_mean[j] - mean[j];
+    mean[j] += delta * weight;
+    m2[j] += part_m2[j] + delta * delta * cross;
+  }
+  count = total;
+}
+
 BatchNormVariance batch_norm_variance(const ChannelMoments& merged, double eps, bool eps_clamp) {
   constexpr const char* op = "batch_norm_variance";
   check_eps(eps, op);

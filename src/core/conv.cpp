@@ -6,16 +6,14 @@
 #include <climits>
 
 #include "backend/kernels.hpp"
+#include "operand_checks.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::core {
 namespace {
 
 void check_operand(const Tensor& t, const char* op, const char* name, int rank) {
-  SYNCBN_CHECK(t.defined(), op, ": ", name, " is undefined, expected a tensor");
-  SYNCBN_CHECK(t.dtype() == DType::Float32 || t.dtype() == DType::Float64, op, ": ", name, " has dtype ",
-               dtype_name(t.dtype()), ", expected float32 or float64");
-  SYNCBN_CHECK(t.rank() == rank, op, ": ", name, " has shape ", t.shape(), ", expected a ", rank, "-D tensor");
+  detail::check_float_operand(t, op, name, rank);
 }
 
 void check_like(const Tensor& t, const Tensor& like, const char* op, const char* name, const char* like_name) {

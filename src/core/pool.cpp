@@ -5,16 +5,14 @@
 #include "syncbn/core/pool.hpp"
 
 #include "backend/kernels.hpp"
+#include "operand_checks.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::core {
 namespace {
 
 void check_operand(const Tensor& t, const char* op, const char* name) {
-  SYNCBN_CHECK(t.defined(), op, ": ", name, " is undefined, expected a tensor");
-  SYNCBN_CHECK(t.dtype() == DType::Float32 || t.dtype() == DType::Float64, op, ": ", name, " has dtype ",
-               dtype_name(t.dtype()), ", expected float32 or float64");
-  SYNCBN_CHECK(t.rank() == 4, op, ": ", name, " has shape ", t.shape(), ", expected a 4-D (N, C, H, W) tensor");
+  detail::check_float_operand(t, op, name, 4, "(N, C, H, W)");
 }
 
 void check_grad(const Tensor& grad_output, const Shape& expected, const char* op) {

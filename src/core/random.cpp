@@ -5,15 +5,10 @@
 #include <cmath>
 #include <numbers>
 
+#include "syncbn/core/splitmix64.hpp"
+
 namespace syncbn::core::detail {
 namespace {
-
-std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
 
 // Uniform in [0, 1) with 53 random bits, for element `counter` of stream `key`.
 double uniform01(std::uint64_t key, std::uint64_t counter) {

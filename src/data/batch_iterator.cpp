@@ -6,17 +6,13 @@
 #include <cstring>
 #include <utility>
 
+#include "syncbn/core/splitmix64.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::data {
 namespace {
 
-std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
+using core::splitmix64;
 
 // Independent streams for the order and the flips of an epoch.
 constexpr std::uint64_t kOrderStream = 1, kFlipStream = 2;
@@ -31,7 +27,7 @@ class Stream {
  public:
   explicit Stream(std::uint64_t key) : state_(key) {}
   std::uint64_t next() {
-    state_ += 0x9E3779B97F4A7C15ULL;
+    state_ += core::kSplitmixIncrement;
     return splitmix64(state_);
   }
   std::uint64_t below(std::uint64_t bound) {

@@ -259,31 +259,21 @@ std::optional<BatchNorm::Finalized> BatchNorm::accumulate(const Finalized& batch
   Accumulator& acc = *accumulator_;
   if (batch.norm.count > 0) {
     const auto mean = batch.norm.mean.to_vector<double>(), var = batch.unbiased_var.to_vector<double>();
-    if (acc.count == 0) {
-      acc.mean = mean;
-      acc.m2.assign(mean.size(), 0.0);
-      for (std::size_t j = 0; j < mean.size(); ++j) acc.m2[j] = var[j] * static_cast<double>(batch.norm.count - 1);
-    } else {
-      const double n_a = static_cast<double>(acc.count), n_b = static_cast<double>(batch.norm.count);
-      const double total = n_a + n_b;
-      for (std::size_t j = 0; j < mean.size(); ++j) {
-        const double delta = mean[j] - acc.mean[j];
-        acc.mean[j] += delta * n_b / total;
-        acc.m2[j] += var[j] * (n_b - 1.0) + delta * delta * n_a * n_b / total;
-      }
-    }
-    acc.count += batch.norm.count;
+    std::vector<double> m2(var.size());
+    for (std::size_t j = 0; j < var.size(); ++j) m2[j] = var[j] * static_cast<double>(batch.norm.count - 1);
+    acc.moments.merge(batch.norm.count, mean, m2);
   }
   if (++acc.seen < acc.every) return std::nullopt;
   Finalized merged;
-  merged.norm.count = acc.count;
-  if (acc.count > 0) {
+  const core::HostMoments& union_of = acc.moments;
+  merged.norm.count = union_of.count;
+  if (union_of.count > 0) {
     const Device device = batch.norm.mean.device();
-    const Shape c{static_cast<std::int64_t>(acc.mean.size())};
-    std::vector<double> unbiased(acc.m2.size());
+    const Shape c{static_cast<std::int64_t>(union_of.mean.size())};
+    std::vector<double> unbiased(union_of.m2.size());
     for (std::size_t j = 0; j < unbiased.size(); ++j)
-      unbiased[j] = acc.count > 1 ? acc.m2[j] / static_cast<double>(acc.count - 1) : 0.0;
-    merged.norm.mean = Tensor::from_vector(acc.mean, c, device);
+      unbiased[j] = union_of.count > 1 ? union_of.m2[j] / static_cast<double>(union_of.count - 1) : 0.0;
+    merged.norm.mean = Tensor::from_vector(union_of.mean, c, device);
     merged.unbiased_var = Tensor::from_vector(unbiased, c, device);
   }
   const std::int64_t every = acc.every;

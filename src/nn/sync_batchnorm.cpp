@@ -142,28 +142,21 @@ BatchNorm::ShardStats SyncBatchNorm::across_processes(const ShardStats& process)
   std::memcpy(payload.data() + sizeof(std::int64_t) + c * sizeof(double), m2.data(), c * sizeof(double));
   const std::vector<std::byte> all = group_->all_gather(payload, label() + " forward", timeout_);
 
-  std::int64_t count = 0;
-  std::vector<double> merged_mean(c, 0.0), merged_m2(c, 0.0), part_mean(c), part_m2(c);
+  core::HostMoments merged;
+  merged.mean.assign(c, 0.0);
+  merged.m2.assign(c, 0.0);
+  std::vector<double> part_mean(c), part_m2(c);
   for (int r = 0; r < group_->size(); ++r) {
     const std::byte* part = all.data() + static_cast<std::size_t>(r) * payload.size();
     std::int64_t n = 0;
     std::memcpy(&n, part, sizeof(n));
-    if (n == 0) continue;
     std::memcpy(part_mean.data(), part + sizeof(std::int64_t), c * sizeof(double));
     std::memcpy(part_m2.data(), part + sizeof(std::int64_t) + c * sizeof(double), c * sizeof(double));
-    const std::int64_t total = count + n;
-    const double weight = static_cast<double>(n) / static_cast<double>(total);
-    const double cross = static_cast<double>(count) * static_cast<double>(n) / static_cast<double>(total);
-    for (std::size_t j = 0; j < c; ++j) {
-      const double delta = part_mean[j] - merged_mean[j];
-      merged_mean[j] += delta * weight;
-      merged_m2[j] += part_m2[j] + delta * delta * cross;
-    }
-    count = total;
+    merged.merge(n, part_mean, part_m2);
   }
   const Shape shape{static_cast<std::int64_t>(c)};
-  return ShardStats{count, Tensor::from_vector(merged_mean, shape).onto(device),
-                    Tensor::from_vector(merged_m2, shape).onto(device)};
+  return ShardStats{merged.count, Tensor::from_vector(merged.mean, shape).onto(device),
+                    Tensor::from_vector(merged.m2, shape).onto(device)};
 }
 
 BatchNorm::GradSums SyncBatchNorm::across_processes(const GradSums& process) const {

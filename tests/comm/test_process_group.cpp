@@ -1,7 +1,7 @@
 // comm::ProcessGroup's own logic (the header check, the failure state, the
 // rank-order sums, argument errors) on an in-process engine whose ranks are
 // threads, so that it runs in every build and under the sanitizers; the MPI
-// engine is tested under mpirun in tests/dist/.
+// engine is tested under mpirun in tests/distributed/.
 
 #include <catch2/catch.hpp>
 

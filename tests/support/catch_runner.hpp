@@ -2,7 +2,7 @@
 // The test binaries' runners. Catch2's implementation is compiled once per
 // build, in support/catch_runner.cpp (the heaviest file of the test suite to
 // compile), and linked into every test binary; each binary's main() is a
-// few lines: support/catch_main.cpp for the test areas, tests/dist/mpi_main.cpp
+// few lines: support/catch_main.cpp for the test areas, tests/distributed/mpi_main.cpp
 // for the MPI tests.
 
 namespace syncbn::testing {

@@ -1,6 +1,6 @@
 #pragma once
 // A group of processes that exchange data through collectives: what the
-// layers below `dist` see of other processes. syncbn::dist implements it on
+// layers below `distributed` see of other processes. syncbn::distributed implements it on
 // an existing engine (MPI); the in-process runtime never needs one.
 
 #include <chrono>
@@ -27,7 +27,7 @@ namespace syncbn::comm {
 /// failure the group refuses every further collective (CommError naming the
 /// first failure): the engines cannot cancel a collective that is under
 /// way, so the ranks no longer agree on what comes next (what to do with
-/// the process then: the backend's documentation, e.g. dist::abort_job).
+/// the process then: the backend's documentation, e.g. distributed::abort_job).
 ///
 /// A group is used by one thread at a time (collectives are serialized by
 /// the group; the ranks' calls must come in the same order on every rank).

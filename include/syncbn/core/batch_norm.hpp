@@ -20,6 +20,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "syncbn/core/batch_norm_form.hpp"
 #include "syncbn/core/tensor.hpp"
@@ -67,6 +68,21 @@ ChannelMoments batch_norm_moments(const Tensor& x, ChannelLayout layout = Channe
 /// memory than `device` are copied there; the others are read in place.
 /// Every part has the same number of channels; 1 to kMaxReplicas parts.
 ChannelMoments merge_moments(std::span<const ChannelMoments> parts, Device device);
+
+/// Per-channel moments in host memory, float64, for the merges made on the
+/// host: across processes in rank order (every rank runs this same scalar
+/// code, compiled once, so every rank gets the same bits whatever its CPU)
+/// and the union of micro-batches. Device tensors merge with merge_moments.
+struct HostMoments {
+  std::int64_t count = 0;
+  std::vector<double> mean, m2;
+
+  /// Becomes the union of itself and a part of `count` values per channel
+  /// with the given mean and M2 (Chan et al.'s pairwise update); a part with
+  /// count 0 changes nothing. InvalidArgument for a negative count or for a
+  /// part whose channel count differs from what was merged before.
+  void merge(std::int64_t count, std::span<const double> mean, std::span<const double> m2);
+};
 
 /// invstd and the unbiased variance of merged moments (eps >= 0).
 BatchNormVariance batch_norm_variance(const ChannelMoments& merged, double eps, bool eps_clamp);

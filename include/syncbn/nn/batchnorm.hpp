@@ -324,8 +324,7 @@ class BatchNorm : public Module {
   struct Accumulator {
     std::int64_t every = 1;
     std::int64_t seen = 0;
-    std::int64_t count = 0;
-    std::vector<double> mean, m2;
+    core::HostMoments moments;  // the union of the group's batches so far
   };
   std::shared_ptr<Accumulator> accumulator_ = std::make_shared<Accumulator>();
   // Batch Renormalization's limits, shared with the replicas (so that a

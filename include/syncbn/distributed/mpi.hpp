@@ -9,7 +9,7 @@
 
 #include "syncbn/comm/process_group.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 
 /// True when this build has the MPI backend (SYNCBN_MPI); without it,
 /// MpiSession throws Unsupported.
@@ -54,4 +54,4 @@ class MpiSession {
 /// own Timeout, or end here). Without MPI, prints and calls std::abort.
 [[noreturn]] void abort_job(const std::string& message, int code = 1);
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

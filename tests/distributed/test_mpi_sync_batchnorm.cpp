@@ -122,7 +122,7 @@ Step train_step(nn::SyncBatchNorm& layer, std::optional<parallel::Replication>& 
 
 }  // namespace
 
-TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch on every rank", "[dist][mpi]") {
+TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch on every rank", "[distributed][mpi]") {
   const Shape shape = GENERATE(Shape{13, 5}, Shape{13, 3, 2, 3}, Shape{13, 2, 2, 2, 3});
   const int replicas_per_process = GENERATE(0, 1, 2);  // 0: the layer alone, not replicated
   auto group = fresh_world_group();
@@ -181,7 +181,7 @@ TEST_CASE("SyncBatchNorm across processes equals batch norm over the whole batch
 }
 
 TEST_CASE("Ghost batches span processes as they span replicas, in any layout and with a fused activation",
-          "[dist][mpi][ghost]") {
+          "[distributed][mpi][ghost]") {
   const Shape shape = GENERATE(Shape{12, 5}, Shape{12, 3, 2, 3});
   const int replicas_per_process = GENERATE(0, 2);
   const auto [layout_option, act] = GENERATE(std::tuple{nn::ChannelLayout::First, nn::Activation::identity()},
@@ -259,7 +259,7 @@ TEST_CASE("Ghost batches span processes as they span replicas, in any layout and
   }
 }
 
-TEST_CASE("SyncBatchNorm over subgroups of pairs synchronizes within each pair only", "[dist][mpi]") {
+TEST_CASE("SyncBatchNorm over subgroups of pairs synchronizes within each pair only", "[distributed][mpi]") {
   auto world = mpi_session().world();
   const int rank = world->rank(), size = world->size();
   CAPTURE(rank, size, syncbn::testing::kSeed);
@@ -293,7 +293,7 @@ TEST_CASE("SyncBatchNorm over subgroups of pairs synchronizes within each pair o
 }
 
 TEST_CASE("A process in another SyncBatchNorm layer fails the exchange on every rank, naming each layer",
-          "[dist][mpi]") {
+          "[distributed][mpi]") {
   auto group = fresh_world_group();
   const int rank = group->rank();
   CAPTURE(rank);
@@ -323,7 +323,7 @@ TEST_CASE("A process in another SyncBatchNorm layer fails the exchange on every 
 }
 
 TEST_CASE("A process that never arrives at a SyncBatchNorm exchange makes the others time out, naming the layer",
-          "[dist][mpi]") {
+          "[distributed][mpi]") {
   auto group = fresh_world_group();
   const int rank = group->rank();
   CAPTURE(rank);

@@ -1,8 +1,8 @@
-// The MPI backend of syncbn::dist: a ProcessGroup over an MPI communicator
+// The MPI backend of syncbn::distributed: a ProcessGroup over an MPI communicator
 // whose collectives are MPI's non-blocking ones, polled until they complete
 // or the deadline passes (Note [Waiting on MPI]).
 
-#include "syncbn/dist/mpi.hpp"
+#include "syncbn/distributed/mpi.hpp"
 
 #include <mpi.h>
 
@@ -19,7 +19,7 @@
 
 #include "syncbn/error.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 namespace {
 
 std::atomic<bool> g_session{false};
@@ -230,4 +230,4 @@ void abort_job(const std::string& message, int code) {
   std::abort();
 }
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

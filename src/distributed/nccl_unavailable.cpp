@@ -1,9 +1,9 @@
-// syncbn::dist in a build without NCCL: nccl_group throws Unsupported.
+// syncbn::distributed in a build without NCCL: nccl_group throws Unsupported.
 
-#include "syncbn/dist/nccl.hpp"
+#include "syncbn/distributed/nccl.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 
 bool has_nccl() noexcept { return false; }
 
@@ -12,4 +12,4 @@ std::shared_ptr<comm::ProcessGroup> nccl_group(comm::ProcessGroup&, Device, std:
                             "NCCL are found, SYNCBN_CUDA=ON)");
 }
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

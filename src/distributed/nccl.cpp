@@ -1,8 +1,8 @@
-// The NCCL backend of syncbn::dist: a ProcessGroup over a non-blocking NCCL
+// The NCCL backend of syncbn::distributed: a ProcessGroup over a non-blocking NCCL
 // communicator, one GPU per rank, polled to the deadline (Note [Waiting on
 // NCCL]).
 
-#include "syncbn/dist/nccl.hpp"
+#include "syncbn/distributed/nccl.hpp"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -15,7 +15,7 @@
 
 #include "syncbn/error.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 namespace {
 
 void check_cuda(cudaError_t code, const char* what) {
@@ -185,4 +185,4 @@ std::shared_ptr<comm::ProcessGroup> nccl_group(comm::ProcessGroup& bootstrap, De
   return std::make_shared<NcclProcessGroup>(bootstrap.rank(), bootstrap.size(), device.index(), comm, stream);
 }
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

@@ -1,7 +1,7 @@
 // DistributedDataParallel: DataParallel within a process, a process group
 // across processes (Note [Distributed gradients]).
 
-#include "syncbn/dist/distributed_data_parallel.hpp"
+#include "syncbn/distributed/distributed_data_parallel.hpp"
 
 #include <cstring>
 #include <string>
@@ -9,7 +9,7 @@
 #include "syncbn/core/ops.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 namespace {
 
 // Note [Distributed gradients]
@@ -133,4 +133,4 @@ void DistributedDataParallel::sum_gradients() {
   }
 }
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

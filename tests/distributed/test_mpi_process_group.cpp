@@ -1,4 +1,4 @@
-// MPI process groups (syncbn/dist/mpi.hpp), run under mpirun with 2, 3 and
+// MPI process groups (syncbn/distributed/mpi.hpp), run under mpirun with 2, 3 and
 // 4 processes: the collectives' results on every rank, subgroups, and the
 // failures a rank causes by calling another collective, one too many, or
 // none. Each case that can fail a group makes its own (new_group over all
@@ -43,7 +43,7 @@ std::vector<T> from_bytes(const std::vector<std::byte>& bytes) {
 
 }  // namespace
 
-TEST_CASE("The world group all-gathers, sums, broadcasts and meets at barriers on every rank", "[dist][mpi]") {
+TEST_CASE("The world group all-gathers, sums, broadcasts and meets at barriers on every rank", "[distributed][mpi]") {
   auto world = mpi_session().world();
   const int rank = world->rank(), size = world->size();
   CAPTURE(rank, size);
@@ -78,7 +78,7 @@ TEST_CASE("The world group all-gathers, sums, broadcasts and meets at barriers o
   CHECK(world->all_reduce_sum({}, "empty sum", 30s).empty());
 }
 
-TEST_CASE("Sums over the ranks are bit-identical on every rank", "[dist][mpi]") {
+TEST_CASE("Sums over the ranks are bit-identical on every rank", "[distributed][mpi]") {
   auto group = fresh_group();
   const int rank = group->rank();
   CAPTURE(kSeed, rank);
@@ -95,7 +95,7 @@ TEST_CASE("Sums over the ranks are bit-identical on every rank", "[dist][mpi]") 
   }
 }
 
-TEST_CASE("Subgroups of pairs exchange within their pair only", "[dist][mpi]") {
+TEST_CASE("Subgroups of pairs exchange within their pair only", "[distributed][mpi]") {
   auto world = mpi_session().world();
   const int rank = world->rank(), size = world->size();
   CAPTURE(rank, size);
@@ -120,7 +120,7 @@ TEST_CASE("Subgroups of pairs exchange within their pair only", "[dist][mpi]") {
   CHECK_THAT(mine->describe(), Catch::Contains("MPI group of"));
 }
 
-TEST_CASE("A rank that makes another collective makes it fail on every rank, naming each call", "[dist][mpi]") {
+TEST_CASE("A rank that makes another collective makes it fail on every rank, naming each call", "[distributed][mpi]") {
   auto group = fresh_group();
   const int rank = group->rank();
   CAPTURE(rank);
@@ -145,7 +145,7 @@ TEST_CASE("A rank that makes another collective makes it fail on every rank, nam
 }
 
 TEST_CASE("A rank that makes one collective too many times out naming it; the others then see it a call ahead",
-          "[dist][mpi]") {
+          "[distributed][mpi]") {
   auto group = fresh_group();
   auto world = mpi_session().world();
   const int rank = group->rank();
@@ -171,7 +171,7 @@ TEST_CASE("A rank that makes one collective too many times out naming it; the ot
   world->barrier("after the timeout", 30s);
 }
 
-TEST_CASE("Bad arguments are refused before any exchange, naming the entry point", "[dist][mpi]") {
+TEST_CASE("Bad arguments are refused before any exchange, naming the entry point", "[distributed][mpi]") {
   auto world = mpi_session().world();
   const std::int64_t before = world->calls();
   std::byte data[4] = {};
@@ -188,13 +188,13 @@ TEST_CASE("Bad arguments are refused before any exchange, naming the entry point
   CHECK_THROWS_MATCHES(mpi_session().new_group({0, 99}, 30s), InvalidArgument,
                        syncbn::testing::MessageIs("MpiSession::new_group: rank 99, expected a world rank of 0 to " +
                                                   std::to_string(world->size() - 1)));
-  CHECK_THROWS_MATCHES(dist::MpiSession(), InvalidArgument,
+  CHECK_THROWS_MATCHES(distributed::MpiSession(), InvalidArgument,
                        syncbn::testing::MessageIs("MpiSession: a session already exists in this process, expected one "
                                                   "at a time"));
   CHECK(world->calls() == before);
 }
 
-TEST_CASE("Processes that ask for different subgroups fail on every rank", "[dist][mpi]") {
+TEST_CASE("Processes that ask for different subgroups fail on every rank", "[distributed][mpi]") {
   const int rank = mpi_session().world()->rank();
   const std::vector<int> ranks = rank == 0 ? std::vector<int>{0} : std::vector<int>{0, 1};
   const std::string other = rank == 0 ? "1" : "0";

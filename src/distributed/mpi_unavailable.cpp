@@ -1,13 +1,13 @@
-// syncbn::dist in a build without MPI (SYNCBN_MPI=OFF or no MPI found):
+// syncbn::distributed in a build without MPI (SYNCBN_MPI=OFF or no MPI found):
 // sessions throw Unsupported naming the package.
 
 #include <cstdio>
 #include <cstdlib>
 
-#include "syncbn/dist/mpi.hpp"
+#include "syncbn/distributed/mpi.hpp"
 #include "syncbn/error.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 
 bool has_mpi() noexcept { return false; }
 
@@ -28,4 +28,4 @@ void abort_job(const std::string& message, int) {
   std::abort();
 }
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

@@ -18,7 +18,7 @@
 #include "support/compare.hpp"
 #include "support/matchers.hpp"
 #include "support/seeds.hpp"
-#include "syncbn/dist/distributed_data_parallel.hpp"
+#include "syncbn/distributed/distributed_data_parallel.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batchnorm.hpp"
@@ -84,7 +84,7 @@ std::vector<double> all_values(nn::Module& model) {
 }  // namespace
 
 TEST_CASE("Training over processes with DistributedDataParallel equals one process on the whole batch",
-          "[dist][mpi]") {
+          "[distributed][mpi]") {
   auto world = mpi_session().world();
   const int rank = world->rank(), size = world->size();
   CAPTURE(rank, size, syncbn::testing::kSeed);
@@ -95,7 +95,7 @@ TEST_CASE("Training over processes with DistributedDataParallel equals one proce
   // Every rank starts from other weights: the constructor takes rank 0's.
   auto model = nn::convert_sync_batchnorm(mlp(syncbn::testing::kSeed + 10 * static_cast<std::uint64_t>(rank)), 30s,
                                           group);
-  dist::DistributedDataParallel ddp(model, cpu_devices(2), group);
+  distributed::DistributedDataParallel ddp(model, cpu_devices(2), group);
   optim::SGD sgd(model->parameters(), optim::SGDOptions{0.1, 0.9});
 
   // The reference on every rank: one process, 4 devices, the whole batch.
@@ -136,19 +136,19 @@ TEST_CASE("Training over processes with DistributedDataParallel equals one proce
               "parameters and running statistics after 6 steps");
 }
 
-TEST_CASE("DistributedDataParallel refuses a null module or group and a backward without forward", "[dist][mpi]") {
+TEST_CASE("DistributedDataParallel refuses a null module or group and a backward without forward", "[distributed][mpi]") {
   auto world = mpi_session().world();
-  CHECK_THROWS_MATCHES(dist::DistributedDataParallel(nullptr, cpu_devices(1), world), InvalidArgument,
+  CHECK_THROWS_MATCHES(distributed::DistributedDataParallel(nullptr, cpu_devices(1), world), InvalidArgument,
                        syncbn::testing::MessageIs("DistributedDataParallel: module is null, expected a module"));
-  CHECK_THROWS_MATCHES(dist::DistributedDataParallel(mlp(1), cpu_devices(1), nullptr), InvalidArgument,
+  CHECK_THROWS_MATCHES(distributed::DistributedDataParallel(mlp(1), cpu_devices(1), nullptr), InvalidArgument,
                        syncbn::testing::MessageIs("DistributedDataParallel: process group is null, expected a group"));
-  dist::DistributedDataParallel ddp(mlp(1), cpu_devices(1), world);
+  distributed::DistributedDataParallel ddp(mlp(1), cpu_devices(1), world);
   CHECK_THROWS_MATCHES(ddp.backward(Tensor::zeros(Shape{2, 3})), InvalidArgument,
                        syncbn::testing::MessageIs("DistributedDataParallel::backward: no forward to go back through, "
                                                   "expected a successful forward first"));
   // A refused grad_output leaves no trace of the step's forward.
   auto model = mlp(2);
-  dist::DistributedDataParallel stepped(model, cpu_devices(1), world);
+  distributed::DistributedDataParallel stepped(model, cpu_devices(1), world);
   const auto before = all_values(*model);
   stepped.forward(Tensor::randn(Shape{4, 6}, syncbn::testing::kSeed + static_cast<std::uint64_t>(world->rank())));
   CHECK(all_values(*model) != before);  // the forward counted a batch

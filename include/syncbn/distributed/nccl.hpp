@@ -9,7 +9,7 @@
 #include "syncbn/comm/process_group.hpp"
 #include "syncbn/core/device.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 
 /// True when this build has the NCCL backend (CUDA and NCCL found).
 bool has_nccl() noexcept;
@@ -29,4 +29,4 @@ bool has_nccl() noexcept;
 std::shared_ptr<comm::ProcessGroup> nccl_group(comm::ProcessGroup& bootstrap, Device device,
                                                std::chrono::milliseconds timeout = std::chrono::minutes{5});
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

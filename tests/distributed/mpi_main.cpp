@@ -1,4 +1,4 @@
-// The runner of the dist tests, started under mpirun: one MpiSession per
+// The runner of the distributed tests, started under mpirun: one MpiSession per
 // process for every test case (support/mpi_world.hpp), Catch2 on every rank,
 // and one exit code for the job: failed when any rank failed.
 #include <cstdio>
@@ -10,17 +10,17 @@
 
 namespace syncbn::testing {
 
-dist::MpiSession* g_mpi_session = nullptr;
+distributed::MpiSession* g_mpi_session = nullptr;
 
 }  // namespace syncbn::testing
 
 int main(int argc, char** argv) {
   using namespace syncbn;
-  if (!dist::has_mpi()) {
+  if (!distributed::has_mpi()) {
     std::printf("skipped: this build of syncbn has no MPI (install libopenmpi-dev)\n");
     return testing::kSkipReturnCode;
   }
-  dist::MpiSession session;
+  distributed::MpiSession session;
   testing::g_mpi_session = &session;
   const int result = testing::run_catch(argc, argv);
   // Every rank learns whether any failed, so that mpirun's status is the job's.

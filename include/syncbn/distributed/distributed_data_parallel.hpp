@@ -14,7 +14,7 @@
 #include "syncbn/nn/module.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 
-namespace syncbn::dist {
+namespace syncbn::distributed {
 
 struct DistributedOptions {
   /// How long a collective waits for the other processes.
@@ -80,4 +80,4 @@ class DistributedDataParallel {
   bool has_forward_ = false;
 };
 
-}  // namespace syncbn::dist
+}  // namespace syncbn::distributed

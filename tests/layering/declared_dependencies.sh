@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# scripts/check_layer_dependencies.sh passes on the tree as it is, and fails,
+# naming the layer, on copies of it with a dependency left out of a DEPENDS
+# list and with one declared but never included.
+#   declared_dependencies.sh <source dir>
+set -euo pipefail
+source_dir=$1
+check="$source_dir/scripts/check_layer_dependencies.sh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; cat "$work/out" 2>/dev/null; exit 1; }
+
+bash "$check" "$source_dir" >"$work/out" 2>&1 || fail "the tree as it is"
+cat "$work/out"
+
+copy() {  # a copy of what the check reads: the layers' sources and headers
+  rm -rf "$work/tree"
+  mkdir -p "$work/tree"
+  cp -r "$source_dir/src" "$source_dir/include" "$work/tree/"
+}
+
+copy
+sed -i -E 's/^( *DEPENDS .*)\bsync /\1/' "$work/tree/src/nn/CMakeLists.txt"
+! bash "$check" "$work/tree" >"$work/out" 2>&1 || fail "nn without sync in DEPENDS passed"
+grep -q "^nn: includes headers of sync but does not declare it" "$work/out" || fail "no message naming nn"
+
+copy
+sed -i -E 's/^( *DEPENDS .*)\)$/\1 data)/' "$work/tree/src/optim/CMakeLists.txt"
+! bash "$check" "$work/tree" >"$work/out" 2>&1 || fail "optim declaring data passed"
+grep -q "^optim: declares DEPENDS data but includes none of its headers" "$work/out" || fail "no message naming optim"
+echo "a missing and an unused dependency are both reported"

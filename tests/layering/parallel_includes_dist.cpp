@@ -1,2 +1,0 @@
-// Must not compile: parallel is below dist.
-#include "syncbn/dist/mpi.hpp"

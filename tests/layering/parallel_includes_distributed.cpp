@@ -1,0 +1,2 @@
+// Must not compile: parallel is below distributed.
+#include "syncbn/distributed/mpi.hpp"
