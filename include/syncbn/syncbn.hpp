@@ -24,7 +24,7 @@
 #include "syncbn/comm/process_group.hpp"
 // nn: modules and checkpoints.
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/checkpoint.hpp"
 #include "syncbn/nn/conv.hpp"
 #include "syncbn/nn/linear.hpp"
@@ -36,7 +36,7 @@
 #include "syncbn/nn/resnet.hpp"
 #include "syncbn/nn/sequential.hpp"
 #include "syncbn/nn/size2.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 // optim: optimizers, parameter groups, learning-rate schedules.
 #include "syncbn/optim/adam.hpp"
 #include "syncbn/optim/lr_schedule.hpp"

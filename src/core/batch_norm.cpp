@@ -335,6 +335,28 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
                                  num_batches_tracked.data<std::int64_t>());
 }
 
+RenormFactors batch_renorm_factors(const Tensor& mean, const Tensor& invstd, const Tensor& running_mean,
+                                   const Tensor& running_var, double eps, bool eps_clamp, double rmax, double dmax) {
+  constexpr const char* op = "batch_renorm_factors";
+  check_eps(eps, op);
+  SYNCBN_CHECK(rmax >= 1 && dmax >= 0, op, ": rmax ", rmax, ", dmax ", dmax, ", expected rmax >= 1 and dmax >= 0");
+  SYNCBN_CHECK(running_mean.defined() && running_var.defined(), op,
+               ": running_mean and running_var must be defined, expected tensors of shape (C)");
+  const Device device = running_mean.device();
+  const std::int64_t c = running_mean.numel();
+  const DType param_dtype = running_mean.dtype();
+  check_param_dtype(param_dtype, op);
+  check_optional_param(running_mean, c, param_dtype, device, op, "running_mean");
+  check_optional_param(running_var, c, param_dtype, device, op, "running_var");
+  check_channels(mean, c, device, op, "mean");
+  check_channels(invstd, c, device, op, "invstd");
+  RenormFactors out{channel_tensor(c, device), channel_tensor(c, device)};
+  kernels(device).renorm_factors(device, param_dtype, c, mean.data<double>(), invstd.data<double>(),
+                                 running_mean.raw_data(), running_var.raw_data(), eps, eps_clamp, rmax, dmax,
+                                 out.r.data<double>(), out.d.data<double>());
+  return out;
+}
+
 Tensor batch_norm_coefficients(const Tensor& mean, const Tensor& invstd, const Tensor& weight, const Tensor& bias,
                                DType param_dtype) {
   constexpr const char* op = "batch_norm_coefficients";

@@ -23,7 +23,7 @@ Storage::Storage(Device device, std::size_t nbytes) : device_(device), nbytes_(n
 }
 
 Storage::~Storage() {
-  if (data_ != nullptr) memory_kernels(device_.kind()).release(device_, data_, nbytes_);
+  if (owned_ && data_ != nullptr) memory_kernels(device_.kind()).release(device_, data_, nbytes_);
 }
 
 }  // namespace detail
@@ -68,6 +68,17 @@ Tensor from_host(const std::vector<T>& values, const Shape& shape, Device device
 Tensor::Tensor(std::shared_ptr<detail::Storage> storage, std::int64_t offset, const Shape& shape, DType dtype,
                Device device)
     : storage_(std::move(storage)), offset_(offset), shape_(shape), dtype_(dtype), device_(device) {}
+
+Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, Device device) {
+  device.check_available();
+  SYNCBN_CHECK(data != nullptr || shape.numel() == 0, "Tensor::from_blob: data is null for ", shape,
+               ", expected a pointer to ", shape.numel(), " elements");
+  const auto itemsize = static_cast<std::int64_t>(dtype_size(dtype));
+  SYNCBN_CHECK(shape.numel() <= INT64_MAX / itemsize, "Tensor::from_blob: ", shape, " of ", dtype_name(dtype),
+               " needs more than ", INT64_MAX, " bytes, expected a tensor whose size in bytes fits int64");
+  const auto nbytes = static_cast<std::size_t>(shape.numel() * itemsize);
+  return Tensor(std::make_shared<detail::Storage>(device, data, nbytes), 0, shape, dtype, device);
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   device.check_available();

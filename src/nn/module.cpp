@@ -3,6 +3,7 @@
 #include "syncbn/nn/module.hpp"
 #include "syncbn/nn/replication_context.hpp"
 
+#include "syncbn/core/splitmix64.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::nn {
@@ -168,10 +169,10 @@ std::shared_ptr<Module> Module::clone() const {
 }
 
 std::uint64_t derive_seed(std::uint64_t seed, std::uint64_t stream) {
-  std::uint64_t x = seed ^ (stream * 0x9E3779B97F4A7C15ULL);
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
+  // splitmix64's mixing of seed ^ (stream * increment): splitmix64 adds the
+  // increment before it mixes, so it is taken off first (the seeds stay
+  // those of every earlier release).
+  return core::splitmix64((seed ^ (stream * core::kSplitmixIncrement)) - core::kSplitmixIncrement);
 }
 
 }  // namespace syncbn::nn

@@ -5,7 +5,7 @@
 #include "layer_checks.hpp"
 #include "syncbn/core/ops.hpp"
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/conv.hpp"
 #include "syncbn/nn/forward_transaction.hpp"
 #include "syncbn/nn/linear.hpp"

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "syncbn/error.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 
 namespace syncbn::optim {
 

@@ -275,6 +275,54 @@ TEST_CASE("Batch-norm apply, gradient sums and backward match the specification"
   }
 }
 
+TEST_CASE("Batch renormalization's factors match the specification, clamped and not", "[core][batchnorm][levels]") {
+  const bool clamp = GENERATE(false, true);
+  const DType param_dtype = GENERATE(DType::Float32, DType::Float64);
+  CAPTURE(kSeed, clamp, dtype_name(param_dtype), test_device());
+  const std::int64_t c = 37;
+  const Device device = test_device();
+  const Tensor mean = Tensor::randn(Shape{c}, kSeed + 80, DType::Float64, device, 0.5, 2.0);
+  const Tensor invstd = Tensor::rand(Shape{c}, kSeed + 81, DType::Float64, device, 0.2, 5.0);
+  const Tensor running_mean = Tensor::randn(Shape{c}, kSeed + 82, param_dtype, device);
+  // Variances on both sides of eps, so that clamp mode clamps some.
+  const Tensor running_var = Tensor::rand(Shape{c}, kSeed + 83, param_dtype, device, 0.0, 0.5);
+  const double eps = 0.05, rmax = 2.5, dmax = 1.5;
+  const core::RenormFactors got =
+      core::batch_renorm_factors(mean, invstd, running_mean, running_var, eps, clamp, rmax, dmax);
+  const spec::Renorm want =
+      spec::renorm_factors(mean.to_vector<double>(), invstd.to_vector<double>(), running_mean.to_vector<double>(),
+                           running_var.to_vector<double>(), eps, clamp, rmax, dmax);
+  CHECK(got.r.device() == device);
+  const auto r = got.r.to_vector<double>(), d = got.d.to_vector<double>();
+  int clamped_r = 0, clamped_d = 0;
+  for (std::size_t j = 0; j < r.size(); ++j) {
+    CAPTURE(j);
+    CHECK_THAT(r[j], Catch::Matchers::WithinRel(want.r[j], 1e-14) || Catch::Matchers::WithinAbs(want.r[j], 1e-14));
+    CHECK_THAT(d[j], Catch::Matchers::WithinRel(want.d[j], 1e-14) || Catch::Matchers::WithinAbs(want.d[j], 1e-14));
+    clamped_r += r[j] == rmax || r[j] == 1.0 / rmax;
+    clamped_d += std::abs(d[j]) == dmax;
+  }
+  // The data reach the limits on some channels and stay inside on others.
+  CHECK(clamped_r > 0);
+  CHECK(clamped_r < static_cast<int>(c));
+  CHECK(clamped_d > 0);
+  CHECK(clamped_d < static_cast<int>(c));
+}
+
+TEST_CASE("Batch renormalization's factors refuse bad limits and mismatched statistics", "[core][batchnorm]") {
+  const Device device = test_device();
+  const Tensor mean = Tensor::zeros(Shape{3}, DType::Float64, device), invstd = Tensor::ones(Shape{3}, DType::Float64, device);
+  const Tensor rm = Tensor::zeros(Shape{3}, DType::Float32, device), rv = Tensor::ones(Shape{3}, DType::Float32, device);
+  CHECK_THROWS_MATCHES(core::batch_renorm_factors(mean, invstd, rm, rv, 1e-5, false, 0.5, 0.0), InvalidArgument,
+                       MessageIs("batch_renorm_factors: rmax 0.5, dmax 0, expected rmax >= 1 and dmax >= 0"));
+  CHECK_THROWS_MATCHES(core::batch_renorm_factors(mean, invstd, rm, rv.to(DType::Float64), 1e-5, false, 1.0, 0.0),
+                       InvalidArgument, MessageIs("batch_renorm_factors: running_var has dtype float64, expected float32"));
+  CHECK_THROWS_MATCHES(core::batch_renorm_factors(mean.rows(0, 2), invstd, rm, rv, 1e-5, false, 1.0, 0.0),
+                       InvalidArgument, MessageIs("batch_renorm_factors: mean has shape (2), expected (3)"));
+  CHECK_THROWS_MATCHES(core::batch_renorm_factors(mean, invstd, rm, rv, -1.0, false, 1.0, 0.0), InvalidArgument,
+                       MessageIs("batch_renorm_factors: eps is -1, expected >= 0"));
+}
+
 TEST_CASE("Batch-norm stages reject inconsistent arguments before any work", "[core][batchnorm]") {
   const Device dev = test_device();
   const Tensor x = Tensor::randn(Shape{4, 3}, kSeed, DType::Float32, dev);

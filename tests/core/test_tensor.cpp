@@ -226,3 +226,17 @@ TEST_CASE("onto of an undefined tensor names onto", "[tensor]") {
   CHECK_THROWS_MATCHES(Tensor().onto(Device::cpu(0)), InvalidArgument,
                        syncbn::testing::MessageContains("Tensor::onto: "));
 }
+
+TEST_CASE("A tensor over the caller's memory reads and writes it and never frees it", "[tensor]") {
+  std::vector<float> values{1, 2, 3, 4, 5, 6};
+  {
+    const Tensor t = Tensor::from_blob(values.data(), Shape{2, 3}, DType::Float32, Device::cpu(0));
+    CHECK(t.to_vector<double>() == std::vector<double>{1, 2, 3, 4, 5, 6});
+    t.rows(1, 2).fill_(7.0);
+    const Tensor copy = t;  // the last of the copies goes with this scope
+  }
+  CHECK(values == std::vector<float>{1, 2, 3, 7, 7, 7});
+  CHECK_THROWS_MATCHES(Tensor::from_blob(nullptr, Shape{2}, DType::Float32, Device::cpu(0)), InvalidArgument,
+                       MessageIs("Tensor::from_blob: data is null for (2), expected a pointer to 2 elements"));
+  CHECK(Tensor::from_blob(nullptr, Shape{0}, DType::Float32, Device::cpu(0)).numel() == 0);
+}

@@ -21,11 +21,11 @@
 #include "syncbn/distributed/distributed_data_parallel.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/optim/sgd.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 

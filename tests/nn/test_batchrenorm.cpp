@@ -13,7 +13,7 @@
 #include <memory>
 #include <vector>
 
-#include "support/batchnorm_layers.hpp"
+#include "support/batch_norm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
@@ -21,7 +21,7 @@
 #include "support/replica_grads.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 
 using namespace syncbn;

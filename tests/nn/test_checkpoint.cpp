@@ -22,7 +22,7 @@
 #include "syncbn/nn/checkpoint.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 
 using namespace syncbn;
 using syncbn::testing::MessageContains;

@@ -24,11 +24,11 @@
 #include "support/temp_dir.hpp"
 #include "syncbn/core/safetensors.hpp"
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/checkpoint.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/resnet.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/nn/sequential.hpp"
 
 using namespace syncbn;

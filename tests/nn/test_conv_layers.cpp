@@ -17,7 +17,7 @@
 #include "support/skip.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/conv.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/pooling.hpp"

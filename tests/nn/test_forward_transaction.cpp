@@ -16,12 +16,12 @@
 #include "support/module_state.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/forward_transaction.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/residual.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 
 using namespace syncbn;
 using syncbn::testing::kSeed;

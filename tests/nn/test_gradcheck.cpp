@@ -9,7 +9,7 @@
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/sequential.hpp"

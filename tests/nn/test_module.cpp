@@ -10,7 +10,7 @@
 #include "support/matchers.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
 

@@ -11,7 +11,7 @@
 #include "support/seeds.hpp"
 #include "syncbn/core/ops.hpp"
 #include "syncbn/nn/activation.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/checkpoint.hpp"
 #include "syncbn/nn/resnet.hpp"
 

@@ -14,7 +14,7 @@
 #include "support/matchers.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
 #include "syncbn/optim/adam.hpp"

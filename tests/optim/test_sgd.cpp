@@ -13,10 +13,10 @@
 #include "support/matchers.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/optim/sgd.hpp"
 
 using namespace syncbn;

@@ -22,7 +22,7 @@
 #include "syncbn/core/cpu.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/resnet.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/optim/sgd.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 

@@ -27,7 +27,7 @@
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 
 using namespace syncbn;

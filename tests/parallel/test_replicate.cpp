@@ -11,7 +11,7 @@
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
 #include "support/test_layers.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
 #include "syncbn/nn/activation.hpp"

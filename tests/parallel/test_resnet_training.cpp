@@ -21,7 +21,7 @@
 #include "syncbn/data/fashion_mnist.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/resnet.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/optim/lr_schedule.hpp"
 #include "syncbn/optim/param_groups.hpp"
 #include "syncbn/optim/sgd.hpp"

@@ -74,6 +74,24 @@ inline double invstd_of(double var, double eps, bool clamp) {
   return 1.0 / std::sqrt(clamp ? std::max(var, eps) : var + eps);
 }
 
+/// Batch Renormalization's factors per channel (Ioffe 2017): r =
+/// clamp(sigma_batch / sigma, 1/rmax, rmax), d = clamp((mean - running_mean)
+/// / sigma, -dmax, dmax), sigma the running standard deviation as eval
+/// normalises with it, sigma_batch = 1 / invstd.
+struct Renorm {
+  Vec r, d;
+};
+inline Renorm renorm_factors(const Vec& mean, const Vec& invstd, const Vec& running_mean, const Vec& running_var,
+                             double eps, bool clamp, double rmax, double dmax) {
+  Renorm out;
+  for (std::size_t j = 0; j < mean.size(); ++j) {
+    const double sigma = 1.0 / invstd_of(running_var[j], eps, clamp);
+    out.r.push_back(std::clamp((1.0 / invstd[j]) / sigma, 1.0 / rmax, rmax));
+    out.d.push_back(std::clamp((mean[j] - running_mean[j]) / sigma, -dmax, dmax));
+  }
+  return out;
+}
+
 /// Stage 3: invstd from the biased variance M2 / count, and the unbiased
 /// variance M2 / (count - 1) that the running variance takes (0 for count <= 1).
 /// `clamped`: in clamp mode, the channels whose variance is at most eps, so

@@ -100,6 +100,21 @@ Tensor batch_norm_invstd(const Tensor& var, double eps, bool eps_clamp);
 void update_running_stats(const Tensor& running_mean, const Tensor& running_var, const Tensor& num_batches_tracked,
                           const Tensor& mean, const Tensor& unbiased_var, std::optional<double> momentum);
 
+/// Batch Renormalization's correction of a batch's statistics towards the
+/// running ones (Ioffe 2017), per channel: r = clamp(sigma_batch / sigma,
+/// 1/rmax, rmax) and d = clamp((mean - running_mean) / sigma, -dmax, dmax),
+/// with sigma the running standard deviation as eval mode uses it
+/// (sqrt(running_var + eps), or sqrt(max(running_var, eps)) with eps_clamp)
+/// and sigma_batch = 1 / invstd. mean and invstd are float64 (C);
+/// running_mean and running_var share a float dtype and their device.
+/// Returns {r, d}, float64 (C) on that device.
+struct RenormFactors {
+  Tensor r;
+  Tensor d;
+};
+RenormFactors batch_renorm_factors(const Tensor& mean, const Tensor& invstd, const Tensor& running_mean,
+                                   const Tensor& running_var, double eps, bool eps_clamp, double rmax, double dmax);
+
 /// The per-channel coefficients of batch_norm_apply from the mean, invstd
 /// and the optional affine weight and bias (undefined tensors: 1 and 0).
 /// `param_dtype` is float64 for float64 input and float32 otherwise; weight

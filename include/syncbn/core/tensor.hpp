@@ -44,6 +44,13 @@ class Tensor {
   /// unless value is finite and within int64's range.
   static Tensor full(const Shape& shape, double value, DType dtype = DType::Float32, Device device = Device());
   /// A float32 tensor holding `values`; InvalidArgument unless shape.numel() == values.size().
+  /// A non-owning view of `shape.numel()` elements of `dtype` at `data`,
+  /// memory the caller owns on `device` (a host pointer for a CPU device, a
+  /// device pointer for CUDA), which must stay valid while the tensor and
+  /// its copies are used; nothing is copied, and nothing is freed with the
+  /// last copy. How another front end hands its tensors to syncbn's stages
+  /// without copying them. InvalidArgument for a null `data` with elements.
+  static Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device);
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape, Device device = Device());
   /// A float64 tensor holding `values`.
   static Tensor from_vector(const std::vector<double>& values, const Shape& shape, Device device = Device());

@@ -148,6 +148,13 @@ struct BatchNormKernels {
   void (*update_running)(Device device, DType param_dtype, std::int64_t c, double momentum, const double* mean,
                          const double* unbiased_var, void* running_mean, void* running_var,
                          std::int64_t* num_batches_tracked);
+  /// Batch Renormalization's per-channel r = clamp(sigma_batch / sigma,
+  /// 1/rmax, rmax) and d = clamp((mean - running_mean) / sigma, -dmax, dmax),
+  /// sigma = sqrt(running_var + eps) (sqrt(max(running_var, eps)) with
+  /// eps_clamp), sigma_batch = 1 / invstd.
+  void (*renorm_factors)(Device device, DType param_dtype, std::int64_t c, const double* mean, const double* invstd,
+                         const void* running_mean, const void* running_var, double eps, bool eps_clamp, double rmax,
+                         double dmax, double* r, double* d);
   /// Per-channel forward coefficients {mean_hi, mean_lo, scale, shift}
   /// (4c doubles) from mean, invstd and the optional affine weight and bias
   /// (null: 1 and 0). The layout of the 4c values, and of the 3c backward

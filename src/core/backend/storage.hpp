@@ -14,6 +14,9 @@ class Storage {
  public:
   /// Allocates `nbytes` on `device` (no allocation for 0 bytes).
   Storage(Device device, std::size_t nbytes);
+  /// Borrows `nbytes` at `data` on `device`, which the owner frees.
+  Storage(Device device, void* data, std::size_t nbytes) noexcept
+      : device_(device), nbytes_(nbytes), data_(data), owned_(false) {}
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -26,6 +29,7 @@ class Storage {
   Device device_;
   std::size_t nbytes_;
   void* data_ = nullptr;
+  bool owned_ = true;
 };
 
 }  // namespace syncbn::core::detail

@@ -11,12 +11,9 @@
 #include <utility>
 #include <vector>
 
+#include "syncbn/comm/stats_exchange.hpp"
 #include "syncbn/core/batch_norm.hpp"
 #include "syncbn/nn/module.hpp"
-
-namespace syncbn::comm {
-class ProcessGroup;
-}  // namespace syncbn::comm
 
 namespace syncbn::nn {
 
@@ -182,69 +179,15 @@ class BatchNorm : public Module {
   BatchNorm(std::string kind, int spatial_dims, std::int64_t num_features, BatchNormOptions options);
   BatchNorm(const BatchNorm&) = default;
 
-  /// Per-channel statistics of one shard: count values per channel, their
-  /// mean and M2 (float64 tensors of shape (C)).
-  using ShardStats = core::ChannelMoments;
-  /// What normalisation uses: the batch's count, mean and inverse std.
-  struct NormStats {
-    std::int64_t count = 0;
-    Tensor mean;
-    Tensor invstd;
-  };
-  /// Per-channel sum(dy) and sum(dy * (x - mean)) (float64, shape (C)).
-  using GradSums = core::ChannelGradSums;
-
-  /// The statistics that normalise a training batch, given this shard's.
-  /// Default (per-replica): finalize_statistics(shard), then track_running.
-  virtual NormStats batch_statistics(const ShardStats& shard);
-  /// The gradient sums over the whole batch, given this shard's.
-  /// Default (per-replica): the shard's own.
-  virtual GradSums gradient_sums(const GradSums& local);
-  /// Which sums this participant's weight and bias gradients take after
-  /// gradient_sums (Note [Parameter gradients from the exchanged sums]):
-  /// its shard's (Local, the default), the whole batch's (Whole: one
-  /// participant of a synchronized batch), or none (the others).
-  enum class ParamShare : unsigned char { Local, Whole, None };
-  virtual ParamShare param_share() const { return ParamShare::Local; }
-
-  /// Normalising statistics and the unbiased variance that the running
-  /// statistics take, from merged statistics.
-  struct Finalized {
-    NormStats norm;
-    Tensor unbiased_var;
-  };
-
-  /// From merged statistics: rejects a count of 1 in training and computes
-  /// invstd and the unbiased variance; changes no state.
-  /// What statistics cover, for finalize_statistics's error only (formatted
-  /// when it is thrown): the whole batch (the default), one replica's shard
-  /// (replica >= 0), or ghost batch `ghost_group` of `ghost_rows` rows.
-  struct StatsCover {
-    int replica = -1;
-    std::int64_t ghost_group = -1;
-    std::int64_t ghost_rows = 0;
-    std::string describe() const;
-  };
-  Finalized finalize_statistics(const ShardStats& merged, StatsCover cover) const;
-
-  /// In training with tracking and a count > 0, updates the running
-  /// statistics of this module once from `finalized`.
-  void track_running(const Finalized& finalized);
-
-  /// Ghost batch norm: the statistics that normalise each of this shard's
-  /// rows (samples), given each row's moments: those of the row's ghost
-  /// batch, whose count the NormStats holds. Default (per-replica): groups of
-  /// consecutive rows of the shard; the running statistics follow the
-  /// first group.
-  virtual std::vector<NormStats> ghost_statistics(const std::vector<ShardStats>& rows);
-  /// Each row's gradient sums over its ghost batch, given each row's own.
-  virtual std::vector<GradSums> ghost_gradient_sums(const std::vector<GradSums>& rows);
-  /// The ghost batches of `rows` (all of the batch's rows, in order):
-  /// merged and finalized per group; InvalidArgument unless the row count
-  /// is a multiple of virtual_batch_size. Changes no state.
-  std::vector<Finalized> ghost_groups(const std::vector<ShardStats>& rows, Device device) const;
-  /// Sums of consecutive groups of virtual_batch_size rows.
-  std::vector<GradSums> ghost_group_sums(const std::vector<GradSums>& rows) const;
+  /// The exchange a training forward merges its statistics through (Note
+  /// [One exchange] in src/comm/stats_exchange.cpp): this layer's own by
+  /// default; SyncBatchNorm installs one that reaches its replicas and
+  /// processes. Eval with batch statistics always uses the layer's own.
+  void set_exchange(std::shared_ptr<comm::StatsExchange> exchange);
+  /// A new exchange named by the layer's label, over `processes` (null:
+  /// this process only).
+  std::shared_ptr<comm::StatsExchange> make_exchange(std::shared_ptr<comm::ProcessGroup> processes,
+                                                     std::chrono::milliseconds timeout) const;
 
   /// For the conversions: takes over `source`'s state as PyTorch's
   /// conversion does, nothing copied or reset: its very Parameter objects
@@ -256,8 +199,9 @@ class BatchNorm : public Module {
                                                         std::shared_ptr<comm::ProcessGroup> process_group);
   friend std::shared_ptr<Module> revert_sync_batchnorm(std::shared_ptr<Module> module);
 
-  /// How the layer's errors name it from now on, e.g. "SyncBatchNorm2d
-  /// 'block1.bn'" once replicated (the kind until then).
+  /// How the layer's errors and exchanges name it from now on, e.g.
+  /// "SyncBatchNorm2d 'block1.bn'" once replicated (the kind until then).
+  /// Gives the layer a new exchange of its own under that name.
   void set_label(std::string label);
   /// The label errors and exchanges name the layer by.
   const std::string& label() const noexcept { return label_; }
@@ -268,47 +212,76 @@ class BatchNorm : public Module {
   void clear_cache() override;
 
  private:
+  using GroupStats = comm::GroupStats;
+
+  // What a segment of the batch (all of it, or one row of a ghost batch)
+  // keeps for backward.
+  struct SavedSegment {
+    Tensor coef;
+    Tensor invstd;
+    std::int64_t count = 0;
+  };
   // What forward keeps for backward. A forward builds a new one and installs
   // it only once it has succeeded, so that a refused forward leaves the
   // previous one (and its backward) intact.
   struct Saved {
     Tensor input;  // the input, or the output in place of it (inplace)
-    Tensor coef;
-    Tensor invstd;
-    std::int64_t count = 0;
+    std::vector<SavedSegment> segments;
+    std::int64_t segments_per_group = 0;  // ghost batch norm's V; 0: one segment
     bool batch_stats = false;
-    // Renorm: the batch's r and d per channel, and weight * r, which
-    // backward's coefficients use.
-    std::vector<double> renorm_r, renorm_d;
+    // The exchange the forward merged through, and what its backward needs.
+    std::shared_ptr<comm::StatsExchange> exchange;
+    comm::JobLayout layout;
+    Device home;
+    // Renorm: the batch's r and d per channel (float64), and weight * r,
+    // which backward's coefficients use.
+    Tensor renorm_r, renorm_d;
     Tensor renorm_weight;
-    // Ghost batch norm: each row's coefficients and statistics.
-    bool ghost = false;
-    std::vector<Tensor> ghost_coef;
-    std::vector<NormStats> ghost_norm;
   };
+
+  // What statistics cover, for finalize_statistics's error only (formatted
+  // when it is thrown): the whole batch (the default), one replica's shard
+  // (replica >= 0), or ghost batch `ghost_group` of `ghost_rows` rows.
+  struct StatsCover {
+    int replica = -1;
+    std::int64_t ghost_group = -1;
+    std::int64_t ghost_rows = 0;
+    std::string describe() const;
+  };
+  // From merged statistics: rejects a count of 1 in training and computes
+  // invstd and the unbiased variance; changes no state.
+  GroupStats finalize_statistics(const core::ChannelMoments& merged, StatsCover cover) const;
+  // In training with tracking, updates the running statistics of this
+  // module once from `batch` (an empty batch counts).
+  void track_running(const GroupStats& batch);
 
   void check_input(const Tensor& input) const;
   void check_inplace_weight() const;
   DType param_dtype() const noexcept { return options_.dtype; }
 
-  // Ghost batch norm's forward and backward (virtual_batch_size > 0 in training).
-  Tensor ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias, Saved& saved);
-  Tensor ghost_backward(const Tensor& grad_output);
+  // The statistics of each segment of a training (or eval without running
+  // statistics) batch, through the exchange; sets next's exchange fields.
+  std::vector<GroupStats> exchange_statistics(const Tensor& input, Saved& next);
+  // Segment k of a tensor of the saved batch: all of it, or row k.
+  Tensor segment_of(const Tensor& t, const Saved& saved, std::size_t k) const;
   // Renorm's correction of the batch's statistics (Note [Batch
   // renormalization]): sets saved.renorm_* and returns the effective weight and bias.
-  std::pair<Tensor, Tensor> renorm_affine(const NormStats& norm, const Tensor& running_mean,
+  std::pair<Tensor, Tensor> renorm_affine(const GroupStats& norm, const Tensor& running_mean,
                                           const Tensor& running_var, const Tensor& weight, const Tensor& bias,
                                           Saved& saved) const;
+  // Adds the parameter gradients of a backward from its segments' sums.
+  void add_param_grads(const Saved& saved, const std::vector<core::ChannelGradSums>& local,
+                       const std::vector<core::ChannelGradSums>& total);
   // Records how to undo a change track_running is about to make (Note
   // [All-or-nothing forward]).
   enum class RunningState : unsigned char { Buffers, Pending, Accumulator };
   void record_undo(RunningState what);
 
   // One update of the running statistics from a batch's statistics.
-  void update_running(const Finalized& finalized);
+  void update_running(const GroupStats& batch);
   // Merges a batch into the micro-batch accumulation; the union's
   // statistics once the group is complete.
-  std::optional<Finalized> accumulate(const Finalized& batch);
+  std::optional<GroupStats> accumulate(const GroupStats& batch);
 
   std::string kind_;
   std::string label_;  // how errors name the layer: its kind, or kind and path once replicated
@@ -319,8 +292,9 @@ class BatchNorm : public Module {
   std::size_t running_mean_ = 0, running_var_ = 0, batches_ = 0;
   // EmaUpdate::Deferred's kept statistics, shared with the copies that
   // replicate() makes (so that copy 0's reach the user's module).
-  std::shared_ptr<std::vector<Finalized>> pending_ = std::make_shared<std::vector<Finalized>>();
-  // Micro-batch accumulation (accumulate_statistics), shared with the replicas.
+  std::shared_ptr<std::vector<GroupStats>> pending_ = std::make_shared<std::vector<GroupStats>>();
+  // Micro-batch accumulation (Note [Micro-batch accumulation]), shared with
+  // the copies like pending_.
   struct Accumulator {
     std::int64_t every = 1;
     std::int64_t seen = 0;
@@ -330,6 +304,9 @@ class BatchNorm : public Module {
   // Batch Renormalization's limits, shared with the replicas (so that a
   // schedule set on the module reaches them); null without renorm.
   std::shared_ptr<RenormLimits> renorm_;
+  // This layer's own exchange, and the one training forwards use (the same
+  // unless a SyncBatchNorm installed another).
+  std::shared_ptr<comm::StatsExchange> own_exchange_, exchange_;
   Saved saved_;
 };
 

@@ -338,6 +338,34 @@ void cuda_update_running(Device device, DType param_dtype, std::int64_t c, doubl
   });
 }
 
+// std::clamp's order of comparisons: a NaN stays NaN (fmin and fmax would drop it).
+__device__ double clamp_to(double v, double lo, double hi) { return v < lo ? lo : (hi < v ? hi : v); }
+
+template <class P>
+__global__ void renorm_factors_kernel(long long c, const double* mean, const double* invstd, const P* rm, const P* rv,
+                                      double eps, bool clamp, double rmax, double dmax, double* r, double* d) {
+  SYNCBN_GRID_STRIDE(ch, c) {
+    const double var = static_cast<double>(rv[ch]);
+    const double sigma = sqrt(clamp ? (var < eps ? eps : var) : var + eps);
+    r[ch] = clamp_to(1.0 / (invstd[ch] * sigma), 1.0 / rmax, rmax);
+    d[ch] = clamp_to((mean[ch] - static_cast<double>(rm[ch])) / sigma, -dmax, dmax);
+  }
+}
+
+void cuda_renorm_factors(Device device, DType param_dtype, std::int64_t c, const double* mean, const double* invstd,
+                         const void* running_mean, const void* running_var, double eps, bool eps_clamp, double rmax,
+                         double dmax, double* r, double* d) {
+  if (c == 0) return;
+  DeviceGuard guard(device.index());
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+    using P = decltype(tag);
+    renorm_factors_kernel<P><<<grid_for(c), kBlock, 0, stream_for(device.index())>>>(
+        c, mean, invstd, static_cast<const P*>(running_mean), static_cast<const P*>(running_var), eps, eps_clamp,
+        rmax, dmax, r, d);
+    SYNCBN_CUDA_LAUNCH_CHECK();
+  });
+}
+
 template <class P>
 __global__ void forward_coef_kernel(long long c, const double* mean, const double* invstd, const P* w, const P* b,
                                     double* coef) {
@@ -575,7 +603,7 @@ void cuda_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_
 
 const core::detail::BatchNormKernels kBatchNormKernels{
     cuda_stats,           cuda_merge_stats,           cuda_finalize,
-    cuda_update_running,  cuda_forward_coefficients,  cuda_apply,
+    cuda_update_running,  cuda_renorm_factors,        cuda_forward_coefficients,  cuda_apply,
     cuda_backward_reduce, cuda_backward_coefficients, cuda_accumulate_param_grads,
     cuda_backward_apply};
 

@@ -941,6 +941,23 @@ void cpu_update_running(Device /*device*/, DType param_dtype, std::int64_t c, do
   });
 }
 
+void cpu_renorm_factors(Device /*device*/, DType param_dtype, std::int64_t c, const double* mean, const double* invstd,
+                        const void* running_mean, const void* running_var, double eps, bool eps_clamp, double rmax,
+                        double dmax, double* r, double* d) {
+  core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
+    using P = decltype(tag);
+    const auto* rm = static_cast<const P*>(running_mean);
+    const auto* rv = static_cast<const P*>(running_var);
+    for (std::int64_t j = 0; j < c; ++j) {
+      // The running standard deviation as eval mode would use it.
+      const double var = static_cast<double>(rv[j]);
+      const double sigma = std::sqrt(eps_clamp ? std::max(var, eps) : var + eps);
+      r[j] = std::clamp(1.0 / (invstd[j] * sigma), 1.0 / rmax, rmax);
+      d[j] = std::clamp((mean[j] - static_cast<double>(rm[j])) / sigma, -dmax, dmax);
+    }
+  });
+}
+
 void cpu_forward_coefficients(Device /*device*/, DType param_dtype, std::int64_t c, const double* mean,
                               const double* invstd, const void* weight, const void* bias, double* coef) {
   core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
@@ -1269,7 +1286,7 @@ void cpu_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_t
 
 const core::detail::BatchNormKernels kBatchNormKernels{
     cpu_stats,           cpu_merge_stats,           cpu_finalize,
-    cpu_update_running,  cpu_forward_coefficients,  cpu_apply,
+    cpu_update_running,  cpu_renorm_factors,        cpu_forward_coefficients,  cpu_apply,
     cpu_backward_reduce, cpu_backward_coefficients, cpu_accumulate_param_grads,
     cpu_backward_apply};
 

@@ -20,7 +20,7 @@
 
 #include "mpi_world.hpp"
 #include "support/batch_norm_spec.hpp"
-#include "support/batchnorm_layers.hpp"
+#include "support/batch_norm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/matchers.hpp"
 #include "support/reference.hpp"
@@ -28,7 +28,7 @@
 #include "syncbn/core/batch_norm.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 #include "syncbn/parallel/replicate.hpp"
 

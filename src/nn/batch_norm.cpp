@@ -2,7 +2,7 @@
 // on the batch-norm stages of core (syncbn/core/batch_norm.hpp).
 // Numerics: docs/numerics.md.
 
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -67,6 +67,7 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
     running_var_ = register_buffer("running_var", Tensor::ones(c, options.dtype, options.device));
     batches_ = register_buffer("num_batches_tracked", Tensor::zeros(Shape{}, DType::Int64, options.device));
   }
+  own_exchange_ = exchange_ = make_exchange(nullptr, sync::kDefaultSyncTimeout);
 }
 
 std::string BatchNorm::describe() const {
@@ -141,13 +142,29 @@ std::optional<Device> BatchNorm::state_device() const {
   return std::nullopt;
 }
 
-void BatchNorm::set_label(std::string label) { label_ = std::move(label); }
+void BatchNorm::set_label(std::string label) {
+  label_ = std::move(label);
+  const bool own = exchange_ == own_exchange_;
+  own_exchange_ = make_exchange(nullptr, sync::kDefaultSyncTimeout);
+  if (own) exchange_ = own_exchange_;
+}
+
+std::shared_ptr<comm::StatsExchange> BatchNorm::make_exchange(std::shared_ptr<comm::ProcessGroup> processes,
+                                                              std::chrono::milliseconds timeout) const {
+  return std::make_shared<comm::StatsExchange>(comm::StatsExchange::Options{label_, timeout, features_, std::move(processes)});
+}
+
+void BatchNorm::set_exchange(std::shared_ptr<comm::StatsExchange> exchange) { exchange_ = std::move(exchange); }
 
 core::BatchNormForm BatchNorm::form() const noexcept {
   return {options_.layout, std::nullopt, options_.activation, options_.inplace};
 }
 
-void BatchNorm::clear_cache() { saved_ = Saved{}; }
+void BatchNorm::clear_cache() {
+  saved_ = Saved{};
+  // A copy's exchanges are its own: the original's may be wired to replicas.
+  own_exchange_ = exchange_ = make_exchange(nullptr, sync::kDefaultSyncTimeout);
+}
 
 void BatchNorm::check_input(const Tensor& input) const {
   SYNCBN_CHECK(input.defined(), label_, ": input is undefined, expected a tensor");
@@ -183,7 +200,7 @@ std::string BatchNorm::StatsCover::describe() const {
   return "over the whole batch";
 }
 
-BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged, StatsCover cover) const {
+comm::GroupStats BatchNorm::finalize_statistics(const core::ChannelMoments& merged, StatsCover cover) const {
   // Called whenever the batch's own statistics normalise it: in training and
   // in eval without running statistics, where PyTorch refuses a single value
   // per channel as well (its variance is 0 and y would be the bias).
@@ -192,21 +209,21 @@ BatchNorm::Finalized BatchNorm::finalize_statistics(const ShardStats& merged, St
                ", got 1 (input of ", features_, " channels with one value each ", cover.describe(), ")");
   auto [invstd, unbiased_var] =
       core::batch_norm_variance(merged, options_.eps, options_.eps_mode == EpsMode::Clamp);
-  return Finalized{NormStats{merged.count, merged.mean, std::move(invstd)}, std::move(unbiased_var)};
+  return GroupStats{merged.count, merged.mean, std::move(invstd), std::move(unbiased_var)};
 }
 
-void BatchNorm::track_running(const Finalized& finalized) {
+void BatchNorm::track_running(const GroupStats& batch) {
   if (!is_training() || !options_.track_running_stats || options_.ema_update == EmaUpdate::Skip) return;
   // The kept and accumulated statistics are shared with the replicas: only
   // copy 0 (or the user's module itself) changes them, as Internal updates
   // the module from copy 0 (the other copies' buffers are refreshed from it
   // every forward).
   const bool owner = replica_id() <= 0;
-  Finalized update = finalized;
+  GroupStats update = batch;
   if (accumulator_->every > 1) {
     if (!owner) return;
     record_undo(RunningState::Accumulator);
-    std::optional<Finalized> merged = accumulate(finalized);
+    std::optional<GroupStats> merged = accumulate(batch);
     if (!merged) return;
     update = std::move(*merged);
   }
@@ -255,25 +272,25 @@ void BatchNorm::record_undo(RunningState what) {
 // float64 with Chan's pairwise update, exactly as the batch of all of them
 // would be merged from shards; after the n-th, the union's statistics make
 // one update.
-std::optional<BatchNorm::Finalized> BatchNorm::accumulate(const Finalized& batch) {
+std::optional<comm::GroupStats> BatchNorm::accumulate(const GroupStats& batch) {
   Accumulator& acc = *accumulator_;
-  if (batch.norm.count > 0) {
-    const auto mean = batch.norm.mean.to_vector<double>(), var = batch.unbiased_var.to_vector<double>();
+  if (batch.count > 0) {
+    const auto mean = batch.mean.to_vector<double>(), var = batch.unbiased_var.to_vector<double>();
     std::vector<double> m2(var.size());
-    for (std::size_t j = 0; j < var.size(); ++j) m2[j] = var[j] * static_cast<double>(batch.norm.count - 1);
-    acc.moments.merge(batch.norm.count, mean, m2);
+    for (std::size_t j = 0; j < var.size(); ++j) m2[j] = var[j] * static_cast<double>(batch.count - 1);
+    acc.moments.merge(batch.count, mean, m2);
   }
   if (++acc.seen < acc.every) return std::nullopt;
-  Finalized merged;
+  GroupStats merged;
   const core::HostMoments& union_of = acc.moments;
-  merged.norm.count = union_of.count;
+  merged.count = union_of.count;
   if (union_of.count > 0) {
-    const Device device = batch.norm.mean.device();
+    const Device device = batch.mean.device();
     const Shape c{static_cast<std::int64_t>(union_of.mean.size())};
     std::vector<double> unbiased(union_of.m2.size());
     for (std::size_t j = 0; j < unbiased.size(); ++j)
       unbiased[j] = union_of.count > 1 ? union_of.m2[j] / static_cast<double>(union_of.count - 1) : 0.0;
-    merged.norm.mean = Tensor::from_vector(union_of.mean, c, device);
+    merged.mean = Tensor::from_vector(union_of.mean, c, device);
     merged.unbiased_var = Tensor::from_vector(unbiased, c, device);
   }
   const std::int64_t every = acc.every;
@@ -293,9 +310,9 @@ std::int64_t BatchNorm::accumulation() const noexcept { return accumulator_->eve
 std::int64_t BatchNorm::accumulated() const noexcept { return accumulator_->seen; }
 
 std::int64_t BatchNorm::apply_running_updates() {
-  const std::vector<Finalized> updates = std::move(*pending_);
+  const std::vector<GroupStats> updates = std::move(*pending_);
   pending_->clear();
-  for (const Finalized& f : updates) update_running(f);
+  for (const GroupStats& batch : updates) update_running(batch);
   return static_cast<std::int64_t>(updates.size());
 }
 
@@ -303,113 +320,14 @@ std::int64_t BatchNorm::pending_running_updates() const noexcept { return static
 
 // Note [Ghost batch norm]
 // A ghost batch is a group of consecutive samples of the batch. Each sample
-// (row) of the shard gets its own moments, the rows' moments are merged per
-// ghost batch (per replica here; over the whole batch in replica order by
-// SyncBatchNorm, so a group may span replicas), and every row is normalised
-// and back-propagated with its group's statistics and gradient sums: the
-// stages of batch norm, applied row by row, so both backends run it. The
-// running statistics follow the first ghost batch, tensorpack's choice: it
-// is what per-device batch norm of a device holding that group would give.
-std::vector<BatchNorm::Finalized> BatchNorm::ghost_groups(const std::vector<ShardStats>& rows, Device device) const {
-  const std::int64_t v = options_.virtual_batch_size;
-  const auto n = static_cast<std::int64_t>(rows.size());
-  SYNCBN_CHECK(n % v == 0, label_, ": a batch of ", n, " samples is not a multiple of virtual_batch_size ", v,
-               ", expected a multiple");
-  std::vector<Finalized> groups;
-  for (std::int64_t g = 0; g < n / v; ++g) {
-    // merge_moments takes up to kMaxReplicas parts: merge longer groups in runs.
-    ShardStats merged = rows[static_cast<std::size_t>(g * v)];
-    for (std::int64_t first = g * v + 1; first < (g + 1) * v;) {
-      const std::int64_t last = std::min((g + 1) * v, first + core::kMaxReplicas - 1);
-      std::vector<ShardStats> parts{merged};
-      parts.insert(parts.end(), rows.begin() + first, rows.begin() + last);
-      merged = core::merge_moments(parts, device);
-      first = last;
-    }
-    groups.push_back(finalize_statistics(merged, StatsCover{.ghost_group = g, .ghost_rows = v}));
-  }
-  return groups;
-}
-
-std::vector<BatchNorm::GradSums> BatchNorm::ghost_group_sums(const std::vector<GradSums>& rows) const {
-  const auto v = static_cast<std::size_t>(options_.virtual_batch_size);
-  std::vector<GradSums> sums;
-  for (std::size_t first = 0; first < rows.size(); first += v) {
-    GradSums total{rows[first].sum_dy.clone(), rows[first].sum_dy_xmu.clone()};
-    for (std::size_t i = first + 1; i < first + v; ++i) {
-      core::add_(total.sum_dy, rows[i].sum_dy.onto(total.sum_dy.device()));
-      core::add_(total.sum_dy_xmu, rows[i].sum_dy_xmu.onto(total.sum_dy.device()));
-    }
-    sums.push_back(std::move(total));
-  }
-  return sums;
-}
-
-std::vector<BatchNorm::NormStats> BatchNorm::ghost_statistics(const std::vector<ShardStats>& rows) {
-  const Device device = rows.empty() ? options_.device : rows.front().mean.device();
-  const std::vector<Finalized> groups = ghost_groups(rows, device);
-  if (groups.empty())
-    track_running(Finalized{});  // an empty batch counts as a batch
-  else
-    track_running(groups.front());
-  std::vector<NormStats> per_row;
-  const auto v = static_cast<std::size_t>(options_.virtual_batch_size);
-  for (std::size_t i = 0; i < rows.size(); ++i) per_row.push_back(groups[i / v].norm);
-  return per_row;
-}
-
-std::vector<BatchNorm::GradSums> BatchNorm::ghost_gradient_sums(const std::vector<GradSums>& rows) {
-  const std::vector<GradSums> sums = ghost_group_sums(rows);
-  std::vector<GradSums> per_row;
-  const auto v = static_cast<std::size_t>(options_.virtual_batch_size);
-  for (std::size_t i = 0; i < rows.size(); ++i) per_row.push_back(sums[i / v]);
-  return per_row;
-}
-
-Tensor BatchNorm::ghost_forward(const Tensor& input, const Tensor& weight, const Tensor& bias, Saved& saved) {
-  const std::int64_t n = input.size(0);
-  std::vector<ShardStats> rows;
-  for (std::int64_t i = 0; i < n; ++i) rows.push_back(core::batch_norm_moments(input.rows(i, i + 1), options_.layout));
-  std::vector<NormStats> norms = ghost_statistics(rows);
-  const core::BatchNormForm how = form();
-  Tensor out = options_.inplace ? input : Tensor::empty(input.shape(), input.dtype(), input.device());
-  for (std::int64_t i = 0; i < n; ++i) {
-    const NormStats& norm = norms[static_cast<std::size_t>(i)];
-    Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
-    if (options_.inplace)
-      core::batch_norm_apply_(input.rows(i, i + 1), coef, how);
-    else
-      out.rows(i, i + 1).copy_(core::batch_norm_apply(input.rows(i, i + 1), coef, how));
-    saved.ghost_coef.push_back(std::move(coef));
-  }
-  saved.ghost_norm = std::move(norms);
-  return out;
-}
-
-Tensor BatchNorm::ghost_backward(const Tensor& grad_output) {
-  const Tensor& input = saved_.input;
-  const std::int64_t n = input.size(0);
-  const core::BatchNormForm how = form();
-  std::vector<GradSums> local;
-  for (std::int64_t i = 0; i < n; ++i)
-    local.push_back(core::batch_norm_grad_sums(grad_output.rows(i, i + 1), input.rows(i, i + 1),
-                                               saved_.ghost_coef[static_cast<std::size_t>(i)], how));
-  const std::vector<GradSums> totals = ghost_gradient_sums(local);
-  const Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
-  const std::optional<double> clamp_eps =
-      options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
-  Tensor dx = Tensor::empty(input.shape(), input.dtype(), input.device());
-  for (std::int64_t i = 0; i < n; ++i) {
-    const auto at = static_cast<std::size_t>(i);
-    const NormStats& norm = saved_.ghost_norm[at];
-    const Tensor coef_b =
-        core::batch_norm_backward_coefficients(norm.count, norm.invstd, weight, totals[at], options_.dtype, clamp_eps);
-    dx.rows(i, i + 1).copy_(
-        core::batch_norm_backward_apply(grad_output.rows(i, i + 1), input.rows(i, i + 1), saved_.ghost_coef[at], coef_b, how));
-    if (options_.affine) core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, norm.invstd, local[at]);
-  }
-  return dx;
-}
+// (row) of the shard is a segment of the exchange with its own moments; the
+// exchange merges them per ghost batch (per replica for BatchNorm; over the
+// whole batch in replica and rank order for SyncBatchNorm, so a group may
+// span replicas and processes), and every row is normalised and
+// back-propagated with its group's statistics and gradient sums: the stages
+// of batch norm, applied row by row, so both backends run it. The running
+// statistics follow the first ghost batch, tensorpack's choice: it is what
+// per-device batch norm of a device holding that group would give.
 
 void BatchNorm::set_renorm_limits(RenormLimits limits) {
   SYNCBN_CHECK(renorm_ != nullptr, label_, ": set_renorm_limits on a layer without renorm, expected "
@@ -424,27 +342,17 @@ std::optional<RenormLimits> BatchNorm::renorm_limits() const {
   return renorm_ ? std::optional<RenormLimits>(*renorm_) : std::nullopt;
 }
 
-void BatchNorm::update_running(const Finalized& finalized) {
-  if (finalized.norm.count == 0) {
+void BatchNorm::update_running(const GroupStats& batch) {
+  if (batch.count == 0) {
     // An empty batch has no statistics, but it counts as a batch, as in
     // PyTorch: the cumulative average (momentum none) divides by the count.
     Tensor& batches = buffer(batches_);
     batches.fill_(static_cast<double>(batches.to_vector<std::int64_t>().front() + 1));
     return;
   }
-  core::update_running_stats(buffer(running_mean_), buffer(running_var_), buffer(batches_), finalized.norm.mean,
-                             finalized.unbiased_var, options_.momentum);
+  core::update_running_stats(buffer(running_mean_), buffer(running_var_), buffer(batches_), batch.mean,
+                             batch.unbiased_var, options_.momentum);
 }
-
-BatchNorm::NormStats BatchNorm::batch_statistics(const ShardStats& shard) {
-  // Unsynchronized statistics are the whole batch's for the user's own
-  // module, and one shard's for a replica (or a SyncBatchNorm in eval).
-  const Finalized finalized = finalize_statistics(shard, StatsCover{.replica = replica_id()});
-  track_running(finalized);
-  return finalized.norm;
-}
-
-BatchNorm::GradSums BatchNorm::gradient_sums(const GradSums& local) { return local; }
 
 // The in-place mode divides by each channel's scale, invstd * weight.
 void BatchNorm::check_inplace_weight() const {
@@ -453,6 +361,47 @@ void BatchNorm::check_inplace_weight() const {
   for (std::size_t j = 0; j < w.size(); ++j)
     SYNCBN_CHECK(w[j] != 0, label_, ": inplace recovers the input through each channel's weight, expected non-zero "
                  "weights, got 0 in channel ", j);
+}
+
+std::vector<comm::GroupStats> BatchNorm::exchange_statistics(const Tensor& input, Saved& next) {
+  // Training merges through the layer's exchange (synchronized for a
+  // SyncBatchNorm); eval without running statistics uses the shard's own.
+  next.exchange = is_training() ? exchange_ : own_exchange_;
+  next.home = state_device().value_or(input.device());
+  std::vector<core::ChannelMoments> segments;
+  if (next.segments_per_group > 0) {
+    for (std::int64_t i = 0; i < input.size(0); ++i)
+      segments.push_back(core::batch_norm_moments(input.rows(i, i + 1), options_.layout));
+  } else {
+    segments.push_back(core::batch_norm_moments(input, options_.layout));
+  }
+  const bool synced = next.exchange->synchronizes();
+  const comm::Finalize finalize = [this, synced](const core::ChannelMoments& merged, comm::GroupPlace place) {
+    StatsCover cover;
+    if (place.segments_per_group > 0) {
+      cover.ghost_group = place.index;
+      cover.ghost_rows = place.segments_per_group;
+    } else if (!synced) {
+      // Unsynchronized statistics are the whole batch's for the user's own
+      // module, and one shard's for a replica.
+      cover.replica = replica_id();
+    }
+    return finalize_statistics(merged, cover);
+  };
+  comm::MergedStats merged =
+      next.exchange->merge(std::move(segments), next.segments_per_group, next.home, finalize);
+  // Once per batch on the participant that owns the update (copy 0 of
+  // replicas, after every replica has its reply; a failed exchange updates
+  // nothing).
+  if (merged.first_group) track_running(*merged.first_group);
+  next.layout = std::move(merged.layout);
+  return std::move(merged.per_segment);
+}
+
+Tensor BatchNorm::segment_of(const Tensor& t, const Saved& saved, std::size_t k) const {
+  if (saved.segments_per_group == 0) return t;
+  const auto row = static_cast<std::int64_t>(k);
+  return t.rows(row, row + 1);
 }
 
 Tensor BatchNorm::forward(const Tensor& input) {
@@ -467,40 +416,41 @@ Tensor BatchNorm::forward(const Tensor& input) {
   next.batch_stats = !options_.freeze && (is_training() || !options_.track_running_stats);
   Tensor weight = options_.affine ? parameter(weight_).value : Tensor();
   Tensor bias = options_.affine ? parameter(bias_).value : Tensor();
-  next.ghost = options_.virtual_batch_size > 0 && next.batch_stats && is_training();
-  if (next.ghost) {
-    Tensor out = ghost_forward(input, weight, bias, next);
-    next.input = input;
-    saved_ = std::move(next);
-    return out;
-  }
-  const core::BatchNormForm how = form();
-  NormStats norm;
-  const bool renorm = renorm_ != nullptr && next.batch_stats && is_training();
+  const bool training_stats = next.batch_stats && is_training();
+  next.segments_per_group = training_stats ? options_.virtual_batch_size : 0;
+  const bool renorm = renorm_ != nullptr && training_stats;
   // Renorm corrects towards the running statistics before this batch's update.
   const Tensor running_mean_before = renorm ? buffer(running_mean_).clone() : Tensor();
   const Tensor running_var_before = renorm ? buffer(running_var_).clone() : Tensor();
+  std::vector<GroupStats> norms;
   if (next.batch_stats) {
-    norm = batch_statistics(core::batch_norm_moments(input, options_.layout));
+    norms = exchange_statistics(input, next);
   } else {
     // Eval with running statistics: constants, so count 0 (backward then
     // leaves the batch terms out).
-    norm.mean = buffer(running_mean_).to(DType::Float64);
-    norm.invstd = core::batch_norm_invstd(buffer(running_var_), options_.eps, options_.eps_mode == EpsMode::Clamp);
+    norms.push_back(GroupStats{0, buffer(running_mean_).to(DType::Float64),
+                               core::batch_norm_invstd(buffer(running_var_), options_.eps,
+                                                       options_.eps_mode == EpsMode::Clamp),
+                               Tensor()});
   }
-  if (renorm) std::tie(weight, bias) = renorm_affine(norm, running_mean_before, running_var_before, weight, bias, next);
-  Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
-  Tensor out;
-  if (options_.inplace) {
-    core::batch_norm_apply_(input, coef, how);
-    out = input;
-  } else {
-    out = core::batch_norm_apply(input, coef, how);
+  if (renorm)
+    std::tie(weight, bias) = renorm_affine(norms.front(), running_mean_before, running_var_before, weight, bias, next);
+  const core::BatchNormForm how = form();
+  Tensor out = options_.inplace || next.segments_per_group == 0 ? input
+                                                                : Tensor::empty(input.shape(), input.dtype(), input.device());
+  for (std::size_t k = 0; k < norms.size(); ++k) {
+    GroupStats& norm = norms[k];
+    Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
+    const Tensor x = segment_of(input, next, k);
+    if (options_.inplace)
+      core::batch_norm_apply_(x, coef, how);
+    else if (next.segments_per_group == 0)
+      out = core::batch_norm_apply(x, coef, how);
+    else
+      segment_of(out, next, k).copy_(core::batch_norm_apply(x, coef, how));
+    next.segments.push_back(SavedSegment{std::move(coef), std::move(norm.invstd), norm.count});
   }
   next.input = options_.inplace ? out : input;
-  next.coef = std::move(coef);
-  next.invstd = std::move(norm.invstd);
-  next.count = norm.count;
   saved_ = std::move(next);
   return out;
 }
@@ -509,32 +459,22 @@ Tensor BatchNorm::forward(const Tensor& input) {
 // weight w r and bias w d + b, so the stages stay those of batch norm; r and
 // d are constants of backward (Ioffe 2017), whose input gradient is then
 // batch norm's with weight w r, and dw = r sum(dy x_hat) + d sum(dy).
-std::pair<Tensor, Tensor> BatchNorm::renorm_affine(const NormStats& norm, const Tensor& running_mean_before,
+std::pair<Tensor, Tensor> BatchNorm::renorm_affine(const GroupStats& norm, const Tensor& running_mean_before,
                                                    const Tensor& running_var_before, const Tensor& weight,
                                                    const Tensor& bias, Saved& saved) const {
   const RenormLimits limits = *renorm_;
-  const auto mean = norm.mean.to_vector<double>(), invstd = norm.invstd.to_vector<double>();
-  const auto running_mean = running_mean_before.to_vector<double>();
-  const auto running_var = running_var_before.to_vector<double>();
-  const std::vector<double> w = options_.affine ? weight.to_vector<double>() : std::vector<double>(mean.size(), 1.0);
-  const std::vector<double> b = options_.affine ? bias.to_vector<double>() : std::vector<double>(mean.size(), 0.0);
-  std::vector<double> w_eff(mean.size()), b_eff(mean.size());
-  for (std::size_t j = 0; j < mean.size(); ++j) {
-    // The running standard deviation as eval mode would use it (EpsMode).
-    const double sigma = options_.eps_mode == EpsMode::Clamp ? std::sqrt(std::max(running_var[j], options_.eps))
-                                                             : std::sqrt(running_var[j] + options_.eps);
-    const double r = std::clamp(1.0 / (invstd[j] * sigma), 1.0 / limits.rmax, limits.rmax);
-    const double d = std::clamp((mean[j] - running_mean[j]) / sigma, -limits.dmax, limits.dmax);
-    saved.renorm_r.push_back(r);
-    saved.renorm_d.push_back(d);
-    w_eff[j] = w[j] * r;
-    b_eff[j] = w[j] * d + b[j];
-  }
-  const Shape c{static_cast<std::int64_t>(mean.size())};
-  const Device device = running_mean_before.device();
-  Tensor w_out = Tensor::from_vector(w_eff, c, device).to(options_.dtype);
-  saved.renorm_weight = w_out;
-  return {std::move(w_out), Tensor::from_vector(b_eff, c, device).to(options_.dtype)};
+  core::RenormFactors f =
+      core::batch_renorm_factors(norm.mean, norm.invstd, running_mean_before, running_var_before, options_.eps,
+                                 options_.eps_mode == EpsMode::Clamp, limits.rmax, limits.dmax);
+  // In float64, rounded once to the parameters' dtype.
+  const Tensor w = options_.affine ? weight.to(DType::Float64) : Tensor::ones(f.r.shape(), DType::Float64, f.r.device());
+  Tensor w_eff = core::mul(w, f.r).to(options_.dtype);
+  Tensor b_eff = core::mul(w, f.d);
+  if (options_.affine) b_eff = core::add(b_eff, bias.to(DType::Float64));
+  saved.renorm_weight = w_eff;
+  saved.renorm_r = std::move(f.r);
+  saved.renorm_d = std::move(f.d);
+  return {std::move(w_eff), b_eff.to(options_.dtype)};
 }
 
 Tensor BatchNorm::backward(const Tensor& grad_output) {
@@ -542,40 +482,65 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   const Saved& saved = saved_;
   detail::check_backward(saved.input.defined(), grad_output, saved.input.shape(), label_);
   detail::check_tensor(grad_output, label_, "grad_output", saved.input.device(), saved.input.dtype());
-  if (saved.ghost) return ghost_backward(grad_output);
   const core::BatchNormForm how = form();
-  const GradSums local = core::batch_norm_grad_sums(grad_output, saved.input, saved.coef, how);
-  // With batch statistics the mean and variance depend on every input, so
-  // the sums over the whole batch enter dx; with running statistics they do not.
-  const GradSums total = saved.batch_stats ? gradient_sums(local) : local;
+  std::vector<core::ChannelGradSums> local;
+  for (std::size_t k = 0; k < saved.segments.size(); ++k)
+    local.push_back(core::batch_norm_grad_sums(segment_of(grad_output, saved, k), segment_of(saved.input, saved, k),
+                                               saved.segments[k].coef, how));
+  // With batch statistics the mean and variance depend on every input of
+  // the group, so the group's sums enter dx; with running statistics they
+  // do not.
+  const std::vector<core::ChannelGradSums> total =
+      saved.batch_stats ? saved.exchange->sum(local, saved.segments_per_group, saved.home, saved.layout) : local;
   const Tensor weight = saved.renorm_weight.defined() ? saved.renorm_weight
                         : options_.affine             ? parameter(weight_).value
                                                       : Tensor();
   const std::optional<double> clamp_eps =
       options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
-  const Tensor coef_b = core::batch_norm_backward_coefficients(saved.batch_stats ? saved.count : 0, saved.invstd,
-                                                               weight, total, options_.dtype, clamp_eps);
-  // Frozen affine parameters are constants: no gradient (MegEngine detaches them).
-  const ParamShare share = saved.batch_stats ? param_share() : ParamShare::Local;
-  if (options_.affine && !options_.freeze && share != ParamShare::None) {
-    const GradSums& sums = share == ParamShare::Whole ? total : local;
-    if (saved.renorm_r.empty()) {
-      core::batch_norm_param_grads(parameter(weight_).grad, parameter(bias_).grad, saved.invstd, sums);
-    } else {
-      // d/dw of w (x_hat r + d) + b: r sum(dy x_hat) + d sum(dy) (r, d constants).
-      const Parameter& w = parameter(weight_);
-      const Shape c{features_};
-      const Tensor g_xhat = Tensor::zeros(c, options_.dtype, w.grad.device());
-      const Tensor g_bias = Tensor::zeros(c, options_.dtype, w.grad.device());
-      core::batch_norm_param_grads(g_xhat, g_bias, saved.invstd, sums);
-      const auto gx = g_xhat.to_vector<double>(), gb = g_bias.to_vector<double>();
-      std::vector<double> gw(gx.size());
-      for (std::size_t j = 0; j < gx.size(); ++j) gw[j] = saved.renorm_r[j] * gx[j] + saved.renorm_d[j] * gb[j];
-      core::add_(w.grad, Tensor::from_vector(gw, c, w.grad.device()).to(options_.dtype));
-      core::add_(parameter(bias_).grad, g_bias);
-    }
+  Tensor dx = saved.segments_per_group == 0 ? Tensor() : Tensor::empty(saved.input.shape(), saved.input.dtype(), saved.input.device());
+  for (std::size_t k = 0; k < saved.segments.size(); ++k) {
+    const SavedSegment& segment = saved.segments[k];
+    const Tensor coef_b = core::batch_norm_backward_coefficients(saved.batch_stats ? segment.count : 0, segment.invstd,
+                                                                 weight, total[k], options_.dtype, clamp_eps);
+    Tensor part = core::batch_norm_backward_apply(segment_of(grad_output, saved, k), segment_of(saved.input, saved, k),
+                                                  segment.coef, coef_b, how);
+    if (saved.segments_per_group == 0)
+      dx = std::move(part);
+    else
+      segment_of(dx, saved, k).copy_(part);
   }
-  return core::batch_norm_backward_apply(grad_output, saved.input, saved.coef, coef_b, how);
+  add_param_grads(saved, local, total);
+  return dx;
+}
+
+void BatchNorm::add_param_grads(const Saved& saved, const std::vector<core::ChannelGradSums>& local,
+                                const std::vector<core::ChannelGradSums>& total) {
+  // Frozen affine parameters are constants: no gradient (MegEngine detaches them).
+  if (!options_.affine || options_.freeze) return;
+  const Parameter& w = parameter(weight_);
+  const Parameter& b = parameter(bias_);
+  if (saved.segments_per_group > 0) {
+    // Ghost batches: each row's share with its group's invstd.
+    for (std::size_t k = 0; k < saved.segments.size(); ++k)
+      core::batch_norm_param_grads(w.grad, b.grad, saved.segments[k].invstd, local[k]);
+    return;
+  }
+  const comm::ParamShare share = saved.batch_stats ? saved.exchange->param_share() : comm::ParamShare::Local;
+  if (share == comm::ParamShare::None) return;
+  const core::ChannelGradSums& sums = share == comm::ParamShare::Whole ? total.front() : local.front();
+  const Tensor& invstd = saved.segments.front().invstd;
+  if (!saved.renorm_r.defined()) {
+    core::batch_norm_param_grads(w.grad, b.grad, invstd, sums);
+    return;
+  }
+  // d/dw of w (x_hat r + d) + b: r sum(dy x_hat) + d sum(dy) (r, d constants),
+  // in float64 and rounded once.
+  const Shape c{features_};
+  const Tensor g_xhat = Tensor::zeros(c, DType::Float64, w.grad.device());
+  const Tensor g_bias = Tensor::zeros(c, DType::Float64, w.grad.device());
+  core::batch_norm_param_grads(g_xhat, g_bias, invstd, sums);
+  core::add_(w.grad, core::add(core::mul(saved.renorm_r, g_xhat), core::mul(saved.renorm_d, g_bias)).to(options_.dtype));
+  core::add_(b.grad, g_bias.to(options_.dtype));
 }
 
 std::int64_t accumulate_statistics(Module& module, std::int64_t micro_batches) {

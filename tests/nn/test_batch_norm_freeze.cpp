@@ -12,14 +12,14 @@
 #include <memory>
 #include <vector>
 
-#include "support/batchnorm_layers.hpp"
+#include "support/batch_norm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
 #include "support/reference.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 
 using namespace syncbn;

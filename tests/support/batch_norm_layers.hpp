@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/core/shape.hpp"
 
 namespace syncbn::testing {

@@ -17,11 +17,11 @@
 #include <vector>
 
 #include "support/batch_norm_spec.hpp"
-#include "support/batchnorm_layers.hpp"
+#include "support/batch_norm_layers.hpp"
 #include "support/device_under_test.hpp"
 #include "support/reference.hpp"
 #include "support/seeds.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 
 using namespace syncbn;

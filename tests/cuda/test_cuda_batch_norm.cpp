@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "support/batchnorm_layers.hpp"
+#include "support/batch_norm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/seeds.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 #include "syncbn/parallel/replicate.hpp"
 

@@ -11,7 +11,7 @@
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/linear.hpp"
 #include "syncbn/nn/sequential.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 
 using namespace syncbn;
 using syncbn::testing::MessageIs;

@@ -8,14 +8,14 @@
 #include <optional>
 #include <string>
 
-#include "support/batchnorm_layers.hpp"
+#include "support/batch_norm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
 #include "support/reference.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/nn/batchnorm.hpp"
+#include "syncbn/nn/batch_norm.hpp"
 
 using namespace syncbn;
 using syncbn::testing::check_close;

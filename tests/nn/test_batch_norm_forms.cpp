@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "support/batch_norm_spec.hpp"
-#include "support/batchnorm_layers.hpp"
+#include "support/batch_norm_layers.hpp"
 #include "support/compare.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
@@ -24,7 +24,7 @@
 #include "support/seeds.hpp"
 #include "syncbn/core/batch_norm.hpp"
 #include "syncbn/error.hpp"
-#include "syncbn/nn/sync_batchnorm.hpp"
+#include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/parallel/data_parallel.hpp"
 
 using namespace syncbn;

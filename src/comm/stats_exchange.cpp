@@ -1,0 +1,395 @@
+// StatsExchange: one exchange behind every batch-norm path (Note [One
+// exchange]). Numerics: docs/numerics.md.
+
+#include "syncbn/comm/stats_exchange.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "channel_rows.hpp"
+#include "syncbn/comm/collectives.hpp"
+#include "syncbn/core/ops.hpp"
+#include "syncbn/error.hpp"
+
+namespace syncbn::comm {
+
+// Note [One exchange]
+// Batch norm, synchronized batch norm and ghost batch norm differ only in
+// which rows share statistics. Each participant hands in segments (runs of
+// its rows with their moments, or gradient sums); the batch's segments, in
+// replica order within a process and rank order across processes, fall into
+// groups (all of them, or V consecutive ones); each group is merged (Chan's
+// update in batch order) and finalized, or summed, once; and each segment
+// gets its group's result. The levels compose instead of branching per
+// path:
+//   participant --(replicas: SyncMaster pair, copy 0 merges)--> process
+//   process --(processes: the merging participant's collectives)--> job
+// A not-replicated layer is its own process's only participant; a layer
+// without a process group is its job. Forward across processes, one group:
+// each process merges its replicas' segments on copy 0's device
+// (core::merge_moments), all-gathers that (count, mean, M2) and every rank
+// merges the ranks' parts in rank order with core::HostMoments, so every
+// rank holds the same bits; backward, a rank-order all-reduce of the sums.
+// Groups of V segments: the processes all-gather their segment counts, then
+// their segments (padded to the longest), and every rank forms the same
+// groups from the same rows with the same code (the counts are kept in the
+// JobLayout for the backward of the same pass). The rows travel in one
+// packing (channel_rows.hpp).
+
+struct StatsExchange::Round {
+  std::int64_t segments_per_group = 0;
+  Device home;
+  const Finalize* finalize = nullptr;  // forward
+  const JobLayout* layout = nullptr;   // backward
+};
+
+struct ReplicaRendezvous::Masters {
+  using Forward = sync::SyncMaster<std::vector<core::ChannelMoments>, MergedStats>;
+  using Backward = sync::SyncMaster<std::vector<core::ChannelGradSums>, std::vector<core::ChannelGradSums>>;
+  std::unique_ptr<Forward> forward;
+  std::unique_ptr<Backward> backward;
+};
+
+// What a replicated participant holds: the rendezvous, its pipes (copies
+// 1..), and on copy 0 the round its masters' callbacks serve.
+struct StatsExchange::Replicas {
+  std::shared_ptr<ReplicaRendezvous> rendezvous;
+  ReplicaRendezvous::Masters::Forward::Pipe forward_pipe;
+  ReplicaRendezvous::Masters::Backward::Pipe backward_pipe;
+  const Round* round = nullptr;
+};
+
+ReplicaRendezvous::ReplicaRendezvous(std::unique_ptr<Masters> masters) : masters_(std::move(masters)) {}
+ReplicaRendezvous::~ReplicaRendezvous() = default;
+
+void ReplicaRendezvous::abort_for(int failed, const std::string& reason) noexcept {
+  // A replica that is not in the rendezvous (InvalidArgument) has nothing to release.
+  try {
+    masters_->forward->abort_for(failed, reason);
+  } catch (...) {
+  }
+  try {
+    masters_->backward->abort_for(failed, reason);
+  } catch (...) {
+  }
+}
+
+void ReplicaRendezvous::reset() {
+  masters_->forward->reset();
+  masters_->backward->reset();
+}
+
+namespace {
+
+// A group's statistics as a segment on `device` receives them.
+GroupStats on_device(const GroupStats& group, Device device) {
+  return GroupStats{group.count, group.mean.onto(device), group.invstd.onto(device), Tensor()};
+}
+
+core::ChannelGradSums on_device(const core::ChannelGradSums& sums, Device device) {
+  return core::ChannelGradSums{sums.sum_dy.onto(device), sums.sum_dy_xmu.onto(device)};
+}
+
+// Segments [begin, end) merged in order on `home`; one segment is itself.
+// core::merge_moments takes up to kMaxReplicas parts: longer runs merge in
+// steps, each continuing from the last.
+core::ChannelMoments merge_run(const std::vector<core::ChannelMoments>& segments, std::size_t begin, std::size_t end,
+                               Device home) {
+  if (end - begin == 1) return segments[begin];
+  core::ChannelMoments merged = segments[begin];
+  for (std::size_t first = begin + 1; first < end;) {
+    const std::size_t last = std::min(end, first + static_cast<std::size_t>(core::kMaxReplicas) - 1);
+    std::vector<core::ChannelMoments> parts{merged};
+    parts.insert(parts.end(), segments.begin() + static_cast<std::ptrdiff_t>(first),
+                 segments.begin() + static_cast<std::ptrdiff_t>(last));
+    merged = core::merge_moments(parts, home);
+    first = last;
+  }
+  return merged;
+}
+
+// Segments [begin, end) summed in order, in float64, on the first one's
+// device: one coalesced reduction per kMaxReplicas segments.
+core::ChannelGradSums sum_run(const std::vector<core::ChannelGradSums>& segments, std::size_t begin,
+                              std::size_t end) {
+  if (end - begin == 1) return segments[begin];
+  const Device home = segments[begin].sum_dy.device();
+  std::vector<std::vector<Tensor>> groups;
+  for (std::size_t i = begin; i < end; ++i) {
+    if (groups.size() == static_cast<std::size_t>(core::kMaxReplicas)) {
+      const auto partial = reduce_add_coalesced(groups, home, Transport::Copy);
+      groups.assign(1, partial);
+    }
+    groups.push_back({segments[i].sum_dy, segments[i].sum_dy_xmu});
+  }
+  const auto total = reduce_add_coalesced(groups, home, Transport::Copy);
+  return core::ChannelGradSums{total[0], total[1]};
+}
+
+// Where this process's segments start among the job's.
+std::size_t first_of_rank(const std::vector<std::int64_t>& rank_rows, int rank) {
+  std::int64_t first = 0;
+  for (int r = 0; r < rank; ++r) first += rank_rows[static_cast<std::size_t>(r)];
+  return static_cast<std::size_t>(first);
+}
+
+// The segments' replies split back to the participants that sent them.
+template <class Msg, class Reply, class Split>
+std::vector<std::pair<int, Reply>> split_replies(const std::vector<std::pair<int, Msg>>& parts, Split&& split) {
+  std::vector<std::pair<int, Reply>> replies;
+  replies.reserve(parts.size());
+  std::size_t at = 0;
+  for (const auto& [id, segments] : parts) {
+    replies.emplace_back(id, split(id, at, segments.size()));
+    at += segments.size();
+  }
+  return replies;
+}
+
+template <class Row>
+std::vector<Row> concatenate(std::vector<std::pair<int, std::vector<Row>>>& parts) {
+  std::vector<Row> all;
+  for (auto& [id, segments] : parts) std::move(segments.begin(), segments.end(), std::back_inserter(all));
+  return all;
+}
+
+}  // namespace
+
+StatsExchange::StatsExchange(Options options) : options_(std::move(options)) {
+  SYNCBN_CHECK(options_.channels > 0, options_.name, ": StatsExchange: ", options_.channels,
+               " channels, expected > 0");
+  SYNCBN_CHECK(options_.timeout.count() >= 0, options_.name, ": StatsExchange: timeout ", options_.timeout.count(),
+               " ms, expected >= 0 (0 waits forever)");
+}
+
+StatsExchange::~StatsExchange() = default;
+
+std::shared_ptr<ReplicaRendezvous> StatsExchange::lead_replicas(std::shared_ptr<sync::Whereabouts> whereabouts) {
+  auto masters = std::make_unique<ReplicaRendezvous::Masters>();
+  // The callbacks run on copy 0's thread inside its merge and sum, which
+  // set the round they serve; copy 0's exchange outlives its calls.
+  masters->forward = std::make_unique<ReplicaRendezvous::Masters::Forward>(
+      [this](std::vector<std::pair<int, std::vector<core::ChannelMoments>>> parts) {
+        MergedStats process = merge_process(concatenate(parts), *replicas_->round);
+        return split_replies<std::vector<core::ChannelMoments>, MergedStats>(
+            parts, [&](int id, std::size_t at, std::size_t n) {
+              MergedStats reply;
+              reply.per_segment.assign(process.per_segment.begin() + static_cast<std::ptrdiff_t>(at),
+                                       process.per_segment.begin() + static_cast<std::ptrdiff_t>(at + n));
+              // Copy 0 updates the running statistics, once, for the process.
+              if (id == 0) {
+                reply.first_group = process.first_group;
+                reply.layout = process.layout;
+              }
+              return reply;
+            });
+      },
+      sync::SyncOptions{options_.name + " forward", options_.timeout, {}, whereabouts});
+  masters->backward = std::make_unique<ReplicaRendezvous::Masters::Backward>(
+      [this](std::vector<std::pair<int, std::vector<core::ChannelGradSums>>> parts) {
+        std::vector<core::ChannelGradSums> process = sum_process(concatenate(parts), *replicas_->round);
+        return split_replies<std::vector<core::ChannelGradSums>, std::vector<core::ChannelGradSums>>(
+            parts, [&](int, std::size_t at, std::size_t n) {
+              return std::vector<core::ChannelGradSums>(process.begin() + static_cast<std::ptrdiff_t>(at),
+                                                        process.begin() + static_cast<std::ptrdiff_t>(at + n));
+            });
+      },
+      sync::SyncOptions{options_.name + " backward", options_.timeout, {}, std::move(whereabouts)});
+  replicas_ = std::make_unique<Replicas>();
+  replicas_->rendezvous = std::shared_ptr<ReplicaRendezvous>(new ReplicaRendezvous(std::move(masters)));
+  copy_id_ = 0;
+  return replicas_->rendezvous;
+}
+
+void StatsExchange::join_replicas(const std::shared_ptr<ReplicaRendezvous>& rendezvous, int copy_id) {
+  SYNCBN_CHECK(rendezvous != nullptr, options_.name, ": join_replicas: the rendezvous is null, expected copy 0's");
+  SYNCBN_CHECK(copy_id >= 1, options_.name, ": join_replicas: copy ", copy_id, ", expected >= 1 (copy 0 leads)");
+  auto replicas = std::make_unique<Replicas>();
+  replicas->rendezvous = rendezvous;
+  replicas->forward_pipe = rendezvous->masters_->forward->register_slave(copy_id);
+  replicas->backward_pipe = rendezvous->masters_->backward->register_slave(copy_id);
+  replicas_ = std::move(replicas);
+  copy_id_ = copy_id;
+}
+
+bool StatsExchange::synchronizes() const noexcept { return replicas_ != nullptr || across_processes(); }
+
+// Note [Parameter gradients from the exchanged sums]
+// After the backward exchange every participant holds the whole batch's
+// sum(dy) and sum(dy * (x - mean)) in float64. Each adding its own shard's
+// share to a float32 gradient rounds every share (one of 8 replicas of 16k
+// values per channel: an error of up to 4e-6 of a share of 130), and the
+// runner's sum of the shares keeps those roundings, which a small total
+// cannot absorb (measured: 2.3e-5 of max(1, |dw|)). So one participant,
+// copy 0 of rank 0, takes the whole batch's gradients and the others none:
+// the runner's sum (DataParallel's replica sum, DistributedDataParallel's
+// all-reduce) is then the total rounded once.
+ParamShare StatsExchange::param_share() const noexcept {
+  if (!synchronizes()) return ParamShare::Local;
+  const bool first_process = options_.processes == nullptr || options_.processes->rank() == 0;
+  return copy_id_ <= 0 && first_process ? ParamShare::Whole : ParamShare::None;
+}
+
+template <class Row>
+void StatsExchange::check_segments(const std::vector<Row>& segments, std::int64_t segments_per_group,
+                                   const char* call) const {
+  SYNCBN_CHECK(segments_per_group >= 0, options_.name, ": StatsExchange::", call, ": ", segments_per_group,
+               " segments per group, expected >= 0 (0: one group)");
+  SYNCBN_CHECK(segments_per_group > 0 || segments.size() == 1, options_.name, ": StatsExchange::", call, ": ",
+               segments.size(), " segments for one group, expected 1 per participant");
+}
+
+MergedStats StatsExchange::merge(std::vector<core::ChannelMoments> segments, std::int64_t segments_per_group,
+                                 Device home, const Finalize& finalize) {
+  check_segments(segments, segments_per_group, "merge");
+  const Round round{segments_per_group, home, &finalize, nullptr};
+  if (replicas_ == nullptr) return merge_process(std::move(segments), round);
+  if (copy_id_ != 0) return replicas_->forward_pipe.run_slave(std::move(segments));
+  replicas_->round = &round;
+  return replicas_->rendezvous->masters_->forward->run_master(std::move(segments));
+}
+
+std::vector<core::ChannelGradSums> StatsExchange::sum(std::vector<core::ChannelGradSums> segments,
+                                                      std::int64_t segments_per_group, Device home,
+                                                      const JobLayout& layout) {
+  check_segments(segments, segments_per_group, "sum");
+  const Round round{segments_per_group, home, nullptr, &layout};
+  if (replicas_ == nullptr) return sum_process(std::move(segments), round);
+  if (copy_id_ != 0) return replicas_->backward_pipe.run_slave(std::move(segments));
+  replicas_->round = &round;
+  return replicas_->rendezvous->masters_->backward->run_master(std::move(segments));
+}
+
+MergedStats StatsExchange::merge_process(std::vector<core::ChannelMoments> segments, const Round& round) const {
+  MergedStats out;
+  const std::int64_t v = round.segments_per_group;
+  if (v == 0) {
+    core::ChannelMoments merged = merge_run(segments, 0, segments.size(), round.home);
+    if (across_processes()) merged = merge_across_processes(merged);
+    GroupStats group = (*round.finalize)(merged, GroupPlace{0, 0});
+    for (const auto& segment : segments) out.per_segment.push_back(on_device(group, segment.mean.device()));
+    out.first_group = std::move(group);
+    return out;
+  }
+  std::vector<core::ChannelMoments> job;
+  std::size_t first = 0;
+  if (across_processes()) {
+    out.layout.rank_segments = gather_row_counts(static_cast<std::int64_t>(segments.size()));
+    job = gather_rows(segments, out.layout.rank_segments, options_.name + " forward", round.home);
+    first = first_of_rank(out.layout.rank_segments, options_.processes->rank());
+  } else {
+    job = segments;
+  }
+  const auto n = static_cast<std::int64_t>(job.size());
+  SYNCBN_CHECK(n % v == 0, options_.name, ": a batch of ", n, " samples is not a multiple of virtual_batch_size ", v,
+               ", expected a multiple");
+  std::vector<GroupStats> groups;
+  for (std::int64_t g = 0; g < n / v; ++g)
+    groups.push_back((*round.finalize)(
+        merge_run(job, static_cast<std::size_t>(g * v), static_cast<std::size_t>((g + 1) * v), round.home),
+        GroupPlace{g, v}));
+  for (std::size_t i = 0; i < segments.size(); ++i)
+    out.per_segment.push_back(on_device(groups[(first + i) / static_cast<std::size_t>(v)], segments[i].mean.device()));
+  // An empty batch has no first group; it still counts as a batch.
+  out.first_group = groups.empty() ? GroupStats{} : groups.front();
+  return out;
+}
+
+std::vector<core::ChannelGradSums> StatsExchange::sum_process(std::vector<core::ChannelGradSums> segments,
+                                                              const Round& round) const {
+  const std::int64_t v = round.segments_per_group;
+  std::vector<core::ChannelGradSums> out;
+  out.reserve(segments.size());
+  if (v == 0) {
+    core::ChannelGradSums total = sum_run(segments, 0, segments.size());
+    if (across_processes()) total = sum_across_processes(total);
+    for (const auto& segment : segments) out.push_back(on_device(total, segment.sum_dy.device()));
+    return out;
+  }
+  std::vector<core::ChannelGradSums> job;
+  std::size_t first = 0;
+  if (across_processes()) {
+    const std::vector<std::int64_t>& rank_rows = round.layout->rank_segments;
+    job = gather_rows(segments, rank_rows, options_.name + " backward",
+                      segments.empty() ? round.home : segments.front().sum_dy.device());
+    first = first_of_rank(rank_rows, options_.processes->rank());
+  } else {
+    job = segments;
+  }
+  const auto per = static_cast<std::size_t>(v);
+  std::vector<core::ChannelGradSums> groups;
+  for (std::size_t begin = 0; begin < job.size(); begin += per) {
+    // In order on the group's first row's device.
+    core::ChannelGradSums total{job[begin].sum_dy.clone(), job[begin].sum_dy_xmu.clone()};
+    for (std::size_t i = begin + 1; i < begin + per; ++i) {
+      core::add_(total.sum_dy, job[i].sum_dy.onto(total.sum_dy.device()));
+      core::add_(total.sum_dy_xmu, job[i].sum_dy_xmu.onto(total.sum_dy.device()));
+    }
+    groups.push_back(std::move(total));
+  }
+  for (std::size_t i = 0; i < segments.size(); ++i)
+    out.push_back(on_device(groups[(first + i) / per], segments[i].sum_dy.device()));
+  return out;
+}
+
+core::ChannelMoments StatsExchange::merge_across_processes(const core::ChannelMoments& process) const {
+  const auto c = static_cast<std::size_t>(options_.channels);
+  const std::vector<std::byte> payload = detail::pack_rows<core::ChannelMoments>({&process, 1}, 1, c);
+  const std::vector<std::byte> all =
+      options_.processes->all_gather(payload, options_.name + " forward", options_.timeout);
+  core::HostMoments merged;
+  for (int r = 0; r < options_.processes->size(); ++r) {
+    const std::byte* at = all.data() + static_cast<std::size_t>(r) * payload.size();
+    std::int64_t count = 0;
+    std::memcpy(&count, at, sizeof count);
+    merged.merge(count, detail::read_vector<core::ChannelMoments>(at, c, 0),
+                 detail::read_vector<core::ChannelMoments>(at, c, 1));
+  }
+  const Device device = process.mean.device();
+  const Shape shape{options_.channels};
+  return core::ChannelMoments{merged.count, Tensor::from_vector(merged.mean, shape).onto(device),
+                              Tensor::from_vector(merged.m2, shape).onto(device)};
+}
+
+core::ChannelGradSums StatsExchange::sum_across_processes(const core::ChannelGradSums& process) const {
+  const auto c = static_cast<std::ptrdiff_t>(options_.channels);
+  std::vector<double> sums = process.sum_dy.to_vector<double>();
+  const std::vector<double> xmu = process.sum_dy_xmu.to_vector<double>();
+  sums.insert(sums.end(), xmu.begin(), xmu.end());
+  const std::vector<double> totals =
+      options_.processes->all_reduce_sum(sums, options_.name + " backward", options_.timeout);
+  const Device device = process.sum_dy.device();
+  const Shape shape{options_.channels};
+  return core::ChannelGradSums{
+      Tensor::from_vector(std::vector<double>(totals.begin(), totals.begin() + c), shape).onto(device),
+      Tensor::from_vector(std::vector<double>(totals.begin() + c, totals.end()), shape).onto(device)};
+}
+
+std::vector<std::int64_t> StatsExchange::gather_row_counts(std::int64_t rows) const {
+  std::vector<std::byte> bytes(sizeof rows);
+  std::memcpy(bytes.data(), &rows, sizeof rows);
+  const std::vector<std::byte> all =
+      options_.processes->all_gather(bytes, options_.name + " forward rows", options_.timeout);
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(options_.processes->size()));
+  std::memcpy(counts.data(), all.data(), counts.size() * sizeof(std::int64_t));
+  return counts;
+}
+
+template <class Row>
+std::vector<Row> StatsExchange::gather_rows(const std::vector<Row>& process, const std::vector<std::int64_t>& rank_rows,
+                                            const std::string& call, Device device) const {
+  const auto c = static_cast<std::size_t>(options_.channels);
+  const auto most = static_cast<std::size_t>(*std::max_element(rank_rows.begin(), rank_rows.end()));
+  const std::vector<std::byte> payload = detail::pack_rows<Row>(process, most, c);
+  const std::vector<std::byte> all = options_.processes->all_gather(payload, call, options_.timeout);
+  const std::size_t bytes = detail::row_bytes<Row>(c);
+  std::vector<Row> job;
+  for (std::size_t r = 0; r < rank_rows.size(); ++r)
+    for (std::int64_t i = 0; i < rank_rows[r]; ++i)
+      job.push_back(detail::read_row<Row>(all.data() + r * payload.size() + static_cast<std::size_t>(i) * bytes, c,
+                                          device));
+  return job;
+}
+
+}  // namespace syncbn::comm
