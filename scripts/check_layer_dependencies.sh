@@ -60,5 +60,36 @@ for layer in "${layers[@]}"; do
     status=1
   fi
 done
-[ $status -eq 0 ] && echo "every layer declares exactly the layers it includes: ${layers[*]}"
+# Within core, the folders include downwards only (Note [Layers] in
+# docs/design.md): backend/ (the kernel tables) below cpu/ and cuda/ (the
+# backends, which do not see each other), below the tensor API at core's
+# top, whose kernel_registry.cpp picks a backend.
+core_below() {  # the private folders a core folder may include
+  case $1 in
+    backend) echo "backend" ;;
+    cpu) echo "cpu backend" ;;
+    cuda) echo "cuda backend" ;;
+    *) echo "cpu cuda backend" ;;
+  esac
+}
+if [ -d src/core ]; then
+  while IFS= read -r file; do
+    rel=${file#src/core/}
+    folder=$([[ $rel == */* ]] && echo "${rel%%/*}" || echo top)
+    allowed=" $(core_below "$folder") "
+    while IFS= read -r included; do
+      target=${included%%/*}
+      [[ $included == */* ]] || target=top
+      # A header without a folder is a top-level one, except a backend's own
+      # headers, which its files name with their folder.
+      if [[ $allowed != *" $target "* && $target != "$folder" ]]; then
+        echo "core: $file includes \"$included\", expected only public headers and ${allowed# } of core's private folders (backend < cpu, cuda < the tensor API)"
+        status=1
+      fi
+    done < <(grep -hoE '^[[:space:]]*#[[:space:]]*include[[:space:]]+"[^"]+"' "$file" | sed -E 's/.*"([^"]+)".*/\1/' |
+             grep -v '^syncbn/' || true)
+  done < <(find src/core -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' -o -name '*.cuh' | sort)
+fi
+
+[ $status -eq 0 ] && echo "every layer declares exactly the layers it includes: ${layers[*]}; core's folders include downwards"
 exit $status

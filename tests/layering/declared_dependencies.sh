@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/check_layer_dependencies.sh passes on the tree as it is, and fails,
-# naming the layer, on copies of it with a dependency left out of a DEPENDS
-# list and with one declared but never included.
+# naming the layer or file, on copies of it with a dependency left out of a
+# DEPENDS list, with one declared but never included, and with a core folder
+# that includes a folder above it.
 #   declared_dependencies.sh <source dir>
 set -euo pipefail
 source_dir=$1
@@ -28,4 +29,9 @@ copy
 sed -i -E 's/^( *DEPENDS .*)\)$/\1 data)/' "$work/tree/src/optim/CMakeLists.txt"
 ! bash "$check" "$work/tree" >"$work/out" 2>&1 || fail "optim declaring data passed"
 grep -q "^optim: declares DEPENDS data but includes none of its headers" "$work/out" || fail "no message naming optim"
-echo "a missing and an unused dependency are both reported"
+copy
+sed -i '0,/#include "syncbn\/core\/device.hpp"/s//#include "syncbn\/core\/device.hpp"\n#include "cpu\/kernel_set.hpp"/' \
+  "$work/tree/src/core/backend/storage.hpp"
+! bash "$check" "$work/tree" >"$work/out" 2>&1 || fail "backend/ including a cpu/ header passed"
+grep -q '^core: src/core/backend/storage.hpp includes "cpu/kernel_set.hpp"' "$work/out" || fail "no message naming the file"
+echo "a missing and an unused dependency, and a core folder including upwards, are all reported"

@@ -1,0 +1,796 @@
+#pragma once
+// The vector machinery of the CPU batch-norm kernels (cpu_batch_norm.cpp):
+// 16-bit staging, float64-lane pair sums over runs, fused activations and
+// their gradients, the per-channel terms of the element-wise kernels, row
+// and column sweeps, the float64 redo of channels that overflow float32.
+// Compiled within each CPU level's namespace: include it from a level file
+// only, after cpu/isa.hpp.
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "backend/dispatch.hpp"
+#include "backend/kernels.hpp"
+#include "cpu/half_float.hpp"
+#include "cpu/simd.hpp"
+
+namespace syncbn::cpu::SYNCBN_CPU_ISA {
+namespace {
+
+// ---- element types ----------------------------------------------------------
+
+constexpr std::int64_t kChunk = 1024;  // staging chunk for 16-bit inputs; float32 flush period
+
+inline void to_float(float* dst, const void* src, DType dtype, std::int64_t offset, std::int64_t n) {
+  const auto* s = static_cast<const std::uint16_t*>(src) + offset;
+  if (dtype == DType::Float16)
+    for (std::int64_t i = 0; i < n; ++i) dst[i] = half_to_float(s[i]);
+  else
+    for (std::int64_t i = 0; i < n; ++i) dst[i] = bfloat16_to_float(s[i]);
+}
+
+inline void from_float(void* dst, DType dtype, std::int64_t offset, const float* src, std::int64_t n) {
+  auto* d = static_cast<std::uint16_t*>(dst) + offset;
+  if (dtype == DType::Float16)
+    for (std::int64_t i = 0; i < n; ++i) d[i] = float_to_half(src[i]);
+  else
+    for (std::int64_t i = 0; i < n; ++i) d[i] = float_to_bfloat16(src[i]);
+}
+
+
+// Reads [offset, offset + n) of x as T (float for the 16-bit types) and calls
+// fn(pointer, n) over runs of at most kChunk elements for 16-bit types.
+template <class T, class Fn>
+void for_runs(const void* x, DType dtype, std::int64_t offset, std::int64_t n, Fn&& fn) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (dtype == DType::Float32) {
+      fn(static_cast<const float*>(x) + offset, n);
+      return;
+    }
+    float buffer[kChunk];
+    for (std::int64_t k = 0; k < n; k += kChunk) {
+      const std::int64_t len = std::min(kChunk, n - k);
+      to_float(buffer, x, dtype, offset + k, len);
+      fn(buffer, len);
+    }
+  } else {
+    fn(static_cast<const double*>(x) + offset, n);
+  }
+}
+
+// ---- vectorised runs ----------------------------------------------------------
+
+constexpr std::int64_t kAccumulators = 4;
+
+// Two per-channel sums fed run by run (a channel's rows of l elements), in
+// float64 lanes of T vectors (Notes [Moments in float64] and [Gradient sums
+// in float64]) that persist across runs; odd elements go straight to a and
+// b.
+template <class T>
+class PairSums {
+  using A = WideVec<T>;
+
+ public:
+  double a = 0, b = 0;
+
+  // body(i, va, vb) adds the vector at element i; tail(i, a, b) one element.
+  // The vectors live in locals for the run: as members, every add was a
+  // load and a store through memory (store-forwarding chains that made the
+  // loop compute-bound at half the L2 rate).
+  template <class Body, class Tail>
+  void run(std::int64_t len, Body&& body, Tail&& tail) {
+    constexpr std::int64_t lanes = kLanes<T>;
+    A va[kAccumulators], vb[kAccumulators];
+    for (std::int64_t q = 0; q < kAccumulators; ++q) {
+      va[q] = va_[q];
+      vb[q] = vb_[q];
+    }
+    std::int64_t k = 0;
+    for (; k + kAccumulators * lanes <= len; k += kAccumulators * lanes)
+      for (std::int64_t q = 0; q < kAccumulators; ++q) body(k + q * lanes, va[q], vb[q]);
+    for (; k + lanes <= len; k += lanes) {  // leftover vectors rotate over the accumulators
+      body(k, va[next_], vb[next_]);
+      if (++next_ == kAccumulators) next_ = 0;
+    }
+    for (; k < len; ++k) tail(k, a, b);
+    for (std::int64_t q = 0; q < kAccumulators; ++q) {
+      va_[q] = va[q];
+      vb_[q] = vb[q];
+    }
+  }
+
+  // Adds what the vectors hold to a and b (call once, before reading them).
+  void flush() {
+    for (std::int64_t q = 0; q < kAccumulators; ++q) {
+      for (std::int64_t lane = 0; lane < kLanes<T>; ++lane) {
+        a += va_[q][lane];
+        b += vb_[q][lane];
+      }
+      va_[q] = A{};
+      vb_[q] = A{};
+    }
+  }
+
+ private:
+  A va_[kAccumulators] = {}, vb_[kAccumulators] = {};
+  int next_ = 0;
+};
+
+// Adds sum(x - shift) and sum((x - shift)^2) over a run to `sums`, in
+// float64 lanes (Note [Moments in float64]).
+template <class T>
+void shifted_sums(const T* __restrict x, std::int64_t len, T shift, PairSums<T>& sums) {
+  const WideVec<T> vshift = widen<T>(splat(shift));
+  sums.run(
+      len,
+      [&](std::int64_t i, WideVec<T>& a, WideVec<T>& b) {
+        const WideVec<T> d = widen<T>(load(x + i)) - vshift;
+        a += d;
+        b += d * d;
+      },
+      [&](std::int64_t i, double& a, double& b) {
+        const double d = static_cast<double>(x[i]) - static_cast<double>(shift);
+        a += d;
+        b += d * d;
+      });
+}
+
+// ---- fused activations (Note [Fused activation] in core/batch_norm.cpp) -----
+
+using core::ActivationKind;
+using core::detail::BatchNormFusion;
+
+// Whether V is a Vec rather than a scalar. (A Vec passed as a template
+// argument, to a trait or a class, loses its vector attribute, so the test
+// is on the size, and vector terms have a struct of their own.)
+template <class V>
+constexpr bool kIsVector = sizeof(V) > sizeof(double);
+
+// f applied to every lane of v (a Vec or a scalar), for what has no vector
+// instruction (exp, log1p: elu only).
+template <class V, class F>
+V map_lanes(V v, F&& f) {
+  if constexpr (!kIsVector<V>) {
+    return f(v);
+  } else {
+    for (std::size_t lane = 0; lane < sizeof(V) / sizeof(v[0]); ++lane) v[lane] = f(v[lane]);
+    return v;
+  }
+}
+
+// cond ? a : b, lane by lane for vectors; for scalars through a bit mask:
+// as a branch, the compare was mispredicted half the time on the elements
+// after each run's last whole vector (4 of every 196 for 64x256x14x14),
+// which made the fused relu's gradient sums 1.7x slower than plain ones.
+template <class V, class M>
+inline V where(M cond, V a, V b) {
+  if constexpr (kIsVector<V>) {
+    return cond ? a : b;
+  } else {
+    using Bits = std::conditional_t<sizeof(V) == 4, std::uint32_t, std::uint64_t>;
+    const Bits mask = Bits{0} - static_cast<Bits>(cond);
+    return std::bit_cast<V>((std::bit_cast<Bits>(a) & mask) | (std::bit_cast<Bits>(b) & ~mask));
+  }
+}
+
+// The activation K on a vector or a scalar V, alpha of V's element type.
+template <ActivationKind K>
+struct Act {
+  // act(z)
+  template <class V, class E>
+  static V forward(V z, E alpha) {
+    if constexpr (K == ActivationKind::Identity) return z;
+    else if constexpr (K == ActivationKind::Relu) return where(z > V{}, z, V{});
+    else if constexpr (K == ActivationKind::LeakyRelu) return where(z > V{}, z, z * alpha);
+    else return map_lanes(z, [alpha](auto e) { return e > 0 ? e : alpha * std::expm1(e); });
+  }
+  // dy * act'(z)
+  template <class V, class E>
+  static V grad_from_z(V dy, V z, E alpha) {
+    if constexpr (K == ActivationKind::Identity) return dy;
+    else if constexpr (K == ActivationKind::Relu) return where(z > V{}, dy, V{});
+    else if constexpr (K == ActivationKind::LeakyRelu) return where(z > V{}, dy, dy * alpha);
+    else return where(z > V{}, dy, dy * map_lanes(z, [alpha](auto e) { return alpha * std::exp(e); }));
+  }
+  // dy * act'(z) from y = act(z): y > 0 exactly where z > 0, and elu's
+  // alpha * exp(z) is y + alpha.
+  template <class V, class E>
+  static V grad_from_y(V dy, V y, E alpha) {
+    if constexpr (K == ActivationKind::Identity) return dy;
+    else if constexpr (K == ActivationKind::Relu) return where(y > V{}, dy, V{});
+    else if constexpr (K == ActivationKind::LeakyRelu) return where(y > V{}, dy, dy * alpha);
+    else return where(y > V{}, dy, dy * (y + alpha));
+  }
+  // z from y (invertible activations; relu is refused before any kernel)
+  template <class V, class E>
+  static V inverse(V y, E alpha) {
+    if constexpr (K == ActivationKind::Identity || K == ActivationKind::Relu) return y;
+    else if constexpr (K == ActivationKind::LeakyRelu) return where(y > V{}, y, y / alpha);
+    else return map_lanes(y, [alpha](auto e) { return e > 0 ? e : std::log1p(e / alpha); });
+  }
+};
+
+// What the backward kernels need of one channel (or one vector of
+// channels), in the data's type: the mean's hi and lo parts; the forward's
+// halved mean, doubled scale and offset, to recompute z as the forward did;
+// and the shift (bias) that the in-place mode subtracts from z.
+template <class V>
+struct ChannelTerms {
+  V hi, lo, half_hi, twice_scale, offset, shift;
+};
+
+// The same for a vector of channels.
+template <class T>
+struct VectorTerms {
+  Vec<T> hi, lo, half_hi, twice_scale, offset, shift;
+};
+
+// dz = dy * act'(z) and u, one element or vector (V), where x - mean = u
+// from x, or u / scale from y (u = act^-1(y) - shift). From x, z is
+// recomputed as the forward did, from d = x / 2 - hi / 2; u is
+// (x - hi) - lo for the gradient sums, or d itself (Halved) for the
+// backward's element-wise step, whose kTwiceBg term expects it. The identity
+// from x is plain batch norm: dz = dy.
+template <ActivationKind K, bool FromOutput, bool Halved = false, class V, class Terms, class E>
+inline void fused_grad(V dy, V s, const Terms& t, E alpha, V& dz, V& u) {
+  if constexpr (FromOutput) {
+    dz = Act<K>::grad_from_y(dy, s, alpha);
+    u = Act<K>::inverse(s, alpha) - t.shift;
+  } else {
+    const V d = s * E(0.5) - t.half_hi;
+    if constexpr (Halved) u = d;
+    else u = (s - t.hi) - t.lo;
+    if constexpr (K == ActivationKind::Identity) dz = dy;
+    else dz = Act<K>::grad_from_z(dy, d * t.twice_scale + t.offset, alpha);
+  }
+}
+
+template <class T>
+VectorTerms<T> splat_terms(const ChannelTerms<T>& t) {
+  return {splat(t.hi), splat(t.lo), splat(t.half_hi), splat(t.twice_scale), splat(t.offset), splat(t.shift)};
+}
+
+// Calls fn(std::integral_constant<ActivationKind, K>, std::bool_constant<from_output>).
+template <class Fn>
+void dispatch_fusion(const BatchNormFusion& fusion, Fn&& fn) {
+  auto with = [&]<ActivationKind K>(std::integral_constant<ActivationKind, K> kind) {
+    if (fusion.from_output) fn(kind, std::true_type{});
+    else fn(kind, std::false_type{});
+  };
+  switch (fusion.kind) {
+    case ActivationKind::Relu: with(std::integral_constant<ActivationKind, ActivationKind::Relu>{}); return;
+    case ActivationKind::LeakyRelu: with(std::integral_constant<ActivationKind, ActivationKind::LeakyRelu>{}); return;
+    case ActivationKind::Elu: with(std::integral_constant<ActivationKind, ActivationKind::Elu>{}); return;
+    default: with(std::integral_constant<ActivationKind, ActivationKind::Identity>{}); return;
+  }
+}
+
+// Note [Moments in float64]
+// The mean enters every later quantity, and grad_weight through
+// sum(dy * (x - mean)) = sum(dy * (x - mean')) + (mean' - mean) * sum(dy):
+// with mean(dy) far from 0 a mean off by 1e-9 moves grad_weight of 8
+// replicas of 16k values per channel by 1e-4 (measured: 2.2e-5 of max(1,
+// |dw|) with float32 partials of 32 shifted values). So the shifted values
+// x - x0 are formed and summed, and squared, in float64 lanes: x - x0 is
+// exact there, and no partial sum is rounded to float32 (which the float32
+// partials flushed into float64 every 32 values, used before, did). What
+// the float64 lanes cost: docs/performance.md, "The exact reductions".
+
+// Note [Gradient sums in float64]
+// The gradient sums enter dx through mean(dy) and mean(dy * (x - mean)),
+// multiplied by g = w * invstd, which reaches 1 / sqrt(eps) (316 for eps
+// 1e-5) when the variance is far below eps: a float32 rounding of mean(dy)
+// alone (6e-8 of it) then moves dx by 1.2e-5 of mean(dy) (measured: 1.8e-5
+// of max(1, |dx|) for 45 rows with a spread of 1e-4 and mean(dy) 0.65), and
+// grad_weight of 8 replicas of 16k values per channel, summed from float32
+// partials of 32 products each, was off by 6.4e-5 of max(1, |dw|). So the
+// terms are summed in float64 lanes: dz exactly, and dz * x, the exact
+// product of two float32 values, from which center_gradient_sums makes
+// sum(dz * (x - mean)); no term and no partial sum is rounded to float32.
+// From the output (in place) u comes from y in float32 as before, and only
+// the products and sums are float64. Cost: docs/performance.md, "The exact
+// reductions".
+
+// Float64 lanes of T vectors and float64 of T scalars.
+template <class T>
+struct ToWide {
+  template <class V>
+  auto operator()(V v) const {
+    if constexpr (kIsVector<V>) return widen<T>(v);
+    else return static_cast<double>(v);
+  }
+};
+
+// From x, b takes sum(dz * x), exact products of float32 values summed in
+// float64, and fast_gradient_sums subtracts mean * sum(dz) once per channel
+// at the end: one conversion and one fused multiply-add per vector fewer
+// than forming x - mean in float64 per element (measured on 256x1024:
+// forward+backward 1.19x the float32 sums' time against 1.25x), and exact
+// enough: the float64 rounding of sum(dz * x) is 1e-16 of sum(|dz * x|),
+// 1e-9 of the result for |mean| = 1e4 x std and a million values.
+template <ActivationKind K, bool FromOutput, class V, class W, class Terms, class E, class Wide>
+inline void add_grad_terms(V dy, V s, const Terms& t, E alpha, W& a, W& b, Wide wide) {
+  V dz, u;
+  fused_grad<K, FromOutput>(dy, s, t, alpha, dz, u);
+  const W wdz = wide(dz);
+  a += wdz;
+  if constexpr (FromOutput) b += wdz * wide(u);
+  else b += wdz * wide(s);
+}
+
+// Adds sum(dz) and sum(dz * u) over a run of one channel to `sums`.
+template <ActivationKind K, bool FromOutput, class T>
+void gradient_sums(const T* __restrict dy, const T* __restrict s, std::int64_t len, const ChannelTerms<T>& t, T alpha,
+                   PairSums<T>& sums) {
+  const VectorTerms<T> vt = splat_terms(t);
+  sums.run(
+      len,
+      [&](std::int64_t i, WideVec<T>& a, WideVec<T>& b) {
+        add_grad_terms<K, FromOutput>(load(dy + i), load(s + i), vt, alpha, a, b, ToWide<T>{});
+      },
+      [&](std::int64_t i, double& a, double& b) {
+        add_grad_terms<K, FromOutput>(dy[i], s[i], t, alpha, a, b, ToWide<T>{});
+      });
+}
+
+// ---- element-wise terms ------------------------------------------------------
+// The element-wise kernels fold the mean's low part (and, backward, the mean
+// of dy) into one per-channel constant, computed in float64 and rounded once:
+//   y  = (x - hi) * scale + offset,        offset = shift - lo * scale;
+//   dx = dy * g - (x - hi) * bg - k,       bg = b * g, k = (a - lo * b) * g;
+// the same values as ((x - hi) - lo) * scale + shift and
+// (dy - a - ((x - hi) - lo) * b) * g up to rounding, with x - hi rounded once,
+// and one or two fewer coefficients per element, which the (N, C) rows read
+// beside the data (with the interleaved table below, about 15% of the
+// (256, 1024) forward and 12% of forward+backward).
+// x - hi is computed as x * 0.5 - hi * 0.5 and scaled back by a doubled
+// coefficient: the same rounded value (halving is exact above the subnormal
+// range; the multiply-subtract is one instruction, or fused, at every level),
+// but finite where x and hi lie near opposite ends of the float32 range,
+// whose plain difference overflows to infinity.
+// The backward computes in float64 whatever the data type: g = w * invstd
+// reaches 1 / sqrt(eps) (300 for eps 1e-5) when a channel's variance is far
+// below eps, and float32 terms of that size lose the digits of a dx near 0
+// (docs/numerics.md); the kernel stays memory-bound.
+enum ForwardTerm { kHalfHi, kTwiceScale, kOffset, kForwardTerms };
+enum BackwardTerm { kG, kTwiceBg, kK, kBackwardTerms };
+
+// The coefficient tensors of this backend hold planes of c doubles: forward
+// hi | lo | scale | shift, backward a | b | g. Every per-channel loop over
+// them is then a contiguous sweep that vectorises; with one record per
+// channel, building the terms of 1024 channels took longer than normalising
+// a 1024-wide row. The layout is the backend's own: the tensors pass only
+// between its kernels.
+struct ForwardCoef {
+  ForwardCoef(const double* coef, std::int64_t c) : hi(coef), lo(coef + c), scale(coef + 2 * c), shift(coef + 3 * c) {}
+  const double* hi;
+  const double* lo;
+  const double* scale;
+  const double* shift;
+};
+
+struct BackwardCoef {
+  BackwardCoef(const double* coef_b, std::int64_t c) : a(coef_b), b(coef_b + c), g(coef_b + 2 * c) {}
+  const double* a;
+  const double* b;
+  const double* g;
+};
+
+// Term Q of channel j (Q is a compile-time constant, so that a loop over
+// channels computing one term vectorises).
+template <class T, int Q>
+T forward_term(const ForwardCoef& f, std::int64_t j) {
+  if constexpr (Q == kHalfHi) return static_cast<T>(f.hi[j] * 0.5);
+  else if constexpr (Q == kTwiceScale) return static_cast<T>(f.scale[j] * 2.0);
+  else return static_cast<T>(f.shift[j] - f.lo[j] * f.scale[j]);
+}
+
+// From y (the in-place mode) the kernel reads u = z - shift = (x - mean) *
+// scale, exact of the mean's split: dx = dz * g - u * (b * g / scale) - a * g,
+// in the same three slots.
+template <int Q, bool FromOutput = false>
+double backward_term(const ForwardCoef& f, const BackwardCoef& bc, std::int64_t j) {
+  if constexpr (FromOutput) {
+    if constexpr (Q == kG) return bc.g[j];
+    else if constexpr (Q == kTwiceBg) return bc.b[j] * bc.g[j] / f.scale[j];
+    else return bc.a[j] * bc.g[j];
+  } else {
+    if constexpr (Q == kG) return bc.g[j];
+    else if constexpr (Q == kTwiceBg) return 2.0 * bc.b[j] * bc.g[j];
+    else return (bc.a[j] - f.lo[j] * bc.b[j]) * bc.g[j];
+  }
+}
+
+template <class T>
+std::array<T, kForwardTerms> forward_terms(const ForwardCoef& f, std::int64_t j) {
+  return {forward_term<T, kHalfHi>(f, j), forward_term<T, kTwiceScale>(f, j), forward_term<T, kOffset>(f, j)};
+}
+
+template <bool FromOutput = false>
+std::array<double, kBackwardTerms> backward_terms(const ForwardCoef& f, const BackwardCoef& bc, std::int64_t j) {
+  return {backward_term<kG, FromOutput>(f, bc, j), backward_term<kTwiceBg, FromOutput>(f, bc, j),
+          backward_term<kK, FromOutput>(f, bc, j)};
+}
+
+// Channel j's ChannelTerms in T (float64 for V = double).
+template <class T>
+ChannelTerms<T> channel_terms(const ForwardCoef& f, std::int64_t j) {
+  return {static_cast<T>(f.hi[j]),          static_cast<T>(f.lo[j]),
+          forward_term<T, kHalfHi>(f, j),   forward_term<T, kTwiceScale>(f, j),
+          forward_term<T, kOffset>(f, j),   static_cast<T>(f.shift[j])};
+}
+
+// Every channel's K terms, interleaved by vector: the terms of channels
+// [v * lanes, (v + 1) * lanes) fill K consecutive vectors, so a row sweep
+// reads one coefficient stream rather than K arrays beside its data rows
+// (measured 5-10% faster than K arrays for (256, 1024), and less sensitive
+// to where the arrays fall relative to the rows).
+// T is the data's type, which sets how many channels a vector covers; U the
+// terms' (float64 for the backward).
+template <class T, int K, class U = T>
+class TermTable {
+ public:
+  // term(j, std::integral_constant<int, Q>) -> U: term Q of channel j.
+  template <class Term>
+  TermTable(std::int64_t c, Term&& term)
+      : data_(std::make_unique_for_overwrite<U[]>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
+    // One term at a time over a whole vector of channels, so that each
+    // inner loop reads the coefficient planes contiguously and vectorises.
+    // Lanes past the last channel stay unset: only whole vectors of channels
+    // are read as vectors, the rest through at().
+    const std::int64_t full = c / kLanes<T> * kLanes<T>;
+    [&]<int... Q>(std::integer_sequence<int, Q...>) {
+      (fill(full, c, [&](std::int64_t j) { return term(j, std::integral_constant<int, Q>{}); }, Q), ...);
+    }(std::make_integer_sequence<int, K>{});
+  }
+  // The K vectors of terms of the channels [j, j + lanes); j is a multiple
+  // of the lane count, and the next channels' terms follow.
+  const U* vectors(std::int64_t j) const { return data_.get() + j * K; }
+  U at(std::int64_t j, int q) const { return data_[index(j, q)]; }
+
+ private:
+  template <class One>
+  void fill(std::int64_t full, std::int64_t c, One&& one, int q) {
+    for (std::int64_t j0 = 0; j0 < full; j0 += kLanes<T>) {
+      U* out = data_.get() + j0 * K + q * kLanes<T>;
+      for (std::int64_t lane = 0; lane < kLanes<T>; ++lane) out[lane] = one(j0 + lane);
+    }
+    for (std::int64_t j = full; j < c; ++j) data_[index(j, q)] = one(j);
+  }
+
+  static std::size_t index(std::int64_t j, int q) {
+    return static_cast<std::size_t>(j / kLanes<T> * K * kLanes<T> + q * kLanes<T> + j % kLanes<T>);
+  }
+  std::unique_ptr<U[]> data_;
+};
+
+template <class T>
+using ForwardTable = TermTable<T, kForwardTerms>;
+template <class T>
+using BackwardTable = TermTable<T, kBackwardTerms, double>;
+
+// y = act((x - hi) * scale + offset) over a run of one channel; y may be x
+// (the in-place mode: each element is read before it is written).
+template <ActivationKind K, class T>
+void normalize_run(const T* x, T* y, std::int64_t len, const std::array<T, kForwardTerms>& t, T alpha) {
+  // Explicit vectors: with the activation's compare the plain loop stayed
+  // scalar, and without it the compiler's own vector loop was slower too
+  // (64x256x14x14: 0.56-0.84 ms against 0.41-0.48).
+  const T half_hi = t[kHalfHi], twice_scale = t[kTwiceScale], offset = t[kOffset];
+  constexpr std::int64_t lanes = kLanes<T>;
+  const Vec<T> vh = splat(half_hi), vs = splat(twice_scale), vo = splat(offset);
+  std::int64_t i = 0;
+  for (; i + lanes <= len; i += lanes)
+    store<T>(y + i, Act<K>::forward((load(x + i) * splat(T(0.5)) - vh) * vs + vo, alpha));
+  for (; i < len; ++i) y[i] = Act<K>::forward((x[i] * T(0.5) - half_hi) * twice_scale + offset, alpha);
+}
+
+// dx = dy * g - (x - hi) * bg - k over a run of one channel: the halved
+// x - hi in T (one rounding, relative to the difference itself), the rest in
+// float64.
+// dx = dz * g - d * twice_bg - k over a run of one channel, in explicit
+// vectors (with a compare in it, the plain loop stayed scalar).
+template <ActivationKind K, bool FromOutput, class T>
+void backward_run(const T* __restrict dy, const T* __restrict s, T* __restrict dx, std::int64_t len,
+                  const ChannelTerms<T>& c, T alpha, const std::array<double, kBackwardTerms>& t) {
+  constexpr std::int64_t lanes = kLanes<T>;
+  const VectorTerms<T> vc = splat_terms(c);
+  const WideVec<T> g = WideVec<T>{} + t[kG], twice_bg = WideVec<T>{} + t[kTwiceBg], k = WideVec<T>{} + t[kK];
+  std::int64_t i = 0;
+  for (; i + lanes <= len; i += lanes) {
+    Vec<T> dz, d;
+    fused_grad<K, FromOutput, true>(load(dy + i), load(s + i), vc, alpha, dz, d);
+    store<T>(dx + i, narrow<T>((widen<T>(dz) * g - k) - widen<T>(d) * twice_bg));
+  }
+  for (; i < len; ++i) {
+    T dz, d;
+    fused_grad<K, FromOutput, true>(dy[i], s[i], c, alpha, dz, d);
+    dx[i] = static_cast<T>((static_cast<double>(dz) * t[kG] - t[kK]) - static_cast<double>(d) * t[kTwiceBg]);
+  }
+}
+
+// The same over channels [j0, j0 + len) of an (N, C) row; j0 is a multiple
+// of the lane count.
+template <ActivationKind K, class T>
+void row_normalize(const T* x, T* y, std::int64_t j0, std::int64_t len, const ForwardTable<T>& t, T alpha) {
+  constexpr std::int64_t lanes = kLanes<T>;
+  const T* q = t.vectors(j0);
+  std::int64_t j = 0;
+  for (; j + lanes <= len; j += lanes, q += kForwardTerms * lanes)
+    store<T>(y + j, Act<K>::forward((load(x + j) * splat(T(0.5)) - load(q + kHalfHi * lanes)) *
+                                            load(q + kTwiceScale * lanes) +
+                                        load(q + kOffset * lanes),
+                                    alpha));
+  for (; j < len; ++j)
+    y[j] = Act<K>::forward((x[j] * T(0.5) - t.at(j0 + j, kHalfHi)) * t.at(j0 + j, kTwiceScale) + t.at(j0 + j, kOffset),
+                           alpha);
+}
+
+// The same over channels [j0, j0 + len) of an (N, C) row; half_hi holds
+// every channel's mean_hi / 2 in T. Converting the difference rather than x
+// and hi, and three float64 terms rather than four, measured 20% faster than
+// the direct form.
+// Fused as backward_run; `c` holds every channel's terms in T.
+template <ActivationKind K, bool FromOutput, class T>
+void row_backward(const T* __restrict dy, const T* __restrict s, T* __restrict dx, std::int64_t j0, std::int64_t len,
+                  const ChannelTerms<const T*>& c, T alpha, const BackwardTable<T>& t) {
+  constexpr std::int64_t lanes = kLanes<T>;
+  const double* q = t.vectors(j0);
+  // The channels' terms at channel `at`, as a vector or a scalar.
+  auto terms = [&](auto dyv, auto sv, std::int64_t at, auto& dz, auto& d) {
+    using V = std::remove_cvref_t<decltype(dz)>;
+    if constexpr (!kIsVector<V>) {
+      const ChannelTerms<T> one{c.hi[at], c.lo[at], c.half_hi[at], c.twice_scale[at], c.offset[at], c.shift[at]};
+      fused_grad<K, FromOutput, true>(dyv, sv, one, alpha, dz, d);
+    } else {
+      const VectorTerms<T> vec{load(c.hi + at),          load(c.lo + at),     load(c.half_hi + at),
+                               load(c.twice_scale + at), load(c.offset + at), load(c.shift + at)};
+      fused_grad<K, FromOutput, true>(dyv, sv, vec, alpha, dz, d);
+    }
+  };
+  std::int64_t j = 0;
+  for (; j + lanes <= len; j += lanes, q += kBackwardTerms * lanes) {
+    Vec<T> dz, d;
+    terms(load(dy + j), load(s + j), j0 + j, dz, d);
+    store<T>(dx + j, narrow<T>((widen<T>(dz) * load_wide<T>(q + kG * lanes) - load_wide<T>(q + kK * lanes)) -
+                               widen<T>(d) * load_wide<T>(q + kTwiceBg * lanes)));
+  }
+  for (; j < len; ++j) {
+    const std::int64_t at = j0 + j;
+    T dz, d;
+    terms(dy[j], s[j], at, dz, d);
+    dx[j] = static_cast<T>((static_cast<double>(dz) * t.at(at, kG) - t.at(at, kK)) -
+                           static_cast<double>(d) * t.at(at, kTwiceBg));
+  }
+}
+
+// (N, C) rows of 16-bit inputs staged as float32, added into float64 sums.
+template <class T>
+void row_shifted_sums(const T* __restrict row, const T* __restrict shift, double* __restrict s, double* __restrict ss,
+                      std::int64_t c) {
+  for (std::int64_t j = 0; j < c; ++j) {
+    const double d = static_cast<double>(row[j]) - static_cast<double>(shift[j]);
+    s[j] += d;
+    ss[j] += d * d;
+  }
+}
+
+template <ActivationKind K, bool FromOutput, class T>
+void row_gradient_sums(const T* __restrict dy, const T* __restrict x, std::int64_t c, const ChannelTerms<const T*>& t,
+                       T alpha, double* __restrict s, double* __restrict sx) {
+  for (std::int64_t j = 0; j < c; ++j)
+    add_grad_terms<K, FromOutput>(
+        dy[j], x[j], ChannelTerms<T>{t.hi[j], t.lo[j], t.half_hi[j], t.twice_scale[j], t.offset[j], t.shift[j]}, alpha,
+        s[j], sx[j], ToWide<T>{});
+}
+
+// Every channel's ChannelTerms as six T arrays, converted once from the
+// forward coefficients for the (N, C) kernels, which revisit every channel
+// per tile or row.
+template <class T>
+class ChannelColumns {
+ public:
+  ChannelColumns(const double* coef, std::int64_t c)
+      : c_(c), data_(std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(6 * c))) {
+    const ForwardCoef f(coef, c);
+    fill(0, [&](std::int64_t j) { return static_cast<T>(f.hi[j]); });
+    fill(1, [&](std::int64_t j) { return static_cast<T>(f.lo[j]); });
+    fill(2, [&](std::int64_t j) { return forward_term<T, kHalfHi>(f, j); });
+    fill(3, [&](std::int64_t j) { return forward_term<T, kTwiceScale>(f, j); });
+    fill(4, [&](std::int64_t j) { return forward_term<T, kOffset>(f, j); });
+    fill(5, [&](std::int64_t j) { return static_cast<T>(f.shift[j]); });
+  }
+  const T* hi() const { return plane(0); }
+  const T* lo() const { return plane(1); }
+  ChannelTerms<const T*> planes() const { return {plane(0), plane(1), plane(2), plane(3), plane(4), plane(5)}; }
+  // The terms of the channel vector starting at j.
+  VectorTerms<T> vectors(std::int64_t j) const {
+    return {load(plane(0) + j), load(plane(1) + j), load(plane(2) + j),
+            load(plane(3) + j), load(plane(4) + j), load(plane(5) + j)};
+  }
+  ChannelTerms<T> at(std::int64_t j) const {
+    return {plane(0)[j], plane(1)[j], plane(2)[j], plane(3)[j], plane(4)[j], plane(5)[j]};
+  }
+
+ private:
+  template <class One>
+  void fill(int q, One&& one) {
+    T* out = data_.get() + q * c_;
+    for (std::int64_t j = 0; j < c_; ++j) out[j] = one(j);
+  }
+  const T* plane(int q) const { return data_.get() + q * c_; }
+  std::int64_t c_;
+  std::unique_ptr<T[]> data_;
+};
+
+// Reductions over (N, C) input, in column blocks of V vectors of channels
+// whose accumulators stay in registers while the loop walks a tile of rows
+// (row-wise accumulation re-read and re-wrote per-channel arrays each row and
+// stalled on 4 KiB aliasing). Tiles of 4 rows, each swept by 4-vector blocks
+// across the whole row, keep the reads close to sequential (4 streams the
+// prefetchers follow) and give 8 independent add chains; a block walking
+// 32 rows 4 KiB apart before moving on ran 1.5x slower for (256, 1024). The
+// float64 partials live in per-channel arrays between tiles. Each channel
+// adds its rows in order whatever its block, so the sums do not depend on
+// the blocking.
+// Rows per tile. Rows of 1 KiB to 4 KiB (channels-last input of 256 to
+// 1023 float32 channels, Note [Channel layouts] in core/batch_norm.cpp) take
+// tiles of 32 rows, whose partials are loaded and stored once per 32 rows
+// rather than per 4: 64x256x14x14 channels-last (rows of 1 KiB) took
+// 1.14-1.19x its channels-first time with 4-row tiles and 1.04x with 32;
+// rows of 256 B were best with 4 (1.04x against 1.13-1.17x with 32), and
+// (256, 1024) keeps the 4 it was tuned with.
+inline std::int64_t tile_rows(std::int64_t row_bytes) { return row_bytes >= 1024 && row_bytes < 4096 ? 32 : 4; }
+constexpr int kWideBlock = 4;  // vectors per block
+
+// The first tile starts its accumulators (float64 lanes of T vectors) at
+// zero, the others from the partials (no separate clearing pass over them).
+template <class T, int V, class Body>
+void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, std::int64_t tile, double* ps, double* pss,
+                   Body&& body) {
+  constexpr std::int64_t lanes = kLanes<T>;
+  for (std::int64_t i0 = 0; i0 < n; i0 += tile) {
+    const std::int64_t i1 = std::min(n, i0 + tile);
+    for (std::int64_t j = j0; j + V * lanes <= j1; j += V * lanes) {
+      WideVec<T> a[V], b[V];
+      for (int v = 0; v < V; ++v) {
+        a[v] = i0 == 0 ? WideVec<T>{} : load_wide<T>(ps + j + v * lanes);
+        b[v] = i0 == 0 ? WideVec<T>{} : load_wide<T>(pss + j + v * lanes);
+      }
+      for (std::int64_t i = i0; i < i1; ++i)
+        for (int v = 0; v < V; ++v) body(i, j + v * lanes, a[v], b[v]);
+      for (int v = 0; v < V; ++v) {
+        store_wide<T>(ps + j + v * lanes, a[v]);
+        store_wide<T>(pss + j + v * lanes, b[v]);
+      }
+    }
+  }
+}
+
+// Runs body(i, j, a, b) over every full vector of channels of an (N, C)
+// input: 4-vector blocks, then 1-vector blocks for what is left, and adds
+// the sums to s and ss; returns the number of channels covered (the caller
+// sums the rest in float64).
+template <class T, class Body>
+std::int64_t column_vectors(std::int64_t n, std::int64_t c, double* s, double* ss, Body&& body) {
+  constexpr std::int64_t lanes = kLanes<T>, wide = kWideBlock * lanes;
+  const std::int64_t wide_end = c / wide * wide, end = c / lanes * lanes;
+  const auto partials = std::make_unique_for_overwrite<double[]>(static_cast<std::size_t>(2 * end));
+  double* ps = partials.get();
+  double* pss = ps + end;
+  const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
+  column_blocks<T, kWideBlock>(n, 0, wide_end, tile, ps, pss, body);
+  column_blocks<T, 1>(n, wide_end, end, tile, ps, pss, body);
+  if (n > 0) {
+    for (std::int64_t j = 0; j < end; ++j) {
+      s[j] += ps[j];
+      ss[j] += pss[j];
+    }
+  }
+  return end;
+}
+
+// s[j] += sum over rows of (x - shift[j]), ss[j] += its square, in float64
+// lanes (Note [Moments in float64]).
+template <class T>
+std::int64_t column_shifted_sums(const T* x, std::int64_t n, std::int64_t c, const T* shift, double* s, double* ss) {
+  return column_vectors<T>(n, c, s, ss, [&](std::int64_t i, std::int64_t j, WideVec<T>& a, WideVec<T>& b) {
+    const WideVec<T> d = widen<T>(load(x + i * c + j)) - widen<T>(load(shift + j));
+    a += d;
+    b += d * d;
+  });
+}
+
+// The same over dy and x (or y): s[j] += sum(dz), sx[j] += sum(dz * u)
+// (fused_grad; plain batch norm: dz = dy, u = (x - hi) - lo), in float64
+// lanes (Note [Gradient sums in float64]).
+template <ActivationKind K, bool FromOutput, class T>
+std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::int64_t c,
+                                  const ChannelColumns<T>& cols, T alpha, double* s, double* sx) {
+  return column_vectors<T>(n, c, s, sx, [&](std::int64_t i, std::int64_t j, WideVec<T>& a, WideVec<T>& b) {
+    add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, a, b,
+                                  ToWide<T>{});
+  });
+}
+
+// Calls fn(T{}) with T = float (float32 and 16-bit inputs) or double.
+template <class Fn>
+void dispatch_compute(DType dtype, Fn&& fn) {
+  // The entry points (core/batch_norm.cpp) admit float32, float64 and the
+  // 16-bit types, which compute in float32.
+  if (dtype == DType::Float64) fn(double{});
+  else fn(float{});
+}
+
+// ---- channels that overflow float32 ------------------------------------------
+// The float32 sums overflow where values approach the float32 range (squares
+// of differences past 1.8e19, products of dy and x - mean past 3.4e38) while
+// float64 holds them. The fast kernels leave such a channel's sums infinite
+// or NaN; the kernels below then redo that channel in float64, so that finite
+// input gives the float64 result (NaN or infinite input still gives NaN).
+// The check is one comparison per channel; the redo runs only for channels
+// that need it.
+
+// Channel j of an (N, C, L) tensor as float64 values, in sample order.
+template <class T>
+std::vector<double> channel_values(const void* x, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
+                                   std::int64_t j) {
+  std::vector<double> values;
+  values.reserve(static_cast<std::size_t>(n * l));
+  for (std::int64_t i = 0; i < n; ++i)
+    for_runs<T>(x, dtype, (i * c + j) * l, l, [&](const T* p, std::int64_t len) { values.insert(values.end(), p, p + len); });
+  return values;
+}
+
+// mean and m2 of every channel whose fast sums are not finite, in two
+// float64 passes.
+template <class T>
+void redo_overflowed_stats(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x, double* mean,
+                           double* m2) {
+  for (std::int64_t j = 0; j < c; ++j) {
+    if (std::isfinite(mean[j]) && std::isfinite(m2[j])) continue;
+    const std::vector<double> v = channel_values<T>(x, dtype, n, c, l, j);
+    double sum = 0;
+    for (const double e : v) sum += e;
+    const double mu = sum / static_cast<double>(v.size());
+    double sq = 0;
+    for (const double e : v) sq += (e - mu) * (e - mu);
+    mean[j] = mu;
+    m2[j] = sq;
+  }
+}
+
+// sum(dz) and sum(dz * u) of every channel whose fast sums are not finite,
+// in float64.
+template <ActivationKind K, bool FromOutput, class T>
+void redo_overflowed_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                                   const void* x, const double* coef, double alpha, double* sum_dy,
+                                   double* sum_dy_xmu) {
+  const ForwardCoef f(coef, c);
+  for (std::int64_t j = 0; j < c; ++j) {
+    if (std::isfinite(sum_dy[j]) && std::isfinite(sum_dy_xmu[j])) continue;
+    const std::vector<double> g = channel_values<T>(dy, dtype, n, c, l, j);
+    const std::vector<double> v = channel_values<T>(x, dtype, n, c, l, j);
+    const ChannelTerms<double> terms{f.hi[j], f.lo[j], f.hi[j] * 0.5, f.scale[j] * 2.0, f.shift[j] - f.lo[j] * f.scale[j],
+                                     f.shift[j]};
+    double s = 0, sx = 0;
+    for (std::size_t k = 0; k < v.size(); ++k) {
+      double dz, u;
+      fused_grad<K, FromOutput>(g[k], v[k], terms, alpha, dz, u);
+      s += dz;
+      sx += dz * u;
+    }
+    sum_dy[j] = s;
+    sum_dy_xmu[j] = sx;
+  }
+}
+
+}  // namespace
+}  // namespace syncbn::cpu::SYNCBN_CPU_ISA
