@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
+#include <optional>
 #include <utility>
 
 #include "channel_rows.hpp"
@@ -44,9 +46,54 @@ struct StatsExchange::Round {
   const JobLayout* layout = nullptr;   // backward
 };
 
+namespace {
+
+// Rows as they cross between replica threads: one row inline, more in a
+// vector. A heap block allocated on one thread and freed on another makes
+// glibc's arenas contend (measured: 1.5-4 us more per synchronized pass of
+// a 64x64 layer when every message and reply was a vector), and a batch
+// norm's messages hold one segment but for ghost batches.
+template <class Row>
+struct Carried {
+  std::optional<Row> one;
+  std::vector<Row> many;
+
+  static Carried take(std::vector<Row>& rows) {
+    Carried c;
+    if (rows.size() == 1)
+      c.one = std::move(rows.front());
+    else
+      c.many = std::move(rows);
+    return c;
+  }
+  std::size_t size() const noexcept { return one ? 1 : many.size(); }
+  void move_into(std::vector<Row>& out) {
+    if (one)
+      out.push_back(std::move(*one));
+    else
+      std::move(many.begin(), many.end(), std::back_inserter(out));
+  }
+  std::vector<Row> release() {
+    if (!one) return std::move(many);
+    std::vector<Row> rows;
+    rows.push_back(std::move(*one));
+    return rows;
+  }
+};
+
+// A replica's forward reply: its segments' statistics, and on copy 0 the
+// process's first group and layout.
+struct ForwardReply {
+  Carried<GroupStats> per_segment;
+  std::optional<GroupStats> first_group;
+  JobLayout layout;
+};
+
+}  // namespace
+
 struct ReplicaRendezvous::Masters {
-  using Forward = sync::SyncMaster<std::vector<core::ChannelMoments>, MergedStats>;
-  using Backward = sync::SyncMaster<std::vector<core::ChannelGradSums>, std::vector<core::ChannelGradSums>>;
+  using Forward = sync::SyncMaster<Carried<core::ChannelMoments>, ForwardReply>;
+  using Backward = sync::SyncMaster<Carried<core::ChannelGradSums>, Carried<core::ChannelGradSums>>;
   std::unique_ptr<Forward> forward;
   std::unique_ptr<Backward> backward;
 };
@@ -94,9 +141,11 @@ core::ChannelGradSums on_device(const core::ChannelGradSums& sums, Device device
 // Segments [begin, end) merged in order on `home`; one segment is itself.
 // core::merge_moments takes up to kMaxReplicas parts: longer runs merge in
 // steps, each continuing from the last.
-core::ChannelMoments merge_run(const std::vector<core::ChannelMoments>& segments, std::size_t begin, std::size_t end,
+core::ChannelMoments merge_run(std::vector<core::ChannelMoments>& segments, std::size_t begin, std::size_t end,
                                Device home) {
-  if (end - begin == 1) return segments[begin];
+  if (end - begin == 1) return segments[begin];  // a copy: the caller still reads the segment's device
+  const auto most = static_cast<std::size_t>(core::kMaxReplicas);
+  if (end - begin <= most) return core::merge_moments({segments.data() + begin, end - begin}, home);
   core::ChannelMoments merged = segments[begin];
   for (std::size_t first = begin + 1; first < end;) {
     const std::size_t last = std::min(end, first + static_cast<std::size_t>(core::kMaxReplicas) - 1);
@@ -111,8 +160,7 @@ core::ChannelMoments merge_run(const std::vector<core::ChannelMoments>& segments
 
 // Segments [begin, end) summed in order, in float64, on the first one's
 // device: one coalesced reduction per kMaxReplicas segments.
-core::ChannelGradSums sum_run(const std::vector<core::ChannelGradSums>& segments, std::size_t begin,
-                              std::size_t end) {
+core::ChannelGradSums sum_run(std::vector<core::ChannelGradSums>& segments, std::size_t begin, std::size_t end) {
   if (end - begin == 1) return segments[begin];
   const Device home = segments[begin].sum_dy.device();
   std::vector<std::vector<Tensor>> groups;
@@ -134,7 +182,8 @@ std::size_t first_of_rank(const std::vector<std::int64_t>& rank_rows, int rank) 
   return static_cast<std::size_t>(first);
 }
 
-// The segments' replies split back to the participants that sent them.
+// The segments' replies split back to the participants that sent them
+// (split moves each participant's part out of the process's result).
 template <class Msg, class Reply, class Split>
 std::vector<std::pair<int, Reply>> split_replies(const std::vector<std::pair<int, Msg>>& parts, Split&& split) {
   std::vector<std::pair<int, Reply>> replies;
@@ -148,10 +197,26 @@ std::vector<std::pair<int, Reply>> split_replies(const std::vector<std::pair<int
 }
 
 template <class Row>
-std::vector<Row> concatenate(std::vector<std::pair<int, std::vector<Row>>>& parts) {
+std::vector<Row> concatenate(std::vector<std::pair<int, Carried<Row>>>& parts) {
+  std::size_t n = 0;
+  for (const auto& [id, segments] : parts) n += segments.size();
   std::vector<Row> all;
-  for (auto& [id, segments] : parts) std::move(segments.begin(), segments.end(), std::back_inserter(all));
+  all.reserve(n);
+  for (auto& [id, segments] : parts) segments.move_into(all);
   return all;
+}
+
+// Rows [at, at + n) of `rows`, moved out, as a reply carries them.
+template <class Row>
+Carried<Row> carry(std::vector<Row>& rows, std::size_t at, std::size_t n) {
+  Carried<Row> c;
+  if (n == 1) {
+    c.one = std::move(rows[at]);
+    return c;
+  }
+  const auto first = rows.begin() + static_cast<std::ptrdiff_t>(at);
+  c.many.assign(std::make_move_iterator(first), std::make_move_iterator(first + static_cast<std::ptrdiff_t>(n)));
+  return c;
 }
 
 }  // namespace
@@ -170,30 +235,26 @@ std::shared_ptr<ReplicaRendezvous> StatsExchange::lead_replicas(std::shared_ptr<
   // The callbacks run on copy 0's thread inside its merge and sum, which
   // set the round they serve; copy 0's exchange outlives its calls.
   masters->forward = std::make_unique<ReplicaRendezvous::Masters::Forward>(
-      [this](std::vector<std::pair<int, std::vector<core::ChannelMoments>>> parts) {
+      [this](std::vector<std::pair<int, Carried<core::ChannelMoments>>> parts) {
         MergedStats process = merge_process(concatenate(parts), *replicas_->round);
-        return split_replies<std::vector<core::ChannelMoments>, MergedStats>(
+        return split_replies<Carried<core::ChannelMoments>, ForwardReply>(
             parts, [&](int id, std::size_t at, std::size_t n) {
-              MergedStats reply;
-              reply.per_segment.assign(process.per_segment.begin() + static_cast<std::ptrdiff_t>(at),
-                                       process.per_segment.begin() + static_cast<std::ptrdiff_t>(at + n));
+              ForwardReply reply;
+              reply.per_segment = carry(process.per_segment, at, n);
               // Copy 0 updates the running statistics, once, for the process.
               if (id == 0) {
-                reply.first_group = process.first_group;
-                reply.layout = process.layout;
+                reply.first_group = std::move(process.first_group);
+                reply.layout = std::move(process.layout);
               }
               return reply;
             });
       },
       sync::SyncOptions{options_.name + " forward", options_.timeout, {}, whereabouts});
   masters->backward = std::make_unique<ReplicaRendezvous::Masters::Backward>(
-      [this](std::vector<std::pair<int, std::vector<core::ChannelGradSums>>> parts) {
+      [this](std::vector<std::pair<int, Carried<core::ChannelGradSums>>> parts) {
         std::vector<core::ChannelGradSums> process = sum_process(concatenate(parts), *replicas_->round);
-        return split_replies<std::vector<core::ChannelGradSums>, std::vector<core::ChannelGradSums>>(
-            parts, [&](int, std::size_t at, std::size_t n) {
-              return std::vector<core::ChannelGradSums>(process.begin() + static_cast<std::ptrdiff_t>(at),
-                                                        process.begin() + static_cast<std::ptrdiff_t>(at + n));
-            });
+        return split_replies<Carried<core::ChannelGradSums>, Carried<core::ChannelGradSums>>(
+            parts, [&](int, std::size_t at, std::size_t n) { return carry(process, at, n); });
       },
       sync::SyncOptions{options_.name + " backward", options_.timeout, {}, std::move(whereabouts)});
   replicas_ = std::make_unique<Replicas>();
@@ -245,9 +306,14 @@ MergedStats StatsExchange::merge(std::vector<core::ChannelMoments> segments, std
   check_segments(segments, segments_per_group, "merge");
   const Round round{segments_per_group, home, &finalize, nullptr};
   if (replicas_ == nullptr) return merge_process(std::move(segments), round);
-  if (copy_id_ != 0) return replicas_->forward_pipe.run_slave(std::move(segments));
-  replicas_->round = &round;
-  return replicas_->rendezvous->masters_->forward->run_master(std::move(segments));
+  ForwardReply reply;
+  if (copy_id_ != 0) {
+    reply = replicas_->forward_pipe.run_slave(Carried<core::ChannelMoments>::take(segments));
+  } else {
+    replicas_->round = &round;
+    reply = replicas_->rendezvous->masters_->forward->run_master(Carried<core::ChannelMoments>::take(segments));
+  }
+  return MergedStats{reply.per_segment.release(), std::move(reply.first_group), std::move(reply.layout)};
 }
 
 std::vector<core::ChannelGradSums> StatsExchange::sum(std::vector<core::ChannelGradSums> segments,
@@ -256,9 +322,9 @@ std::vector<core::ChannelGradSums> StatsExchange::sum(std::vector<core::ChannelG
   check_segments(segments, segments_per_group, "sum");
   const Round round{segments_per_group, home, nullptr, &layout};
   if (replicas_ == nullptr) return sum_process(std::move(segments), round);
-  if (copy_id_ != 0) return replicas_->backward_pipe.run_slave(std::move(segments));
+  if (copy_id_ != 0) return replicas_->backward_pipe.run_slave(Carried<core::ChannelGradSums>::take(segments)).release();
   replicas_->round = &round;
-  return replicas_->rendezvous->masters_->backward->run_master(std::move(segments));
+  return replicas_->rendezvous->masters_->backward->run_master(Carried<core::ChannelGradSums>::take(segments)).release();
 }
 
 MergedStats StatsExchange::merge_process(std::vector<core::ChannelMoments> segments, const Round& round) const {
@@ -302,6 +368,8 @@ std::vector<core::ChannelGradSums> StatsExchange::sum_process(std::vector<core::
   std::vector<core::ChannelGradSums> out;
   out.reserve(segments.size());
   if (v == 0) {
+    // A participant alone: its own sums, as they are.
+    if (segments.size() == 1 && !across_processes()) return segments;
     core::ChannelGradSums total = sum_run(segments, 0, segments.size());
     if (across_processes()) total = sum_across_processes(total);
     for (const auto& segment : segments) out.push_back(on_device(total, segment.sum_dy.device()));

@@ -136,6 +136,23 @@ void check_param_dtype(DType param_dtype, const char* op) {
                dtype_name(param_dtype), ", expected float32 or float64");
 }
 
+// Running statistics: a mean and a variance of one float dtype, shape (C)
+// and device; what the stages that read or update them need of them.
+struct RunningStats {
+  Device device;
+  std::int64_t channels;
+  DType dtype;
+};
+RunningStats check_running(const Tensor& running_mean, const Tensor& running_var, const char* op) {
+  SYNCBN_CHECK(running_mean.defined() && running_var.defined(), op,
+               ": running_mean and running_var must be defined, expected tensors of shape (C)");
+  const RunningStats running{running_mean.device(), running_mean.numel(), running_mean.dtype()};
+  check_param_dtype(running.dtype, op);
+  check_optional_param(running_mean, running.channels, running.dtype, running.device, op, "running_mean");
+  check_optional_param(running_var, running.channels, running.dtype, running.device, op, "running_var");
+  return running;
+}
+
 void check_eps(double eps, const char* op) { SYNCBN_CHECK(eps >= 0, op, ": eps is ", eps, ", expected >= 0"); }
 
 // Coefficient tensors hold `per_channel` float64 values per channel.
@@ -316,14 +333,11 @@ void update_running_stats(const Tensor& running_mean, const Tensor& running_var,
   constexpr const char* op = "update_running_stats";
   SYNCBN_CHECK(!momentum || (*momentum >= 0 && *momentum <= 1), op, ": momentum is ", momentum.value_or(0),
                ", expected a value in [0, 1] or none");
-  SYNCBN_CHECK(running_mean.defined() && running_var.defined() && num_batches_tracked.defined(), op,
-               ": running_mean, running_var and num_batches_tracked must be defined");
-  const Device device = running_mean.device();
-  const std::int64_t c = running_mean.numel();
-  const DType param_dtype = running_mean.dtype();
-  check_param_dtype(param_dtype, op);
-  check_optional_param(running_mean, c, param_dtype, device, op, "running_mean");
-  check_optional_param(running_var, c, param_dtype, device, op, "running_var");
+  SYNCBN_CHECK(num_batches_tracked.defined(), op, ": num_batches_tracked is undefined, expected an int64 scalar");
+  const RunningStats running = check_running(running_mean, running_var, op);
+  const Device device = running.device;
+  const std::int64_t c = running.channels;
+  const DType param_dtype = running.dtype;
   SYNCBN_CHECK(num_batches_tracked.dtype() == DType::Int64 && num_batches_tracked.numel() == 1 &&
                    num_batches_tracked.device() == device,
                op, ": num_batches_tracked must be one int64 on ", device, ", got ", dtype_name(num_batches_tracked.dtype()),
@@ -340,14 +354,10 @@ RenormFactors batch_renorm_factors(const Tensor& mean, const Tensor& invstd, con
   constexpr const char* op = "batch_renorm_factors";
   check_eps(eps, op);
   SYNCBN_CHECK(rmax >= 1 && dmax >= 0, op, ": rmax ", rmax, ", dmax ", dmax, ", expected rmax >= 1 and dmax >= 0");
-  SYNCBN_CHECK(running_mean.defined() && running_var.defined(), op,
-               ": running_mean and running_var must be defined, expected tensors of shape (C)");
-  const Device device = running_mean.device();
-  const std::int64_t c = running_mean.numel();
-  const DType param_dtype = running_mean.dtype();
-  check_param_dtype(param_dtype, op);
-  check_optional_param(running_mean, c, param_dtype, device, op, "running_mean");
-  check_optional_param(running_var, c, param_dtype, device, op, "running_var");
+  const RunningStats running = check_running(running_mean, running_var, op);
+  const Device device = running.device;
+  const std::int64_t c = running.channels;
+  const DType param_dtype = running.dtype;
   check_channels(mean, c, device, op, "mean");
   check_channels(invstd, c, device, op, "invstd");
   RenormFactors out{channel_tensor(c, device), channel_tensor(c, device)};

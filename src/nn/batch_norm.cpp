@@ -438,16 +438,22 @@ Tensor BatchNorm::forward(const Tensor& input) {
   const core::BatchNormForm how = form();
   Tensor out = options_.inplace || next.segments_per_group == 0 ? input
                                                                 : Tensor::empty(input.shape(), input.dtype(), input.device());
+  next.segments.reserve(norms.size());
   for (std::size_t k = 0; k < norms.size(); ++k) {
     GroupStats& norm = norms[k];
     Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
-    const Tensor x = segment_of(input, next, k);
-    if (options_.inplace)
-      core::batch_norm_apply_(x, coef, how);
-    else if (next.segments_per_group == 0)
-      out = core::batch_norm_apply(x, coef, how);
-    else
-      segment_of(out, next, k).copy_(core::batch_norm_apply(x, coef, how));
+    if (next.segments_per_group == 0) {  // the whole batch, one segment
+      if (options_.inplace)
+        core::batch_norm_apply_(input, coef, how);
+      else
+        out = core::batch_norm_apply(input, coef, how);
+    } else {
+      const Tensor x = segment_of(input, next, k);
+      if (options_.inplace)
+        core::batch_norm_apply_(x, coef, how);
+      else
+        segment_of(out, next, k).copy_(core::batch_norm_apply(x, coef, how));
+    }
     next.segments.push_back(SavedSegment{std::move(coef), std::move(norm.invstd), norm.count});
   }
   next.input = options_.inplace ? out : input;
@@ -483,31 +489,35 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   detail::check_backward(saved.input.defined(), grad_output, saved.input.shape(), label_);
   detail::check_tensor(grad_output, label_, "grad_output", saved.input.device(), saved.input.dtype());
   const core::BatchNormForm how = form();
+  const bool whole = saved.segments_per_group == 0;
   std::vector<core::ChannelGradSums> local;
+  local.reserve(saved.segments.size());
   for (std::size_t k = 0; k < saved.segments.size(); ++k)
-    local.push_back(core::batch_norm_grad_sums(segment_of(grad_output, saved, k), segment_of(saved.input, saved, k),
-                                               saved.segments[k].coef, how));
+    local.push_back(whole ? core::batch_norm_grad_sums(grad_output, saved.input, saved.segments[k].coef, how)
+                          : core::batch_norm_grad_sums(segment_of(grad_output, saved, k),
+                                                       segment_of(saved.input, saved, k), saved.segments[k].coef, how));
   // With batch statistics the mean and variance depend on every input of
   // the group, so the group's sums enter dx; with running statistics they
   // do not.
-  const std::vector<core::ChannelGradSums> total =
-      saved.batch_stats ? saved.exchange->sum(local, saved.segments_per_group, saved.home, saved.layout) : local;
+  std::vector<core::ChannelGradSums> exchanged;
+  if (saved.batch_stats) exchanged = saved.exchange->sum(local, saved.segments_per_group, saved.home, saved.layout);
+  const std::vector<core::ChannelGradSums>& total = saved.batch_stats ? exchanged : local;
   const Tensor weight = saved.renorm_weight.defined() ? saved.renorm_weight
                         : options_.affine             ? parameter(weight_).value
                                                       : Tensor();
   const std::optional<double> clamp_eps =
       options_.eps_mode == EpsMode::Clamp && options_.eps > 0 ? std::optional<double>(options_.eps) : std::nullopt;
-  Tensor dx = saved.segments_per_group == 0 ? Tensor() : Tensor::empty(saved.input.shape(), saved.input.dtype(), saved.input.device());
+  Tensor dx = whole ? Tensor() : Tensor::empty(saved.input.shape(), saved.input.dtype(), saved.input.device());
   for (std::size_t k = 0; k < saved.segments.size(); ++k) {
     const SavedSegment& segment = saved.segments[k];
     const Tensor coef_b = core::batch_norm_backward_coefficients(saved.batch_stats ? segment.count : 0, segment.invstd,
                                                                  weight, total[k], options_.dtype, clamp_eps);
-    Tensor part = core::batch_norm_backward_apply(segment_of(grad_output, saved, k), segment_of(saved.input, saved, k),
-                                                  segment.coef, coef_b, how);
-    if (saved.segments_per_group == 0)
-      dx = std::move(part);
-    else
-      segment_of(dx, saved, k).copy_(part);
+    if (whole) {
+      dx = core::batch_norm_backward_apply(grad_output, saved.input, segment.coef, coef_b, how);
+      continue;
+    }
+    segment_of(dx, saved, k).copy_(core::batch_norm_backward_apply(
+        segment_of(grad_output, saved, k), segment_of(saved.input, saved, k), segment.coef, coef_b, how));
   }
   add_param_grads(saved, local, total);
   return dx;
