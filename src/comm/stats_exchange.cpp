@@ -50,8 +50,7 @@ namespace {
 
 // Rows as they cross between replica threads: one row inline, more in a
 // vector. A heap block allocated on one thread and freed on another makes
-// glibc's arenas contend (measured: 1.5-4 us more per synchronized pass of
-// a 64x64 layer when every message and reply was a vector), and a batch
+// glibc's arenas contend (docs/performance.md, "One exchange"), and a batch
 // norm's messages hold one segment but for ghost batches.
 template <class Row>
 struct Carried {
@@ -141,14 +140,14 @@ core::ChannelGradSums on_device(const core::ChannelGradSums& sums, Device device
 // Segments [begin, end) merged in order on `home`; one segment is itself.
 // core::merge_moments takes up to kMaxReplicas parts: longer runs merge in
 // steps, each continuing from the last.
-core::ChannelMoments merge_run(std::vector<core::ChannelMoments>& segments, std::size_t begin, std::size_t end,
+core::ChannelMoments merge_run(const std::vector<core::ChannelMoments>& segments, std::size_t begin, std::size_t end,
                                Device home) {
-  if (end - begin == 1) return segments[begin];  // a copy: the caller still reads the segment's device
+  if (end - begin == 1) return segments[begin];
   const auto most = static_cast<std::size_t>(core::kMaxReplicas);
   if (end - begin <= most) return core::merge_moments({segments.data() + begin, end - begin}, home);
   core::ChannelMoments merged = segments[begin];
   for (std::size_t first = begin + 1; first < end;) {
-    const std::size_t last = std::min(end, first + static_cast<std::size_t>(core::kMaxReplicas) - 1);
+    const std::size_t last = std::min(end, first + most - 1);
     std::vector<core::ChannelMoments> parts{merged};
     parts.insert(parts.end(), segments.begin() + static_cast<std::ptrdiff_t>(first),
                  segments.begin() + static_cast<std::ptrdiff_t>(last));
@@ -158,20 +157,14 @@ core::ChannelMoments merge_run(std::vector<core::ChannelMoments>& segments, std:
   return merged;
 }
 
-// Segments [begin, end) summed in order, in float64, on the first one's
-// device: one coalesced reduction per kMaxReplicas segments.
-core::ChannelGradSums sum_run(std::vector<core::ChannelGradSums>& segments, std::size_t begin, std::size_t end) {
-  if (end - begin == 1) return segments[begin];
-  const Device home = segments[begin].sum_dy.device();
+// One group's segments (one per replica, so at most kMaxReplicas) summed
+// in order, in float64, on the first one's device.
+core::ChannelGradSums sum_all(const std::vector<core::ChannelGradSums>& segments) {
+  if (segments.size() == 1) return segments.front();
   std::vector<std::vector<Tensor>> groups;
-  for (std::size_t i = begin; i < end; ++i) {
-    if (groups.size() == static_cast<std::size_t>(core::kMaxReplicas)) {
-      const auto partial = reduce_add_coalesced(groups, home, Transport::Copy);
-      groups.assign(1, partial);
-    }
-    groups.push_back({segments[i].sum_dy, segments[i].sum_dy_xmu});
-  }
-  const auto total = reduce_add_coalesced(groups, home, Transport::Copy);
+  groups.reserve(segments.size());
+  for (const auto& s : segments) groups.push_back({s.sum_dy, s.sum_dy_xmu});
+  const auto total = reduce_add_coalesced(groups, segments.front().sum_dy.device(), Transport::Copy);
   return core::ChannelGradSums{total[0], total[1]};
 }
 
@@ -370,7 +363,7 @@ std::vector<core::ChannelGradSums> StatsExchange::sum_process(std::vector<core::
   if (v == 0) {
     // A participant alone: its own sums, as they are.
     if (segments.size() == 1 && !across_processes()) return segments;
-    core::ChannelGradSums total = sum_run(segments, 0, segments.size());
+    core::ChannelGradSums total = sum_all(segments);
     if (across_processes()) total = sum_across_processes(total);
     for (const auto& segment : segments) out.push_back(on_device(total, segment.sum_dy.device()));
     return out;

@@ -16,6 +16,12 @@
 namespace syncbn::nn {
 namespace {
 
+// Row k of a batch: ghost batch norm's segment k (a whole batch is used as it is).
+Tensor row_of(const Tensor& t, std::size_t k) {
+  const auto row = static_cast<std::int64_t>(k);
+  return t.rows(row, row + 1);
+}
+
 std::string format_double(double v) {
   char buffer[32];
   std::snprintf(buffer, sizeof buffer, "%g", v);
@@ -398,12 +404,6 @@ std::vector<comm::GroupStats> BatchNorm::exchange_statistics(const Tensor& input
   return std::move(merged.per_segment);
 }
 
-Tensor BatchNorm::segment_of(const Tensor& t, const Saved& saved, std::size_t k) const {
-  if (saved.segments_per_group == 0) return t;
-  const auto row = static_cast<std::int64_t>(k);
-  return t.rows(row, row + 1);
-}
-
 Tensor BatchNorm::forward(const Tensor& input) {
   check_replica_thread();
   check_input(input);
@@ -448,11 +448,11 @@ Tensor BatchNorm::forward(const Tensor& input) {
       else
         out = core::batch_norm_apply(input, coef, how);
     } else {
-      const Tensor x = segment_of(input, next, k);
+      const Tensor x = row_of(input, k);
       if (options_.inplace)
         core::batch_norm_apply_(x, coef, how);
       else
-        segment_of(out, next, k).copy_(core::batch_norm_apply(x, coef, how));
+        row_of(out, k).copy_(core::batch_norm_apply(x, coef, how));
     }
     next.segments.push_back(SavedSegment{std::move(coef), std::move(norm.invstd), norm.count});
   }
@@ -494,8 +494,8 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   local.reserve(saved.segments.size());
   for (std::size_t k = 0; k < saved.segments.size(); ++k)
     local.push_back(whole ? core::batch_norm_grad_sums(grad_output, saved.input, saved.segments[k].coef, how)
-                          : core::batch_norm_grad_sums(segment_of(grad_output, saved, k),
-                                                       segment_of(saved.input, saved, k), saved.segments[k].coef, how));
+                          : core::batch_norm_grad_sums(row_of(grad_output, k), row_of(saved.input, k),
+                                                       saved.segments[k].coef, how));
   // With batch statistics the mean and variance depend on every input of
   // the group, so the group's sums enter dx; with running statistics they
   // do not.
@@ -516,8 +516,8 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
       dx = core::batch_norm_backward_apply(grad_output, saved.input, segment.coef, coef_b, how);
       continue;
     }
-    segment_of(dx, saved, k).copy_(core::batch_norm_backward_apply(
-        segment_of(grad_output, saved, k), segment_of(saved.input, saved, k), segment.coef, coef_b, how));
+    row_of(dx, k).copy_(
+        core::batch_norm_backward_apply(row_of(grad_output, k), row_of(saved.input, k), segment.coef, coef_b, how));
   }
   add_param_grads(saved, local, total);
   return dx;

@@ -257,13 +257,10 @@ class BatchNorm : public Module {
 
   void check_input(const Tensor& input) const;
   void check_inplace_weight() const;
-  DType param_dtype() const noexcept { return options_.dtype; }
 
   // The statistics of each segment of a training (or eval without running
   // statistics) batch, through the exchange; sets next's exchange fields.
   std::vector<GroupStats> exchange_statistics(const Tensor& input, Saved& next);
-  // Segment k of a tensor of the saved batch: all of it, or row k.
-  Tensor segment_of(const Tensor& t, const Saved& saved, std::size_t k) const;
   // Renorm's correction of the batch's statistics (Note [Batch
   // renormalization]): sets saved.renorm_* and returns the effective weight and bias.
   std::pair<Tensor, Tensor> renorm_affine(const GroupStats& norm, const Tensor& running_mean,

@@ -6,9 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <utility>
-#include <vector>
 
 #include "syncbn/comm/process_group.hpp"
 #include "syncbn/nn/batch_norm.hpp"
