@@ -331,15 +331,15 @@ MergedStats StatsExchange::merge_process(std::vector<core::ChannelMoments> segme
     out.first_group = std::move(group);
     return out;
   }
-  std::vector<core::ChannelMoments> job;
+  // The job's segments: the gathered ones across processes, else this process's.
+  std::vector<core::ChannelMoments> gathered;
   std::size_t first = 0;
   if (across_processes()) {
     out.layout.rank_segments = gather_row_counts(static_cast<std::int64_t>(segments.size()));
-    job = gather_rows(segments, out.layout.rank_segments, options_.name + " forward", round.home);
+    gathered = gather_rows(segments, out.layout.rank_segments, options_.name + " forward", round.home);
     first = first_of_rank(out.layout.rank_segments, options_.processes->rank());
-  } else {
-    job = segments;
   }
+  const std::vector<core::ChannelMoments>& job = across_processes() ? gathered : segments;
   const auto n = static_cast<std::int64_t>(job.size());
   SYNCBN_CHECK(n % v == 0, options_.name, ": a batch of ", n, " samples is not a multiple of virtual_batch_size ", v,
                ", expected a multiple");
@@ -368,16 +368,15 @@ std::vector<core::ChannelGradSums> StatsExchange::sum_process(std::vector<core::
     for (const auto& segment : segments) out.push_back(on_device(total, segment.sum_dy.device()));
     return out;
   }
-  std::vector<core::ChannelGradSums> job;
+  std::vector<core::ChannelGradSums> gathered;
   std::size_t first = 0;
   if (across_processes()) {
     const std::vector<std::int64_t>& rank_rows = round.layout->rank_segments;
-    job = gather_rows(segments, rank_rows, options_.name + " backward",
-                      segments.empty() ? round.home : segments.front().sum_dy.device());
+    gathered = gather_rows(segments, rank_rows, options_.name + " backward",
+                           segments.empty() ? round.home : segments.front().sum_dy.device());
     first = first_of_rank(rank_rows, options_.processes->rank());
-  } else {
-    job = segments;
   }
+  const std::vector<core::ChannelGradSums>& job = across_processes() ? gathered : segments;
   const auto per = static_cast<std::size_t>(v);
   std::vector<core::ChannelGradSums> groups;
   for (std::size_t begin = 0; begin < job.size(); begin += per) {

@@ -377,7 +377,7 @@ std::vector<comm::GroupStats> BatchNorm::exchange_statistics(const Tensor& input
   std::vector<core::ChannelMoments> segments;
   if (next.segments_per_group > 0) {
     for (std::int64_t i = 0; i < input.size(0); ++i)
-      segments.push_back(core::batch_norm_moments(input.rows(i, i + 1), options_.layout));
+      segments.push_back(core::batch_norm_moments(row_of(input, static_cast<std::size_t>(i)), options_.layout));
   } else {
     segments.push_back(core::batch_norm_moments(input, options_.layout));
   }
