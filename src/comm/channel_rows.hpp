@@ -2,13 +2,14 @@
 // Per-channel rows packed for collectives across processes, written once for
 // the statistics exchange: moments travel as (int64 count, float64 mean,
 // float64 M2), gradient sums as (float64 sum(dy), float64 sum(dy * (x -
-// mean))), C values per vector, in host byte order (the ranks of a job run
+// mean)), float64 sum(x - mean)), C values per vector, in host byte order (the ranks of a job run
 // the same build).
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "syncbn/core/batch_norm.hpp"
@@ -24,7 +25,7 @@ inline std::size_t row_bytes<core::ChannelMoments>(std::size_t channels) {
 }
 template <>
 inline std::size_t row_bytes<core::ChannelGradSums>(std::size_t channels) {
-  return 2 * channels * sizeof(double);
+  return 3 * channels * sizeof(double);
 }
 
 // Writes `row` at `at` (row_bytes<Row>(C) bytes).
@@ -35,15 +36,18 @@ inline void write_row(std::byte* at, const core::ChannelMoments& row) {
   std::memcpy(at + sizeof(std::int64_t) + mean.size() * sizeof(double), m2.data(), m2.size() * sizeof(double));
 }
 inline void write_row(std::byte* at, const core::ChannelGradSums& row) {
-  const std::vector<double> s = row.sum_dy.to_vector<double>(), sx = row.sum_dy_xmu.to_vector<double>();
-  std::memcpy(at, s.data(), s.size() * sizeof(double));
-  std::memcpy(at + s.size() * sizeof(double), sx.data(), sx.size() * sizeof(double));
+  std::size_t offset = 0;
+  for (const Tensor* t : {&row.sum_dy, &row.sum_dy_xmu, &row.sum_xmu}) {
+    const std::vector<double> values = t->to_vector<double>();
+    std::memcpy(at + offset, values.data(), values.size() * sizeof(double));
+    offset += values.size() * sizeof(double);
+  }
 }
 
 // The C values of vector `k` of a packed row, after the row's header.
 template <class Row>
 std::vector<double> read_vector(const std::byte* at, std::size_t channels, std::size_t k) {
-  const std::size_t header = row_bytes<Row>(channels) - 2 * channels * sizeof(double);
+  const std::size_t header = std::is_same_v<Row, core::ChannelMoments> ? sizeof(std::int64_t) : 0;
   std::vector<double> values(channels);
   std::memcpy(values.data(), at + header + k * channels * sizeof(double), channels * sizeof(double));
   return values;
@@ -65,9 +69,10 @@ template <>
 inline core::ChannelGradSums read_row<core::ChannelGradSums>(const std::byte* at, std::size_t channels,
                                                               Device device) {
   const Shape shape{static_cast<std::int64_t>(channels)};
-  return core::ChannelGradSums{
-      Tensor::from_vector(read_vector<core::ChannelGradSums>(at, channels, 0), shape).onto(device),
-      Tensor::from_vector(read_vector<core::ChannelGradSums>(at, channels, 1), shape).onto(device)};
+  auto vector = [&](std::size_t k) {
+    return Tensor::from_vector(read_vector<core::ChannelGradSums>(at, channels, k), shape).onto(device);
+  };
+  return core::ChannelGradSums{vector(0), vector(1), vector(2)};
 }
 
 // `rows` packed into `rows_per_rank` row slots (the rest zero), what every

@@ -134,7 +134,7 @@ GroupStats on_device(const GroupStats& group, Device device) {
 }
 
 core::ChannelGradSums on_device(const core::ChannelGradSums& sums, Device device) {
-  return core::ChannelGradSums{sums.sum_dy.onto(device), sums.sum_dy_xmu.onto(device)};
+  return core::ChannelGradSums{sums.sum_dy.onto(device), sums.sum_dy_xmu.onto(device), sums.sum_xmu.onto(device)};
 }
 
 // Segments [begin, end) merged in order on `home`; one segment is itself.
@@ -163,9 +163,9 @@ core::ChannelGradSums sum_all(const std::vector<core::ChannelGradSums>& segments
   if (segments.size() == 1) return segments.front();
   std::vector<std::vector<Tensor>> groups;
   groups.reserve(segments.size());
-  for (const auto& s : segments) groups.push_back({s.sum_dy, s.sum_dy_xmu});
+  for (const auto& s : segments) groups.push_back({s.sum_dy, s.sum_dy_xmu, s.sum_xmu});
   const auto total = reduce_add_coalesced(groups, segments.front().sum_dy.device(), Transport::Copy);
-  return core::ChannelGradSums{total[0], total[1]};
+  return core::ChannelGradSums{total[0], total[1], total[2]};
 }
 
 // Where this process's segments start among the job's.
@@ -313,6 +313,10 @@ std::vector<core::ChannelGradSums> StatsExchange::sum(std::vector<core::ChannelG
                                                       std::int64_t segments_per_group, Device home,
                                                       const JobLayout& layout) {
   check_segments(segments, segments_per_group, "sum");
+  // Sums about a mean known to be exact may leave sum(x - mean) out: zeros.
+  for (auto& segment : segments)
+    if (!segment.sum_xmu.defined() && segment.sum_dy.defined())
+      segment.sum_xmu = Tensor::zeros(segment.sum_dy.shape(), DType::Float64, segment.sum_dy.device());
   const Round round{segments_per_group, home, nullptr, &layout};
   if (replicas_ == nullptr) return sum_process(std::move(segments), round);
   if (copy_id_ != 0) return replicas_->backward_pipe.run_slave(Carried<core::ChannelGradSums>::take(segments)).release();
@@ -381,10 +385,12 @@ std::vector<core::ChannelGradSums> StatsExchange::sum_process(std::vector<core::
   std::vector<core::ChannelGradSums> groups;
   for (std::size_t begin = 0; begin < job.size(); begin += per) {
     // In order on the group's first row's device.
-    core::ChannelGradSums total{job[begin].sum_dy.clone(), job[begin].sum_dy_xmu.clone()};
+    core::ChannelGradSums total{job[begin].sum_dy.clone(), job[begin].sum_dy_xmu.clone(), job[begin].sum_xmu.clone()};
     for (std::size_t i = begin + 1; i < begin + per; ++i) {
-      core::add_(total.sum_dy, job[i].sum_dy.onto(total.sum_dy.device()));
-      core::add_(total.sum_dy_xmu, job[i].sum_dy_xmu.onto(total.sum_dy.device()));
+      const Device device = total.sum_dy.device();
+      core::add_(total.sum_dy, job[i].sum_dy.onto(device));
+      core::add_(total.sum_dy_xmu, job[i].sum_dy_xmu.onto(device));
+      core::add_(total.sum_xmu, job[i].sum_xmu.onto(device));
     }
     groups.push_back(std::move(total));
   }
@@ -414,16 +420,20 @@ core::ChannelMoments StatsExchange::merge_across_processes(const core::ChannelMo
 
 core::ChannelGradSums StatsExchange::sum_across_processes(const core::ChannelGradSums& process) const {
   const auto c = static_cast<std::ptrdiff_t>(options_.channels);
-  std::vector<double> sums = process.sum_dy.to_vector<double>();
-  const std::vector<double> xmu = process.sum_dy_xmu.to_vector<double>();
-  sums.insert(sums.end(), xmu.begin(), xmu.end());
+  std::vector<double> sums;
+  for (const Tensor* t : {&process.sum_dy, &process.sum_dy_xmu, &process.sum_xmu}) {
+    const std::vector<double> values = t->to_vector<double>();
+    sums.insert(sums.end(), values.begin(), values.end());
+  }
   const std::vector<double> totals =
       options_.processes->all_reduce_sum(sums, options_.name + " backward", options_.timeout);
   const Device device = process.sum_dy.device();
   const Shape shape{options_.channels};
-  return core::ChannelGradSums{
-      Tensor::from_vector(std::vector<double>(totals.begin(), totals.begin() + c), shape).onto(device),
-      Tensor::from_vector(std::vector<double>(totals.begin() + c, totals.end()), shape).onto(device)};
+  auto part = [&](std::ptrdiff_t k) {
+    return Tensor::from_vector(std::vector<double>(totals.begin() + k * c, totals.begin() + (k + 1) * c), shape)
+        .onto(device);
+  };
+  return core::ChannelGradSums{part(0), part(1), part(2)};
 }
 
 std::vector<std::int64_t> StatsExchange::gather_row_counts(std::int64_t rows) const {

@@ -413,11 +413,31 @@ ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& sa
   check_coefficients(coefficients, c, 4, saved.device(), op, "coefficients");
   const Tensor dy = grad_in_layout(grad_output, saved, form, op);
   const Device device = saved.device();
-  ChannelGradSums out{channel_tensor(c, device), channel_tensor(c, device)};
+  ChannelGradSums out{channel_tensor(c, device), channel_tensor(c, device), channel_tensor(c, device)};
   kernels(device).backward_reduce(device, saved.dtype(), n, c, l, dy.raw_data(), saved.raw_data(),
                                   coefficients.data<double>(), fusion_of(form), out.sum_dy.data<double>(),
-                                  out.sum_dy_xmu.data<double>());
+                                  out.sum_dy_xmu.data<double>(), out.sum_xmu.data<double>());
   return out;
+}
+
+// Note [The exact mean from the backward]
+// sum(dz * (x - mean)) about a mean off by e moves by e * sum(dz): with
+// mean(dz) far from 0, 8 replicas of 16k values per channel need the mean
+// to about 1e-10 of the spread for grad_weight within 1e-5, which float32
+// lanes in the forward's moments do not give (about 1e-8 there; float64
+// lanes cost the forward 10-40%). The backward reads x anyway and widens it
+// to float64 for its products, so it also sums x - mean there, and the
+// group's total (exchanged with the other sums) gives the exact mean:
+// mean + sum_xmu / count. The stages below take the sums about it, and dx
+// too: (x - exact) = (x - mean) - sum_xmu / count folds into the
+// coefficient a. The forward's own output moves by e * invstd, 1e-8 of it.
+
+// sum_xmu of `sums`, or null where it is undefined (zero: no correction).
+const double* sum_xmu_of(const ChannelGradSums& sums, std::int64_t c, Device device, const char* op,
+                         const char* name) {
+  if (!sums.sum_xmu.defined()) return nullptr;
+  check_channels(sums.sum_xmu, c, device, op, name);
+  return sums.sum_xmu.data<double>();
 }
 
 Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd, const Tensor& weight,
@@ -433,30 +453,33 @@ Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd
   check_optional_param(weight, c, param_dtype, device, op, "weight");
   check_channels(total.sum_dy, c, device, op, "sum_dy");
   check_channels(total.sum_dy_xmu, c, device, op, "sum_dy_xmu");
+  const double* sum_xmu = sum_xmu_of(total, c, device, op, "sum_xmu");
   SYNCBN_CHECK(!clamp_eps || *clamp_eps > 0, op, ": clamp_eps is ", clamp_eps.value_or(0), ", expected > 0 or none");
   Tensor coef_b = Tensor::empty(Shape{3 * c}, DType::Float64, device);
   kernels(device).backward_coefficients(device, param_dtype, c, count, clamp_eps.value_or(0.0), invstd.data<double>(),
                                         weight.defined() ? weight.raw_data() : nullptr, total.sum_dy.data<double>(),
-                                        total.sum_dy_xmu.data<double>(), coef_b.data<double>());
+                                        total.sum_dy_xmu.data<double>(), sum_xmu, coef_b.data<double>());
   return coef_b;
 }
 
 void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& invstd,
-                            const ChannelGradSums& local) {
+                            const ChannelGradSums& part, const ChannelGradSums& total, std::int64_t count) {
   constexpr const char* op = "batch_norm_param_grads";
   SYNCBN_CHECK(invstd.defined(), op, ": invstd is undefined, expected a float64 tensor of shape (C)");
+  SYNCBN_CHECK(count >= 0, op, ": count is ", count, ", expected >= 0");
   const Device device = invstd.device();
   const std::int64_t c = invstd.numel();
   check_channels(invstd, c, device, op, "invstd");
-  check_channels(local.sum_dy, c, device, op, "sum_dy");
-  check_channels(local.sum_dy_xmu, c, device, op, "sum_dy_xmu");
+  check_channels(part.sum_dy, c, device, op, "sum_dy");
+  check_channels(part.sum_dy_xmu, c, device, op, "sum_dy_xmu");
+  const double* total_sum_xmu = count > 0 ? sum_xmu_of(total, c, device, op, "the total's sum_xmu") : nullptr;
   if (!grad_weight.defined() && !grad_bias.defined()) return;
   const DType param_dtype = grad_weight.defined() ? grad_weight.dtype() : grad_bias.dtype();
   check_param_dtype(param_dtype, op);
   check_optional_param(grad_weight, c, param_dtype, device, op, "grad_weight");
   check_optional_param(grad_bias, c, param_dtype, device, op, "grad_bias");
-  kernels(device).accumulate_param_grads(device, param_dtype, c, invstd.data<double>(), local.sum_dy.data<double>(),
-                                         local.sum_dy_xmu.data<double>(),
+  kernels(device).accumulate_param_grads(device, param_dtype, c, invstd.data<double>(), part.sum_dy.data<double>(),
+                                         part.sum_dy_xmu.data<double>(), total_sum_xmu, count,
                                          grad_weight.defined() ? grad_weight.raw_data() : nullptr,
                                          grad_bias.defined() ? grad_bias.raw_data() : nullptr);
 }

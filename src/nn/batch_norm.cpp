@@ -529,18 +529,22 @@ void BatchNorm::add_param_grads(const Saved& saved, const std::vector<core::Chan
   if (!options_.affine || options_.freeze) return;
   const Parameter& w = parameter(weight_);
   const Parameter& b = parameter(bias_);
+  // Each part's sums about its group's exact mean (the group's total and
+  // count; count 0 for constant statistics).
+  auto param_grads = [&](const Tensor& gw, const Tensor& gb, std::size_t k, const core::ChannelGradSums& part) {
+    const SavedSegment& segment = saved.segments[k];
+    core::batch_norm_param_grads(gw, gb, segment.invstd, part, total[k], saved.batch_stats ? segment.count : 0);
+  };
   if (saved.segments_per_group > 0) {
     // Ghost batches: each row's share with its group's invstd.
-    for (std::size_t k = 0; k < saved.segments.size(); ++k)
-      core::batch_norm_param_grads(w.grad, b.grad, saved.segments[k].invstd, local[k]);
+    for (std::size_t k = 0; k < saved.segments.size(); ++k) param_grads(w.grad, b.grad, k, local[k]);
     return;
   }
   const comm::ParamShare share = saved.batch_stats ? saved.exchange->param_share() : comm::ParamShare::Local;
   if (share == comm::ParamShare::None) return;
   const core::ChannelGradSums& sums = share == comm::ParamShare::Whole ? total.front() : local.front();
-  const Tensor& invstd = saved.segments.front().invstd;
   if (!saved.renorm_r.defined()) {
-    core::batch_norm_param_grads(w.grad, b.grad, invstd, sums);
+    param_grads(w.grad, b.grad, 0, sums);
     return;
   }
   // d/dw of w (x_hat r + d) + b: r sum(dy x_hat) + d sum(dy) (r, d constants),
@@ -548,7 +552,7 @@ void BatchNorm::add_param_grads(const Saved& saved, const std::vector<core::Chan
   const Shape c{features_};
   const Tensor g_xhat = Tensor::zeros(c, DType::Float64, w.grad.device());
   const Tensor g_bias = Tensor::zeros(c, DType::Float64, w.grad.device());
-  core::batch_norm_param_grads(g_xhat, g_bias, invstd, sums);
+  param_grads(g_xhat, g_bias, 0, sums);
   core::add_(w.grad, core::add(core::mul(saved.renorm_r, g_xhat), core::mul(saved.renorm_d, g_bias)).to(options_.dtype));
   core::add_(b.grad, g_bias.to(options_.dtype));
 }

@@ -44,7 +44,8 @@ Batch make_batch(std::int64_t rows) {
   for (std::int64_t r = 0; r < rows; ++r)
     b.row_sums.push_back(core::ChannelGradSums{
         Tensor::randn(Shape{kChannels}, kSeed + 100 + static_cast<std::uint64_t>(r), DType::Float64, Device::cpu(0)),
-        Tensor::randn(Shape{kChannels}, kSeed + 500 + static_cast<std::uint64_t>(r), DType::Float64, Device::cpu(0))});
+        Tensor::randn(Shape{kChannels}, kSeed + 500 + static_cast<std::uint64_t>(r), DType::Float64, Device::cpu(0)),
+        Tensor::randn(Shape{kChannels}, kSeed + 900 + static_cast<std::uint64_t>(r), DType::Float64, Device::cpu(0))});
   return b;
 }
 
@@ -68,11 +69,14 @@ std::vector<double> reference_mean(const Batch& b, std::int64_t begin, std::int6
   return out;
 }
 
-std::vector<double> reference_sums(const Batch& b, std::int64_t begin, std::int64_t end, bool xmu) {
+// The sums of one field of the rows' gradient sums.
+using SumsField = Tensor core::ChannelGradSums::*;
+
+std::vector<double> reference_sums(const Batch& b, std::int64_t begin, std::int64_t end, SumsField field) {
   std::vector<long double> total(kChannels, 0);
   for (std::int64_t r = begin; r < end; ++r) {
     const auto& s = b.row_sums[static_cast<std::size_t>(r)];
-    const std::vector<double> v = (xmu ? s.sum_dy_xmu : s.sum_dy).to_vector<double>();
+    const std::vector<double> v = (s.*field).to_vector<double>();
     for (std::size_t c = 0; c < v.size(); ++c) total[c] += v[c];
   }
   return std::vector<double>(total.begin(), total.end());
@@ -94,24 +98,21 @@ std::vector<core::ChannelGradSums> sums_of(const Batch& b, std::int64_t begin, s
   if (v > 0) {
     for (std::int64_t r = begin; r < end; ++r) {
       const auto& s = b.row_sums[static_cast<std::size_t>(r)];
-      segments.push_back(core::ChannelGradSums{s.sum_dy.onto(device), s.sum_dy_xmu.onto(device)});
+      segments.push_back(core::ChannelGradSums{s.sum_dy.onto(device), s.sum_dy_xmu.onto(device), s.sum_xmu.onto(device)});
     }
     return segments;
   }
   // The participant's rows summed in order, as its shard's sums would be.
-  core::ChannelGradSums total{Tensor::zeros(Shape{kChannels}, DType::Float64, device),
-                              Tensor::zeros(Shape{kChannels}, DType::Float64, device)};
-  std::vector<double> s(kChannels, 0.0), sx(kChannels, 0.0);
-  for (std::int64_t r = begin; r < end; ++r) {
-    const auto a = b.row_sums[static_cast<std::size_t>(r)].sum_dy.to_vector<double>();
-    const auto ax = b.row_sums[static_cast<std::size_t>(r)].sum_dy_xmu.to_vector<double>();
-    for (std::size_t c = 0; c < a.size(); ++c) {
-      s[c] += a[c];
-      sx[c] += ax[c];
+  auto summed = [&](SumsField field) {
+    std::vector<double> total(kChannels, 0.0);
+    for (std::int64_t r = begin; r < end; ++r) {
+      const auto values = (b.row_sums[static_cast<std::size_t>(r)].*field).to_vector<double>();
+      for (std::size_t c = 0; c < values.size(); ++c) total[c] += values[c];
     }
-  }
-  return {core::ChannelGradSums{Tensor::from_vector(s, Shape{kChannels}, device),
-                                Tensor::from_vector(sx, Shape{kChannels}, device)}};
+    return Tensor::from_vector(total, Shape{kChannels}, device);
+  };
+  return {core::ChannelGradSums{summed(&core::ChannelGradSums::sum_dy), summed(&core::ChannelGradSums::sum_dy_xmu),
+                                summed(&core::ChannelGradSums::sum_xmu)}};
 }
 
 bool close(const std::vector<double>& got, const std::vector<double>& want) {
@@ -171,7 +172,9 @@ TEST_CASE("An exchange gives every participant the statistics and sums of the wh
   const auto outcomes = run_job(b, bounds, processes, replicas, 0);
 
   const auto mean = reference_mean(b, 0, bounds.back(), false), var = reference_mean(b, 0, bounds.back(), true);
-  const auto s = reference_sums(b, 0, bounds.back(), false), sx = reference_sums(b, 0, bounds.back(), true);
+  const auto s = reference_sums(b, 0, bounds.back(), &core::ChannelGradSums::sum_dy);
+  const auto sx = reference_sums(b, 0, bounds.back(), &core::ChannelGradSums::sum_dy_xmu);
+  const auto su = reference_sums(b, 0, bounds.back(), &core::ChannelGradSums::sum_xmu);
   for (std::size_t p = 0; p < outcomes.size(); ++p) {
     CAPTURE(p);
     const auto& o = outcomes[p];
@@ -191,6 +194,7 @@ TEST_CASE("An exchange gives every participant the statistics and sums of the wh
     REQUIRE(o.sums.size() == 1);
     CHECK(close(o.sums[0].sum_dy.to_vector<double>(), s));
     CHECK(close(o.sums[0].sum_dy_xmu.to_vector<double>(), sx));
+    CHECK(close(o.sums[0].sum_xmu.to_vector<double>(), su));
     CHECK(o.sums[0].sum_dy.to_vector<double>() == outcomes[0].sums[0].sum_dy.to_vector<double>());
   }
 }
@@ -223,7 +227,9 @@ TEST_CASE("Ghost groups span replicas and processes and equal the groups of one 
       CHECK(got.invstd.to_vector<double>() ==
             alone.merged.per_segment[static_cast<std::size_t>(row)].invstd.to_vector<double>());
       const auto& sums = o.sums[static_cast<std::size_t>(i)];
-      CHECK(close(sums.sum_dy.to_vector<double>(), reference_sums(b, group * v, (group + 1) * v, false)));
+      CHECK(close(sums.sum_dy.to_vector<double>(), reference_sums(b, group * v, (group + 1) * v, &core::ChannelGradSums::sum_dy)));
+      CHECK(close(sums.sum_xmu.to_vector<double>(),
+                  reference_sums(b, group * v, (group + 1) * v, &core::ChannelGradSums::sum_xmu)));
       CHECK(sums.sum_dy_xmu.to_vector<double>() ==
             alone.sums[static_cast<std::size_t>(row)].sum_dy_xmu.to_vector<double>());
     }

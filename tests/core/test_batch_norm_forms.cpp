@@ -107,7 +107,8 @@ Tensor backward_coefficients(std::int64_t count, const Channels& ch, const Tenso
                              DType param) {
   return core::batch_norm_backward_coefficients(
       count, channel_values(ch.invstd), weight,
-      core::ChannelGradSums{channel_values(sums.sum_dy), channel_values(sums.sum_dy_xmu)}, param);
+      core::ChannelGradSums{channel_values(sums.sum_dy), channel_values(sums.sum_dy_xmu), channel_values(sums.sum_xmu)},
+      param);
 }
 
 }  // namespace
@@ -151,6 +152,7 @@ TEST_CASE("Channels-last stages match the specification for every pairing of inp
   const double sum_tol = dtype == DType::Float64 ? 1e-12 : 1e-5;
   check_close(sums.sum_dy.to_vector<double>(), want_sums.sum_dy, sum_scale, sum_tol, "sum_dy");
   check_close(sums.sum_dy_xmu.to_vector<double>(), want_sums.sum_dy_xmu, sum_scale, sum_tol, "sum_dy_xmu");
+  check_close(sums.sum_xmu.to_vector<double>(), want_sums.sum_xmu, sum_scale, sum_tol, "sum_xmu");
 
   const std::int64_t count = 2 * s.n * s.l;
   const Tensor coef_b = backward_coefficients(count, ch, w, want_sums, param);
@@ -231,6 +233,7 @@ TEST_CASE("Fused activations match batch norm followed by the activation, also w
       dtype == DType::Float64 ? 1e-11 : from_output && is_reduced_precision(dtype) ? tolerance(dtype) : 1e-5;
   check_close(sums.sum_dy.to_vector<double>(), want_sums.sum_dy, sum_scale, sum_tol, "sum_dz");
   check_close(sums.sum_dy_xmu.to_vector<double>(), want_sums.sum_dy_xmu, sum_scale, sum_tol, "sum_dz_xmu");
+  check_close(sums.sum_xmu.to_vector<double>(), want_sums.sum_xmu, sum_scale, sum_tol, "sum_xmu");
 
   const std::int64_t count = 2 * s.n * s.l;
   const Tensor coef_b = backward_coefficients(count, ch, w, want_sums, param);

@@ -219,36 +219,44 @@ TEST_CASE("Batch-norm apply, gradient sums and backward match the specification"
   {
     const core::ChannelGradSums sums = core::batch_norm_grad_sums(dy, x, coef);
     Vec dy_scale(static_cast<std::size_t>(s.c), 0.0), xmu_scale(static_cast<std::size_t>(s.c), 0.0);
+    Vec x_scale(static_cast<std::size_t>(s.c), 0.0);
     for_each_element(s, [&](std::size_t at, std::size_t u) {
       dy_scale[u] += std::abs(dys[at]);
       xmu_scale[u] += std::abs(dys[at] * (xs[at] - mean[u]));
+      x_scale[u] += std::abs(xs[at] - mean[u]);
     });
     check_within(sums.sum_dy.to_vector<double>(), want_sums.sum_dy, dy_scale, reduction_accuracy(dtype), "sum_dy");
     check_within(sums.sum_dy_xmu.to_vector<double>(), want_sums.sum_dy_xmu, xmu_scale, reduction_accuracy(dtype),
                  "sum_dy_xmu");
+    check_within(sums.sum_xmu.to_vector<double>(), want_sums.sum_xmu, x_scale, reduction_accuracy(dtype), "sum_xmu");
   }
 
   // Stage 6: dx from sums over a batch of 3 such shards (the count a
-  // synchronized layer would see), or from constant statistics.
+  // synchronized layer would see), or from constant statistics; the
+  // batch's exact mean off the coefficients' by about 0.01 + 1 / 12 (the
+  // third shard's sum(x - mean)).
   const std::int64_t count = eval ? 0 : 3 * s.n * s.l;
-  spec::GradSums total{want_sums.sum_dy, want_sums.sum_dy_xmu};
+  spec::GradSums total = want_sums;
   for (std::size_t j = 0; j < total.sum_dy.size(); ++j) {
     total.sum_dy[j] = 3 * total.sum_dy[j] + 0.5;
     total.sum_dy_xmu[j] = 3 * total.sum_dy_xmu[j] - 0.25;
+    total.sum_xmu[j] = 3 * total.sum_xmu[j] + 0.01 * static_cast<double>(count);
   }
+  const core::ChannelGradSums total_sums{channel_values(total.sum_dy), channel_values(total.sum_dy_xmu),
+                                         channel_values(total.sum_xmu)};
   {
-    const Tensor coef_b = core::batch_norm_backward_coefficients(
-        count, channel_values(invstd), w, core::ChannelGradSums{channel_values(total.sum_dy), channel_values(total.sum_dy_xmu)},
-        param);
+    const Tensor coef_b = core::batch_norm_backward_coefficients(count, channel_values(invstd), w, total_sums, param);
     const Tensor dx = core::batch_norm_backward_apply(dy, x, coef, coef_b);
     const Vec want = spec::backward_apply(dys, xs, s.n, s.c, s.l, mean, invstd, weight, total, count);
     Vec scale(want.size());
     const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
     for_each_element(s, [&](std::size_t at, std::size_t u) {
       const double wj = affine ? std::abs(weight[u]) : 1.0;
+      const double e = std::abs(spec::mean_offset(total, u, count));
       scale[at] = wj * invstd[u] *
                   (std::abs(dys[at]) + std::abs(total.sum_dy[u]) * per +
-                   std::abs(xs[at] - mean[u]) * invstd[u] * invstd[u] * std::abs(total.sum_dy_xmu[u]) * per);
+                   (std::abs(xs[at] - mean[u]) + e) * invstd[u] * invstd[u] *
+                       (std::abs(total.sum_dy_xmu[u]) + e * std::abs(total.sum_dy[u])) * per);
     });
     CHECK(dx.dtype() == dtype);
     check_within(dx.to_vector<double>(), want, scale, elementwise_accuracy(dtype), "dx");
@@ -258,15 +266,19 @@ TEST_CASE("Batch-norm apply, gradient sums and backward match the specification"
   if (affine) {
     const Tensor gw = Tensor::full(Shape{s.c}, 0.5, param, test_device());
     const Tensor gb = Tensor::full(Shape{s.c}, -0.5, param, test_device());
+    // This shard's part, about the batch's exact mean (the total above).
     core::batch_norm_param_grads(gw, gb, channel_values(invstd),
-                                 core::ChannelGradSums{channel_values(want_sums.sum_dy), channel_values(want_sums.sum_dy_xmu)});
+                                 core::ChannelGradSums{channel_values(want_sums.sum_dy),
+                                                       channel_values(want_sums.sum_dy_xmu), Tensor()},
+                                 total_sums, count);
     Vec want_gw(static_cast<std::size_t>(s.c), 0.5), want_gb(static_cast<std::size_t>(s.c), -0.5);
-    spec::param_grads(want_gw, want_gb, invstd, want_sums);
+    spec::param_grads(want_gw, want_gb, invstd, want_sums, total, count);
     // One float64 multiply-add of the existing gradient and the shard's
     // term, rounded to the parameter dtype.
     Vec gw_scale, gb_scale;
     for (std::size_t j = 0; j < invstd.size(); ++j) {
-      gw_scale.push_back(0.5 + std::abs(want_sums.sum_dy_xmu[j] * invstd[j]));
+      const double e = std::abs(spec::mean_offset(total, j, count));
+      gw_scale.push_back(0.5 + (std::abs(want_sums.sum_dy_xmu[j]) + e * std::abs(want_sums.sum_dy[j])) * invstd[j]);
       gb_scale.push_back(0.5 + std::abs(want_sums.sum_dy[j]));
     }
     const Accuracy stored{0.0, param == DType::Float64 ? 1e-15 : std::ldexp(1.0, -23)};

@@ -102,7 +102,7 @@ TEST_CASE("Float32 batch norm stays within 1e-5 of float64 where float32 arithme
     for (const double v : rvv) invstd.push_back(spec::invstd_of(v, 1e-5, false));
     y = spec::apply(xv, n, c, l, rm, invstd, w, b);
     const spec::GradSums g = spec::grad_sums(dyv, xv, n, c, l, rm);
-    spec::param_grads(dw, db, invstd, g);
+    spec::param_grads(dw, db, invstd, g, g, 0);
     dx = spec::backward_apply(dyv, xv, n, c, l, rm, invstd, w, g, 0, std::vector<bool>(static_cast<std::size_t>(c), false));
   }
 

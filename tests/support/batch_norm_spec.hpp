@@ -139,30 +139,40 @@ inline Vec apply(const Vec& x, std::int64_t n, std::int64_t c, std::int64_t l, c
   return y;
 }
 
-/// Per-channel sum(dy) and sum(dy * (x - mean)).
+/// Per-channel sum(dy), sum(dy * (x - mean)) and sum(x - mean), about the
+/// mean the forward normalised with; sum_xmu empty: zeros.
 struct GradSums {
-  Vec sum_dy, sum_dy_xmu;
+  Vec sum_dy, sum_dy_xmu, sum_xmu;
 };
 
 /// Stage 5, per shard: the gradient sums.
 inline GradSums grad_sums(const Vec& dy, const Vec& x, std::int64_t n, std::int64_t c, std::int64_t l,
                           const Vec& mean) {
-  GradSums g{Vec(static_cast<std::size_t>(c), 0.0), Vec(static_cast<std::size_t>(c), 0.0)};
+  const auto channels = static_cast<std::size_t>(c);
+  GradSums g{Vec(channels, 0.0), Vec(channels, 0.0), Vec(channels, 0.0)};
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < c; ++j)
       for (std::int64_t k = 0; k < l; ++k) {
         const auto u = static_cast<std::size_t>(j);
         g.sum_dy[u] += dy[at(c, l, i, j, k)];
         g.sum_dy_xmu[u] += dy[at(c, l, i, j, k)] * (x[at(c, l, i, j, k)] - mean[u]);
+        g.sum_xmu[u] += x[at(c, l, i, j, k)] - mean[u];
       }
   return g;
 }
 
+/// The exact mean's offset from the forward's, sum_xmu / count, of a
+/// group's total over `count` values (0 for count 0 or no sum_xmu).
+inline double mean_offset(const GradSums& total, std::size_t j, std::int64_t count) {
+  return count > 0 && !total.sum_xmu.empty() ? total.sum_xmu[j] / static_cast<double>(count) : 0.0;
+}
+
 /// Stage 6: dx from the sums over all `count` values per channel of the
-/// batch: w * invstd * (dy - sum_dy / count - (x - mean) * invstd^2 *
-/// sum_dy_xmu / count). count 0 (constant statistics, eval mode) leaves the
-/// two batch terms out; a clamped channel (`clamped`, empty for none) the
-/// last one, since its invstd does not depend on the variance.
+/// batch, about the exact mean m = mean + mean_offset: w * invstd * (dy -
+/// sum_dy / count - (x - m) * invstd^2 * sum(dy * (x - m)) / count).
+/// count 0 (constant statistics, eval mode) leaves the two batch terms out;
+/// a clamped channel (`clamped`, empty for none) the last one, since its
+/// invstd does not depend on the variance.
 inline Vec backward_apply(const Vec& dy, const Vec& x, std::int64_t n, std::int64_t c, std::int64_t l,
                           const Vec& mean, const Vec& invstd, const Vec& weight, const GradSums& total,
                           std::int64_t count, const std::vector<bool>& clamped = {}) {
@@ -171,11 +181,14 @@ inline Vec backward_apply(const Vec& dy, const Vec& x, std::int64_t n, std::int6
     for (std::int64_t j = 0; j < c; ++j) {
       const auto u = static_cast<std::size_t>(j);
       const double w = weight.empty() ? 1.0 : weight[u];
+      const double e = mean_offset(total, u, count);
       const double mean_dy = count > 0 ? total.sum_dy[u] / static_cast<double>(count) : 0.0;
       const bool fixed_invstd = !clamped.empty() && clamped[u];
-      const double mean_dy_xmu = count > 0 && !fixed_invstd ? total.sum_dy_xmu[u] / static_cast<double>(count) : 0.0;
+      const double sum_dy_xm = total.sum_dy_xmu[u] - e * total.sum_dy[u];
+      const double mean_dy_xmu = count > 0 && !fixed_invstd ? sum_dy_xm / static_cast<double>(count) : 0.0;
       for (std::int64_t k = 0; k < l; ++k) {
-        const double xmu = x[at(c, l, i, j, k)] - mean[u];
+        // x - (mean + e), without rounding mean + e at the mean's magnitude.
+        const double xmu = (x[at(c, l, i, j, k)] - mean[u]) - e;
         dx[at(c, l, i, j, k)] =
             w * invstd[u] * (dy[at(c, l, i, j, k)] - mean_dy - xmu * invstd[u] * invstd[u] * mean_dy_xmu);
       }
@@ -183,12 +196,15 @@ inline Vec backward_apply(const Vec& dy, const Vec& x, std::int64_t n, std::int6
   return dx;
 }
 
-/// Stage 7, per shard: the shard's parameter gradients, added to grad_weight
-/// (sum(dy * (x - mean)) * invstd) and grad_bias (sum(dy)).
-inline void param_grads(Vec& grad_weight, Vec& grad_bias, const Vec& invstd, const GradSums& local) {
+/// Stage 7: a part's parameter gradients, added to grad_weight
+/// (sum(dy * (x - m)) * invstd, m the exact mean of the group whose total
+/// over `count` values is `total`) and grad_bias (sum(dy)).
+inline void param_grads(Vec& grad_weight, Vec& grad_bias, const Vec& invstd, const GradSums& part,
+                        const GradSums& total, std::int64_t count) {
   for (std::size_t j = 0; j < invstd.size(); ++j) {
-    grad_weight[j] += local.sum_dy_xmu[j] * invstd[j];
-    grad_bias[j] += local.sum_dy[j];
+    const double e = mean_offset(total, j, count);
+    grad_weight[j] += (part.sum_dy_xmu[j] - e * part.sum_dy[j]) * invstd[j];
+    grad_bias[j] += part.sum_dy[j];
   }
 }
 

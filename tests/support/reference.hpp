@@ -52,7 +52,7 @@ inline BnResult batch_norm(const Vec& x, const Vec& dy, const Vec& weight, const
   r.dx = spec::backward_apply(dy, x, n, c, l, m.mean, v.invstd, weight, g, m.count, v.clamped);
   r.dweight.assign(static_cast<std::size_t>(c), 0.0);
   r.dbias.assign(static_cast<std::size_t>(c), 0.0);
-  spec::param_grads(r.dweight, r.dbias, v.invstd, g);
+  spec::param_grads(r.dweight, r.dbias, v.invstd, g, g, m.count);
   r.mean = m.mean;
   for (double m2 : m.m2) r.var_biased.push_back(m.count > 0 ? m2 / static_cast<double>(m.count) : 0.0);
   r.var_unbiased = v.unbiased_var;

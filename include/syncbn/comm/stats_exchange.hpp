@@ -122,8 +122,8 @@ class StatsExchange {
   MergedStats merge(std::vector<core::ChannelMoments> segments, std::int64_t segments_per_group, Device home,
                     const Finalize& finalize);
   /// Backward: each segment's group's sums of (sum(dy), sum(dy * (x -
-  /// mean))), on the segment's device; `home` and `layout` are the
-  /// forward's.
+  /// mean)), sum(x - mean)), on the segment's device (an undefined
+  /// sum_xmu counts as zeros); `home` and `layout` are the forward's.
   std::vector<core::ChannelGradSums> sum(std::vector<core::ChannelGradSums> segments,
                                          std::int64_t segments_per_group, Device home, const JobLayout& layout);
 

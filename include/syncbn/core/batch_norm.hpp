@@ -41,11 +41,18 @@ struct ChannelMoments {
   Tensor m2;
 };
 
-/// Per-channel sum(dy) and sum(dy * (x - mean)) of a batch or shard
-/// (float64, shape (C)).
+/// Per-channel sums of a batch or shard for the backward (float64, shape
+/// (C)): sum(dy), sum(dy * (x - mean)) and sum(x - mean), about the mean of
+/// the forward's coefficients. Where that mean is a batch's, it is exact to
+/// about 1e-7 of the spread (Note [The exact mean from the backward] in
+/// core/batch_norm.cpp), and sum(x - mean) over the whole group corrects
+/// it: the stages below that take a group's total and its count
+/// work about the group's exact mean. An undefined sum_xmu counts as zero
+/// (sums about a mean known to be exact).
 struct ChannelGradSums {
   Tensor sum_dy;
   Tensor sum_dy_xmu;
+  Tensor sum_xmu;
 };
 
 /// What normalisation needs beyond the mean, from merged moments.
@@ -132,15 +139,16 @@ Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients, const Batch
 /// memory with a tensor still needed).
 void batch_norm_apply_(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form = {});
 
-/// This shard's sum(dz) and sum(dz * (x - mean)) per channel, dz = dy *
-/// act'(z), with the mean of the forward's coefficients. `saved` is x, or y
+/// This shard's sum(dz), sum(dz * (x - mean)) and sum(x - mean) per
+/// channel, dz = dy * act'(z), with the mean of the forward's coefficients. `saved` is x, or y
 /// with form.from_output; grad_output has its dtype and device, and its
 /// shape or, in the other layout, the permuted shape.
 ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
                                      const BatchNormForm& form = {});
 
 /// The coefficients of batch_norm_backward_apply from the gradient sums over
-/// all `count` values per channel of the batch. count 0 means that the
+/// all `count` values per channel of the batch (or ghost group), taken about
+/// the exact mean mean + sum_xmu / count. count 0 means that the
 /// statistics were constants (eval mode with running statistics), so the
 /// sums do not enter dx. weight may be undefined (1). `clamp_eps`: the eps
 /// of clamp mode, where a channel whose variance was clamped (invstd =
@@ -149,11 +157,14 @@ Tensor batch_norm_backward_coefficients(std::int64_t count, const Tensor& invstd
                                         const ChannelGradSums& total, DType param_dtype,
                                         std::optional<double> clamp_eps = std::nullopt);
 
-/// Adds this shard's parameter gradients from its own gradient sums:
-/// grad_weight += sum_dy_xmu * invstd and grad_bias += sum_dy (an undefined
-/// gradient tensor is skipped).
+/// Adds the parameter gradients of a shard (or of the whole batch) from its
+/// gradient sums `part`, about the exact mean of the group whose total
+/// sums and count are `total` and `count` (count 0: constant statistics, no
+/// correction): grad_weight += (part.sum_dy_xmu - total.sum_xmu / count *
+/// part.sum_dy) * invstd and grad_bias += part.sum_dy (an undefined gradient
+/// tensor is skipped).
 void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, const Tensor& invstd,
-                            const ChannelGradSums& local);
+                            const ChannelGradSums& part, const ChannelGradSums& total, std::int64_t count);
 
 /// dx = (dz - mean(dz) - (x - mean) * mean(dz * (x - mean)) * invstd^2) *
 /// invstd * weight, with the forward's and the backward coefficients,

@@ -166,27 +166,31 @@ struct BatchNormKernels {
   /// itself (the in-place mode).
   void (*apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
                 const double* coef, const BatchNormFusion& fusion, void* y);
-  /// Per-channel sum(dz) and sum(dz * (x - mean)) of this shard, dz = dy *
-  /// act'(z) (coef from the forward). `s` is x, or y = act(z) when
-  /// fusion.from_output (x - mean = (act^-1(y) - shift) / scale).
+  /// Per-channel sum(dz), sum(dz * (x - mean)) and sum(x - mean) of this
+  /// shard, dz = dy * act'(z) (coef from the forward, whose mean the sums
+  /// are about). `s` is x, or y = act(z) when fusion.from_output (x - mean =
+  /// (act^-1(y) - shift) / scale).
   void (*backward_reduce)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                           const void* s, const double* coef, const BatchNormFusion& fusion, double* sum_dy,
-                          double* sum_dy_xmu);
+                          double* sum_dy_xmu, double* sum_xmu);
   /// Per-channel backward coefficients {a, b, g} (3c doubles) from the sums
-  /// over all `count` elements of the batch: a = sum_dy / count,
-  /// b = sum_dy_xmu / count * invstd^2, g = invstd * weight (weight null: 1).
+  /// over all `count` elements of the batch, about the exact mean mean + e
+  /// with e = sum_xmu / count (sum_xmu null: e = 0): b = (sum_dy_xmu - e *
+  /// sum_dy) / count * invstd^2, a = sum_dy / count - e * b (x - mean is
+  /// what backward_apply reads), g = invstd * weight (weight null: 1).
   /// count 0 means the statistics were constants (eval mode): a = b = 0.
   /// clamp_eps > 0 (clamp mode): b = 0 for a channel whose invstd is
   /// 1 / sqrt(clamp_eps), whose variance was clamped.
   void (*backward_coefficients)(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
                                 double clamp_eps, const double* invstd, const void* weight, const double* sum_dy,
-                                const double* sum_dy_xmu, double* coef_b);
-  /// Adds a shard's parameter gradients from its own sums:
-  /// grad_weight += local_sum_dy_xmu * invstd, grad_bias += local_sum_dy
-  /// (either may be null: skipped).
+                                const double* sum_dy_xmu, const double* sum_xmu, double* coef_b);
+  /// Adds parameter gradients from a part's sums about the exact mean of a
+  /// group of `count` values with total_sum_xmu (null or count 0: no
+  /// correction): grad_weight += (sum_dy_xmu - total_sum_xmu / count *
+  /// sum_dy) * invstd, grad_bias += sum_dy (either may be null: skipped).
   void (*accumulate_param_grads)(Device device, DType param_dtype, std::int64_t c, const double* invstd,
-                                 const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
-                                 void* grad_bias);
+                                 const double* sum_dy, const double* sum_dy_xmu, const double* total_sum_xmu,
+                                 std::int64_t count, void* grad_weight, void* grad_bias);
   /// dx = (dz - a - (x - mean) * b) * g, computed in float64, with dz and
   /// x - mean as in backward_reduce (`s` is x, or y when fusion.from_output).
   void (*backward_apply)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,

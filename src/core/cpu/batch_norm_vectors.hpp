@@ -68,77 +68,118 @@ void for_runs(const void* x, DType dtype, std::int64_t offset, std::int64_t n, F
 // ---- vectorised runs ----------------------------------------------------------
 
 constexpr std::int64_t kAccumulators = 4;
+constexpr int kAddsPerFlush = 32;  // adds per float32 lane before a float64 flush
 
-// Two per-channel sums fed run by run (a channel's rows of l elements), in
-// float64 lanes of T vectors (Notes [Moments in float64] and [Gradient sums
-// in float64]) that persist across runs; odd elements go straight to a and
-// b.
-template <class T>
-class PairSums {
-  using A = WideVec<T>;
+// The lanes a reduction adds in: the data's own (Wide false: float32 for
+// float32 and 16-bit data, flushed into float64 every kAddsPerFlush adds per
+// lane), or float64 lanes of the data's vectors (Wide true). A scalar of the
+// lane type, and its vectors.
+template <class T, bool Wide>
+using LaneScalar = std::conditional_t<Wide, double, T>;
+template <class T, bool Wide>
+using LaneVec [[gnu::vector_size(kLanes<T> * sizeof(LaneScalar<T, Wide>))]] = LaneScalar<T, Wide>;
+
+template <class T, bool Wide>
+inline LaneVec<T, Wide> load_lanes(const LaneScalar<T, Wide>* p) {
+  if constexpr (Wide) return load_wide<T>(p);
+  else return load(p);
+}
+
+template <class T, bool Wide>
+inline void store_lanes(LaneScalar<T, Wide>* p, LaneVec<T, Wide> v) {
+  if constexpr (Wide) store_wide<T>(p, v);
+  else store<T>(p, v);
+}
+
+// N per-channel sums fed run by run (a channel's rows of l elements), in
+// lanes that persist across runs (Notes [Moments in float32 lanes] and
+// [Gradient sums in float64]); odd elements go straight to the float64
+// sums.
+template <class T, int N, bool Wide, std::int64_t Accumulators = kAccumulators>
+class LaneSums {
+  using A = LaneVec<T, Wide>;
+  static constexpr std::int64_t kAccumulators = Accumulators;
 
  public:
-  double a = 0, b = 0;
+  std::array<double, N> sum{};
 
-  // body(i, va, vb) adds the vector at element i; tail(i, a, b) one element.
-  // The vectors live in locals for the run: as members, every add was a
-  // load and a store through memory (store-forwarding chains that made the
-  // loop compute-bound at half the L2 rate).
+  // body(i, acc) adds the vector at element i to acc[0..N); tail(i, sum)
+  // one element. The vectors live in locals for the run: as members, every
+  // add was a load and a store through memory (store-forwarding chains that
+  // made the loop compute-bound at half the L2 rate).
   template <class Body, class Tail>
   void run(std::int64_t len, Body&& body, Tail&& tail) {
     constexpr std::int64_t lanes = kLanes<T>;
-    A va[kAccumulators], vb[kAccumulators];
-    for (std::int64_t q = 0; q < kAccumulators; ++q) {
-      va[q] = va_[q];
-      vb[q] = vb_[q];
-    }
+    A acc[kAccumulators][N];
+    for (std::int64_t q = 0; q < kAccumulators; ++q)
+      for (int k = 0; k < N; ++k) acc[q][k] = acc_[q][k];
+    int adds = adds_;
+    auto added = [&] {
+      if constexpr (!Wide) {
+        if (++adds == kAddsPerFlush) {
+          flush(acc);
+          adds = 0;
+        }
+      }
+    };
     std::int64_t k = 0;
-    for (; k + kAccumulators * lanes <= len; k += kAccumulators * lanes)
-      for (std::int64_t q = 0; q < kAccumulators; ++q) body(k + q * lanes, va[q], vb[q]);
+    for (; k + kAccumulators * lanes <= len; k += kAccumulators * lanes) {
+      for (std::int64_t q = 0; q < kAccumulators; ++q) body(k + q * lanes, acc[q]);
+      added();
+    }
     for (; k + lanes <= len; k += lanes) {  // leftover vectors rotate over the accumulators
-      body(k, va[next_], vb[next_]);
-      if (++next_ == kAccumulators) next_ = 0;
+      body(k, acc[next_]);
+      if (++next_ == kAccumulators) {
+        next_ = 0;
+        added();
+      }
     }
-    for (; k < len; ++k) tail(k, a, b);
-    for (std::int64_t q = 0; q < kAccumulators; ++q) {
-      va_[q] = va[q];
-      vb_[q] = vb[q];
-    }
+    for (; k < len; ++k) tail(k, sum);
+    for (std::int64_t q = 0; q < kAccumulators; ++q)
+      for (int n = 0; n < N; ++n) acc_[q][n] = acc[q][n];
+    adds_ = adds;
   }
 
-  // Adds what the vectors hold to a and b (call once, before reading them).
+  // Adds what the vectors hold to the sums (call once, before reading them).
   void flush() {
-    for (std::int64_t q = 0; q < kAccumulators; ++q) {
-      for (std::int64_t lane = 0; lane < kLanes<T>; ++lane) {
-        a += va_[q][lane];
-        b += vb_[q][lane];
-      }
-      va_[q] = A{};
-      vb_[q] = A{};
-    }
+    flush(acc_);
+    adds_ = 0;
   }
 
  private:
-  A va_[kAccumulators] = {}, vb_[kAccumulators] = {};
+  void flush(A (*acc)[N]) {
+    for (std::int64_t q = 0; q < kAccumulators; ++q)
+      for (int k = 0; k < N; ++k) {
+        for (std::int64_t lane = 0; lane < kLanes<T>; ++lane) sum[k] += static_cast<double>(acc[q][k][lane]);
+        acc[q][k] = A{};
+      }
+  }
+
+  A acc_[kAccumulators][N] = {};
+  int adds_ = 0;
   int next_ = 0;
 };
 
-// Adds sum(x - shift) and sum((x - shift)^2) over a run to `sums`, in
-// float64 lanes (Note [Moments in float64]).
 template <class T>
-void shifted_sums(const T* __restrict x, std::int64_t len, T shift, PairSums<T>& sums) {
-  const WideVec<T> vshift = widen<T>(splat(shift));
+using MomentSums = LaneSums<T, 2, false>;
+
+// Adds sum(x - shift) and sum((x - shift)^2) over a run to `sums`, in the
+// data's lanes (Note [Moments in float32 lanes]).
+template <class T>
+void shifted_sums(const T* __restrict x, std::int64_t len, T shift, MomentSums<T>& sums) {
+  using A = LaneVec<T, false>;
+  const Vec<T> vshift = splat(shift);
   sums.run(
       len,
-      [&](std::int64_t i, WideVec<T>& a, WideVec<T>& b) {
-        const WideVec<T> d = widen<T>(load(x + i)) - vshift;
-        a += d;
-        b += d * d;
+      [&](std::int64_t i, A (&acc)[2]) {
+        const Vec<T> d = load(x + i) - vshift;
+        acc[0] += d;
+        acc[1] += d * d;
       },
-      [&](std::int64_t i, double& a, double& b) {
-        const double d = static_cast<double>(x[i]) - static_cast<double>(shift);
-        a += d;
-        b += d * d;
+      [&](std::int64_t i, std::array<double, 2>& sum) {
+        const auto d = static_cast<double>(x[i] - shift);
+        sum[0] += d;
+        sum[1] += d * d;
       });
 }
 
@@ -272,16 +313,18 @@ void dispatch_fusion(const BatchNormFusion& fusion, Fn&& fn) {
   }
 }
 
-// Note [Moments in float64]
-// The mean enters every later quantity, and grad_weight through
-// sum(dy * (x - mean)) = sum(dy * (x - mean')) + (mean' - mean) * sum(dy):
-// with mean(dy) far from 0 a mean off by 1e-9 moves grad_weight of 8
-// replicas of 16k values per channel by 1e-4 (measured: 2.2e-5 of max(1,
-// |dw|) with float32 partials of 32 shifted values). So the shifted values
-// x - x0 are formed and summed, and squared, in float64 lanes: x - x0 is
-// exact there, and no partial sum is rounded to float32 (which the float32
-// partials flushed into float64 every 32 values, used before, did). What
-// the float64 lanes cost: docs/performance.md, "The exact reductions".
+// Note [Moments in float32 lanes]
+// The forward's moments add x - x0 (x0 each channel's first value) and its
+// square in the data's own lanes, flushed into float64 every 32 adds per
+// lane: the mean is then exact to about 1e-8 of the spread, which the
+// output (and the variance) needs to 1e-5 with room to spare. grad_weight
+// needs it to about 1e-10 where mean(dy) is far from 0 (8 replicas of 16k
+// values per channel: 2.2e-5 of max(1, |dw|) from this mean alone), and
+// gets it from the backward: the gradient sums add x in float64 too, and the
+// stages correct the mean with the group's sum(x - mean) (Note [The exact
+// mean from the backward] in core/batch_norm.cpp). Summing in float64 lanes
+// here instead cost the forward 10-40% (docs/performance.md, "The exact
+// reductions").
 
 // Note [Gradient sums in float64]
 // The gradient sums enter dx through mean(dy) and mean(dy * (x - mean)),
@@ -291,12 +334,12 @@ void dispatch_fusion(const BatchNormFusion& fusion, Fn&& fn) {
 // of max(1, |dx|) for 45 rows with a spread of 1e-4 and mean(dy) 0.65), and
 // grad_weight of 8 replicas of 16k values per channel, summed from float32
 // partials of 32 products each, was off by 6.4e-5 of max(1, |dw|). So the
-// terms are summed in float64 lanes: dz exactly, and dz * x, the exact
+// terms are summed in float64 lanes: dz exactly, x, and dz * x, the exact
 // product of two float32 values, from which center_gradient_sums makes
-// sum(dz * (x - mean)); no term and no partial sum is rounded to float32.
-// From the output (in place) u comes from y in float32 as before, and only
-// the products and sums are float64. Cost: docs/performance.md, "The exact
-// reductions".
+// sum(dz * (x - mean)) and sum(x - mean); no term and no partial sum is
+// rounded to float32. From the output (in place) u comes from y in float32
+// as before, and only the products and sums are float64. Cost:
+// docs/performance.md, "The exact reductions".
 
 // Float64 lanes of T vectors and float64 of T scalars.
 template <class T>
@@ -308,35 +351,45 @@ struct ToWide {
   }
 };
 
-// From x, b takes sum(dz * x), exact products of float32 values summed in
-// float64, and fast_gradient_sums subtracts mean * sum(dz) once per channel
-// at the end: one conversion and one fused multiply-add per vector fewer
-// than forming x - mean in float64 per element (measured on 256x1024:
-// forward+backward 1.19x the float32 sums' time against 1.25x), and exact
-// enough: the float64 rounding of sum(dz * x) is 1e-16 of sum(|dz * x|),
-// 1e-9 of the result for |mean| = 1e4 x std and a million values.
+// From x, b takes sum(dz * x) and c sum(x), exact products and values of
+// float32 summed in float64, and fast_gradient_sums subtracts mean * sum(dz)
+// and count * mean once per channel at the end: one conversion and one
+// fused multiply-add per vector fewer than forming x - mean in float64 per
+// element (measured on 256x1024: forward+backward 1.19x the float32 sums'
+// time against 1.25x), and exact enough: the float64 rounding of
+// sum(dz * x) is 1e-16 of sum(|dz * x|), 1e-9 of the result for
+// |mean| = 1e4 x std and a million values.
 template <ActivationKind K, bool FromOutput, class V, class W, class Terms, class E, class Wide>
-inline void add_grad_terms(V dy, V s, const Terms& t, E alpha, W& a, W& b, Wide wide) {
+inline void add_grad_terms(V dy, V s, const Terms& t, E alpha, W& a, W& b, W& c, Wide wide) {
   V dz, u;
   fused_grad<K, FromOutput>(dy, s, t, alpha, dz, u);
   const W wdz = wide(dz);
+  const W wu = FromOutput ? wide(u) : wide(s);
   a += wdz;
-  if constexpr (FromOutput) b += wdz * wide(u);
-  else b += wdz * wide(s);
+  b += wdz * wu;
+  c += wu;
 }
 
-// Adds sum(dz) and sum(dz * u) over a run of one channel to `sums`.
+using GradSums = std::array<double, 3>;
+
+// Two accumulators of three float64-lane sums: four, as the moments take,
+// spilled registers (24 of AVX-512's 32 for float, more than AVX2's 16).
+template <class T>
+using GradLaneSums = LaneSums<T, 3, true, 2>;
+
+// Adds sum(dz), sum(dz * u) and sum(u) over a run of one channel to `sums`.
 template <ActivationKind K, bool FromOutput, class T>
 void gradient_sums(const T* __restrict dy, const T* __restrict s, std::int64_t len, const ChannelTerms<T>& t, T alpha,
-                   PairSums<T>& sums) {
+                   GradLaneSums<T>& sums) {
+  using A = LaneVec<T, true>;
   const VectorTerms<T> vt = splat_terms(t);
   sums.run(
       len,
-      [&](std::int64_t i, WideVec<T>& a, WideVec<T>& b) {
-        add_grad_terms<K, FromOutput>(load(dy + i), load(s + i), vt, alpha, a, b, ToWide<T>{});
+      [&](std::int64_t i, A (&acc)[3]) {
+        add_grad_terms<K, FromOutput>(load(dy + i), load(s + i), vt, alpha, acc[0], acc[1], acc[2], ToWide<T>{});
       },
-      [&](std::int64_t i, double& a, double& b) {
-        add_grad_terms<K, FromOutput>(dy[i], s[i], t, alpha, a, b, ToWide<T>{});
+      [&](std::int64_t i, GradSums& sum) {
+        add_grad_terms<K, FromOutput>(dy[i], s[i], t, alpha, sum[0], sum[1], sum[2], ToWide<T>{});
       });
 }
 
@@ -584,11 +637,11 @@ void row_shifted_sums(const T* __restrict row, const T* __restrict shift, double
 
 template <ActivationKind K, bool FromOutput, class T>
 void row_gradient_sums(const T* __restrict dy, const T* __restrict x, std::int64_t c, const ChannelTerms<const T*>& t,
-                       T alpha, double* __restrict s, double* __restrict sx) {
+                       T alpha, double* __restrict s, double* __restrict sx, double* __restrict su) {
   for (std::int64_t j = 0; j < c; ++j)
     add_grad_terms<K, FromOutput>(
         dy[j], x[j], ChannelTerms<T>{t.hi[j], t.lo[j], t.half_hi[j], t.twice_scale[j], t.offset[j], t.shift[j]}, alpha,
-        s[j], sx[j], ToWide<T>{});
+        s[j], sx[j], su[j], ToWide<T>{});
 }
 
 // Every channel's ChannelTerms as six T arrays, converted once from the
@@ -637,86 +690,94 @@ class ChannelColumns {
 // across the whole row, keep the reads close to sequential (4 streams the
 // prefetchers follow) and give 8 independent add chains; a block walking
 // 32 rows 4 KiB apart before moving on ran 1.5x slower for (256, 1024). The
-// float64 partials live in per-channel arrays between tiles. Each channel
-// adds its rows in order whatever its block, so the sums do not depend on
-// the blocking.
+// partials live in per-channel arrays between tiles, those in the data's
+// lanes flushed into float64 every kAddsPerFlush rows. Each channel adds its
+// rows in order and flushes on the same rows whatever its block, so the sums
+// do not depend on the blocking.
 // Rows per tile. Rows of 1 KiB to 4 KiB (channels-last input of 256 to
 // 1023 float32 channels, Note [Channel layouts] in core/batch_norm.cpp) take
 // tiles of 32 rows, whose partials are loaded and stored once per 32 rows
 // rather than per 4: 64x256x14x14 channels-last (rows of 1 KiB) took
 // 1.14-1.19x its channels-first time with 4-row tiles and 1.04x with 32;
 // rows of 256 B were best with 4 (1.04x against 1.13-1.17x with 32), and
-// (256, 1024) keeps the 4 it was tuned with.
-inline std::int64_t tile_rows(std::int64_t row_bytes) { return row_bytes >= 1024 && row_bytes < 4096 ? 32 : 4; }
+// (256, 1024) keeps the 4 it was tuned with. Tile heights divide the flush
+// period, so every channel still flushes on the same rows.
+inline std::int64_t tile_rows(std::int64_t row_bytes) {
+  return row_bytes >= 1024 && row_bytes < 4096 ? kAddsPerFlush : 4;
+}
 constexpr int kWideBlock = 4;  // vectors per block
 
-// The first tile starts its accumulators (float64 lanes of T vectors) at
-// zero, the others from the partials (no separate clearing pass over them).
-template <class T, int V, class Body>
-void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, std::int64_t tile, double* ps, double* pss,
-                   Body&& body) {
+// The first tile starts its accumulators at zero, the others from the
+// partials (no separate clearing pass over them).
+template <class T, int N, bool Wide, int V, class Body>
+void column_blocks(std::int64_t n, std::int64_t j0, std::int64_t j1, std::int64_t tile,
+                   const std::array<LaneScalar<T, Wide>*, N>& partials, Body&& body) {
+  using A = LaneVec<T, Wide>;
   constexpr std::int64_t lanes = kLanes<T>;
   for (std::int64_t i0 = 0; i0 < n; i0 += tile) {
     const std::int64_t i1 = std::min(n, i0 + tile);
     for (std::int64_t j = j0; j + V * lanes <= j1; j += V * lanes) {
-      WideVec<T> a[V], b[V];
-      for (int v = 0; v < V; ++v) {
-        a[v] = i0 == 0 ? WideVec<T>{} : load_wide<T>(ps + j + v * lanes);
-        b[v] = i0 == 0 ? WideVec<T>{} : load_wide<T>(pss + j + v * lanes);
-      }
+      A acc[V][N];
+      for (int v = 0; v < V; ++v)
+        for (int k = 0; k < N; ++k) acc[v][k] = i0 == 0 ? A{} : load_lanes<T, Wide>(partials[k] + j + v * lanes);
       for (std::int64_t i = i0; i < i1; ++i)
-        for (int v = 0; v < V; ++v) body(i, j + v * lanes, a[v], b[v]);
-      for (int v = 0; v < V; ++v) {
-        store_wide<T>(ps + j + v * lanes, a[v]);
-        store_wide<T>(pss + j + v * lanes, b[v]);
-      }
+        for (int v = 0; v < V; ++v) body(i, j + v * lanes, acc[v]);
+      for (int v = 0; v < V; ++v)
+        for (int k = 0; k < N; ++k) store_lanes<T, Wide>(partials[k] + j + v * lanes, acc[v][k]);
     }
   }
 }
 
-// Runs body(i, j, a, b) over every full vector of channels of an (N, C)
-// input: 4-vector blocks, then 1-vector blocks for what is left, and adds
-// the sums to s and ss; returns the number of channels covered (the caller
-// sums the rest in float64).
-template <class T, class Body>
-std::int64_t column_vectors(std::int64_t n, std::int64_t c, double* s, double* ss, Body&& body) {
+// Runs body(i, j, acc) over every full vector of channels of an (N, C)
+// input, acc[0..N) its sums: 4-vector blocks, then 1-vector blocks for what
+// is left, and adds the sums to sums[0..N); returns the number of channels
+// covered (the caller sums the rest in float64).
+template <class T, int N, bool Wide, class Body>
+std::int64_t column_vectors(std::int64_t n, std::int64_t c, const std::array<double*, N>& sums, Body&& body) {
+  using A = LaneVec<T, Wide>;
+  using P = LaneScalar<T, Wide>;
   constexpr std::int64_t lanes = kLanes<T>, wide = kWideBlock * lanes;
   const std::int64_t wide_end = c / wide * wide, end = c / lanes * lanes;
-  const auto partials = std::make_unique_for_overwrite<double[]>(static_cast<std::size_t>(2 * end));
-  double* ps = partials.get();
-  double* pss = ps + end;
+  const auto storage = std::make_unique_for_overwrite<P[]>(static_cast<std::size_t>(N * end));
+  std::array<P*, N> partials;
+  for (int k = 0; k < N; ++k) partials[static_cast<std::size_t>(k)] = storage.get() + k * end;
   const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
-  column_blocks<T, kWideBlock>(n, 0, wide_end, tile, ps, pss, body);
-  column_blocks<T, 1>(n, wide_end, end, tile, ps, pss, body);
-  if (n > 0) {
-    for (std::int64_t j = 0; j < end; ++j) {
-      s[j] += ps[j];
-      ss[j] += pss[j];
-    }
+  // Float64 lanes need no flush: one period of all rows.
+  const std::int64_t period = Wide ? std::max<std::int64_t>(n, 1) : kAddsPerFlush;
+  for (std::int64_t i0 = 0; i0 < n; i0 += period) {
+    const std::int64_t rows = std::min(period, n - i0);
+    auto from_i0 = [&](std::int64_t i, std::int64_t j, A (&acc)[N]) { body(i0 + i, j, acc); };
+    column_blocks<T, N, Wide, kWideBlock>(rows, 0, wide_end, tile, partials, from_i0);
+    column_blocks<T, N, Wide, 1>(rows, wide_end, end, tile, partials, from_i0);
+    for (int k = 0; k < N; ++k)
+      for (std::int64_t j = 0; j < end; ++j)
+        sums[static_cast<std::size_t>(k)][j] += static_cast<double>(partials[static_cast<std::size_t>(k)][j]);
   }
   return end;
 }
 
-// s[j] += sum over rows of (x - shift[j]), ss[j] += its square, in float64
-// lanes (Note [Moments in float64]).
+// s[j] += sum over rows of (x - shift[j]), ss[j] += its square, in the
+// data's lanes (Note [Moments in float32 lanes]).
 template <class T>
 std::int64_t column_shifted_sums(const T* x, std::int64_t n, std::int64_t c, const T* shift, double* s, double* ss) {
-  return column_vectors<T>(n, c, s, ss, [&](std::int64_t i, std::int64_t j, WideVec<T>& a, WideVec<T>& b) {
-    const WideVec<T> d = widen<T>(load(x + i * c + j)) - widen<T>(load(shift + j));
-    a += d;
-    b += d * d;
+  using A = LaneVec<T, false>;
+  return column_vectors<T, 2, false>(n, c, {s, ss}, [&](std::int64_t i, std::int64_t j, A (&acc)[2]) {
+    const Vec<T> d = load(x + i * c + j) - load(shift + j);
+    acc[0] += d;
+    acc[1] += d * d;
   });
 }
 
-// The same over dy and x (or y): s[j] += sum(dz), sx[j] += sum(dz * u)
-// (fused_grad; plain batch norm: dz = dy, u = (x - hi) - lo), in float64
-// lanes (Note [Gradient sums in float64]).
+// The same over dy and x (or y): s[j] += sum(dz), sx[j] += sum(dz * u),
+// su[j] += sum(u) (add_grad_terms), in float64 lanes (Note [Gradient sums
+// in float64]).
 template <ActivationKind K, bool FromOutput, class T>
 std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::int64_t c,
-                                  const ChannelColumns<T>& cols, T alpha, double* s, double* sx) {
-  return column_vectors<T>(n, c, s, sx, [&](std::int64_t i, std::int64_t j, WideVec<T>& a, WideVec<T>& b) {
-    add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, a, b,
-                                  ToWide<T>{});
+                                  const ChannelColumns<T>& cols, T alpha, double* s, double* sx, double* su) {
+  using A = LaneVec<T, true>;
+  return column_vectors<T, 3, true>(n, c, {s, sx, su}, [&](std::int64_t i, std::int64_t j, A (&acc)[3]) {
+    add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, acc[0], acc[1],
+                                  acc[2], ToWide<T>{});
   });
 }
 
@@ -767,28 +828,30 @@ void redo_overflowed_stats(DType dtype, std::int64_t n, std::int64_t c, std::int
   }
 }
 
-// sum(dz) and sum(dz * u) of every channel whose fast sums are not finite,
-// in float64.
+// sum(dz), sum(dz * u) and sum(u) of every channel whose fast sums are not
+// finite, in float64.
 template <ActivationKind K, bool FromOutput, class T>
 void redo_overflowed_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                                    const void* x, const double* coef, double alpha, double* sum_dy,
-                                   double* sum_dy_xmu) {
+                                   double* sum_dy_xmu, double* sum_xmu) {
   const ForwardCoef f(coef, c);
   for (std::int64_t j = 0; j < c; ++j) {
-    if (std::isfinite(sum_dy[j]) && std::isfinite(sum_dy_xmu[j])) continue;
+    if (std::isfinite(sum_dy[j]) && std::isfinite(sum_dy_xmu[j]) && std::isfinite(sum_xmu[j])) continue;
     const std::vector<double> g = channel_values<T>(dy, dtype, n, c, l, j);
     const std::vector<double> v = channel_values<T>(x, dtype, n, c, l, j);
     const ChannelTerms<double> terms{f.hi[j], f.lo[j], f.hi[j] * 0.5, f.scale[j] * 2.0, f.shift[j] - f.lo[j] * f.scale[j],
                                      f.shift[j]};
-    double s = 0, sx = 0;
+    double s = 0, sx = 0, su = 0;
     for (std::size_t k = 0; k < v.size(); ++k) {
       double dz, u;
       fused_grad<K, FromOutput>(g[k], v[k], terms, alpha, dz, u);
       s += dz;
       sx += dz * u;
+      su += u;
     }
     sum_dy[j] = s;
     sum_dy_xmu[j] = sx;
+    sum_xmu[j] = su;
   }
 }
 

@@ -61,7 +61,7 @@ void shifted_sums_rows(DType dtype, std::int64_t n, std::int64_t c, const void* 
 template <class T>
 void shifted_sums_planes(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x, const T* shift,
                          double* s, double* ss) {
-  std::vector<PairSums<T>> sums(static_cast<std::size_t>(c));
+  std::vector<MomentSums<T>> sums(static_cast<std::size_t>(c));
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < c; ++j)
       for_runs<T>(x, dtype, (i * c + j) * l, l, [&](const T* p, std::int64_t len) {
@@ -70,8 +70,8 @@ void shifted_sums_planes(DType dtype, std::int64_t n, std::int64_t c, std::int64
   for (std::int64_t j = 0; j < c; ++j) {
     auto& sum = sums[static_cast<std::size_t>(j)];
     sum.flush();
-    s[j] = sum.a;
-    ss[j] = sum.b;
+    s[j] = sum.sum[0];
+    ss[j] = sum.sum[1];
   }
 }
 
@@ -291,31 +291,48 @@ void apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c
   });
 }
 
-// sum(dz * (x - mean)) from sum(dz * x), which add_grad_terms accumulates
-// from x (the mean in float64 as hi + lo); before the redo of channels
-// whose sums are not finite, which computes the centred sum itself.
+// sum(dz * (x - mean)) and sum(x - mean) from sum(dz * x) and sum(x), which
+// add_grad_terms accumulates from x (the mean in float64 as hi + lo);
+// before the redo of channels whose sums are not finite, which computes the
+// centred sums itself.
 template <bool FromOutput>
-void center_gradient_sums(std::int64_t c, const double* coef, const double* sum_dy, double* sum_dy_xmu) {
+void center_gradient_sums(std::int64_t c, std::int64_t count, const double* coef, const double* sum_dy,
+                          double* sum_dy_xmu, double* sum_xmu) {
   if constexpr (!FromOutput) {
     const ForwardCoef f(coef, c);
-    for (std::int64_t j = 0; j < c; ++j) sum_dy_xmu[j] -= (f.hi[j] + f.lo[j]) * sum_dy[j];
+    const auto values = static_cast<double>(count);
+    for (std::int64_t j = 0; j < c; ++j) {
+      const double mean = f.hi[j] + f.lo[j];
+      sum_dy_xmu[j] -= mean * sum_dy[j];
+      sum_xmu[j] -= mean * values;
+    }
   }
 }
+
+// The three sums of a kernel, as output pointers.
+struct GradSumsOut {
+  double* sum_dy;
+  double* sum_dy_xmu;
+  double* sum_xmu;
+  GradSumsOut at(std::int64_t j) const { return {sum_dy + j, sum_dy_xmu + j, sum_xmu + j}; }
+};
 
 // Gradient sums over rows: (N, C) input and channels-last. `both(offset,
 // len, fn)` calls fn(dy_run, x_run, len) over matching runs of dy and x.
 template <ActivationKind K, bool FromOutput, class T, class Both>
 void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void* dy, const void* x,
-                        const double* coef, T alpha, double* sum_dy, double* sum_dy_xmu, Both&& both) {
+                        const double* coef, T alpha, const GradSumsOut& out, Both&& both) {
   const ChannelColumns<T> cols(coef, c);
   if (direct) {
     const T* gs = static_cast<const T*>(dy);
     const T* xs = static_cast<const T*>(x);
-    const std::int64_t done = column_gradient_sums<K, FromOutput>(gs, xs, n, c, cols, alpha, sum_dy, sum_dy_xmu);
+    const std::int64_t done =
+        column_gradient_sums<K, FromOutput>(gs, xs, n, c, cols, alpha, out.sum_dy, out.sum_dy_xmu, out.sum_xmu);
     for (std::int64_t j = done; j < c; ++j) {
       const ChannelTerms<T> t = cols.at(j);
       for (std::int64_t i = 0; i < n; ++i)
-        add_grad_terms<K, FromOutput>(gs[i * c + j], xs[i * c + j], t, alpha, sum_dy[j], sum_dy_xmu[j], ToWide<T>{});
+        add_grad_terms<K, FromOutput>(gs[i * c + j], xs[i * c + j], t, alpha, out.sum_dy[j], out.sum_dy_xmu[j],
+                                      out.sum_xmu[j], ToWide<T>{});
     }
     return;
   }
@@ -325,7 +342,8 @@ void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void*
     both(i * c, c, [&](const T* g, const T* xp, std::int64_t len) {
       const ChannelTerms<const T*> at{planes.hi + done,          planes.lo + done,     planes.half_hi + done,
                                       planes.twice_scale + done, planes.offset + done, planes.shift + done};
-      row_gradient_sums<K, FromOutput>(g, xp, len, at, alpha, sum_dy + done, sum_dy_xmu + done);
+      const GradSumsOut part = out.at(done);
+      row_gradient_sums<K, FromOutput>(g, xp, len, at, alpha, part.sum_dy, part.sum_dy_xmu, part.sum_xmu);
       done += len;
     });
   }
@@ -335,8 +353,8 @@ void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void*
 // one accumulator set per channel, as the statistics.
 template <ActivationKind K, bool FromOutput, class T, class Both>
 void gradient_sums_planes(std::int64_t n, std::int64_t c, std::int64_t l, const double* coef, T alpha,
-                          double* sum_dy, double* sum_dy_xmu, Both&& both) {
-  std::vector<PairSums<T>> sums(static_cast<std::size_t>(c));
+                          const GradSumsOut& out, Both&& both) {
+  std::vector<GradLaneSums<T>> sums(static_cast<std::size_t>(c));
   const ForwardCoef f(coef, c);
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < c; ++j) {
@@ -349,8 +367,9 @@ void gradient_sums_planes(std::int64_t n, std::int64_t c, std::int64_t l, const 
   for (std::int64_t j = 0; j < c; ++j) {
     auto& sum = sums[static_cast<std::size_t>(j)];
     sum.flush();
-    sum_dy[j] = sum.a;
-    sum_dy_xmu[j] = sum.b;
+    out.sum_dy[j] = sum.sum[0];
+    out.sum_dy_xmu[j] = sum.sum[1];
+    out.sum_xmu[j] = sum.sum[2];
   }
 }
 
@@ -358,9 +377,10 @@ void gradient_sums_planes(std::int64_t n, std::int64_t c, std::int64_t l, const 
 // dtype, Note [Gradient sums in float64]).
 template <ActivationKind K, bool FromOutput, class T>
 void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy, const void* x,
-                        const double* coef, T alpha, double* sum_dy, double* sum_dy_xmu) {
-  std::fill(sum_dy, sum_dy + c, 0.0);
-  std::fill(sum_dy_xmu, sum_dy_xmu + c, 0.0);
+                        const double* coef, T alpha, const GradSumsOut& out) {
+  std::fill(out.sum_dy, out.sum_dy + c, 0.0);
+  std::fill(out.sum_dy_xmu, out.sum_dy_xmu + c, 0.0);
+  std::fill(out.sum_xmu, out.sum_xmu + c, 0.0);
   const bool direct = dtype == DType::Float32 || dtype == DType::Float64;
   std::vector<T> g_buffer(direct ? 0 : static_cast<std::size_t>(kChunk));
   auto both = [&](std::int64_t offset, std::int64_t len, auto&& fn) {
@@ -376,27 +396,31 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
     });
   };
   if (l == 1)
-    gradient_sums_rows<K, FromOutput, T>(direct, n, c, dy, x, coef, alpha, sum_dy, sum_dy_xmu, both);
+    gradient_sums_rows<K, FromOutput, T>(direct, n, c, dy, x, coef, alpha, out, both);
   else
-    gradient_sums_planes<K, FromOutput, T>(n, c, l, coef, alpha, sum_dy, sum_dy_xmu, both);
+    gradient_sums_planes<K, FromOutput, T>(n, c, l, coef, alpha, out, both);
 }
 
 void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
                          const void* dy, const void* x, const double* coef, const BatchNormFusion& fusion,
-                         double* sum_dy, double* sum_dy_xmu) {
+                         double* sum_dy, double* sum_dy_xmu, double* sum_xmu) {
   dispatch_compute(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_fusion(fusion, [&](auto kind, auto from_output) {
       constexpr ActivationKind K = decltype(kind)::value;
       constexpr bool kFromOutput = decltype(from_output)::value;
-      fast_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, static_cast<T>(fusion.alpha), sum_dy,
-                                            sum_dy_xmu);
-      center_gradient_sums<kFromOutput>(c, coef, sum_dy, sum_dy_xmu);
-      redo_overflowed_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, fusion.alpha, sum_dy, sum_dy_xmu);
+      fast_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, static_cast<T>(fusion.alpha),
+                                            GradSumsOut{sum_dy, sum_dy_xmu, sum_xmu});
+      center_gradient_sums<kFromOutput>(c, n * l, coef, sum_dy, sum_dy_xmu, sum_xmu);
+      redo_overflowed_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, fusion.alpha, sum_dy, sum_dy_xmu,
+                                                       sum_xmu);
       if constexpr (kFromOutput) {
         // u = (x - mean) * scale (Note [Fused activation]).
         const ForwardCoef f(coef, c);
-        for (std::int64_t j = 0; j < c; ++j) sum_dy_xmu[j] /= f.scale[j];
+        for (std::int64_t j = 0; j < c; ++j) {
+          sum_dy_xmu[j] /= f.scale[j];
+          sum_xmu[j] /= f.scale[j];
+        }
       }
     });
   });
@@ -404,7 +428,7 @@ void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::in
 
 void cpu_backward_coefficients(Device /*device*/, DType param_dtype, std::int64_t c, std::int64_t count,
                                double clamp_eps, const double* invstd, const void* weight, const double* sum_dy,
-                               const double* sum_dy_xmu, double* coef_b) {
+                               const double* sum_dy_xmu, const double* sum_xmu, double* coef_b) {
   core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
     const auto* w = static_cast<const P*>(weight);
@@ -418,24 +442,30 @@ void cpu_backward_coefficients(Device /*device*/, DType param_dtype, std::int64_
     // through its variance (b = 0).
     const double clamped_invstd = clamp_eps > 0 ? 1.0 / std::sqrt(clamp_eps) : HUGE_VAL;
     for (std::int64_t j = 0; j < c; ++j) {
-      a[j] = sum_dy[j] * per;
-      b[j] = invstd[j] >= clamped_invstd ? 0.0 : sum_dy_xmu[j] * per * invstd[j] * invstd[j];
+      // The exact mean is mean + e (Note [The exact mean from the backward]).
+      const double e = sum_xmu != nullptr ? sum_xmu[j] * per : 0.0;
+      b[j] = invstd[j] >= clamped_invstd ? 0.0 : (sum_dy_xmu[j] - e * sum_dy[j]) * per * invstd[j] * invstd[j];
+      a[j] = sum_dy[j] * per - e * b[j];
     }
     for (std::int64_t j = 0; j < c; ++j) g[j] = invstd[j] * (w != nullptr ? static_cast<double>(w[j]) : 1.0);
   });
 }
 
 void cpu_accumulate_param_grads(Device /*device*/, DType param_dtype, std::int64_t c, const double* invstd,
-                                const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
-                                void* grad_bias) {
+                                const double* sum_dy, const double* sum_dy_xmu, const double* total_sum_xmu,
+                                std::int64_t count, void* grad_weight, void* grad_bias) {
   core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
     auto* gw = static_cast<P*>(grad_weight);
     auto* gb = static_cast<P*>(grad_bias);
+    const double per = count > 0 && total_sum_xmu != nullptr ? 1.0 / static_cast<double>(count) : 0.0;
     if (gw != nullptr)
-      for (std::int64_t j = 0; j < c; ++j) gw[j] = static_cast<P>(static_cast<double>(gw[j]) + local_sum_dy_xmu[j] * invstd[j]);
+      for (std::int64_t j = 0; j < c; ++j) {
+        const double e = per != 0 ? total_sum_xmu[j] * per : 0.0;
+        gw[j] = static_cast<P>(static_cast<double>(gw[j]) + (sum_dy_xmu[j] - e * sum_dy[j]) * invstd[j]);
+      }
     if (gb != nullptr)
-      for (std::int64_t j = 0; j < c; ++j) gb[j] = static_cast<P>(static_cast<double>(gb[j]) + local_sum_dy[j]);
+      for (std::int64_t j = 0; j < c; ++j) gb[j] = static_cast<P>(static_cast<double>(gb[j]) + sum_dy[j]);
   });
 }
 

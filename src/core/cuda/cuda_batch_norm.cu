@@ -70,29 +70,26 @@ int row_splits_for(int device, long long n, long long c) {
   return static_cast<int>(std::max(1LL, std::min({by_occupancy, by_work, 65535LL})));
 }
 
-// body(at, ch, a, b) over the rows of channel ch = blockIdx.x * 32 + lane
-// that this block's split holds; writes the split's two sums.
-template <class Body>
-__device__ void rows_partial(long long n, long long c, int splits, Body&& body, double* pa, double* pb) {
-  __shared__ double sa[kRowLanes][32];
-  __shared__ double sb[kRowLanes][32];
+// body(at, ch, acc) over the rows of channel ch = blockIdx.x * 32 + lane
+// that this block's split holds, acc its N sums; writes the split's sums to
+// out[k][ch * splits + split].
+template <int N, class Body>
+__device__ void rows_partial(long long n, long long c, int splits, Body&& body, double* const (&out)[N]) {
+  __shared__ double lane_sums[N][kRowLanes][32];
   const long long ch = static_cast<long long>(blockIdx.x) * 32 + threadIdx.x;
-  double a = 0, b = 0;
+  double acc[N] = {};
   if (ch < c)
     for (long long r = static_cast<long long>(blockIdx.y) * kRowLanes + threadIdx.y; r < n;
          r += static_cast<long long>(splits) * kRowLanes)
-      body(r * c + ch, ch, a, b);
-  sa[threadIdx.y][threadIdx.x] = a;
-  sb[threadIdx.y][threadIdx.x] = b;
+      body(r * c + ch, ch, acc);
+  for (int k = 0; k < N; ++k) lane_sums[k][threadIdx.y][threadIdx.x] = acc[k];
   __syncthreads();
   if (threadIdx.y == 0 && ch < c) {
-    double ta = 0, tb = 0;
-    for (int k = 0; k < kRowLanes; ++k) {
-      ta += sa[k][threadIdx.x];
-      tb += sb[k][threadIdx.x];
+    for (int k = 0; k < N; ++k) {
+      double total = 0;
+      for (int lane = 0; lane < kRowLanes; ++lane) total += lane_sums[k][lane][threadIdx.x];
+      out[k][ch * splits + blockIdx.y] = total;
     }
-    pa[ch * splits + blockIdx.y] = ta;
-    pb[ch * splits + blockIdx.y] = tb;
   }
 }
 
@@ -146,17 +143,16 @@ struct DeviceFusion {
 
 DeviceFusion device_fusion(const core::detail::BatchNormFusion& f) { return {f.kind, f.alpha, f.from_output}; }
 
-// Two sums per block, reduced with CUB in a fixed order.
-__device__ void block_sum2(double a, double b, double* out_a, double* out_b) {
+// N sums per block, reduced with CUB in a fixed order; thread 0 writes
+// sum k to *out[k].
+template <int N>
+__device__ void block_sums(const double (&v)[N], double* const (&out)[N]) {
   using Reduce = cub::BlockReduce<double, kBlock>;
-  __shared__ typename Reduce::TempStorage temp_a;
-  __shared__ typename Reduce::TempStorage temp_b;
-  const double ta = Reduce(temp_a).Sum(a);
-  const double tb = Reduce(temp_b).Sum(b);
-  if (threadIdx.x == 0) {
-    *out_a = ta;
-    *out_b = tb;
-  }
+  __shared__ typename Reduce::TempStorage temp[N];
+  double total[N];
+  for (int k = 0; k < N; ++k) total[k] = Reduce(temp[k]).Sum(v[k]);
+  if (threadIdx.x == 0)
+    for (int k = 0; k < N; ++k) *out[k] = total[k];
 }
 
 template <class T>
@@ -166,27 +162,29 @@ __global__ void stats_partial_kernel(long long n, long long c, long long l, cons
   const long long ch = blockIdx.x;
   const int split = static_cast<int>(blockIdx.y);
   const double shift = static_cast<double>(load_compute(x, ch * l));
-  double s = 0, ss = 0;
+  double sums[2] = {};
   for_channel_elements(n, c, l, ch, split, splits, [&](long long at) {
     const double d = static_cast<double>(load_compute(x, at)) - shift;
-    s += d;
-    ss += d * d;
+    sums[0] += d;
+    sums[1] += d * d;
   });
-  block_sum2(s, ss, &ps[ch * splits + split], &pss[ch * splits + split]);
+  double* const out[2] = {&ps[ch * splits + split], &pss[ch * splits + split]};
+  block_sums<2>(sums, out);
 }
 
 template <class T>
 __global__ void stats_rows_kernel(long long n, long long c, const T* x, int splits, double* ps, double* pss) {
   const long long ch = static_cast<long long>(blockIdx.x) * 32 + threadIdx.x;
   const double shift = ch < c ? static_cast<double>(load_compute(x, ch)) : 0.0;
-  rows_partial(
+  double* const out[2] = {ps, pss};
+  rows_partial<2>(
       n, c, splits,
-      [&](long long at, long long, double& s, double& ss) {
+      [&](long long at, long long, double (&acc)[2]) {
         const double d = static_cast<double>(load_compute(x, at)) - shift;
-        s += d;
-        ss += d * d;
+        acc[0] += d;
+        acc[1] += d * d;
       },
-      ps, pss);
+      out);
 }
 
 template <class T>
@@ -438,109 +436,130 @@ void cuda_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std:
   });
 }
 
+// The backward's sums of one element: dz, dz * (x - mean) and x - mean.
+struct GradTerms {
+  const DeviceFusion& act;
+  __device__ void add(double dy, double s, const double* coef4, double (&acc)[3]) const {
+    double dz, xmu;
+    act.grad(dy, s, coef4, dz, xmu);
+    acc[0] += dz;
+    acc[1] += dz * xmu;
+    acc[2] += xmu;
+  }
+};
+
 template <class T>
 __global__ void backward_partial_kernel(long long n, long long c, long long l, const T* dy, const T* x,
-                                        const double* coef, DeviceFusion act, int splits, double* ps, double* psx) {
+                                        const double* coef, DeviceFusion act, int splits, double* ps, double* psx,
+                                        double* psu) {
   const long long ch = blockIdx.x;
   const int split = static_cast<int>(blockIdx.y);
-  double s = 0, sx = 0;
-  for_channel_elements(n, c, l, ch, split, splits, [&](long long at) {
-    double dz, xmu;
-    act.grad(to_double(dy[at]), to_double(x[at]), coef + 4 * ch, dz, xmu);
-    s += dz;
-    sx += dz * xmu;
-  });
-  block_sum2(s, sx, &ps[ch * splits + split], &psx[ch * splits + split]);
+  const GradTerms terms{act};
+  double sums[3] = {};
+  for_channel_elements(n, c, l, ch, split, splits,
+                       [&](long long at) { terms.add(to_double(dy[at]), to_double(x[at]), coef + 4 * ch, sums); });
+  const long long at = ch * splits + split;
+  double* const out[3] = {&ps[at], &psx[at], &psu[at]};
+  block_sums<3>(sums, out);
 }
 
 template <class T>
 __global__ void backward_rows_kernel(long long n, long long c, const T* dy, const T* x, const double* coef,
-                                     DeviceFusion act, int splits, double* ps, double* psx) {
-  rows_partial(
+                                     DeviceFusion act, int splits, double* ps, double* psx, double* psu) {
+  const GradTerms terms{act};
+  double* const out[3] = {ps, psx, psu};
+  rows_partial<3>(
       n, c, splits,
-      [&](long long at, long long ch, double& s, double& sx) {
-        double dz, xmu;
-        act.grad(to_double(dy[at]), to_double(x[at]), coef + 4 * ch, dz, xmu);
-        s += dz;
-        sx += dz * xmu;
+      [&](long long at, long long ch, double (&acc)[3]) {
+        terms.add(to_double(dy[at]), to_double(x[at]), coef + 4 * ch, acc);
       },
-      ps, psx);
+      out);
 }
 
-__global__ void backward_finish_kernel(long long c, int splits, const double* ps, const double* psx, double* sum_dy,
-                                       double* sum_dy_xmu) {
+__global__ void backward_finish_kernel(long long c, int splits, const double* ps, const double* psx, const double* psu,
+                                       double* sum_dy, double* sum_dy_xmu, double* sum_xmu) {
   SYNCBN_GRID_STRIDE(ch, c) {
-    double s = 0, sx = 0;
+    double s = 0, sx = 0, su = 0;
     for (int k = 0; k < splits; ++k) {
       s += ps[ch * splits + k];
       sx += psx[ch * splits + k];
+      su += psu[ch * splits + k];
     }
     sum_dy[ch] = s;
     sum_dy_xmu[ch] = sx;
+    sum_xmu[ch] = su;
   }
 }
 
 void cuda_backward_reduce(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                           const void* x, const double* coef, const core::detail::BatchNormFusion& fusion,
-                          double* sum_dy, double* sum_dy_xmu) {
+                          double* sum_dy, double* sum_dy_xmu, double* sum_xmu) {
   if (c == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
   const long long count = n * l;
   if (count == 0) {
-    SYNCBN_CUDA_CHECK(cudaMemsetAsync(sum_dy, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
-    SYNCBN_CUDA_CHECK(cudaMemsetAsync(sum_dy_xmu, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
+    for (double* out : {sum_dy, sum_dy_xmu, sum_xmu})
+      SYNCBN_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double) * static_cast<std::size_t>(c), stream));
     return;
   }
   const bool rows = l == 1;
   const int splits = rows ? row_splits_for(device.index(), n, c) : splits_for(device.index(), c, count);
-  ScratchBuffer ps(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
-  ScratchBuffer psx(device.index(), sizeof(double) * static_cast<std::size_t>(c * splits));
+  const std::size_t partial_bytes = sizeof(double) * static_cast<std::size_t>(c * splits);
+  ScratchBuffer ps(device.index(), partial_bytes);
+  ScratchBuffer psx(device.index(), partial_bytes);
+  ScratchBuffer psu(device.index(), partial_bytes);
   const DeviceFusion act = device_fusion(fusion);
   dispatch_floating_device(dtype, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
     if (rows) {
       backward_rows_kernel<T><<<rows_grid(c, splits), kRowsBlock, 0, stream>>>(
           n, c, static_cast<const T*>(dy), static_cast<const T*>(x), coef, act, splits, ps.as<double>(),
-          psx.as<double>());
+          psx.as<double>(), psu.as<double>());
     } else {
       const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
       backward_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(dy),
                                                               static_cast<const T*>(x), coef, act, splits,
-                                                              ps.as<double>(), psx.as<double>());
+                                                              ps.as<double>(), psx.as<double>(), psu.as<double>());
     }
     SYNCBN_CUDA_LAUNCH_CHECK();
-    backward_finish_kernel<<<grid_for(c), kBlock, 0, stream>>>(c, splits, ps.as<double>(), psx.as<double>(), sum_dy,
-                                                               sum_dy_xmu);
+    backward_finish_kernel<<<grid_for(c), kBlock, 0, stream>>>(c, splits, ps.as<double>(), psx.as<double>(),
+                                                               psu.as<double>(), sum_dy, sum_dy_xmu, sum_xmu);
     SYNCBN_CUDA_LAUNCH_CHECK();
   });
 }
 
 template <class P>
 __global__ void backward_coef_kernel(long long c, long long count, double clamped_invstd, const double* invstd,
-                                     const P* w, const double* sum_dy, const double* sum_dy_xmu, double* coef_b) {
+                                     const P* w, const double* sum_dy, const double* sum_dy_xmu,
+                                     const double* sum_xmu, double* coef_b) {
   SYNCBN_GRID_STRIDE(ch, c) {
     const double per = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
     const double inv = invstd[ch];
-    coef_b[3 * ch + 0] = sum_dy[ch] * per;
+    // The exact mean is mean + e (Note [The exact mean from the backward]).
+    const double e = sum_xmu != nullptr ? sum_xmu[ch] * per : 0.0;
     // A clamped channel's invstd does not depend on its variance.
-    coef_b[3 * ch + 1] = inv >= clamped_invstd ? 0.0 : sum_dy_xmu[ch] * per * inv * inv;
+    const double b = inv >= clamped_invstd ? 0.0 : (sum_dy_xmu[ch] - e * sum_dy[ch]) * per * inv * inv;
+    coef_b[3 * ch + 0] = sum_dy[ch] * per - e * b;
+    coef_b[3 * ch + 1] = b;
     coef_b[3 * ch + 2] = inv * (w != nullptr ? static_cast<double>(w[ch]) : 1.0);
   }
 }
 
 template <class P>
-__global__ void param_grads_kernel(long long c, const double* invstd, const double* local_sum_dy,
-                                   const double* local_sum_dy_xmu, P* gw, P* gb) {
+__global__ void param_grads_kernel(long long c, const double* invstd, const double* sum_dy, const double* sum_dy_xmu,
+                                   const double* total_sum_xmu, double per, P* gw, P* gb) {
   SYNCBN_GRID_STRIDE(ch, c) {
-    if (gw != nullptr) gw[ch] = static_cast<P>(static_cast<double>(gw[ch]) + local_sum_dy_xmu[ch] * invstd[ch]);
-    if (gb != nullptr) gb[ch] = static_cast<P>(static_cast<double>(gb[ch]) + local_sum_dy[ch]);
+    const double e = total_sum_xmu != nullptr ? total_sum_xmu[ch] * per : 0.0;
+    if (gw != nullptr)
+      gw[ch] = static_cast<P>(static_cast<double>(gw[ch]) + (sum_dy_xmu[ch] - e * sum_dy[ch]) * invstd[ch]);
+    if (gb != nullptr) gb[ch] = static_cast<P>(static_cast<double>(gb[ch]) + sum_dy[ch]);
   }
 }
 
 void cuda_backward_coefficients(Device device, DType param_dtype, std::int64_t c, std::int64_t count,
                                 double clamp_eps, const double* invstd, const void* weight, const double* sum_dy,
-                                const double* sum_dy_xmu, double* coef_b) {
+                                const double* sum_dy_xmu, const double* sum_xmu, double* coef_b) {
   if (c == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
@@ -551,20 +570,23 @@ void cuda_backward_coefficients(Device device, DType param_dtype, std::int64_t c
     const double clamped_invstd = clamp_eps > 0 ? 1.0 / std::sqrt(clamp_eps) : HUGE_VAL;
     backward_coef_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, count, clamped_invstd, invstd,
                                                                 static_cast<const P*>(weight), sum_dy, sum_dy_xmu,
-                                                                coef_b);
+                                                                sum_xmu, coef_b);
     SYNCBN_CUDA_LAUNCH_CHECK();
   });
 }
 
 void cuda_accumulate_param_grads(Device device, DType param_dtype, std::int64_t c, const double* invstd,
-                                 const double* local_sum_dy, const double* local_sum_dy_xmu, void* grad_weight,
-                                 void* grad_bias) {
+                                 const double* sum_dy, const double* sum_dy_xmu, const double* total_sum_xmu,
+                                 std::int64_t count, void* grad_weight, void* grad_bias) {
   if (c == 0) return;
   DeviceGuard guard(device.index());
   cudaStream_t stream = stream_for(device.index());
+  const bool corrected = count > 0 && total_sum_xmu != nullptr;
+  const double per = corrected ? 1.0 / static_cast<double>(count) : 0.0;
   core::detail::dispatch_floating(param_dtype, "batch_norm parameters", [&](auto tag) {
     using P = decltype(tag);
-    param_grads_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, invstd, local_sum_dy, local_sum_dy_xmu,
+    param_grads_kernel<P><<<grid_for(c), kBlock, 0, stream>>>(c, invstd, sum_dy, sum_dy_xmu,
+                                                              corrected ? total_sum_xmu : nullptr, per,
                                                               static_cast<P*>(grad_weight),
                                                               static_cast<P*>(grad_bias));
     SYNCBN_CUDA_LAUNCH_CHECK();
