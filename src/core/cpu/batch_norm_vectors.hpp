@@ -67,6 +67,23 @@ void for_runs(const void* x, DType dtype, std::int64_t offset, std::int64_t n, F
 
 // ---- vectorised runs ----------------------------------------------------------
 
+// Per-channel scratch arrays that the loops read as vectors, on cache-line
+// boundaries: with malloc's 16-byte alignment a 64-byte vector load of a
+// term table or of the column partials straddles two lines whenever the
+// heap's state happens to put the array there, so a kernel's speed would
+// depend on the allocations made before it.
+struct AlignedDelete {
+  void operator()(void* p) const noexcept { ::operator delete[](p, std::align_val_t{64}); }
+};
+template <class U>
+using AlignedArray = std::unique_ptr<U[], AlignedDelete>;
+
+template <class U>
+AlignedArray<U> aligned_array(std::size_t n) {
+  static_assert(std::is_trivially_default_constructible_v<U> && std::is_trivially_destructible_v<U>);
+  return AlignedArray<U>(static_cast<U*>(::operator new[](n * sizeof(U), std::align_val_t{64})));
+}
+
 constexpr std::int64_t kAccumulators = 4;
 constexpr int kAddsPerFlush = 32;  // adds per float32 lane before a float64 flush
 
@@ -493,7 +510,7 @@ class TermTable {
   // term(j, std::integral_constant<int, Q>) -> U: term Q of channel j.
   template <class Term>
   TermTable(std::int64_t c, Term&& term)
-      : data_(std::make_unique_for_overwrite<U[]>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
+      : data_(aligned_array<U>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
     // One term at a time over a whole vector of channels, so that each
     // inner loop reads the coefficient planes contiguously and vectorises.
     // Lanes past the last channel stay unset: only whole vectors of channels
@@ -521,7 +538,7 @@ class TermTable {
   static std::size_t index(std::int64_t j, int q) {
     return static_cast<std::size_t>(j / kLanes<T> * K * kLanes<T> + q * kLanes<T> + j % kLanes<T>);
   }
-  std::unique_ptr<U[]> data_;
+  AlignedArray<U> data_;
 };
 
 template <class T>
@@ -651,7 +668,7 @@ template <class T>
 class ChannelColumns {
  public:
   ChannelColumns(const double* coef, std::int64_t c)
-      : c_(c), data_(std::make_unique_for_overwrite<T[]>(static_cast<std::size_t>(6 * c))) {
+      : c_(c), data_(aligned_array<T>(static_cast<std::size_t>(6 * c))) {
     const ForwardCoef f(coef, c);
     fill(0, [&](std::int64_t j) { return static_cast<T>(f.hi[j]); });
     fill(1, [&](std::int64_t j) { return static_cast<T>(f.lo[j]); });
@@ -680,7 +697,7 @@ class ChannelColumns {
   }
   const T* plane(int q) const { return data_.get() + q * c_; }
   std::int64_t c_;
-  std::unique_ptr<T[]> data_;
+  AlignedArray<T> data_;
 };
 
 // Reductions over (N, C) input, in column blocks of V vectors of channels
@@ -738,7 +755,7 @@ std::int64_t column_vectors(std::int64_t n, std::int64_t c, const std::array<dou
   using P = LaneScalar<T, Wide>;
   constexpr std::int64_t lanes = kLanes<T>, wide = kWideBlock * lanes;
   const std::int64_t wide_end = c / wide * wide, end = c / lanes * lanes;
-  const auto storage = std::make_unique_for_overwrite<P[]>(static_cast<std::size_t>(N * end));
+  const auto storage = aligned_array<P>(static_cast<std::size_t>(N * end));
   std::array<P*, N> partials;
   for (int k = 0; k < N; ++k) partials[static_cast<std::size_t>(k)] = storage.get() + k * end;
   const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));

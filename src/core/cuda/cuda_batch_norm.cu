@@ -8,7 +8,11 @@
 // The per-channel reductions are split: a channel's n*l elements are spread
 // over `splits` blocks (enough blocks in all to fill the GPU even for C = 64),
 // whose partial sums a second kernel adds in split order (deterministic for
-// a given device: the split count follows its multiprocessor count).
+// a given device: the split count follows its multiprocessor count). Each
+// reduction has a kernel per layout, named as the CPU's entry functions:
+// `*_planes_kernel` for channels-first (N, C, L), one block per channel and
+// split; `*_rows_kernel` for (N, C) and channels-last rows, warps across 32
+// channels. The element-wise kernels index either layout alike.
 
 #include <cub/block/block_reduce.cuh>
 
@@ -156,8 +160,8 @@ __device__ void block_sums(const double (&v)[N], double* const (&out)[N]) {
 }
 
 template <class T>
-__global__ void stats_partial_kernel(long long n, long long c, long long l, const T* x, int splits, double* ps,
-                                     double* pss) {
+__global__ void stats_planes_kernel(long long n, long long c, long long l, const T* x, int splits, double* ps,
+                                    double* pss) {
   using C = typename ComputeOf<T>::type;
   const long long ch = blockIdx.x;
   const int split = static_cast<int>(blockIdx.y);
@@ -226,8 +230,8 @@ void cuda_stats(Device device, DType dtype, std::int64_t n, std::int64_t c, std:
                                                                             ps.as<double>(), pss.as<double>());
     } else {
       const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
-      stats_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(x), splits, ps.as<double>(),
-                                                           pss.as<double>());
+      stats_planes_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(x), splits, ps.as<double>(),
+                                                          pss.as<double>());
     }
     SYNCBN_CUDA_LAUNCH_CHECK();
     stats_finish_kernel<T><<<grid_for(c), kBlock, 0, stream>>>(c, l, count, static_cast<const T*>(x), splits,
@@ -449,9 +453,9 @@ struct GradTerms {
 };
 
 template <class T>
-__global__ void backward_partial_kernel(long long n, long long c, long long l, const T* dy, const T* x,
-                                        const double* coef, DeviceFusion act, int splits, double* ps, double* psx,
-                                        double* psu) {
+__global__ void backward_planes_kernel(long long n, long long c, long long l, const T* dy, const T* x,
+                                       const double* coef, DeviceFusion act, int splits, double* ps, double* psx,
+                                       double* psu) {
   const long long ch = blockIdx.x;
   const int split = static_cast<int>(blockIdx.y);
   const GradTerms terms{act};
@@ -518,9 +522,9 @@ void cuda_backward_reduce(Device device, DType dtype, std::int64_t n, std::int64
           psx.as<double>(), psu.as<double>());
     } else {
       const dim3 grid(static_cast<unsigned>(c), static_cast<unsigned>(splits));
-      backward_partial_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(dy),
-                                                              static_cast<const T*>(x), coef, act, splits,
-                                                              ps.as<double>(), psx.as<double>(), psu.as<double>());
+      backward_planes_kernel<T><<<grid, kBlock, 0, stream>>>(n, c, l, static_cast<const T*>(dy),
+                                                             static_cast<const T*>(x), coef, act, splits,
+                                                             ps.as<double>(), psx.as<double>(), psu.as<double>());
     }
     SYNCBN_CUDA_LAUNCH_CHECK();
     backward_finish_kernel<<<grid_for(c), kBlock, 0, stream>>>(c, splits, ps.as<double>(), psx.as<double>(),
