@@ -19,6 +19,7 @@
 #include "backend/dispatch.hpp"
 #include "backend/kernels.hpp"
 #include "cpu/half_float.hpp"
+#include "cpu/scratch.hpp"
 #include "cpu/simd.hpp"
 
 namespace syncbn::cpu::SYNCBN_CPU_ISA {
@@ -66,23 +67,6 @@ void for_runs(const void* x, DType dtype, std::int64_t offset, std::int64_t n, F
 }
 
 // ---- vectorised runs ----------------------------------------------------------
-
-// Per-channel scratch arrays that the loops read as vectors, on cache-line
-// boundaries: with malloc's 16-byte alignment a 64-byte vector load of a
-// term table or of the column partials straddles two lines whenever the
-// heap's state happens to put the array there, so a kernel's speed would
-// depend on the allocations made before it.
-struct AlignedDelete {
-  void operator()(void* p) const noexcept { ::operator delete[](p, std::align_val_t{64}); }
-};
-template <class U>
-using AlignedArray = std::unique_ptr<U[], AlignedDelete>;
-
-template <class U>
-AlignedArray<U> aligned_array(std::size_t n) {
-  static_assert(std::is_trivially_default_constructible_v<U> && std::is_trivially_destructible_v<U>);
-  return AlignedArray<U>(static_cast<U*>(::operator new[](n * sizeof(U), std::align_val_t{64})));
-}
 
 constexpr std::int64_t kAccumulators = 4;
 constexpr int kAddsPerFlush = 32;  // adds per float32 lane before a float64 flush
@@ -503,14 +487,15 @@ ChannelTerms<T> channel_terms(const ForwardCoef& f, std::int64_t j) {
 // (measured 5-10% faster than K arrays for (256, 1024), and less sensitive
 // to where the arrays fall relative to the rows).
 // T is the data's type, which sets how many channels a vector covers; U the
-// terms' (float64 for the backward).
+// terms' (float64 for the backward). The table lives in the kernel's
+// ScratchScope.
 template <class T, int K, class U = T>
 class TermTable {
  public:
   // term(j, std::integral_constant<int, Q>) -> U: term Q of channel j.
   template <class Term>
   TermTable(std::int64_t c, Term&& term)
-      : data_(aligned_array<U>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
+      : data_(ScratchScope::take<U>(static_cast<std::size_t>((c + kLanes<T> - 1) / kLanes<T> * K * kLanes<T>))) {
     // One term at a time over a whole vector of channels, so that each
     // inner loop reads the coefficient planes contiguously and vectorises.
     // Lanes past the last channel stay unset: only whole vectors of channels
@@ -522,14 +507,14 @@ class TermTable {
   }
   // The K vectors of terms of the channels [j, j + lanes); j is a multiple
   // of the lane count, and the next channels' terms follow.
-  const U* vectors(std::int64_t j) const { return data_.get() + j * K; }
+  const U* vectors(std::int64_t j) const { return data_ + j * K; }
   U at(std::int64_t j, int q) const { return data_[index(j, q)]; }
 
  private:
   template <class One>
   void fill(std::int64_t full, std::int64_t c, One&& one, int q) {
     for (std::int64_t j0 = 0; j0 < full; j0 += kLanes<T>) {
-      U* out = data_.get() + j0 * K + q * kLanes<T>;
+      U* out = data_ + j0 * K + q * kLanes<T>;
       for (std::int64_t lane = 0; lane < kLanes<T>; ++lane) out[lane] = one(j0 + lane);
     }
     for (std::int64_t j = full; j < c; ++j) data_[index(j, q)] = one(j);
@@ -538,7 +523,7 @@ class TermTable {
   static std::size_t index(std::int64_t j, int q) {
     return static_cast<std::size_t>(j / kLanes<T> * K * kLanes<T> + q * kLanes<T> + j % kLanes<T>);
   }
-  AlignedArray<U> data_;
+  U* data_;  // from the kernel's ScratchScope (64-byte aligned)
 };
 
 template <class T>
@@ -663,12 +648,12 @@ void row_gradient_sums(const T* __restrict dy, const T* __restrict x, std::int64
 
 // Every channel's ChannelTerms as six T arrays, converted once from the
 // forward coefficients for the (N, C) kernels, which revisit every channel
-// per tile or row.
+// per tile or row; in the kernel's ScratchScope.
 template <class T>
 class ChannelColumns {
  public:
   ChannelColumns(const double* coef, std::int64_t c)
-      : c_(c), data_(aligned_array<T>(static_cast<std::size_t>(6 * c))) {
+      : c_(c), data_(ScratchScope::take<T>(static_cast<std::size_t>(6 * c))) {
     const ForwardCoef f(coef, c);
     fill(0, [&](std::int64_t j) { return static_cast<T>(f.hi[j]); });
     fill(1, [&](std::int64_t j) { return static_cast<T>(f.lo[j]); });
@@ -692,12 +677,12 @@ class ChannelColumns {
  private:
   template <class One>
   void fill(int q, One&& one) {
-    T* out = data_.get() + q * c_;
+    T* out = data_ + q * c_;
     for (std::int64_t j = 0; j < c_; ++j) out[j] = one(j);
   }
-  const T* plane(int q) const { return data_.get() + q * c_; }
+  const T* plane(int q) const { return data_ + q * c_; }
   std::int64_t c_;
-  AlignedArray<T> data_;
+  T* data_;  // from the kernel's ScratchScope (64-byte aligned)
 };
 
 // Reductions over (N, C) input, in column blocks of V vectors of channels
@@ -755,9 +740,9 @@ std::int64_t column_vectors(std::int64_t n, std::int64_t c, const std::array<dou
   using P = LaneScalar<T, Wide>;
   constexpr std::int64_t lanes = kLanes<T>, wide = kWideBlock * lanes;
   const std::int64_t wide_end = c / wide * wide, end = c / lanes * lanes;
-  const auto storage = aligned_array<P>(static_cast<std::size_t>(N * end));
+  P* const storage = ScratchScope::take<P>(static_cast<std::size_t>(N * end));
   std::array<P*, N> partials;
-  for (int k = 0; k < N; ++k) partials[static_cast<std::size_t>(k)] = storage.get() + k * end;
+  for (int k = 0; k < N; ++k) partials[static_cast<std::size_t>(k)] = storage + k * end;
   const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
   // Float64 lanes need no flush: one period of all rows.
   const std::int64_t period = Wide ? std::max<std::int64_t>(n, 1) : kAddsPerFlush;

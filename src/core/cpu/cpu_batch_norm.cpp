@@ -21,6 +21,7 @@
 #include "backend/dispatch.hpp"
 #include "cpu/batch_norm_vectors.hpp"
 #include "cpu/cpu_kernels.hpp"
+#include "cpu/scratch.hpp"
 
 namespace syncbn::cpu::SYNCBN_CPU_ISA {
 namespace {
@@ -85,10 +86,15 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
     std::fill(m2, m2 + c, 0.0);
     return;
   }
+  const ScratchScope scratch;
   dispatch_compute(dtype, [&](auto tag) {
     using T = decltype(tag);
-    std::vector<double> s(static_cast<std::size_t>(c), 0.0), ss(static_cast<std::size_t>(c), 0.0);
-    std::vector<T> shift(static_cast<std::size_t>(c));
+    const auto channels = static_cast<std::size_t>(c);
+    double* const s = ScratchScope::take<double>(channels);
+    double* const ss = ScratchScope::take<double>(channels);
+    T* const shift = ScratchScope::take<T>(channels);
+    std::fill(s, s + c, 0.0);
+    std::fill(ss, ss + c, 0.0);
     const bool direct = dtype == DType::Float32 || dtype == DType::Float64;
     for (std::int64_t j = 0; j < c; ++j) {
       auto& first = shift[static_cast<std::size_t>(j)];
@@ -96,9 +102,9 @@ void cpu_stats(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, s
       else for_runs<T>(x, dtype, j * l, 1, [&](const T* p, std::int64_t) { first = p[0]; });
     }
     if (l == 1)
-      shifted_sums_rows<T>(dtype, n, c, x, shift.data(), s.data(), ss.data());
+      shifted_sums_rows<T>(dtype, n, c, x, shift, s, ss);
     else
-      shifted_sums_planes<T>(dtype, n, c, l, x, shift.data(), s.data(), ss.data());
+      shifted_sums_planes<T>(dtype, n, c, l, x, shift, s, ss);
     const double per = 1.0 / static_cast<double>(count);  // one division, not one per channel
     for (std::int64_t j = 0; j < c; ++j) {
       const auto u = static_cast<std::size_t>(j);
@@ -404,6 +410,7 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
 void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
                          const void* dy, const void* x, const double* coef, const BatchNormFusion& fusion,
                          double* sum_dy, double* sum_dy_xmu, double* sum_xmu) {
+  const ScratchScope scratch;
   dispatch_compute(dtype, [&](auto tag) {
     using T = decltype(tag);
     dispatch_fusion(fusion, [&](auto kind, auto from_output) {
@@ -559,12 +566,12 @@ std::int64_t fold_factor(std::int64_t n, std::int64_t c, std::int64_t l, DType d
   return n >= 2 * r ? r : 0;
 }
 
-// `planes` planes of c doubles, each repeated r times.
-std::vector<double> repeat_planes(const double* coef, std::int64_t c, int planes, std::int64_t r) {
-  std::vector<double> out(static_cast<std::size_t>(planes * r * c));
+// `planes` planes of c doubles, each repeated r times (scratch of the
+// caller's ScratchScope).
+const double* repeat_planes(const double* coef, std::int64_t c, int planes, std::int64_t r) {
+  double* const out = ScratchScope::take<double>(static_cast<std::size_t>(planes * r * c));
   for (int p = 0; p < planes; ++p)
-    for (std::int64_t k = 0; k < r; ++k)
-      std::copy(coef + p * c, coef + (p + 1) * c, out.begin() + (p * r + k) * c);
+    for (std::int64_t k = 0; k < r; ++k) std::copy(coef + p * c, coef + (p + 1) * c, out + (p * r + k) * c);
   return out;
 }
 
@@ -577,13 +584,14 @@ void* offset_rows(void* p, DType dtype, std::int64_t elements) {
 
 void cpu_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
                const double* coef, const BatchNormFusion& fusion, void* y) {
+  const ScratchScope scratch;
   const std::int64_t r = fold_factor(n, c, l, dtype);
   if (r == 0) {
     apply_kernel(device, dtype, n, c, l, x, coef, fusion, y);
     return;
   }
   const std::int64_t wide = n / r, done = wide * r * c;
-  apply_kernel(device, dtype, wide, r * c, 1, x, repeat_planes(coef, c, 4, r).data(), fusion, y);
+  apply_kernel(device, dtype, wide, r * c, 1, x, repeat_planes(coef, c, 4, r), fusion, y);
   apply_kernel(device, dtype, n - wide * r, c, 1, offset_rows(x, dtype, done), coef, fusion,
                offset_rows(y, dtype, done));
 }
@@ -591,14 +599,15 @@ void cpu_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::
 void cpu_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                         const void* x, const double* coef, const double* coef_b, const BatchNormFusion& fusion,
                         void* dx) {
+  const ScratchScope scratch;
   const std::int64_t r = fold_factor(n, c, l, dtype);
   if (r == 0) {
     backward_apply_kernel(device, dtype, n, c, l, dy, x, coef, coef_b, fusion, dx);
     return;
   }
   const std::int64_t wide = n / r, done = wide * r * c;
-  backward_apply_kernel(device, dtype, wide, r * c, 1, dy, x, repeat_planes(coef, c, 4, r).data(),
-                        repeat_planes(coef_b, c, 3, r).data(), fusion, dx);
+  backward_apply_kernel(device, dtype, wide, r * c, 1, dy, x, repeat_planes(coef, c, 4, r),
+                        repeat_planes(coef_b, c, 3, r), fusion, dx);
   backward_apply_kernel(device, dtype, n - wide * r, c, 1, offset_rows(dy, dtype, done), offset_rows(x, dtype, done),
                         coef, coef_b, fusion, offset_rows(dx, dtype, done));
 }
