@@ -2,9 +2,10 @@
 // Per-channel rows packed for collectives across processes, written once for
 // the statistics exchange: moments travel as (int64 count, float64 mean,
 // float64 M2), gradient sums as (float64 sum(dy), float64 sum(dy * (x -
-// mean)), float64 sum(x - mean)), C values per vector, in host byte order (the ranks of a job run
-// the same build).
+// mean)), float64 sum(x - mean)), C values per vector, in host byte order
+// (the ranks of a job run the same build).
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -16,6 +17,19 @@
 
 namespace syncbn::comm::detail {
 
+// The gradient sums' tensors in their packed order: what the exchange
+// moves, sums and packs, field by field.
+inline constexpr std::array<Tensor core::ChannelGradSums::*, 3> kGradSumFields{
+    &core::ChannelGradSums::sum_dy, &core::ChannelGradSums::sum_dy_xmu, &core::ChannelGradSums::sum_xmu};
+
+// `sums` with fn applied to each of its tensors.
+template <class Fn>
+core::ChannelGradSums map_grad_sums(const core::ChannelGradSums& sums, Fn&& fn) {
+  core::ChannelGradSums out;
+  for (const auto field : kGradSumFields) out.*field = fn(sums.*field);
+  return out;
+}
+
 // Bytes of one packed row of `channels` channels.
 template <class Row>
 std::size_t row_bytes(std::size_t channels);
@@ -25,7 +39,7 @@ inline std::size_t row_bytes<core::ChannelMoments>(std::size_t channels) {
 }
 template <>
 inline std::size_t row_bytes<core::ChannelGradSums>(std::size_t channels) {
-  return 3 * channels * sizeof(double);
+  return kGradSumFields.size() * channels * sizeof(double);
 }
 
 // Writes `row` at `at` (row_bytes<Row>(C) bytes).
@@ -37,8 +51,8 @@ inline void write_row(std::byte* at, const core::ChannelMoments& row) {
 }
 inline void write_row(std::byte* at, const core::ChannelGradSums& row) {
   std::size_t offset = 0;
-  for (const Tensor* t : {&row.sum_dy, &row.sum_dy_xmu, &row.sum_xmu}) {
-    const std::vector<double> values = t->to_vector<double>();
+  for (const auto field : kGradSumFields) {
+    const std::vector<double> values = (row.*field).to_vector<double>();
     std::memcpy(at + offset, values.data(), values.size() * sizeof(double));
     offset += values.size() * sizeof(double);
   }
@@ -69,10 +83,10 @@ template <>
 inline core::ChannelGradSums read_row<core::ChannelGradSums>(const std::byte* at, std::size_t channels,
                                                               Device device) {
   const Shape shape{static_cast<std::int64_t>(channels)};
-  auto vector = [&](std::size_t k) {
-    return Tensor::from_vector(read_vector<core::ChannelGradSums>(at, channels, k), shape).onto(device);
-  };
-  return core::ChannelGradSums{vector(0), vector(1), vector(2)};
+  core::ChannelGradSums row;
+  for (std::size_t k = 0; k < kGradSumFields.size(); ++k)
+    row.*kGradSumFields[k] = Tensor::from_vector(read_vector<core::ChannelGradSums>(at, channels, k), shape).onto(device);
+  return row;
 }
 
 // `rows` packed into `rows_per_rank` row slots (the rest zero), what every

@@ -134,7 +134,7 @@ GroupStats on_device(const GroupStats& group, Device device) {
 }
 
 core::ChannelGradSums on_device(const core::ChannelGradSums& sums, Device device) {
-  return core::ChannelGradSums{sums.sum_dy.onto(device), sums.sum_dy_xmu.onto(device), sums.sum_xmu.onto(device)};
+  return detail::map_grad_sums(sums, [device](const Tensor& t) { return t.onto(device); });
 }
 
 // Segments [begin, end) merged in order on `home`; one segment is itself.
@@ -163,9 +163,14 @@ core::ChannelGradSums sum_all(const std::vector<core::ChannelGradSums>& segments
   if (segments.size() == 1) return segments.front();
   std::vector<std::vector<Tensor>> groups;
   groups.reserve(segments.size());
-  for (const auto& s : segments) groups.push_back({s.sum_dy, s.sum_dy_xmu, s.sum_xmu});
+  for (const auto& s : segments) {
+    std::vector<Tensor>& group = groups.emplace_back();
+    for (const auto field : detail::kGradSumFields) group.push_back(s.*field);
+  }
   const auto total = reduce_add_coalesced(groups, segments.front().sum_dy.device(), Transport::Copy);
-  return core::ChannelGradSums{total[0], total[1], total[2]};
+  core::ChannelGradSums out;
+  for (std::size_t k = 0; k < detail::kGradSumFields.size(); ++k) out.*detail::kGradSumFields[k] = total[k];
+  return out;
 }
 
 // Where this process's segments start among the job's.
@@ -385,13 +390,10 @@ std::vector<core::ChannelGradSums> StatsExchange::sum_process(std::vector<core::
   std::vector<core::ChannelGradSums> groups;
   for (std::size_t begin = 0; begin < job.size(); begin += per) {
     // In order on the group's first row's device.
-    core::ChannelGradSums total{job[begin].sum_dy.clone(), job[begin].sum_dy_xmu.clone(), job[begin].sum_xmu.clone()};
-    for (std::size_t i = begin + 1; i < begin + per; ++i) {
-      const Device device = total.sum_dy.device();
-      core::add_(total.sum_dy, job[i].sum_dy.onto(device));
-      core::add_(total.sum_dy_xmu, job[i].sum_dy_xmu.onto(device));
-      core::add_(total.sum_xmu, job[i].sum_xmu.onto(device));
-    }
+    core::ChannelGradSums total = detail::map_grad_sums(job[begin], [](const Tensor& t) { return t.clone(); });
+    const Device device = total.sum_dy.device();
+    for (std::size_t i = begin + 1; i < begin + per; ++i)
+      for (const auto field : detail::kGradSumFields) core::add_(total.*field, (job[i].*field).onto(device));
     groups.push_back(std::move(total));
   }
   for (std::size_t i = 0; i < segments.size(); ++i)
@@ -421,19 +423,21 @@ core::ChannelMoments StatsExchange::merge_across_processes(const core::ChannelMo
 core::ChannelGradSums StatsExchange::sum_across_processes(const core::ChannelGradSums& process) const {
   const auto c = static_cast<std::ptrdiff_t>(options_.channels);
   std::vector<double> sums;
-  for (const Tensor* t : {&process.sum_dy, &process.sum_dy_xmu, &process.sum_xmu}) {
-    const std::vector<double> values = t->to_vector<double>();
+  for (const auto field : detail::kGradSumFields) {
+    const std::vector<double> values = (process.*field).to_vector<double>();
     sums.insert(sums.end(), values.begin(), values.end());
   }
   const std::vector<double> totals =
       options_.processes->all_reduce_sum(sums, options_.name + " backward", options_.timeout);
   const Device device = process.sum_dy.device();
   const Shape shape{options_.channels};
-  auto part = [&](std::ptrdiff_t k) {
-    return Tensor::from_vector(std::vector<double>(totals.begin() + k * c, totals.begin() + (k + 1) * c), shape)
-        .onto(device);
-  };
-  return core::ChannelGradSums{part(0), part(1), part(2)};
+  core::ChannelGradSums out;
+  auto from = totals.begin();
+  for (const auto field : detail::kGradSumFields) {
+    out.*field = Tensor::from_vector(std::vector<double>(from, from + c), shape).onto(device);
+    from += c;
+  }
+  return out;
 }
 
 std::vector<std::int64_t> StatsExchange::gather_row_counts(std::int64_t rows) const {
