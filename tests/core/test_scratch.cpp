@@ -68,3 +68,15 @@ TEST_CASE("Each thread has its own scratch", "[tensor]") {
   CHECK(theirs != mine);
   for (int i = 0; i < 16; ++i) CHECK(mine[i] == 1.0);
 }
+
+TEST_CASE("A thread that exits passes its scratch arena to the next thread instead of freeing it", "[tensor]") {
+  auto use_scratch = [] {
+    const ScratchScope scope;
+    double* p = ScratchScope::take<double>(1024);
+    for (int i = 0; i < 1024; ++i) p[i] = 0.5;
+  };
+  std::thread(use_scratch).join();  // leaves at least one arena idle
+  const std::size_t before = ScratchScope::arenas_created();
+  for (int round = 0; round < 8; ++round) std::thread(use_scratch).join();
+  CHECK(ScratchScope::arenas_created() == before);
+}

@@ -3,8 +3,9 @@
 // tables, column partials, per-channel sums): a kernel opens a ScratchScope
 // and takes arrays from it, and they are gone when the scope closes. The
 // memory is a per-thread arena of 64-byte-aligned blocks that stays with
-// the thread, so that a kernel call costs no allocation once the thread has
-// seen its largest channel count (Note [Kernel scratch] in scratch.cpp).
+// the thread, and passes to a later thread when it exits, so that a kernel
+// call costs no allocation once the threads have seen their largest channel
+// count (Note [Kernel scratch] in scratch.cpp).
 
 #include <cstddef>
 #include <type_traits>
@@ -25,6 +26,10 @@ class ScratchScope {
     static_assert(std::is_trivially_default_constructible_v<U> && std::is_trivially_destructible_v<U>);
     return static_cast<U*>(allocate(n * sizeof(U)));
   }
+
+  /// How many arenas the process has made: one per thread that held scratch
+  /// at the same time as others, not one per thread (for tests).
+  static std::size_t arenas_created() noexcept;
 
  private:
   static void* allocate(std::size_t bytes);
