@@ -358,12 +358,14 @@ Tensor DataParallel::backward_step(const Tensor& grad_output) {
 
 namespace {
 
-std::vector<Tensor> run_each(Replication& replicas, const std::vector<Tensor>& inputs, const char* who,
-                             const char* phase, bool forward) {
+void check_each(const Replication& replicas, const std::vector<Tensor>& inputs, const char* who) {
   SYNCBN_CHECK(!replicas.empty(), who, ": no replicas, expected the result of replicate()");
   SYNCBN_CHECK(inputs.size() == replicas.size(), who, ": ", inputs.size(), " inputs, expected ", replicas.size(),
                " (one per replica)");
-  detail::WorkerPool pool(replicas.devices());
+}
+
+std::vector<Tensor> run_each(detail::WorkerPool& pool, Replication& replicas, const std::vector<Tensor>& inputs,
+                             const char* who, const char* phase, bool forward) {
   std::vector<Tensor> outputs(inputs.size());
   run_tasks(pool, replicas, who, phase, [&](int i) {
     const auto u = static_cast<std::size_t>(i);
@@ -375,8 +377,9 @@ std::vector<Tensor> run_each(Replication& replicas, const std::vector<Tensor>& i
 }  // namespace
 
 std::vector<Tensor> parallel_apply(Replication& replicas, const std::vector<Tensor>& inputs) {
+  check_each(replicas, inputs, "parallel_apply");
   replicas.has_forward_ = false;
-  auto outputs = run_each(replicas, inputs, "parallel_apply", "forward", true);
+  auto outputs = run_each(replicas.worker_pool(), replicas, inputs, "parallel_apply", "forward", true);
   replicas.has_forward_ = true;
   return outputs;
 }
@@ -386,8 +389,9 @@ std::vector<Tensor> parallel_backward(Replication& replicas, const std::vector<T
   // the backward, and the others would wait for them until the timeout.
   SYNCBN_CHECK(replicas.has_forward_, "parallel_backward: the replicas have no forward to differentiate (the latest "
                "parallel_apply failed, or none ran), expected a successful parallel_apply first");
+  check_each(replicas, grad_outputs, "parallel_backward");
   try {
-    return run_each(replicas, grad_outputs, "parallel_backward", "backward", false);
+    return run_each(replicas.worker_pool(), replicas, grad_outputs, "parallel_backward", "backward", false);
   } catch (...) {
     replicas.has_forward_ = false;
     throw;

@@ -3,6 +3,7 @@
 #include "syncbn/parallel/replicate.hpp"
 
 #include "replica_errors.hpp"
+#include "worker_pool.hpp"
 #include "syncbn/core/ops.hpp"
 
 namespace syncbn::parallel {
@@ -21,6 +22,11 @@ void Replication::abort(int failed, const std::string& reason) noexcept {
 
 void Replication::reset() {
   for (auto& c : contexts_) c->reset();
+}
+
+detail::WorkerPool& Replication::worker_pool() {
+  if (!threads_.pool) threads_.pool = std::make_shared<detail::WorkerPool>(devices_);
+  return *threads_.pool;
 }
 
 Replication replicate(nn::Module& module, const std::vector<Device>& devices) {

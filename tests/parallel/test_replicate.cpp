@@ -219,3 +219,43 @@ TEST_CASE("An exception from a replication callback names the module and the cop
                        MessageIs("DataParallel::forward: replicate: the replication callback of 'wiring' failed on "
                                  "copy 1 (" + test_device(1).str() + "): cannot wire copy 1"));
 }
+
+namespace {
+
+// Counts the forwards run on the calling thread: a thread that persists
+// between calls keeps counting, a new one starts again at 1.
+class ThreadCalls : public nn::Cloneable<ThreadCalls> {
+ public:
+  std::string describe() const override { return "ThreadCalls"; }
+  Tensor forward(const Tensor& x) override {
+    thread_local int calls = 0;
+    seen_ = ++calls;
+    return x;
+  }
+  Tensor backward(const Tensor& g) override { return g; }
+  int seen() const { return seen_; }
+
+ private:
+  int seen_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("parallel_apply runs each replica on the same thread in every call on the same replicas",
+          "[replicate][threads]") {
+  ThreadCalls model;
+  auto replicas = parallel::replicate(model, test_devices(2));
+  const std::vector<Tensor> xs{Tensor::ones(Shape{2, 3}, DType::Float32, test_device(0)),
+                               Tensor::ones(Shape{2, 3}, DType::Float32, test_device(1))};
+  for (int call = 1; call <= 3; ++call) {
+    parallel::parallel_apply(replicas, xs);
+    for (std::size_t i = 0; i < replicas.size(); ++i) {
+      CAPTURE(call, i);
+      CHECK(static_cast<ThreadCalls&>(replicas[i]).seen() == call);
+    }
+  }
+  // A copy of the replicas starts threads of its own.
+  parallel::Replication copy = replicas;
+  parallel::parallel_apply(copy, xs);
+  for (std::size_t i = 0; i < copy.size(); ++i) CHECK(static_cast<ThreadCalls&>(copy[i]).seen() == 1);
+}

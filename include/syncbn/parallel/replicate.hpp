@@ -13,6 +13,10 @@
 
 namespace syncbn::parallel {
 
+namespace detail {
+class WorkerPool;
+}
+
 /// The replicas made by replicate(), with their shared contexts.
 class Replication {
  public:
@@ -39,6 +43,24 @@ class Replication {
   friend Replication replicate(nn::Module& module, const std::vector<Device>& devices);
   friend std::vector<Tensor> parallel_apply(Replication& replicas, const std::vector<Tensor>& inputs);
   friend std::vector<Tensor> parallel_backward(Replication& replicas, const std::vector<Tensor>& grad_outputs);
+  // The replica threads of parallel_apply and parallel_backward: started by
+  // the first call and kept with the replicas, so that each call does not
+  // start and join K threads (whose heaps glibc trimmed and refaulted on
+  // every step). A copy of a Replication starts its own.
+  struct Threads {
+    Threads() = default;
+    Threads(const Threads&) noexcept {}
+    Threads& operator=(const Threads&) noexcept {
+      pool.reset();
+      return *this;
+    }
+    Threads(Threads&&) noexcept = default;
+    Threads& operator=(Threads&&) noexcept = default;
+    ~Threads() = default;
+    std::shared_ptr<detail::WorkerPool> pool;
+  };
+  detail::WorkerPool& worker_pool();
+  Threads threads_;
   bool has_forward_ = false;
   std::vector<std::shared_ptr<nn::Module>> modules_;
   std::vector<Device> devices_;
