@@ -124,9 +124,10 @@ class DataParallel {
 /// Runs replicas[i].forward(inputs[i]) for every i, each in its own thread,
 /// waits for them all, and returns the outputs. The threads are started by
 /// the first call on `replicas` and kept with them for later calls (replica
-/// i always on the same thread), as DataParallel keeps its own. On a failure the other replicas
-/// are released (replicas.abort), every thread has returned, the rendezvous are
-/// reset, and the first failure is rethrown naming the replica and device.
+/// i always on the same thread), as DataParallel keeps its own. On a
+/// failure the other replicas are released (replicas.abort), every task has
+/// returned, the rendezvous are reset, and the first failure is rethrown
+/// naming the replica and device.
 std::vector<Tensor> parallel_apply(Replication& replicas, const std::vector<Tensor>& inputs);
 
 /// Like parallel_apply for backward: grad_inputs[i] = replicas[i].backward(grad_outputs[i]).

@@ -25,13 +25,14 @@ namespace {
 // replica thread has its own arena, which also keeps the replicas' scratch
 // apart. An arena outlives its thread: at the thread's exit it goes to a
 // process-wide list, and the next thread to need scratch takes it from
-// there. Threads that come and go (parallel_apply starts its replica
-// threads per call) then reuse warm memory: when each thread freed its
-// arena, glibc trimmed the thread's heap on every exit and the next
-// thread faulted the pages in again, which made a synchronized layer
-// across two processes (bench_dist_exchange, 1024 channels, one thread
-// each) take 450-740 instead of 180-240 us per step. The memory kept is
-// that of the most threads that ever held scratch at once.
+// there. Threads that come and go (an application's own, or a runner that
+// starts threads per call, as parallel_apply did) then reuse warm memory:
+// when each thread freed its arena, glibc trimmed the thread's heap on
+// every exit and the next thread faulted the pages in again, which made a
+// synchronized layer across two processes (bench_dist_exchange, 1024
+// channels, threads per call) take 450-740 instead of 180-240 us per step.
+// The memory kept is that of the most threads that ever held scratch at
+// once.
 constexpr std::size_t kAlign = 64;
 constexpr std::size_t kFirstBlock = 64 * 1024;
 

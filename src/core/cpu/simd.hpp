@@ -48,7 +48,8 @@ using WideVec [[gnu::vector_size(kLanes<T> * sizeof(double))]] = double;
 template <class T>
 inline WideVec<T> widen(Vec<T> v) {
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) return reinterpret_cast<WideVec<T>>(_mm512_maskz_cvtps_pd(0xff, reinterpret_cast<__m256>(v)));
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<WideVec<T>>(_mm512_maskz_cvtps_pd(0xff, reinterpret_cast<__m256>(v)));
 #endif
   return __builtin_convertvector(v, WideVec<T>);
 }
@@ -56,7 +57,8 @@ inline WideVec<T> widen(Vec<T> v) {
 template <class T>
 inline Vec<T> narrow(WideVec<T> v) {
 #if defined(__AVX512F__)
-  if constexpr (std::is_same_v<T, float>) return reinterpret_cast<Vec<T>>(_mm512_maskz_cvtpd_ps(0xff, reinterpret_cast<__m512d>(v)));
+  if constexpr (std::is_same_v<T, float>)
+    return reinterpret_cast<Vec<T>>(_mm512_maskz_cvtpd_ps(0xff, reinterpret_cast<__m512d>(v)));
 #endif
   return __builtin_convertvector(v, Vec<T>);
 }
