@@ -8,14 +8,28 @@
 #include "cpu/kernel_set.hpp"
 #include "cpu/half_float.hpp"
 #include "cpu/host_block_cache.hpp"
+#include "cpu/small_block_cache.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::cpu {
 namespace {
 
-void* cpu_allocate(Device /*device*/, std::size_t nbytes) { return host_block_cache().allocate(nbytes); }
+// Small blocks from the thread's cache (Note [Small block cache]), large
+// ones from the process's (Note [Host block cache]).
+static_assert(SmallBlockCache::kMaxBytes == HostBlockCache::kMinCachedBytes);
+void* cpu_allocate(Device /*device*/, std::size_t nbytes) {
+  if (nbytes > 0 && nbytes < SmallBlockCache::kMaxBytes) return small_allocate(nbytes);
+  return host_block_cache().allocate(nbytes);
+}
 
-void cpu_release(Device /*device*/, void* ptr, std::size_t nbytes) noexcept { host_block_cache().release(ptr, nbytes); }
+void cpu_release(Device /*device*/, void* ptr, std::size_t nbytes) noexcept {
+  if (ptr == nullptr) return;
+  if (nbytes > 0 && nbytes < SmallBlockCache::kMaxBytes) {
+    small_release(ptr, nbytes);
+    return;
+  }
+  host_block_cache().release(ptr, nbytes);
+}
 
 void cpu_copy(void* dst, Device /*dst_device*/, const void* src, Device /*src_device*/, std::size_t nbytes) {
   if (nbytes > 0 && dst != src) std::memmove(dst, src, nbytes);
