@@ -35,7 +35,8 @@ namespace {
 
 constexpr std::align_val_t kAlign{64};
 
-// The size class of n bytes (kMinBytes <= class size < 2n) and its size.
+// The class of a block of n bytes: the smallest power of two from kMinBytes
+// that holds n (class_bytes gives its size).
 int size_class(std::size_t nbytes) noexcept {
   const std::size_t n = nbytes < SmallBlockCache::kMinBytes ? SmallBlockCache::kMinBytes : nbytes;
   return static_cast<int>(std::bit_width(n - 1)) - 6;
