@@ -42,29 +42,44 @@ inline std::size_t row_bytes<core::ChannelGradSums>(std::size_t channels) {
   return kGradSumFields.size() * channels * sizeof(double);
 }
 
-// Writes `row` at `at` (row_bytes<Row>(C) bytes).
-inline void write_row(std::byte* at, const core::ChannelMoments& row) {
-  const std::vector<double> mean = row.mean.to_vector<double>(), m2 = row.m2.to_vector<double>();
-  std::memcpy(at, &row.count, sizeof(std::int64_t));
-  std::memcpy(at + sizeof(std::int64_t), mean.data(), mean.size() * sizeof(double));
-  std::memcpy(at + sizeof(std::int64_t) + mean.size() * sizeof(double), m2.data(), m2.size() * sizeof(double));
-}
-inline void write_row(std::byte* at, const core::ChannelGradSums& row) {
-  std::size_t offset = 0;
-  for (const auto field : kGradSumFields) {
-    const std::vector<double> values = (row.*field).to_vector<double>();
-    std::memcpy(at + offset, values.data(), values.size() * sizeof(double));
-    offset += values.size() * sizeof(double);
-  }
+// The `channels` float64 values at `at` as a host tensor that views them
+// (the packed rows are only ever read and written through such views, so
+// that packing copies each vector once, from or to any device).
+inline Tensor host_view(const std::byte* at, std::size_t channels) {
+  return Tensor::from_blob(const_cast<std::byte*>(at), Shape{static_cast<std::int64_t>(channels)}, DType::Float64,
+                           Device());
 }
 
-// The C values of vector `k` of a packed row, after the row's header.
+// Offset of vector `k` of a packed row of `channels` channels, after the row's header.
 template <class Row>
-std::vector<double> read_vector(const std::byte* at, std::size_t channels, std::size_t k) {
+std::size_t vector_offset(std::size_t channels, std::size_t k) {
   const std::size_t header = std::is_same_v<Row, core::ChannelMoments> ? sizeof(std::int64_t) : 0;
-  std::vector<double> values(channels);
-  std::memcpy(values.data(), at + header + k * channels * sizeof(double), channels * sizeof(double));
-  return values;
+  return header + k * channels * sizeof(double);
+}
+
+// Copies `values` (C values of any floating dtype, any device) to the
+// packed vector at `at`.
+inline void write_vector(std::byte* at, std::size_t channels, const Tensor& values) {
+  host_view(at, channels).copy_(values.dtype() == DType::Float64 ? values : values.to(DType::Float64));
+}
+
+// Writes `row` of `channels` channels at `at` (row_bytes<Row>(C) bytes).
+inline void write_row(std::byte* at, std::size_t channels, const core::ChannelMoments& row) {
+  std::memcpy(at, &row.count, sizeof(std::int64_t));
+  write_vector(at + vector_offset<core::ChannelMoments>(channels, 0), channels, row.mean);
+  write_vector(at + vector_offset<core::ChannelMoments>(channels, 1), channels, row.m2);
+}
+inline void write_row(std::byte* at, std::size_t channels, const core::ChannelGradSums& row) {
+  for (std::size_t k = 0; k < kGradSumFields.size(); ++k)
+    write_vector(at + vector_offset<core::ChannelGradSums>(channels, k), channels, row.*kGradSumFields[k]);
+}
+
+// A copy on `device` of vector `k` of the row packed at `at`.
+template <class Row>
+Tensor read_vector(const std::byte* at, std::size_t channels, std::size_t k, Device device) {
+  Tensor out = Tensor::empty(Shape{static_cast<std::int64_t>(channels)}, DType::Float64, device);
+  out.copy_(host_view(at + vector_offset<Row>(channels, k), channels));
+  return out;
 }
 
 // The row packed at `at`, its tensors on `device`.
@@ -72,31 +87,29 @@ template <class Row>
 Row read_row(const std::byte* at, std::size_t channels, Device device);
 template <>
 inline core::ChannelMoments read_row<core::ChannelMoments>(const std::byte* at, std::size_t channels, Device device) {
-  const Shape shape{static_cast<std::int64_t>(channels)};
   core::ChannelMoments row;
   std::memcpy(&row.count, at, sizeof(std::int64_t));
-  row.mean = Tensor::from_vector(read_vector<core::ChannelMoments>(at, channels, 0), shape).onto(device);
-  row.m2 = Tensor::from_vector(read_vector<core::ChannelMoments>(at, channels, 1), shape).onto(device);
+  row.mean = read_vector<core::ChannelMoments>(at, channels, 0, device);
+  row.m2 = read_vector<core::ChannelMoments>(at, channels, 1, device);
   return row;
 }
 template <>
 inline core::ChannelGradSums read_row<core::ChannelGradSums>(const std::byte* at, std::size_t channels,
                                                               Device device) {
-  const Shape shape{static_cast<std::int64_t>(channels)};
   core::ChannelGradSums row;
   for (std::size_t k = 0; k < kGradSumFields.size(); ++k)
-    row.*kGradSumFields[k] = Tensor::from_vector(read_vector<core::ChannelGradSums>(at, channels, k), shape).onto(device);
+    row.*kGradSumFields[k] = read_vector<core::ChannelGradSums>(at, channels, k, device);
   return row;
 }
 
-// `rows` packed into `rows_per_rank` row slots (the rest zero), what every
-// rank contributes to an all-gather of equal sizes.
+// `rows` packed into `payload`, resized to `rows_per_rank` row slots (the
+// rest zero): what every rank contributes to an all-gather of equal sizes.
 template <class Row>
-std::vector<std::byte> pack_rows(std::span<const Row> rows, std::size_t rows_per_rank, std::size_t channels) {
+void pack_rows(std::span<const Row> rows, std::size_t rows_per_rank, std::size_t channels,
+               std::vector<std::byte>& payload) {
   const std::size_t bytes = row_bytes<Row>(channels);
-  std::vector<std::byte> payload(rows_per_rank * bytes);
-  for (std::size_t i = 0; i < rows.size(); ++i) write_row(payload.data() + i * bytes, rows[i]);
-  return payload;
+  payload.assign(rows_per_rank * bytes, std::byte{0});
+  for (std::size_t i = 0; i < rows.size(); ++i) write_row(payload.data() + i * bytes, channels, rows[i]);
 }
 
 }  // namespace syncbn::comm::detail

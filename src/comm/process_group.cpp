@@ -131,26 +131,50 @@ void ProcessGroup::collective(Op op, std::string_view call, std::uint64_t bytes,
 
 std::vector<std::byte> ProcessGroup::all_gather(std::span<const std::byte> data, std::string_view call,
                                                 std::chrono::milliseconds timeout) {
-  std::vector<std::byte> out;
+  std::vector<std::byte> out(data.size() * static_cast<std::size_t>(size_));
+  all_gather(data, out, call, timeout);
+  return out;
+}
+
+void ProcessGroup::all_gather(std::span<const std::byte> data, std::span<std::byte> out, std::string_view call,
+                              std::chrono::milliseconds timeout) {
+  SYNCBN_CHECK(out.size() == data.size() * static_cast<std::size_t>(size_), "all_gather '", call, "': out holds ",
+               out.size(), " bytes, expected ", data.size() * static_cast<std::size_t>(size_), " (", size_,
+               " ranks x ", data.size(), ")");
   collective(Op::AllGather, call, data.size(), -1, timeout, [&](const Wait& wait) {
-    out.resize(data.size() * static_cast<std::size_t>(size_));
     if (!data.empty()) exchange(data.data(), data.size(), out.data(), wait);
   });
-  return out;
 }
 
 std::vector<double> ProcessGroup::all_reduce_sum(std::span<const double> values, std::string_view call,
                                                  std::chrono::milliseconds timeout) {
-  std::vector<double> sums(values.size(), 0.0);
+  std::vector<double> sums(values.size());
+  all_reduce_sum(values, sums, call, timeout);
+  return sums;
+}
+
+void ProcessGroup::all_reduce_sum(std::span<const double> values, std::span<double> sums, std::string_view call,
+                                  std::chrono::milliseconds timeout) {
+  SYNCBN_CHECK(sums.size() == values.size(), "all_reduce_sum '", call, "': sums holds ", sums.size(),
+               " values, expected ", values.size(), " (one per value)");
   collective(Op::AllReduceSum, call, values.size_bytes(), -1, timeout, [&](const Wait& wait) {
     if (values.empty()) return;
-    std::vector<double> all(values.size() * static_cast<std::size_t>(size_));
+    const std::size_t n = values.size();
+    // The ranks' values in a buffer kept between calls up to kKeptBytes
+    // (a layer's statistics, every step); a larger one (a model's
+    // gradients) is not worth holding on to between steps.
+    std::vector<double> large;
+    std::vector<double>& all = n * static_cast<std::size_t>(size_) * sizeof(double) <= kKeptBytes ? gathered_ : large;
+    all.resize(n * static_cast<std::size_t>(size_));
     exchange(values.data(), values.size_bytes(), all.data(), wait);
-    // Rank order on every rank: bit-identical sums everywhere.
-    for (int r = 0; r < size_; ++r)
-      for (std::size_t i = 0; i < values.size(); ++i) sums[i] += all[static_cast<std::size_t>(r) * values.size() + i];
+    // Rank order on every rank: bit-identical sums everywhere. Written
+    // only after the exchange, so that `sums` may be `values`.
+    for (std::size_t i = 0; i < n; ++i) {
+      double sum = 0.0;
+      for (int r = 0; r < size_; ++r) sum += all[static_cast<std::size_t>(r) * n + i];
+      sums[i] = sum;
+    }
   });
-  return sums;
 }
 
 void ProcessGroup::broadcast(std::span<std::byte> data, int root, std::string_view call,

@@ -7,7 +7,9 @@
 #include <cstring>
 #include <iterator>
 #include <optional>
+#include <span>
 #include <utility>
+#include <vector>
 
 #include "channel_rows.hpp"
 #include "syncbn/comm/collectives.hpp"
@@ -47,6 +49,28 @@ struct StatsExchange::Round {
 };
 
 namespace {
+
+// Note [Host staging across processes]
+// The processes level moves a layer's statistics through host buffers at
+// every step: the packed rows, the ranks' rows, the sums. Fresh vectors of
+// tens of KiB per step made glibc grow and trim the leading thread's heap
+// every step, and fault the pages in again: at 1024 channels the layer's
+// exchange across two processes cost several times its collectives
+// (docs/performance.md, "Buffers kept across processes"). So each thread
+// that leads rounds keeps its buffers, grown to the largest layer it led;
+// the process group keeps its own (ProcessGroup::all_reduce_sum into a
+// buffer, the engines' Note [Buffers kept between collectives]).
+struct HostStaging {
+  std::vector<std::byte> payload, gathered;
+  std::vector<double> sums;
+  std::vector<double> mean, m2;  // one rank's vectors, for the merge
+  core::HostMoments merged;
+};
+
+HostStaging& host_staging() {
+  thread_local HostStaging staging;
+  return staging;
+}
 
 // Rows as they cross between replica threads: one row inline, more in a
 // vector. A heap block allocated on one thread and freed on another makes
@@ -403,40 +427,46 @@ std::vector<core::ChannelGradSums> StatsExchange::sum_process(std::vector<core::
 
 core::ChannelMoments StatsExchange::merge_across_processes(const core::ChannelMoments& process) const {
   const auto c = static_cast<std::size_t>(options_.channels);
-  const std::vector<std::byte> payload = detail::pack_rows<core::ChannelMoments>({&process, 1}, 1, c);
-  const std::vector<std::byte> all =
-      options_.processes->all_gather(payload, options_.name + " forward", options_.timeout);
-  core::HostMoments merged;
+  HostStaging& staging = host_staging();
+  detail::pack_rows<core::ChannelMoments>({&process, 1}, 1, c, staging.payload);
+  staging.gathered.resize(staging.payload.size() * static_cast<std::size_t>(options_.processes->size()));
+  options_.processes->all_gather(staging.payload, staging.gathered, options_.name + " forward", options_.timeout);
+  core::HostMoments& merged = staging.merged;
+  merged.count = 0;
+  merged.mean.clear();
+  merged.m2.clear();
+  staging.mean.resize(c);
+  staging.m2.resize(c);
   for (int r = 0; r < options_.processes->size(); ++r) {
-    const std::byte* at = all.data() + static_cast<std::size_t>(r) * payload.size();
+    const std::byte* at = staging.gathered.data() + static_cast<std::size_t>(r) * staging.payload.size();
     std::int64_t count = 0;
     std::memcpy(&count, at, sizeof count);
-    merged.merge(count, detail::read_vector<core::ChannelMoments>(at, c, 0),
-                 detail::read_vector<core::ChannelMoments>(at, c, 1));
+    std::memcpy(staging.mean.data(), at + detail::vector_offset<core::ChannelMoments>(c, 0), c * sizeof(double));
+    std::memcpy(staging.m2.data(), at + detail::vector_offset<core::ChannelMoments>(c, 1), c * sizeof(double));
+    merged.merge(count, staging.mean, staging.m2);
   }
   const Device device = process.mean.device();
   const Shape shape{options_.channels};
-  return core::ChannelMoments{merged.count, Tensor::from_vector(merged.mean, shape).onto(device),
-                              Tensor::from_vector(merged.m2, shape).onto(device)};
+  return core::ChannelMoments{merged.count, Tensor::empty(shape, DType::Float64, device).copy_(
+                                                Tensor::from_blob(merged.mean.data(), shape, DType::Float64, Device())),
+                              Tensor::empty(shape, DType::Float64, device).copy_(
+                                  Tensor::from_blob(merged.m2.data(), shape, DType::Float64, Device()))};
 }
 
 core::ChannelGradSums StatsExchange::sum_across_processes(const core::ChannelGradSums& process) const {
-  const auto c = static_cast<std::ptrdiff_t>(options_.channels);
-  std::vector<double> sums;
-  for (const auto field : detail::kGradSumFields) {
-    const std::vector<double> values = (process.*field).to_vector<double>();
-    sums.insert(sums.end(), values.begin(), values.end());
-  }
-  const std::vector<double> totals =
-      options_.processes->all_reduce_sum(sums, options_.name + " backward", options_.timeout);
+  const auto c = static_cast<std::size_t>(options_.channels);
+  HostStaging& staging = host_staging();
+  staging.sums.resize(detail::kGradSumFields.size() * c);
+  detail::write_row(reinterpret_cast<std::byte*>(staging.sums.data()), c, process);
+  // In place: the group gathers the ranks' values into its own buffer first.
+  options_.processes->all_reduce_sum(staging.sums, staging.sums, options_.name + " backward", options_.timeout);
   const Device device = process.sum_dy.device();
   const Shape shape{options_.channels};
   core::ChannelGradSums out;
-  auto from = totals.begin();
-  for (const auto field : detail::kGradSumFields) {
-    out.*field = Tensor::from_vector(std::vector<double>(from, from + c), shape).onto(device);
-    from += c;
-  }
+  for (std::size_t k = 0; k < detail::kGradSumFields.size(); ++k)
+    out.*detail::kGradSumFields[k] = Tensor::empty(shape, DType::Float64, device)
+                                         .copy_(Tensor::from_blob(staging.sums.data() + k * c, shape, DType::Float64,
+                                                                  Device()));
   return out;
 }
 
@@ -455,14 +485,17 @@ std::vector<Row> StatsExchange::gather_rows(const std::vector<Row>& process, con
                                             const std::string& call, Device device) const {
   const auto c = static_cast<std::size_t>(options_.channels);
   const auto most = static_cast<std::size_t>(*std::max_element(rank_rows.begin(), rank_rows.end()));
-  const std::vector<std::byte> payload = detail::pack_rows<Row>(process, most, c);
-  const std::vector<std::byte> all = options_.processes->all_gather(payload, call, options_.timeout);
+  HostStaging& staging = host_staging();
+  detail::pack_rows<Row>(process, most, c, staging.payload);
+  const std::size_t payload = staging.payload.size();
+  staging.gathered.resize(payload * rank_rows.size());
+  options_.processes->all_gather(staging.payload, staging.gathered, call, options_.timeout);
   const std::size_t bytes = detail::row_bytes<Row>(c);
   std::vector<Row> job;
   for (std::size_t r = 0; r < rank_rows.size(); ++r)
     for (std::int64_t i = 0; i < rank_rows[r]; ++i)
-      job.push_back(detail::read_row<Row>(all.data() + r * payload.size() + static_cast<std::size_t>(i) * bytes, c,
-                                          device));
+      job.push_back(detail::read_row<Row>(
+          staging.gathered.data() + r * payload + static_cast<std::size_t>(i) * bytes, c, device));
   return job;
 }
 

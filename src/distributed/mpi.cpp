@@ -64,7 +64,7 @@ class MpiProcessGroup final : public comm::ProcessGroup {
  protected:
   void exchange(const void* in, std::size_t bytes, void* out, const Wait& wait) override {
     check_usable(bytes, wait);
-    auto op = std::make_unique<Pending>();
+    std::unique_ptr<Pending> op = take_pending();
     op->send.assign(static_cast<const std::byte*>(in), static_cast<const std::byte*>(in) + bytes);
     op->receive.resize(bytes * static_cast<std::size_t>(size()));
     check_mpi(MPI_Iallgather(op->send.data(), static_cast<int>(bytes), MPI_BYTE, op->receive.data(),
@@ -75,7 +75,7 @@ class MpiProcessGroup final : public comm::ProcessGroup {
 
   void exchange_broadcast(void* data, std::size_t bytes, int root, const Wait& wait) override {
     check_usable(bytes, wait);
-    auto op = std::make_unique<Pending>();
+    std::unique_ptr<Pending> op = take_pending();
     op->receive.assign(static_cast<const std::byte*>(data), static_cast<const std::byte*>(data) + bytes);
     check_mpi(MPI_Ibcast(op->receive.data(), static_cast<int>(bytes), MPI_BYTE, root, comm_, &op->request),
               "MPI_Ibcast");
@@ -90,6 +90,25 @@ class MpiProcessGroup final : public comm::ProcessGroup {
     std::vector<std::byte> send, receive;
     MPI_Request request = MPI_REQUEST_NULL;
   };
+
+  // Note [Buffers kept between collectives]
+  // A layer synchronized across processes makes the same small collectives
+  // every step. Fresh buffers of tens of KiB per collective made glibc grow
+  // and trim the thread's heap each time (and fault the pages in again),
+  // several times the collective's own cost at 1024 channels; so the
+  // buffers of a completed collective are kept for the next, up to
+  // kKeptBytes (a model's gradients are not worth holding between steps).
+  // An abandoned collective's buffers are never reused: MPI may still write
+  // them.
+  static constexpr std::size_t kKeptBytes = std::size_t{1} << 20;
+
+  std::unique_ptr<Pending> take_pending() {
+    if (kept_) return std::move(kept_);
+    return std::make_unique<Pending>();
+  }
+  void keep_pending(std::unique_ptr<Pending> op) {
+    if (op->send.capacity() + op->receive.capacity() <= kKeptBytes) kept_ = std::move(op);
+  }
 
   void check_usable(std::size_t bytes, const Wait& wait) const {
     if (!*session_alive_)
@@ -112,6 +131,7 @@ class MpiProcessGroup final : public comm::ProcessGroup {
       }
       if (done) {
         if (!op->receive.empty()) std::memcpy(out, op->receive.data(), op->receive.size());
+        keep_pending(std::move(op));
         return;
       }
       if (std::chrono::steady_clock::now() >= wait.deadline) {
@@ -125,6 +145,7 @@ class MpiProcessGroup final : public comm::ProcessGroup {
   }
 
   std::vector<std::unique_ptr<Pending>> abandoned_;
+  std::unique_ptr<Pending> kept_;  // a completed collective's buffers, for the next
   MPI_Comm comm_;
   std::string description_;
   std::shared_ptr<std::atomic<bool>> session_alive_;

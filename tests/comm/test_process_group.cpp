@@ -61,6 +61,34 @@ TEST_CASE("A process group gathers, sums in rank order, broadcasts and meets, on
   for (const auto& s : sums) CHECK(s == std::vector<double>{want0, want1});
 }
 
+TEST_CASE("Collectives into the caller's buffers give what the returning ones give, a sum in place too",
+          "[comm][group][threads]") {
+  const int size = GENERATE(1, 2, 3);
+  CAPTURE(size);
+  const auto errors = run_ranks(size, [&](comm::ProcessGroup& g) {
+    // Three rounds of different sizes: a buffer kept from a larger call
+    // must not leak its values into a smaller one, nor a smaller into a larger.
+    for (const std::size_t n : {std::size_t{5}, std::size_t{2}, std::size_t{9}}) {
+      std::vector<double> values(n);
+      for (std::size_t i = 0; i < n; ++i) values[i] = g.rank() == 0 && i == 0 ? 1e16 : 0.5 * g.rank() + 0.125 * i;
+      const std::vector<double> want = g.all_reduce_sum(values, "sum returned", 5s);
+      std::vector<double> into(n, -1.0);
+      g.all_reduce_sum(values, into, "sum into", 5s);
+      if (into != want) SYNCBN_THROW(Error, "all_reduce_sum into a buffer differs (", n, " values)");
+      g.all_reduce_sum(values, values, "sum in place", 5s);
+      if (values != want) SYNCBN_THROW(Error, "all_reduce_sum in place differs (", n, " values)");
+
+      std::vector<std::byte> mine(n * 3);
+      for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = static_cast<std::byte>(g.rank() * 31 + static_cast<int>(i));
+      const std::vector<std::byte> gathered = g.all_gather(mine, "gather returned", 5s);
+      std::vector<std::byte> out(mine.size() * static_cast<std::size_t>(g.size()), std::byte{0xee});
+      g.all_gather(mine, out, "gather into", 5s);
+      if (out != gathered) SYNCBN_THROW(Error, "all_gather into a buffer differs (", n, " values)");
+    }
+  });
+  for (const auto& e : errors) CHECK(e.empty());
+}
+
 TEST_CASE("A rank in another collective fails it on every rank with each rank's call; the group is then refused",
           "[comm][group][threads]") {
   const auto errors = run_ranks(3, [&](comm::ProcessGroup& g) {
@@ -131,6 +159,13 @@ TEST_CASE("Bad arguments are refused before any exchange, naming the entry point
                        MessageIs("broadcast 'b': root -1, expected a rank of 0 to 0"));
   CHECK_THROWS_MATCHES(g.all_gather(data, "g", -5ms), InvalidArgument,
                        MessageIs("all_gather 'g': timeout -5 ms, expected >= 0 (0 waits forever)"));
+  std::vector<std::byte> out(3);
+  CHECK_THROWS_MATCHES(g.all_gather(data, out, "g", 1s), InvalidArgument,
+                       MessageIs("all_gather 'g': out holds 3 bytes, expected 2 (1 ranks x 2)"));
+  const double values[2] = {1.0, 2.0};
+  double sums[1] = {};
+  CHECK_THROWS_MATCHES(g.all_reduce_sum(values, sums, "s", 1s), InvalidArgument,
+                       MessageIs("all_reduce_sum 's': sums holds 1 values, expected 2 (one per value)"));
   CHECK(g.calls() == 0);
   // Nothing failed: the group still works.
   g.barrier("still usable", 1s);

@@ -54,6 +54,16 @@ class ProcessGroup {
   /// that every rank gets bit-identical sums. Every rank passes as many values.
   std::vector<double> all_reduce_sum(std::span<const double> values, std::string_view call,
                                      std::chrono::milliseconds timeout);
+  /// The same two collectives into the caller's buffer: `out` holds
+  /// size() * data.size() bytes, `sums` values.size() values (it may be
+  /// `values` itself). Nothing is allocated per call, for callers that
+  /// exchange every step (Note [Host staging across processes] in
+  /// comm/stats_exchange.cpp); InvalidArgument, before any exchange, for a
+  /// buffer of another size.
+  void all_gather(std::span<const std::byte> data, std::span<std::byte> out, std::string_view call,
+                  std::chrono::milliseconds timeout);
+  void all_reduce_sum(std::span<const double> values, std::span<double> sums, std::string_view call,
+                      std::chrono::milliseconds timeout);
   /// Root's bytes into every rank's `data` (the same size on every rank).
   void broadcast(std::span<std::byte> data, int root, std::string_view call, std::chrono::milliseconds timeout);
   /// Returns once every rank has made the same call.
@@ -91,6 +101,9 @@ class ProcessGroup {
   int size_;
   mutable std::mutex mutex_;  // serializes the collectives
   std::int64_t calls_ = 0;
+  // all_reduce_sum's ranks' values, kept between calls up to kKeptBytes.
+  static constexpr std::size_t kKeptBytes = std::size_t{1} << 20;
+  std::vector<double> gathered_;
   std::string failure_;  // the first failure; non-empty: every collective refused
 };
 
