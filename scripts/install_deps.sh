@@ -5,12 +5,13 @@
 # without a BLAS refuses CPU convolutions), OpenMPI (syncbn::distributed's process
 # groups and mpirun for the multi-process tests), nlohmann-json (the
 # safetensors header), zlib (gzip-compressed datasets) and Fashion-MNIST (Debian's dataset-fashion-mnist, which the data
-# tests and the demo read). The CUDA toolkit is optional and never installed
+# tests and the demo read) and libtorch (Debian's libtorch-dev, CPU only: the
+# optional libtorch layer and its tests). The CUDA toolkit is optional and never installed
 # here: the build enables the CUDA backend where nvcc is found.
 # Extra packages can be named as arguments (e.g. gnuplot-nox for the plots).
 set -euo pipefail
 
-packages=(cmake g++ ninja-build catch2 libopenblas-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist "$@")
+packages=(cmake g++ ninja-build catch2 libopenblas-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist libtorch-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
