@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
 
 #include "support/matchers.hpp"
+#include "support/torch_catch.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/libtorch/convert.hpp"

@@ -17,12 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include <torch/nn/modules/batchnorm.h>
-#include <torch/nn/modules/container/sequential.h>
-#include <torch/serialize.h>
-#include <torch/torch.h>
 
 #include "support/matchers.hpp"
+#include "support/torch_catch.hpp"
 #include "support/seeds.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/libtorch/sync_batch_norm.hpp"
