@@ -153,7 +153,7 @@ std::vector<std::int64_t> shape_of(int d, std::int64_t n, std::int64_t c) {
 
 TEST_CASE("SyncBatchNorm over K replica threads equals torch's BatchNorm on the whole batch", "[libtorch][threads]") {
   const int d = GENERATE(1, 2, 3);
-  const int k = GENERATE(1, 2, 3, 5);
+  const int k = GENERATE(1, 2, 3, 5, 8);
   const bool cumulative = GENERATE(false, true);  // momentum none: the cumulative average
   CAPTURE(d, k, cumulative, syncbn::testing::kSeed);
   torch::manual_seed(syncbn::testing::kSeed);
