@@ -28,7 +28,10 @@ namespace {
 // for itself). A thread that is not the caller's starts with default
 // thread-local state (grad mode, autocast, profiler), so it installs the
 // caller's; and it gets cores / K ATen threads, so that the K replicas
-// together use the machine's cores without oversubscribing them. The
+// together use the machine's cores without oversubscribing them
+// (at::set_num_threads also sizes libtorch's process-wide pthreadpool, which
+// only its QNNPACK/XNNPACK kernels use; the caller's own thread keeps its
+// OpenMP setting, since the replicas never run on it). The
 // replicas are clones: the module itself is touched only once every replica
 // succeeded (gradients summed in replica order, replica 0's buffers), so a
 // failed step leaves it as it was.
