@@ -15,6 +15,7 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/sequential.h>
 
+#include "module_state.hpp"
 #include "syncbn/error.hpp"
 
 namespace syncbn::libtorch {
@@ -23,36 +24,28 @@ namespace {
 // A leaf's replacement, as an AnyModule a Sequential can hold; empty: keep it.
 using Replace = std::function<torch::nn::AnyModule(const std::shared_ptr<torch::nn::Module>&)>;
 
-// `to`'s parameters and buffers take `from`'s dtype and values (same names).
-void carry_state(const torch::nn::Module& from, torch::nn::Module& to) {
-  torch::NoGradGuard no_grad;
-  const auto params = from.named_parameters(false);
-  const auto buffers = from.named_buffers(false);
-  for (auto& item : to.named_parameters(false)) {
-    const torch::Tensor& source = params[item.key()];
-    item.value().set_data(source.detach().clone());
-  }
-  for (auto& item : to.named_buffers(false)) {
-    const torch::Tensor& source = buffers[item.key()];
-    item.value().set_data(source.detach().clone());
-  }
-}
-
 template <class Sync, class Plain>
 torch::nn::AnyModule to_sync(const Plain& plain, const SyncOptions& sync) {
   auto out = std::make_shared<Sync>(plain.options, sync);
-  carry_state(plain, *out);
+  detail::carry_state(plain, *out);
   return torch::nn::AnyModule(out);
 }
 
 template <class Plain, class Sync>
 torch::nn::AnyModule to_plain(const Sync& synced) {
   auto out = std::make_shared<Plain>(synced.options);
-  carry_state(synced, *out);
+  detail::carry_state(synced, *out);
   return torch::nn::AnyModule(out);
 }
 
 std::shared_ptr<torch::nn::Module> rebuild(const std::shared_ptr<torch::nn::Module>& module, const Replace& replace);
+
+// "a, b, c".
+std::string joined(const std::vector<std::string>& names) {
+  std::ostringstream out;
+  for (std::size_t i = 0; i < names.size(); ++i) out << (i == 0 ? "" : ", ") << names[i];
+  return out.str();
+}
 
 // A child as a Sequential holds it: replaced, or as it was. (A Sequential
 // holds modules with a forward: no ModuleList, ModuleDict or plain
@@ -121,10 +114,8 @@ void check_synchronized(const torch::nn::Module& module, const char* op) {
                                          "' (torch::nn::" + kind + ")");
   }
   if (plain.empty()) return;
-  std::ostringstream names;
-  for (std::size_t i = 0; i < plain.size(); ++i) names << (i == 0 ? "" : ", ") << plain[i];
   SYNCBN_THROW(InvalidArgument, op, ": ", plain.size() == 1 ? "a plain batch norm" : "plain batch norms", " at ",
-               names.str(),
+               joined(plain),
                ", expected SyncBatchNorm layers: a synchronized run would normalise each replica's shard alone "
                "there (convert_sync_batchnorm rebuilds Sequential, ModuleList and ModuleDict; a module of your own "
                "builds its layers as syncbn::libtorch::SyncBatchNorm, docs/usage.md \"With libtorch\")");
@@ -139,9 +130,7 @@ void check_layers_ran(const torch::nn::Module& module, const char* op) {
                      s->label() + ")");
   }
   if (idle.empty()) return;
-  std::ostringstream names;
-  for (std::size_t i = 0; i < idle.size(); ++i) names << (i == 0 ? "" : ", ") << idle[i];
-  SYNCBN_THROW(InvalidArgument, op, ": the synchronized batch norm", idle.size() == 1 ? " " : "s ", names.str(),
+  SYNCBN_THROW(InvalidArgument, op, ": the synchronized batch norm", idle.size() == 1 ? " " : "s ", joined(idle),
                " ran no training forward, expected every one to run in a training "
                "step: the model's forward calls another layer there (Module::replace_module swaps the registered "
                "child, not the member that forward calls; build the module with SyncBatchNorm layers, "

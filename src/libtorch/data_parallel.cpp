@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 
+#include "module_state.hpp"
 #include "syncbn/core/device.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/libtorch/convert.hpp"
@@ -47,14 +48,6 @@ std::string message_of(const std::exception& e) {
   return e.what();
 }
 
-void copy_state(const torch::nn::Module& from, torch::nn::Module& to) {
-  torch::NoGradGuard no_grad;
-  const auto params = from.named_parameters();
-  for (auto& item : to.named_parameters()) item.value().copy_(params[item.key()]);
-  const auto buffers = from.named_buffers();
-  for (auto& item : to.named_buffers()) item.value().copy_(buffers[item.key()]);
-}
-
 }  // namespace
 
 DataParallel::DataParallel(std::shared_ptr<torch::nn::Module> module, Options options)
@@ -86,20 +79,18 @@ DataParallel::DataParallel(std::shared_ptr<torch::nn::Module> module, Options op
   }
   // The replicas have the module's parameters and buffers, by name; they
   // take their dtypes and values (a made replica starts in float32).
-  torch::NoGradGuard no_grad;
   for (const auto& replica : replicas_) {
     for (const bool params : {true, false}) {
       const auto mine = params ? module_->named_parameters() : module_->named_buffers();
       auto theirs = params ? replica->named_parameters() : replica->named_buffers();
       SYNCBN_CHECK(mine.size() == theirs.size(), op, ": a replica has ", theirs.size(),
                    params ? " parameters" : " buffers", ", expected ", mine.size(), " as the module");
-      for (const auto& item : mine) {
+      for (const auto& item : mine)
         SYNCBN_CHECK(theirs.contains(item.key()) && theirs[item.key()].sizes() == item.value().sizes(), op,
                      ": a replica has no ", params ? "parameter '" : "buffer '", item.key(),
                      "' of the module's shape, expected the module's structure");
-        theirs[item.key()].set_data(item.value().detach().clone());
-      }
     }
+    detail::carry_state(*module_, *replica);
   }
   rendezvous_ = synchronize_replicas(replicas_);
 }
@@ -108,7 +99,7 @@ DataParallel::~DataParallel() = default;
 
 void DataParallel::refresh_replicas() {
   for (const auto& replica : replicas_) {
-    copy_state(*module_, *replica);
+    detail::copy_values(*module_, *replica);
     for (auto& p : replica->parameters()) p.mutable_grad() = torch::Tensor();
     replica->train(module_->is_training());
   }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -76,42 +77,24 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
                                     .make_replica = options.make_replica}) {}
 
 void DistributedDataParallel::reduce_gradients(std::vector<torch::Tensor>& gradients) const {
-  // In buckets of float64 values, rank order: every rank gets the same bits.
-  std::vector<double> bucket;
-  bucket.reserve(options_.bucket_values);
-  std::size_t bucket_index = 0;
-  std::vector<std::pair<std::size_t, std::int64_t>> spans;  // (gradient, first element) of each piece
-  std::vector<torch::Tensor> flat;
-  for (auto& g : gradients) flat.push_back(g.to(torch::kDouble).contiguous().view(-1));
-  auto flush = [&] {
-    if (bucket.empty()) return;
-    group_->all_reduce_sum(bucket, bucket, std::string(kOp) + "::step: gradients, bucket " + std::to_string(bucket_index++),
+  if (gradients.empty()) return;
+  // One float64 vector of every gradient, summed in place in buckets of
+  // bucket_values, rank order: every rank gets the same bits.
+  std::vector<torch::Tensor> pieces;
+  for (const auto& g : gradients) pieces.push_back(g.to(torch::kDouble).reshape(-1));
+  torch::Tensor flat = torch::cat(pieces);
+  double* values = flat.data_ptr<double>();
+  const auto n = static_cast<std::size_t>(flat.numel());
+  for (std::size_t first = 0, bucket = 0; first < n; first += options_.bucket_values, ++bucket) {
+    const std::span<double> part(values + first, std::min(options_.bucket_values, n - first));
+    group_->all_reduce_sum(part, part, std::string(kOp) + "::step: gradients, bucket " + std::to_string(bucket),
                            options_.timeout);
-    std::size_t from = 0;
-    for (const auto& [which, first] : spans) {
-      torch::Tensor& f = flat[which];
-      const std::int64_t count =
-          std::min<std::int64_t>(f.numel() - first, static_cast<std::int64_t>(bucket.size() - from));
-      std::memcpy(f.data_ptr<double>() + first, bucket.data() + from, static_cast<std::size_t>(count) * sizeof(double));
-      from += static_cast<std::size_t>(count);
-    }
-    bucket.clear();
-    spans.clear();
-  };
-  for (std::size_t i = 0; i < flat.size(); ++i) {
-    const double* values = flat[i].data_ptr<double>();
-    for (std::int64_t first = 0; first < flat[i].numel();) {
-      const auto room = static_cast<std::int64_t>(options_.bucket_values - bucket.size());
-      const std::int64_t take = std::min(room, flat[i].numel() - first);
-      spans.emplace_back(i, first);
-      bucket.insert(bucket.end(), values + first, values + first + take);
-      first += take;
-      if (bucket.size() == options_.bucket_values) flush();
-    }
   }
-  flush();
-  for (std::size_t i = 0; i < gradients.size(); ++i)
-    gradients[i] = flat[i].view(gradients[i].sizes()).to(gradients[i].scalar_type());
+  std::int64_t at = 0;
+  for (auto& g : gradients) {
+    g = flat.narrow(0, at, g.numel()).view(g.sizes()).to(g.scalar_type());
+    at += g.numel();
+  }
 }
 
 double DistributedDataParallel::step(const torch::Tensor& input, const torch::Tensor& target,
