@@ -21,7 +21,12 @@ void Replication::abort(int failed, const std::string& reason) noexcept {
 }
 
 void Replication::reset() {
-  for (auto& c : contexts_) c->reset();
+  for (auto& c : contexts_) {
+    c->reset();
+    // The failed step's notes (Note [Where the replicas wait]) would
+    // otherwise describe a later timeout with stale places.
+    if (c->whereabouts()) c->whereabouts()->clear();
+  }
 }
 
 detail::WorkerPool& Replication::worker_pool() {

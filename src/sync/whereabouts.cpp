@@ -14,12 +14,24 @@ void Whereabouts::enter(int replica, const std::string& name, std::uint64_t roun
   Place& place = places_[static_cast<std::size_t>(replica)];
   place.name = name;
   place.round = round;
+  place.failed = false;
 }
 
 void Whereabouts::leave(int replica) noexcept {
   const std::lock_guard lock(mutex_);
   if (replica < 0 || static_cast<std::size_t>(replica) >= places_.size()) return;
-  places_[static_cast<std::size_t>(replica)].name.clear();
+  places_[static_cast<std::size_t>(replica)] = Place{};
+}
+
+void Whereabouts::leave_on_failure(int replica) noexcept {
+  const std::lock_guard lock(mutex_);
+  if (replica < 0 || static_cast<std::size_t>(replica) >= places_.size()) return;
+  places_[static_cast<std::size_t>(replica)].failed = true;
+}
+
+void Whereabouts::clear() noexcept {
+  const std::lock_guard lock(mutex_);
+  for (Place& p : places_) p = Place{};
 }
 
 std::string Whereabouts::disagreement() const {
@@ -33,7 +45,7 @@ std::string Whereabouts::disagreement() const {
     out += (r == 0 ? " replica " : ", replica ") + std::to_string(r);
     const Place& p = places_[r];
     out += p.name.empty() ? std::string(" is in no rendezvous")
-                          : " waits in '" + p.name + "' round " + std::to_string(p.round);
+                          : (p.failed ? " failed in '" : " waits in '") + p.name + "' round " + std::to_string(p.round);
   }
   return out;
 }

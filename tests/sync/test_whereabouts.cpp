@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "support/threads.hpp"
@@ -41,6 +42,39 @@ TEST_CASE("Whereabouts name each replica's rendezvous and round when they differ
     CHECK(where.disagreement().empty());
   }
   CHECK_FALSE(where.disagreement().empty());  // the guard left
+}
+
+TEST_CASE("A replica that leaves its rendezvous on an error stays named there, as failed, until reset",
+          "[sync]") {
+  Whereabouts where(2);
+  where.enter(1, "a forward", 1);
+  try {
+    const WhereaboutsGuard guard(&where, 0, "b forward", 1);
+    throw std::runtime_error("timed out");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(where.disagreement() == "; where the replicas are: replica 0 failed in 'b forward' round 1, replica 1 waits in "
+                                "'a forward' round 1");
+  where.enter(0, "a forward", 1);  // a new entry replaces the failed note
+  CHECK(where.disagreement().empty());
+  {
+    // A rendezvous entered and left normally while another exception
+    // unwinds (from a destructor) is left normally, not as failed.
+    struct EntersWhileUnwinding {
+      Whereabouts& where;
+      ~EntersWhileUnwinding() { const WhereaboutsGuard guard(&where, 0, "c forward", 2); }
+    };
+    try {
+      const EntersWhileUnwinding enters{where};
+      throw std::runtime_error("outer");
+    } catch (const std::runtime_error&) {
+    }
+  }
+  CHECK(where.disagreement() == "; where the replicas are: replica 0 is in no rendezvous, replica 1 waits in "
+                                "'a forward' round 1");
+  where.leave_on_failure(1);
+  where.clear();
+  CHECK(where.disagreement().empty());  // all in none
 }
 
 TEST_CASE("A rendezvous timeout says where the replicas of its group wait", "[sync][threads]") {
