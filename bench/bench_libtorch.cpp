@@ -3,8 +3,9 @@
 //   layer     SyncBatchNorm2d forward+backward of one replica alone (K = 1)
 //             against torch::nn::BatchNorm2d, one ATen thread each;
 //   exchange  what synchronizing two replicas adds per layer and step
-//             (two threads, each its half: linked minus unlinked), for the
-//             bridge and for syncbn's own nn::SyncBatchNorm2d;
+//             (two persistent workers, each its half, forward and backward
+//             each a lockstep run: linked minus unlinked), for the bridge
+//             and for syncbn's own nn::SyncBatchNorm2d;
 //   step      a small torch ResNet's training step (SGD) with plain
 //             BatchNorm on 1 ATen thread and on T threads, and through
 //             libtorch::DataParallel over K replicas (cores / K threads each).
@@ -12,10 +13,12 @@
 // least --min-ms); the rows are medians over the rounds, min-max beside.
 
 #include <chrono>
+#include <exception>
 #include <cstdio>
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -25,6 +28,7 @@
 #include "bench_util.hpp"
 #include "syncbn/libtorch/data_parallel.hpp"
 #include "syncbn/libtorch/sync_batch_norm.hpp"
+#include "syncbn/sync/worker_pool.hpp"
 #include "syncbn/syncbn.hpp"
 
 using namespace syncbn;
@@ -95,16 +99,20 @@ double time_ms(const std::function<void()>& fn, double min_s, int reps) {
   return 1e3 * bench::median_seconds_per_call(fn, min_s, reps, 2);
 }
 
-// Two threads, each calling fn(k) `iters` times; ms per iteration.
-double two_threads_ms(const std::function<void(int)>& fn, int iters) {
+// Two replica workers (one ATen thread each) that run a forward and then a
+// backward, each as one lockstep run of both (as syncbn's own
+// parallel_apply and parallel_backward do), `iters` times: ms per
+// iteration. Linked and unlinked layers are timed the same way, so their
+// difference is the exchange, not the two threads' imbalance.
+double two_workers_ms(sync::WorkerPool& pool,
+                      const std::pair<std::function<void(int)>, std::function<void(int)>>& passes, int iters) {
+  const std::function<void(int, const std::exception_ptr&)> ignore = [](int, const std::exception_ptr&) {};
   const auto start = std::chrono::steady_clock::now();
-  std::thread other([&] {
-    at::set_num_threads(1);
-    for (int i = 0; i < iters; ++i) fn(1);
-  });
-  at::set_num_threads(1);
-  for (int i = 0; i < iters; ++i) fn(0);
-  other.join();
+  for (int i = 0; i < iters; ++i) {
+    for (const auto* pass : {&passes.first, &passes.second})
+      for (const auto& error : pool.run(*pass, ignore))
+        if (error) std::rethrow_exception(error);
+  }
   return 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / iters;
 }
 
@@ -118,13 +126,28 @@ int main(int argc, char** argv) {
   const int k = std::stoi(flag(argc, argv, "--replicas", "2"));
   const int threads = std::stoi(flag(argc, argv, "--threads", std::to_string(std::max(1u, std::thread::hardware_concurrency()))));
   const std::int64_t batch = std::stol(flag(argc, argv, "--batch", "64"));
+  // One layer shape NxCxHxW instead of the three; --step 0 skips the step.
+  const std::string only_shape = flag(argc, argv, "--shape", "");
+  const bool with_step = flag(argc, argv, "--step", "1") != "0";
   std::printf("# bench_libtorch: libtorch %s, %d rounds; %s\n", TORCH_VERSION, rounds, bench::cpu_level_line().c_str());
   std::printf("# step: batch %ld of 1x28x28, %d replicas, torch alone on %d threads\n", static_cast<long>(batch), k,
               threads);
   torch::manual_seed(1);
 
   // Layer shapes: (N, C, H, W).
-  const std::vector<std::vector<std::int64_t>> shapes{{32, 64, 56, 56}, {64, 256, 14, 14}, {256, 1024, 1, 1}};
+  std::vector<std::vector<std::int64_t>> shapes{{32, 64, 56, 56}, {64, 256, 14, 14}, {256, 1024, 1, 1}};
+  if (!only_shape.empty()) {
+    std::vector<std::int64_t> dims;
+    std::size_t at = 0;
+    for (std::size_t x; (x = only_shape.find('x', at)) != std::string::npos; at = x + 1)
+      dims.push_back(std::stol(only_shape.substr(at, x - at)));
+    dims.push_back(std::stol(only_shape.substr(at)));
+    if (dims.size() != 4) {
+      std::fprintf(stderr, "bench_libtorch: --shape %s, expected NxCxHxW\n", only_shape.c_str());
+      return 2;
+    }
+    shapes = {dims};
+  }
   std::vector<Row> rows;
   auto row = [&](const std::string& name) -> Row& {
     for (auto& r : rows)
@@ -153,20 +176,29 @@ int main(int argc, char** argv) {
       std::vector<torch::Tensor> xs{x.detach().narrow(0, 0, half).clone().set_requires_grad(true),
                                     x.detach().narrow(0, half, half).clone().set_requires_grad(true)};
       std::vector<torch::Tensor> gs{g.narrow(0, 0, half).clone(), g.narrow(0, half, half).clone()};
+      // Forward and backward as two lockstep runs, as parallel_apply and
+      // parallel_backward run syncbn's own layer below.
+      std::vector<torch::Tensor> ys(2);
       auto bridge_step = [&](std::vector<std::shared_ptr<torch::nn::Module>>& reps2) {
-        return [&](int r) {
-          dynamic_cast<lt::SyncBatchNorm2dImpl&>(*reps2[static_cast<std::size_t>(r)])
-              .forward(xs[static_cast<std::size_t>(r)])
-              .backward(gs[static_cast<std::size_t>(r)]);
-        };
+        return std::pair<std::function<void(int)>, std::function<void(int)>>{
+            [&](int r) {
+              const auto i = static_cast<std::size_t>(r);
+              ys[i] = dynamic_cast<lt::SyncBatchNorm2dImpl&>(*reps2[i]).forward(xs[i]);
+            },
+            [&](int r) {
+              const auto i = static_cast<std::size_t>(r);
+              ys[i].backward(gs[i]);
+              ys[i] = torch::Tensor();
+            }};
       };
       std::vector<std::shared_ptr<torch::nn::Module>> unlinked{synced->clone(), synced->clone()};
       std::vector<std::shared_ptr<torch::nn::Module>> linked{synced->clone(), synced->clone()};
       lt::synchronize_replicas(linked);
       const int iters = std::max(20, static_cast<int>(0.3 / std::max(t_sync * 1e-3 / 2, 1e-6)));
-      two_threads_ms(bridge_step(linked), 5);
-      const double b_local = two_threads_ms(bridge_step(unlinked), iters);
-      const double b_sync = two_threads_ms(bridge_step(linked), iters);
+      sync::WorkerPool workers(2, [](int) { at::set_num_threads(1); });
+      two_workers_ms(workers, bridge_step(linked), 5);
+      const double b_local = two_workers_ms(workers, bridge_step(unlinked), iters);
+      const double b_sync = two_workers_ms(workers, bridge_step(linked), iters);
       row("exchange " + tag + " bridge, 2 replicas (us)").ms.push_back(1e3 * (b_sync - b_local));
 
       // syncbn's own layer, the same halves, through parallel_apply.
@@ -194,6 +226,7 @@ int main(int argc, char** argv) {
       row("exchange " + tag + " syncbn nn, 2 replicas (us)").ms.push_back(1e3 * (o_sync - o_local));
     }
 
+    if (!with_step) continue;
     // The training step.
     const torch::Tensor x = torch::randn({batch, 1, 28, 28});
     const torch::Tensor y = torch::randint(0, 10, {batch}, torch::kLong);

@@ -1,5 +1,5 @@
-// DataParallel for torch::nn models: persistent replicas, one thread per
-// replica per step (Note [The bridge's replica threads]).
+// DataParallel for torch::nn models: persistent replicas, each on a thread
+// of its own kept across steps (Note [The bridge's replica threads]).
 
 #include "syncbn/libtorch/data_parallel.hpp"
 
@@ -7,35 +7,42 @@
 #include <atomic>
 #include <exception>
 #include <string>
+#include <functional>
 #include <thread>
 #include <utility>
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/cuda.h>
 
 #include "module_state.hpp"
 #include "syncbn/core/device.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/libtorch/convert.hpp"
 #include "syncbn/libtorch/sync_batch_norm.hpp"
+#include "syncbn/sync/worker_pool.hpp"
 
 namespace syncbn::libtorch {
 namespace {
 
 // Note [The bridge's replica threads]
-// Each replica runs forward, loss and backward in a thread of its own: its
+// Each replica runs forward, loss and backward on a thread of its own: its
 // synchronized batch norms wait inside forward and inside backward for the
 // other replicas' (a single backward over every replica's loss would wait
-// for itself). A thread that is not the caller's starts with default
-// thread-local state (grad mode, autocast, profiler), so it installs the
-// caller's; and it gets cores / K ATen threads, so that the K replicas
-// together use the machine's cores without oversubscribing them
+// for itself). The threads are a sync::WorkerPool's, kept from step to step
+// as syncbn's own DataParallel keeps its workers: a new thread per step
+// would also start a new OpenMP team and malloc arena for ATen every step.
+// A thread that is not the caller's starts with default thread-local state
+// (grad mode, autocast, profiler), so each task installs the caller's; and
+// each worker sets cores / K ATen threads once when it starts, so that the
+// K replicas together use the machine's cores without oversubscribing them
 // (at::set_num_threads also sizes libtorch's process-wide pthreadpool, which
 // only its QNNPACK/XNNPACK kernels use; the caller's own thread keeps its
-// OpenMP setting, since the replicas never run on it). The
-// replicas are clones: the module itself is touched only once every replica
-// succeeded (gradients summed in replica order, replica 0's buffers), so a
-// failed step leaves it as it was.
+// OpenMP setting, since the replicas never run on it). The replicas are
+// clones: the module itself is touched only once every replica succeeded
+// (gradients summed in replica order, replica 0's buffers), so a failed step
+// leaves it as it was.
 
 int default_intra_op_threads(int replicas) {
   const unsigned cores = std::thread::hardware_concurrency();
@@ -43,9 +50,16 @@ int default_intra_op_threads(int replicas) {
 }
 
 // An exception's message; libtorch's without its C++ backtrace.
-std::string message_of(const std::exception& e) {
-  if (const auto* torch_error = dynamic_cast<const c10::Error*>(&e)) return torch_error->what_without_backtrace();
-  return e.what();
+std::string message_of(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception not derived from std::exception";
+  }
 }
 
 }  // namespace
@@ -59,6 +73,18 @@ DataParallel::DataParallel(std::shared_ptr<torch::nn::Module> module, Options op
   SYNCBN_CHECK(options.intra_op_threads >= 0, op, ": intra_op_threads ", options.intra_op_threads,
                ", expected >= 0 (0: cores / replicas)");
   check_synchronized(*module_, op);
+  devices_ = options.devices.empty() ? std::vector<torch::Device>(static_cast<std::size_t>(options.replicas), torch::kCPU)
+                                     : options.devices;
+  SYNCBN_CHECK(devices_.size() == static_cast<std::size_t>(options.replicas), op, ": ", devices_.size(),
+               " devices for ", options.replicas, " replicas, expected one per replica (or none: the CPU)");
+  for (std::size_t k = 0; k < devices_.size(); ++k) {
+    const torch::Device& d = devices_[k];
+    SYNCBN_CHECK(d.is_cpu() || (d.is_cuda() && d.has_index()), op, ": replica ", k, " on ", d.str(),
+                 ", expected the CPU or a GPU with its index (cuda:i)");
+    SYNCBN_CHECK(d.is_cpu() || d.index() < static_cast<int>(torch::cuda::device_count()), op, ": replica ", k, " on ",
+                 d.str(), ", expected a GPU this libtorch sees (", torch::cuda::device_count(), " GPUs",
+                 torch::cuda::is_available() ? "" : "; this libtorch has no CUDA", ")");
+  }
   intra_op_threads_ =
       options.intra_op_threads > 0 ? options.intra_op_threads : default_intra_op_threads(options.replicas);
   for (int k = 0; k < options.replicas; ++k) {
@@ -92,7 +118,11 @@ DataParallel::DataParallel(std::shared_ptr<torch::nn::Module> module, Options op
     }
     detail::carry_state(*module_, *replica);
   }
+  for (std::size_t k = 0; k < replicas_.size(); ++k)
+    if (!devices_[k].is_cpu()) replicas_[k]->to(devices_[k]);
   rendezvous_ = synchronize_replicas(replicas_);
+  pool_ = std::make_unique<sync::WorkerPool>(options.replicas,
+                                             [threads = intra_op_threads_](int) { at::set_num_threads(threads); });
 }
 
 DataParallel::~DataParallel() = default;
@@ -112,10 +142,11 @@ std::vector<torch::Tensor> DataParallel::summed_gradients() const {
   std::vector<torch::Tensor> sums;
   for (const auto& item : module_->named_parameters()) {
     torch::Tensor sum;
-    for (const auto& params : replica_params) {  // replica order
+    const torch::Device home = item.value().device();
+    for (const auto& params : replica_params) {  // replica order, on the module's device
       const torch::Tensor& g = params[item.key()].grad();
       if (!g.defined()) continue;
-      sum = sum.defined() ? sum.add_(g) : g.clone();
+      sum = sum.defined() ? sum.add_(g.to(home)) : g.to(home, /*non_blocking=*/false, /*copy=*/true);
     }
     sums.push_back(sum.defined() ? sum : torch::zeros_like(item.value()));
   }
@@ -159,46 +190,36 @@ double DataParallel::step(const torch::Tensor& input, const torch::Tensor& targe
 
   const at::ThreadLocalState state;
   std::vector<double> losses(static_cast<std::size_t>(k), 0.0);
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(k));
   std::atomic<int> first_failure{-1};
-  auto run = [&](std::int64_t r) {
+  const std::function<void(int)> run = [&](int r) {
     const auto i = static_cast<std::size_t>(r);
-    try {
-      at::ThreadLocalStateGuard guard(state);
-      at::set_num_threads(intra_op_threads_);
-      const std::int64_t rows = begin[i + 1] - begin[i];
-      const torch::Tensor x = input.narrow(0, begin[i], rows);
-      const torch::Tensor t = target.defined() ? target.narrow(0, begin[i], rows) : target;
-      const torch::Tensor l = loss(*replicas_[i], x, t);
-      SYNCBN_CHECK(l.defined() && l.numel() == 1, op, ": replica ", r, "'s loss has ", l.defined() ? l.numel() : 0,
-                   " elements, expected a scalar");
-      // The shard's share of the batch's mean loss (an empty shard still
-      // runs its backward: its batch norms take part in the exchange).
-      const double share = static_cast<double>(rows) / static_cast<double>(batch_rows);
-      (l * share).backward();
-      if (rows > 0) losses[i] = l.item<double>() * share;
-    } catch (const std::exception& e) {
-      errors[i] = std::current_exception();
-      int none = -1;
-      if (first_failure.compare_exchange_strong(none, static_cast<int>(r)))
-        for (const auto& rv : rendezvous_) rv->abort_for(static_cast<int>(r), message_of(e));
-    }
+    at::ThreadLocalStateGuard guard(state);
+    const torch::Device device = devices_[i];
+    c10::OptionalDeviceGuard on_device;
+    if (device.is_cuda()) on_device.reset_device(device);
+    const std::int64_t rows = begin[i + 1] - begin[i];
+    const torch::Tensor x = input.narrow(0, begin[i], rows).to(device);
+    const torch::Tensor t = target.defined() ? target.narrow(0, begin[i], rows).to(device) : target;
+    const torch::Tensor l = loss(*replicas_[i], x, t);
+    SYNCBN_CHECK(l.defined() && l.numel() == 1, op, ": replica ", r, "'s loss has ", l.defined() ? l.numel() : 0,
+                 " elements, expected a scalar");
+    // The shard's share of the batch's mean loss (an empty shard still
+    // runs its backward: its batch norms take part in the exchange).
+    const double share = static_cast<double>(rows) / static_cast<double>(batch_rows);
+    (l * share).backward();
+    if (rows > 0) losses[i] = l.item<double>() * share;
   };
-  // Every replica in a thread of its own, the caller's included: the ATen
-  // thread count and the thread-local state are set per replica thread and
-  // the caller's stay as they are.
-  std::vector<std::thread> threads;
-  for (std::int64_t r = 0; r < k; ++r) threads.emplace_back(run, r);
-  for (auto& t : threads) t.join();
+  const std::function<void(int, const std::exception_ptr&)> release = [&](int r, const std::exception_ptr& error) {
+    int none = -1;
+    if (first_failure.compare_exchange_strong(none, r))
+      for (const auto& rv : rendezvous_) rv->abort_for(r, message_of(error));
+  };
+  const std::vector<std::exception_ptr> errors = pool_->run(run, release);
 
   if (const int failed = first_failure.load(); failed >= 0) {
     for (const auto& rv : rendezvous_) rv->reset();
-    try {
-      std::rethrow_exception(errors[static_cast<std::size_t>(failed)]);
-    } catch (const std::exception& e) {
-      SYNCBN_THROW(Error, op, ": replica ", failed, " failed, expected every replica's step to succeed: ",
-                   message_of(e));
-    }
+    SYNCBN_THROW(Error, op, ": replica ", failed, " failed, expected every replica's step to succeed: ",
+                 message_of(errors[static_cast<std::size_t>(failed)]));
   }
   if (steps_ == 0) check_layers_ran(*replicas_.front(), op);
   std::vector<torch::Tensor> gradients = summed_gradients();

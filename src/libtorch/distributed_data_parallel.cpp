@@ -50,15 +50,15 @@ std::shared_ptr<torch::nn::Module> prepared(std::shared_ptr<torch::nn::Module> m
   for (const auto& t : state) bytes += t.nbytes();
   std::vector<std::byte> packed(bytes);
   std::size_t at = 0;
-  for (const auto& t : state) {
-    const torch::Tensor c = t.contiguous();
+  for (const auto& t : state) {  // host copies: MPI moves host memory
+    const torch::Tensor c = t.to(torch::kCPU).contiguous();
     std::memcpy(packed.data() + at, c.data_ptr(), c.nbytes());
     at += c.nbytes();
   }
   group->broadcast(packed, 0, std::string(kOp) + ": rank 0's parameters and buffers", options.timeout);
   at = 0;
   for (auto& t : state) {
-    torch::Tensor c = torch::empty_like(t, torch::MemoryFormat::Contiguous);
+    torch::Tensor c = torch::empty(t.sizes(), t.options().device(torch::kCPU));
     std::memcpy(c.data_ptr(), packed.data() + at, c.nbytes());
     t.copy_(c);
     at += c.nbytes();
@@ -74,14 +74,14 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
       options_(options),
       runner_(prepared(std::move(module), group, options),
               DataParallel::Options{.replicas = options.replicas, .intra_op_threads = options.intra_op_threads,
-                                    .make_replica = options.make_replica}) {}
+                                    .make_replica = options.make_replica, .devices = options.devices}) {}
 
 void DistributedDataParallel::reduce_gradients(std::vector<torch::Tensor>& gradients) const {
   if (gradients.empty()) return;
   // One float64 vector of every gradient, summed in place in buckets of
   // bucket_values, rank order: every rank gets the same bits.
   std::vector<torch::Tensor> pieces;
-  for (const auto& g : gradients) pieces.push_back(g.to(torch::kDouble).reshape(-1));
+  for (const auto& g : gradients) pieces.push_back(g.to(torch::kCPU, torch::kDouble).reshape(-1));
   torch::Tensor flat = torch::cat(pieces);
   double* values = flat.data_ptr<double>();
   const auto n = static_cast<std::size_t>(flat.numel());
@@ -92,7 +92,7 @@ void DistributedDataParallel::reduce_gradients(std::vector<torch::Tensor>& gradi
   }
   std::int64_t at = 0;
   for (auto& g : gradients) {
-    g = flat.narrow(0, at, g.numel()).view(g.sizes()).to(g.scalar_type());
+    g = flat.narrow(0, at, g.numel()).view(g.sizes()).to(g.device(), g.scalar_type());
     at += g.numel();
   }
 }

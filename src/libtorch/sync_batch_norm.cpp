@@ -1,7 +1,8 @@
 // SyncBatchNorm1d/2d/3d for torch::nn: the module state as
 // torch::nn::BatchNorm has it, and an autograd function whose forward and
 // backward run syncbn's batch-norm stages on views of the torch tensors and
-// exchange through comm::StatsExchange (Note [The bridge's autograd function]).
+// exchange through comm::StatsExchange (Note [The bridge's autograd function]),
+// on the CPU or a GPU (Note [The bridge on CUDA]).
 
 #include "syncbn/libtorch/sync_batch_norm.hpp"
 
@@ -15,6 +16,7 @@
 
 #include "syncbn/core/batch_norm.hpp"
 #include "syncbn/error.hpp"
+#include "stream_order.hpp"
 #include "tensor_views.hpp"
 
 namespace syncbn::libtorch {
@@ -72,10 +74,17 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& input, const torch::Tensor& weight,
                                const torch::Tensor& bias, const ForwardArgs* args) {
+    // torch's work first (Note [The bridge on CUDA]): the stages then read
+    // and write these tensors.
     const torch::Tensor x = input.contiguous();
-    const Tensor sx = view_of(x, args->op, "input");
     const torch::ScalarType param_type = param_type_for(x);
     const torch::Tensor w = as_param(weight, param_type), b = as_param(bias, param_type);
+    const bool track = args->exchange != nullptr && args->track;
+    // Module::to(dtype) converts num_batches_tracked too: counted in int64, stored back.
+    const torch::Tensor batches = track ? args->num_batches_tracked.to(torch::kLong).contiguous() : torch::Tensor();
+    const Device device = detail::device_of(x.device(), args->op, "input");
+    const detail::SyncbnStages stages(x);
+    const Tensor sx = view_of(x, args->op, "input");
     auto saved = c10::make_intrusive<Saved>();
     saved->op = args->op;
     saved->param_dtype = param_type == torch::kDouble ? DType::Float64 : DType::Float32;
@@ -89,16 +98,12 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
         auto [invstd, unbiased_var] = core::batch_norm_variance(merged, eps, false);
         return comm::GroupStats{merged.count, merged.mean, std::move(invstd), std::move(unbiased_var)};
       };
-      comm::MergedStats merged = args->exchange->merge({core::batch_norm_moments(sx)}, 0, Device::cpu(), finalize);
-      if (args->track && merged.first_group) {
-        // Module::to(dtype) converts num_batches_tracked too: counted in int64, stored back.
-        const torch::Tensor batches = args->num_batches_tracked.to(torch::kLong).contiguous();
+      comm::MergedStats merged = args->exchange->merge({core::batch_norm_moments(sx)}, 0, device, finalize);
+      if (track && merged.first_group)
         core::update_running_stats(view_of(args->running_mean, args->op, "running_mean"),
                                    view_of(args->running_var, args->op, "running_var"),
                                    view_of(batches, args->op, "num_batches_tracked"), merged.first_group->mean,
                                    merged.first_group->unbiased_var, args->momentum);
-        if (!batches.is_same(args->num_batches_tracked)) args->num_batches_tracked.copy_(batches);
-      }
       comm::GroupStats& mine = merged.per_segment.front();
       mean = std::move(mine.mean);
       saved->invstd = std::move(mine.invstd);
@@ -113,6 +118,8 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     saved->coefficients = core::batch_norm_coefficients(mean, saved->invstd, view_of(w, args->op, "weight"),
                                                         view_of(b, args->op, "bias"), saved->param_dtype);
     torch::Tensor y = to_torch(core::batch_norm_apply(sx, saved->coefficients));
+    stages.done();
+    if (track && !batches.is_same(args->num_batches_tracked)) args->num_batches_tracked.copy_(batches);
     ctx->save_for_backward({x, w});
     ctx->saved_data["state"] = c10::IValue::make_capsule(saved);
     return y;
@@ -123,7 +130,17 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     const variable_list tensors = ctx->get_saved_variables();
     const torch::Tensor& x = tensors[0];
     const torch::Tensor& w = tensors[1];
+    const bool input_grad = ctx->needs_input_grad(0);
+    const bool param_grads = w.defined() && (ctx->needs_input_grad(1) || ctx->needs_input_grad(2));
+    // torch's work first (Note [The bridge on CUDA]).
     const torch::Tensor dy = grads[0].to(x.scalar_type()).contiguous();
+    torch::Tensor dw, db;
+    if (param_grads) {
+      dw = torch::zeros({w.size(0)}, w.options());
+      db = torch::zeros({w.size(0)}, w.options());
+    }
+    const detail::SyncbnStages stages(x);
+    const Device device = detail::device_of(x.device(), saved->op, "input");
     const Tensor sx = view_of(x, saved->op, "input"), sdy = view_of(dy, saved->op, "grad_output");
     const core::ChannelGradSums local = core::batch_norm_grad_sums(sdy, sx, saved->coefficients);
     // With batch statistics the mean and variance depend on the whole
@@ -131,10 +148,9 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     // needed (every replica of a layer needs it or none does). Without
     // them, each part's sums about the forward's mean, which is the
     // group's to the precision of the coefficients.
-    const bool input_grad = ctx->needs_input_grad(0);
     const bool exchange = saved->exchange != nullptr && input_grad;
     const core::ChannelGradSums total =
-        exchange ? saved->exchange->sum({local}, 0, Device::cpu(), saved->layout).front() : local;
+        exchange ? saved->exchange->sum({local}, 0, device, saved->layout).front() : local;
     const std::int64_t count = exchange ? saved->count : 0;
     torch::Tensor dx;
     if (input_grad) {
@@ -142,14 +158,10 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
                                                                    total, saved->param_dtype);
       dx = to_torch(core::batch_norm_backward_apply(sdy, sx, saved->coefficients, coef_b));
     }
-    torch::Tensor dw, db;
-    if (w.defined() && (ctx->needs_input_grad(1) || ctx->needs_input_grad(2))) {
-      const auto options = torch::TensorOptions().dtype(w.scalar_type());
-      dw = torch::zeros({w.size(0)}, options);
-      db = torch::zeros({w.size(0)}, options);
+    if (param_grads)
       core::batch_norm_param_grads(view_of(dw, saved->op, "grad_weight"), view_of(db, saved->op, "grad_bias"),
                                    saved->invstd, local, total, count);
-    }
+    stages.done();
     return {dx, ctx->needs_input_grad(1) ? dw : torch::Tensor(), ctx->needs_input_grad(2) ? db : torch::Tensor(),
             torch::Tensor()};
   }
@@ -257,8 +269,11 @@ void SyncBatchNormImplBase<Derived>::check_input(const torch::Tensor& input) con
   const auto type = input.scalar_type();
   SYNCBN_CHECK(type == torch::kFloat || type == torch::kDouble || type == torch::kHalf || type == torch::kBFloat16, op,
                ": input of dtype ", c10::toString(type), ", expected float, double, half or bfloat16");
-  SYNCBN_CHECK(input.device().is_cpu(), op, ": input on ", input.device().str(),
-               ", expected a CPU tensor (this build of the libtorch layer runs on the CPU)");
+  detail::device_of(input.device(), op, "input");
+  // The module's tensors where the input is, as torch::nn::BatchNorm needs.
+  for (const torch::Tensor* t : {&weight, &bias, &running_mean, &running_var})
+    SYNCBN_CHECK(!t->defined() || t->device() == input.device(), op, ": input on ", input.device().str(),
+                 " and the module on ", t->device().str(), ", expected both on one device (module->to(device))");
   if (options.track_running_stats())
     for (const torch::Tensor* t : {&running_mean, &running_var})
       SYNCBN_CHECK(t->scalar_type() == torch::kFloat || t->scalar_type() == torch::kDouble, op,

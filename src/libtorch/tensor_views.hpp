@@ -39,23 +39,34 @@ inline torch::ScalarType scalar_type_of(DType t) {
   return torch::kFloat;
 }
 
-// A syncbn view of `t`'s memory (t contiguous, on the CPU): what syncbn's
-// stages read and write in place. An undefined tensor gives an undefined one.
-inline Tensor view_of(const torch::Tensor& t, std::string_view op, std::string_view what) {
-  if (!t.defined()) return Tensor();
-  SYNCBN_CHECK(t.device().is_cpu(), op, ": ", what, " is on ", t.device().str(),
-               ", expected a CPU tensor (this build of the libtorch layer runs on the CPU)");
-  SYNCBN_CHECK(t.is_contiguous(), op, ": ", what, " is not contiguous, expected a contiguous tensor");
-  std::vector<std::int64_t> dims(t.sizes().begin(), t.sizes().end());
-  return Tensor::from_blob(t.data_ptr(), Shape(dims), dtype_of(t, op, what), Device::cpu());
+// The syncbn device of a torch device: the CPU, or GPU i for cuda:i.
+inline Device device_of(const torch::Device& d, std::string_view op, std::string_view what) {
+  if (d.is_cpu()) return Device::cpu();
+  SYNCBN_CHECK(d.is_cuda() && d.has_index(), op, ": ", what, " is on ", d.str(), ", expected the CPU or a GPU");
+  return Device::cuda(d.index());
 }
 
-// A torch tensor over `t`'s storage (CPU), which it keeps alive.
+inline torch::Device torch_device_of(Device d) {
+  return d.is_cuda() ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d.index())) : torch::Device(torch::kCPU);
+}
+
+// A syncbn view of `t`'s memory (t contiguous, on the CPU or a GPU): what
+// syncbn's stages read and write in place. An undefined tensor gives an
+// undefined one.
+inline Tensor view_of(const torch::Tensor& t, std::string_view op, std::string_view what) {
+  if (!t.defined()) return Tensor();
+  const Device device = device_of(t.device(), op, what);
+  SYNCBN_CHECK(t.is_contiguous(), op, ": ", what, " is not contiguous, expected a contiguous tensor");
+  std::vector<std::int64_t> dims(t.sizes().begin(), t.sizes().end());
+  return Tensor::from_blob(t.data_ptr(), Shape(dims), dtype_of(t, op, what), device);
+}
+
+// A torch tensor over `t`'s storage, on its device, which it keeps alive.
 inline torch::Tensor to_torch(const Tensor& t) {
   const std::vector<std::int64_t> sizes = t.shape().dims();
   return torch::from_blob(
       t.raw_data(), sizes, [keep = t](void*) mutable { keep = Tensor(); },
-      torch::TensorOptions().dtype(scalar_type_of(t.dtype())).device(torch::kCPU));
+      torch::TensorOptions().dtype(scalar_type_of(t.dtype())).device(torch_device_of(t.device())));
 }
 
 }  // namespace syncbn::libtorch::detail

@@ -12,17 +12,19 @@
 #include <thread>
 
 #include "replica_errors.hpp"
-#include "worker_pool.hpp"
 #include "syncbn/sync/sync_master.hpp"
+#include "syncbn/sync/worker_pool.hpp"
 #include "syncbn/core/cpu.hpp"
+#include "syncbn/core/cuda.hpp"
 #include "syncbn/core/ops.hpp"
 #include "syncbn/nn/replication_context.hpp"
 
 namespace syncbn::parallel {
 
 struct DataParallel::Workers {
-  explicit Workers(const std::vector<Device>& devices) : pool(devices) {}
-  detail::WorkerPool pool;
+  explicit Workers(const std::vector<Device>& devices)
+      : pool(static_cast<int>(devices.size()), [devices](int i) { cuda::set_device(devices[static_cast<std::size_t>(i)]); }) {}
+  sync::WorkerPool pool;
 };
 
 namespace {
@@ -61,7 +63,7 @@ std::size_t fingerprint(nn::Module& module) {
 
 // Runs task(i) on every replica's worker; on failure releases the other
 // replicas, waits for all, resets the rendezvous and rethrows the root cause.
-void run_tasks(detail::WorkerPool& pool, Replication& replicas, const std::string& who, const char* phase,
+void run_tasks(sync::WorkerPool& pool, Replication& replicas, const std::string& who, const char* phase,
                const std::function<void(int)>& task, const std::function<void()>& cleanup) {
   const auto& devices = replicas.devices();
   // Each worker runs its replica as that copy (Note [Replica threads]).
@@ -364,7 +366,7 @@ void check_each(const Replication& replicas, const std::vector<Tensor>& inputs, 
                " (one per replica)");
 }
 
-std::vector<Tensor> run_each(detail::WorkerPool& pool, Replication& replicas, const std::vector<Tensor>& inputs,
+std::vector<Tensor> run_each(sync::WorkerPool& pool, Replication& replicas, const std::vector<Tensor>& inputs,
                              const char* who, const char* phase, bool forward) {
   std::vector<Tensor> outputs(inputs.size());
   run_tasks(pool, replicas, who, phase, [&](int i) {

@@ -3,7 +3,8 @@
 #include "syncbn/parallel/replicate.hpp"
 
 #include "replica_errors.hpp"
-#include "worker_pool.hpp"
+#include "syncbn/core/cuda.hpp"
+#include "syncbn/sync/worker_pool.hpp"
 #include "syncbn/core/ops.hpp"
 
 namespace syncbn::parallel {
@@ -29,8 +30,12 @@ void Replication::reset() {
   }
 }
 
-detail::WorkerPool& Replication::worker_pool() {
-  if (!threads_.pool) threads_.pool = std::make_shared<detail::WorkerPool>(devices_);
+sync::WorkerPool& Replication::worker_pool() {
+  if (!threads_.pool) {
+    // Each worker makes its replica's GPU current once.
+    threads_.pool = std::make_shared<sync::WorkerPool>(
+        static_cast<int>(devices_.size()), [devices = devices_](int i) { cuda::set_device(devices[static_cast<std::size_t>(i)]); });
+  }
   return *threads_.pool;
 }
 

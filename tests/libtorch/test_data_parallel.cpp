@@ -4,7 +4,7 @@
 // the same network trained on the whole batch in one thread (float64);
 // a replica's failure in forward, loss or backward reaches the caller
 // naming it and leaves the module as it was; the caller's grad mode
-// reaches the replica threads.
+// reaches the replica threads, which persist from step to step.
 
 #include <catch2/catch.hpp>
 
@@ -12,12 +12,17 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
 
 #include "support/matchers.hpp"
 #include "support/torch_catch.hpp"
 #include "support/seeds.hpp"
+#include "support/skip.hpp"
+#include "syncbn/core/cuda.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/libtorch/convert.hpp"
 #include "syncbn/libtorch/data_parallel.hpp"
@@ -95,26 +100,26 @@ void check_same_state(const torch::nn::Module& got, const torch::nn::Module& wan
   const auto params = want.named_parameters();
   for (const auto& item : got.named_parameters()) {
     INFO(item.key());
-    CHECK(torch::allclose(item.value(), params[item.key()], tol, tol));
+    CHECK(torch::allclose(item.value().cpu(), params[item.key()], tol, tol));
   }
   const auto buffers = want.named_buffers();
   for (const auto& item : got.named_buffers()) {
     INFO(item.key());
-    CHECK(torch::allclose(item.value().to(torch::kDouble), buffers[item.key()].to(torch::kDouble), tol, tol));
+    CHECK(torch::allclose(item.value().to(torch::kCPU, torch::kDouble), buffers[item.key()].to(torch::kDouble), tol,
+                          tol));
   }
 }
 
-}  // namespace
-
-TEST_CASE("A torch ResNet trained for 3 SGD steps over K replicas equals one thread on the whole batch",
-          "[libtorch][threads]") {
-  const int k = GENERATE(1, 2, 3, 4);
-  CAPTURE(k, syncbn::testing::kSeed);
+// Trains the plain network on the whole batch in one thread and its
+// synchronized copy (kept on `home`) through DataParallel over `devices`
+// (empty: `k` replicas on the CPU) for 3 SGD steps; both must agree.
+void check_trains_as_one_thread(int k, const std::vector<torch::Device>& devices, const torch::Device& home) {
   torch::manual_seed(syncbn::testing::kSeed + 20);
   auto plain = std::make_shared<PlainNet>();
   plain->to(torch::kDouble);
   auto synced = synced_copy_of(*plain);
-  lt::DataParallel dp(synced, {.replicas = k, .make_replica = make_sync_net});
+  synced->to(home);
+  lt::DataParallel dp(synced, {.replicas = k, .make_replica = make_sync_net, .devices = devices});
   CHECK(dp.replicas().size() == static_cast<std::size_t>(k));
   torch::optim::SGD plain_sgd(plain->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
   torch::optim::SGD synced_sgd(synced->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
@@ -128,7 +133,7 @@ TEST_CASE("A torch ResNet trained for 3 SGD steps over K replicas equals one thr
     want_loss.backward();
     plain_sgd.step();
     synced_sgd.zero_grad();
-    const double got_loss = dp.step(x, y, net_loss());
+    const double got_loss = dp.step(x.to(home), y.to(home), net_loss());
     synced_sgd.step();
     CHECK(got_loss == Approx(want_loss.item<double>()).epsilon(1e-12));
   }
@@ -137,7 +142,30 @@ TEST_CASE("A torch ResNet trained for 3 SGD steps over K replicas equals one thr
   plain->eval();
   synced->eval();
   const torch::Tensor x = torch::randn({3, 2, 5, 5}, torch::kDouble);
-  CHECK(torch::allclose(synced->forward(x), plain->forward(x), 1e-10, 1e-10));
+  CHECK(torch::allclose(synced->forward(x.to(home)).cpu(), plain->forward(x), 1e-10, 1e-10));
+}
+
+}  // namespace
+
+TEST_CASE("A torch ResNet trained for 3 SGD steps over K replicas equals one thread on the whole batch",
+          "[libtorch][threads]") {
+  const int k = GENERATE(1, 2, 3, 4);
+  CAPTURE(k, syncbn::testing::kSeed);
+  check_trains_as_one_thread(k, {}, torch::kCPU);
+}
+
+TEST_CASE("A torch ResNet trained over replicas on GPUs equals one CPU thread on the whole batch",
+          "[libtorch][threads][cuda]") {
+  if (!torch::cuda::is_available() || syncbn::cuda::device_count() == 0)
+    SYNCBN_SKIP("no GPU for libtorch" << (torch::cuda::is_available() ? "" : " (this libtorch has no CUDA)"));
+  // Two replicas on each GPU (threads share a GPU as they share the CPU),
+  // the module on the CPU or on the first GPU.
+  std::vector<torch::Device> devices;
+  for (int g = 0; g < syncbn::cuda::device_count(); ++g)
+    for (int twice = 0; twice < 2; ++twice) devices.emplace_back(torch::kCUDA, static_cast<c10::DeviceIndex>(g));
+  const torch::Device home = GENERATE(torch::Device(torch::kCPU), torch::Device(torch::kCUDA, 0));
+  CAPTURE(devices.size(), home.str(), syncbn::testing::kSeed);
+  check_trains_as_one_thread(static_cast<int>(devices.size()), devices, home);
 }
 
 TEST_CASE("A replica that fails in forward, loss or backward fails the step naming it; the module is unchanged",
@@ -211,6 +239,36 @@ TEST_CASE("The caller's grad mode reaches the replica threads", "[libtorch][thre
   CHECK_THROWS_WITH(dp.step(x, y, net_loss()), Catch::Contains("does not require grad"));
 }
 
+TEST_CASE("Each replica runs on the same thread at every step, not the caller's, with its share of ATen threads",
+          "[libtorch][threads]") {
+  auto net = std::make_shared<SyncNet>();
+  lt::DataParallel dp(net, {.replicas = 2, .intra_op_threads = 3, .make_replica = make_sync_net});
+  const torch::Tensor x = torch::randn({4, 2, 5, 5});
+  const torch::Tensor y = torch::randint(0, 3, {4}, torch::kLong);
+  // A thread's own count of the steps it ran: 1, 2, 3 on a kept thread
+  // (thread ids alone could not tell: a new thread may reuse a joined one's).
+  static thread_local int steps_on_this_thread = 0;
+  std::vector<std::vector<int>> seen(2), aten_threads(2);  // per replica, per step
+  std::vector<std::thread::id> ids(2);
+  for (int step = 0; step < 3; ++step) {
+    dp.step(x, y, [&](torch::nn::Module& m, const torch::Tensor& xs, const torch::Tensor& t) {
+      const auto r = static_cast<std::size_t>(&m == dp.replicas()[0].get() ? 0 : 1);  // each its own entries
+      seen[r].push_back(++steps_on_this_thread);
+      aten_threads[r].push_back(at::get_num_threads());
+      ids[r] = std::this_thread::get_id();
+      return net_loss()(m, xs, t);
+    });
+  }
+  for (std::size_t r = 0; r < 2; ++r) {
+    INFO("replica " << r);
+    CHECK(seen[r] == std::vector<int>{1, 2, 3});
+    CHECK(aten_threads[r] == std::vector<int>{3, 3, 3});
+    CHECK(ids[r] != std::this_thread::get_id());
+  }
+  CHECK(steps_on_this_thread == 0);  // the caller's thread ran no replica
+  CHECK(ids[0] != ids[1]);
+}
+
 TEST_CASE("DataParallel refuses bad arguments and unsynchronized batch norms by name", "[libtorch]") {
   CHECK_THROWS_MATCHES(lt::DataParallel(std::make_shared<SyncNet>(), {.replicas = 0, .make_replica = make_sync_net}),
                        syncbn::InvalidArgument,
@@ -220,6 +278,18 @@ TEST_CASE("DataParallel refuses bad arguments and unsynchronized batch norms by 
   CHECK_THROWS_WITH(lt::DataParallel(std::make_shared<SyncNet>(), {.replicas = 2}),
                     Catch::StartsWith("DataParallel: the module cannot be cloned (clone() has not been implemented") &&
                         Catch::EndsWith("expected a torch::nn::Cloneable module or Options::make_replica"));
+  CHECK_THROWS_MATCHES(
+      lt::DataParallel(std::make_shared<SyncNet>(),
+                       {.replicas = 2, .make_replica = make_sync_net, .devices = {torch::Device(torch::kCPU)}}),
+      syncbn::InvalidArgument, MessageIs("DataParallel: 1 devices for 2 replicas, expected one per replica (or none: the CPU)"));
+  CHECK_THROWS_MATCHES(
+      lt::DataParallel(std::make_shared<SyncNet>(),
+                       {.replicas = 2, .make_replica = make_sync_net, .devices = {torch::kCPU, torch::kMeta}}),
+      syncbn::InvalidArgument, MessageIs("DataParallel: replica 1 on meta, expected the CPU or a GPU with its index (cuda:i)"));
+  CHECK_THROWS_WITH(
+      lt::DataParallel(std::make_shared<SyncNet>(),
+                       {.replicas = 1, .make_replica = make_sync_net, .devices = {torch::Device(torch::kCUDA, 99)}}),
+      Catch::StartsWith("DataParallel: replica 0 on cuda:99, expected a GPU this libtorch sees ("));
   lt::DataParallel dp(std::make_shared<SyncNet>(), {.replicas = 2, .intra_op_threads = 1, .make_replica = make_sync_net});
   CHECK(dp.intra_op_threads() == 1);
   CHECK_THROWS_MATCHES(dp.step(torch::randn({4, 2, 5, 5}), torch::zeros({3}, torch::kLong), net_loss()),

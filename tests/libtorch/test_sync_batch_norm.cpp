@@ -330,9 +330,19 @@ TEST_CASE("Bad input is refused naming the layer, before any exchange", "[libtor
   CHECK_THROWS_MATCHES(bn->forward(torch::ones({2, 4, 2, 2}, torch::kLong)), syncbn::InvalidArgument,
                        MessageIs("SyncBatchNorm2d(4)::forward: input of dtype Long, expected float, double, half or "
                                  "bfloat16"));
+  CHECK_THROWS_MATCHES(bn->forward(torch::empty({2, 4, 2, 2}, torch::kMeta)), syncbn::InvalidArgument,
+                       MessageIs("SyncBatchNorm2d(4)::forward: input is on meta, expected the CPU or a GPU"));
   CHECK_THROWS_WITH(
       bn->forward(torch::randn({1, 4, 1, 1})),
       Catch::Contains("SyncBatchNorm2d(4)::forward: 1 value per channel in the batch, expected more than 1"));
+  // A module whose statistics are elsewhere (libtorch 1.13 cannot move a
+  // module to the meta device, nor replace a registered buffer: the
+  // member the layer reads stands for it).
+  lt::SyncBatchNorm2d elsewhere(torch::nn::BatchNormOptions(4));
+  elsewhere->running_mean = torch::zeros({4}, torch::kMeta);
+  CHECK_THROWS_MATCHES(elsewhere->forward(torch::randn({2, 4, 2, 2})), syncbn::InvalidArgument,
+                       MessageIs("SyncBatchNorm2d(4)::forward: input on cpu and the module on meta, expected both on "
+                                 "one device (module->to(device))"));
   // Nothing changed: no batch was counted.
   CHECK(bn->num_batches_tracked.item<std::int64_t>() == 0);
   CHECK_THROWS_MATCHES(lt::SyncBatchNorm1d(torch::nn::BatchNormOptions(0)), syncbn::InvalidArgument,

@@ -16,6 +16,7 @@
 
 #include "syncbn/comm/stats_exchange.hpp"
 #include "syncbn/sync/sync_master.hpp"
+#include "syncbn/sync/worker_pool.hpp"
 
 namespace syncbn::libtorch {
 
@@ -25,13 +26,14 @@ namespace syncbn::libtorch {
 using ReplicaLoss =
     std::function<torch::Tensor(torch::nn::Module& replica, const torch::Tensor& input, const torch::Tensor& target)>;
 
-/// Runs training steps of `module` over K replicas on the CPU.
+/// Runs training steps of `module` over K replicas, on the CPU or on GPUs.
 ///
 /// The replicas are clones of the module made at construction and kept;
 /// each step copies the module's parameters and buffers into them (so an
 /// optimizer steps the module itself), splits the batch along dimension 0
 /// (near-equal shards; a replica may get none), and runs each replica's
-/// forward, loss and backward in its own thread, with the caller's
+/// forward, loss and backward on a thread of its own (kept from step to
+/// step), with the caller's
 /// thread-local state (grad mode and the like). Each replica's loss is
 /// weighted by its share of the rows, so the summed gradients are those of
 /// the mean loss over the whole batch whatever the split; they are added
@@ -45,7 +47,10 @@ using ReplicaLoss =
 /// Every BatchNorm of the module must be synchronized (check_synchronized
 /// at construction; check_layers_ran after the first step). Each replica
 /// thread uses `intra_op_threads` ATen threads: by default the machine's
-/// cores / K, at least 1.
+/// cores / K, at least 1. Replicas on GPUs (Options::devices) get their
+/// shard copied there and their gradients summed back onto the module's
+/// device (docs/usage.md, "With libtorch": Debian's libtorch has no CUDA,
+/// so that path is built everywhere but runs only with a CUDA libtorch).
 class DataParallel {
  public:
   struct Options {
@@ -56,6 +61,9 @@ class DataParallel {
     /// not a torch::nn::Cloneable (whose clone() libtorch refuses); the
     /// replicas then take the module's values. Empty: module->clone().
     std::function<std::shared_ptr<torch::nn::Module>()> make_replica = nullptr;
+    /// Where each replica runs (the CPU, or cuda:i), one per replica;
+    /// empty: every replica on the CPU.
+    std::vector<torch::Device> devices = {};
   };
 
   DataParallel(std::shared_ptr<torch::nn::Module> module, Options options);
@@ -87,6 +95,8 @@ class DataParallel {
   /// The replicas (clones of the module); replica k runs shard k.
   const std::vector<std::shared_ptr<torch::nn::Module>>& replicas() const noexcept { return replicas_; }
   int intra_op_threads() const noexcept { return intra_op_threads_; }
+  /// Where each replica runs.
+  const std::vector<torch::Device>& devices() const noexcept { return devices_; }
 
  private:
   void refresh_replicas();
@@ -96,8 +106,10 @@ class DataParallel {
   std::shared_ptr<torch::nn::Module> module_;
   std::vector<std::shared_ptr<torch::nn::Module>> replicas_;
   std::vector<std::shared_ptr<comm::ReplicaRendezvous>> rendezvous_;
+  std::vector<torch::Device> devices_;
   int intra_op_threads_ = 1;
   std::int64_t steps_ = 0;
+  std::unique_ptr<sync::WorkerPool> pool_;  // last: its threads use the members above
 };
 
 }  // namespace syncbn::libtorch

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/types.h>
@@ -33,6 +34,8 @@ class DistributedDataParallel {
     std::size_t bucket_values = std::size_t{1} << 18;
     /// As DataParallel::Options::make_replica.
     std::function<std::shared_ptr<torch::nn::Module>()> make_replica = nullptr;
+    /// As DataParallel::Options::devices: this process's replicas' devices.
+    std::vector<torch::Device> devices = {};
   };
 
   /// Brings rank 0's parameters and buffers to every rank (a collective:

@@ -11,11 +11,12 @@
 #include "syncbn/nn/module.hpp"
 #include "syncbn/nn/replication_context.hpp"
 
-namespace syncbn::parallel {
-
-namespace detail {
+namespace syncbn::sync {
 class WorkerPool;
 }
+
+namespace syncbn::parallel {
+
 
 /// The replicas made by replicate(), with their shared contexts.
 class Replication {
@@ -57,9 +58,9 @@ class Replication {
     Threads(Threads&&) noexcept = default;
     Threads& operator=(Threads&&) noexcept = default;
     ~Threads() = default;
-    std::shared_ptr<detail::WorkerPool> pool;
+    std::shared_ptr<sync::WorkerPool> pool;
   };
-  detail::WorkerPool& worker_pool();
+  sync::WorkerPool& worker_pool();
   Threads threads_;
   bool has_forward_ = false;
   std::vector<std::shared_ptr<nn::Module>> modules_;

@@ -1,16 +1,22 @@
 // WorkerPool: persistent replica threads with adaptive hand-over.
 
-#include "worker_pool.hpp"
+#include "syncbn/sync/worker_pool.hpp"
 
-#include "syncbn/core/cuda.hpp"
+#include <algorithm>
+#include <string>
+#include <utility>
 
-namespace syncbn::parallel::detail {
+#include "syncbn/error.hpp"
 
-WorkerPool::WorkerPool(std::vector<Device> devices)
-    : devices_(std::move(devices)),
-      policy_(sync::WaitPolicy{}.for_participants(static_cast<int>(devices_.size()) + 1)),
-      errors_(devices_.size()) {
-  threads_.reserve(devices_.size());
+namespace syncbn::sync {
+
+WorkerPool::WorkerPool(int workers, OnStart on_start)
+    : workers_(workers),
+      on_start_(std::move(on_start)),
+      policy_(WaitPolicy{}.for_participants(workers + 1)),
+      errors_(static_cast<std::size_t>(std::max(workers, 0))) {
+  SYNCBN_CHECK(workers >= 1, "WorkerPool: ", workers, " workers, expected at least 1");
+  threads_.reserve(static_cast<std::size_t>(workers));
   try {
     for (int i = 0; i < size(); ++i) threads_.emplace_back(&WorkerPool::loop, this, i);
   } catch (...) {
@@ -28,21 +34,21 @@ WorkerPool::~WorkerPool() {
 }
 
 void WorkerPool::loop(int index) {
-  std::exception_ptr bind_error;
+  std::exception_ptr start_error;
   try {
-    cuda::set_device(devices_[static_cast<std::size_t>(index)]);
+    if (on_start_) on_start_(index);
   } catch (...) {
-    bind_error = std::current_exception();  // reported by every task of this worker
+    start_error = std::current_exception();  // reported by every task of this worker
   }
   std::uint64_t seen = 0;
   while (true) {
     // Idle workers wait without a deadline: the predicate is "new work or
     // stop", and the destructor always sets stop.
-    work_.wait_until([&] { return stop_.load() || generation_.load() != seen; }, sync::Clock::time_point::max(),
+    work_.wait_until([&] { return stop_.load() || generation_.load() != seen; }, Clock::time_point::max(),
                      policy_);
     if (stop_.load()) return;
     seen = generation_.load();
-    std::exception_ptr error = bind_error;
+    std::exception_ptr error = start_error;
     if (!error) {
       try {
         (*task_)(index);
@@ -76,8 +82,8 @@ std::vector<std::exception_ptr> WorkerPool::run(const std::function<void(int)>& 
   pending_.store(size());
   generation_.fetch_add(1);  // seq_cst: publishes the task to the workers
   work_.notify_all();
-  done_.wait_until([&] { return pending_.load() == 0; }, sync::Clock::time_point::max(), policy_);
+  done_.wait_until([&] { return pending_.load() == 0; }, Clock::time_point::max(), policy_);
   return errors_;
 }
 
-}  // namespace syncbn::parallel::detail
+}  // namespace syncbn::sync

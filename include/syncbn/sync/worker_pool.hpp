@@ -1,5 +1,5 @@
 #pragma once
-// WorkerPool: one persistent thread per replica device.
+// WorkerPool: one persistent thread per replica.
 
 #include <atomic>
 #include <cstdint>
@@ -8,21 +8,26 @@
 #include <thread>
 #include <vector>
 
-#include "syncbn/sync/wait_policy.hpp"
 #include "syncbn/sync/parker.hpp"
-#include "syncbn/core/device.hpp"
+#include "syncbn/sync/wait_policy.hpp"
 
-namespace syncbn::parallel::detail {
+namespace syncbn::sync {
 
 /// Runs one task per worker and waits for all of them. Worker i runs on its
-/// own thread for the pool's lifetime (a CUDA worker makes its GPU current
-/// once). Between tasks workers wait with the adaptive policy, so they block
-/// after a short while: an idle pool burns no core. RAII: the destructor
-/// stops and joins every worker.
+/// own thread for the pool's lifetime, so what a runtime binds to a thread
+/// (a current GPU, a thread pool of its own, thread-local caches and
+/// allocator arenas) is set up once, not every step. Between tasks workers
+/// wait with the adaptive policy (Note [Adaptive wait] in docs/design.md),
+/// so they block after a short while: an idle pool burns no core. RAII: the
+/// destructor stops and joins every worker.
 class WorkerPool {
  public:
-  /// Starts one worker per device.
-  explicit WorkerPool(std::vector<Device> devices);
+  /// Runs once on worker i's thread before its first task (e.g. making
+  /// its GPU current); what it throws fails every task of that worker.
+  using OnStart = std::function<void(int worker)>;
+
+  /// Starts `workers` threads (at least 1).
+  explicit WorkerPool(int workers, OnStart on_start = nullptr);
   ~WorkerPool();
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
@@ -34,22 +39,23 @@ class WorkerPool {
   std::vector<std::exception_ptr> run(const std::function<void(int)>& task,
                                       const std::function<void(int, const std::exception_ptr&)>& on_failure);
 
-  int size() const noexcept { return static_cast<int>(devices_.size()); }
+  int size() const noexcept { return workers_; }
 
  private:
   void loop(int index);
 
-  std::vector<Device> devices_;
-  sync::WaitPolicy policy_;
+  int workers_;
+  OnStart on_start_;
+  WaitPolicy policy_;
   std::atomic<std::uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int> pending_{0};
   const std::function<void(int)>* task_ = nullptr;
   const std::function<void(int, const std::exception_ptr&)>* on_failure_ = nullptr;
   std::vector<std::exception_ptr> errors_;
-  sync::Parker work_;
-  sync::Parker done_;
+  Parker work_;
+  Parker done_;
   std::vector<std::thread> threads_;  // last: started after everything above exists
 };
 
-}  // namespace syncbn::parallel::detail
+}  // namespace syncbn::sync
