@@ -116,10 +116,11 @@ DataParallel::DataParallel(std::shared_ptr<torch::nn::Module> module, Options op
                      ": a replica has no ", params ? "parameter '" : "buffer '", item.key(),
                      "' of the module's shape, expected the module's structure");
     }
-    detail::carry_state(*module_, *replica);
   }
-  for (std::size_t k = 0; k < replicas_.size(); ++k)
-    if (!devices_[k].is_cpu()) replicas_[k]->to(devices_[k]);
+  for (std::size_t k = 0; k < replicas_.size(); ++k) {
+    replicas_[k]->to(devices_[k]);
+    detail::carry_state(*module_, *replicas_[k]);  // on the replica's device
+  }
   rendezvous_ = synchronize_replicas(replicas_);
   pool_ = std::make_unique<sync::WorkerPool>(options.replicas,
                                              [threads = intra_op_threads_](int) { at::set_num_threads(threads); });
