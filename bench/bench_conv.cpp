@@ -3,7 +3,7 @@
 // GFLOP/s.
 //
 //   bench_conv [--shapes 64x16x28x28-16-k3s1p1,...] [--min-ms 200] [--reps 5] [--warmup 2]
-//              [--blas-threads N]
+//              [--blas-threads N] [--engine auto|im2col|onednn]
 //
 // A shape reads N x C x H x W - C_out - k<kernel> s<stride> p<padding> (no
 // bias, as in the ResNet). Each stage is timed alone (median of --reps
@@ -16,12 +16,15 @@
 // of the absolute terms). --blas-threads sets OpenBLAS's thread count
 // (openblas_set_num_threads) where the BLAS is OpenBLAS; without it the
 // BLAS keeps its own default (OPENBLAS_NUM_THREADS or one per core).
+// --engine pins the CPU convolution engine (cpu::set_conv_engine; default:
+// the build's setting, Auto where it has oneDNN); Auto's choices are printed
+// at the end. oneDNN's threads are OpenMP's (OMP_NUM_THREADS).
 //
 // Where the benchmark links a CBLAS, two more columns show where the time
 // goes (Note [Convolution on the CPU]): `gemm_ms` times the matrix products
 // alone that the CPU backend makes for forward+backward (per sample: y =
 // w * col, col = w^T * dy, dw += dy * col^T, each M x N x K as in
-// cpu_conv.cpp) on scratch operands, so that fwdbwd_ms - gemm_ms is the cost
+// conv_im2col.cpp) on scratch operands, so that fwdbwd_ms - gemm_ms is the cost
 // of the lowering (im2col, col2im, zero fills); `batched_ms` times the same
 // three products once for the whole batch (N * H_out * W_out columns), what
 // a lowering of all samples at once would hand the BLAS (it would also need
@@ -177,12 +180,17 @@ int main(int argc, char** argv) {
   const int warmup = std::stoi(flag(argc, argv, "--warmup", "2"));
   const std::string blas_threads = flag(argc, argv, "--blas-threads", "");
   if (!blas_threads.empty() && openblas_set_num_threads != nullptr) openblas_set_num_threads(std::stoi(blas_threads));
+  const std::string engine = flag(argc, argv, "--engine", "");
+  for (const auto e : {cpu::ConvEngine::Auto, cpu::ConvEngine::Im2col, cpu::ConvEngine::OneDnn})
+    if (engine == cpu::conv_engine_name(e)) cpu::set_conv_engine(e);
 
   std::printf("# bench_conv: float32 NCHW, no bias; median of %d samples of >= %.0f ms per stage\n", reps,
               min_s * 1e3);
-  std::printf("%s; OpenBLAS threads: %s, kernels: %s\n", bench::cpu_level_line().c_str(),
+  std::printf("%s; OpenBLAS threads: %s, kernels: %s; conv engine: %s, oneDNN threads: %d\n",
+              bench::cpu_level_line().c_str(),
               openblas_get_num_threads != nullptr ? std::to_string(openblas_get_num_threads()).c_str() : "n/a",
-              openblas_get_corename != nullptr ? openblas_get_corename() : "n/a");
+              openblas_get_corename != nullptr ? openblas_get_corename() : "n/a",
+              std::string(cpu::conv_engine_name(cpu::conv_engine())).c_str(), cpu::onednn_threads());
   std::printf("%-24s %9s %9s %9s %9s %9s %11s %7s %9s %10s\n", "shape", "fwd_ms", "dx_ms", "dw_ms", "fwdbwd_ms",
               "fwd_GF/s", "fwdbwd_GF/s", "#wrong", "gemm_ms", "batched_ms");
   for (const auto& text : shape_texts) {
@@ -217,5 +225,8 @@ int main(int argc, char** argv) {
 #endif
     std::fflush(stdout);
   }
+  for (const auto& c : cpu::conv_engine_choices())
+    std::printf("# auto: %s, %s: %s (im2col %.3f ms, onednn %.3f ms)\n", c.layer.c_str(), c.stage.c_str(),
+                std::string(cpu::conv_engine_name(c.engine)).c_str(), c.im2col_ms, c.onednn_ms);
   return 0;
 }

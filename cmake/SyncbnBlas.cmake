@@ -1,5 +1,5 @@
 # The CBLAS that the CPU convolutions call (Note [Convolution on the CPU] in
-# src/core/cpu/cpu_conv.cpp). SYNCBN_BLAS: AUTO (use one where found), ON
+# src/core/cpu/conv_im2col.cpp). SYNCBN_BLAS: AUTO (use one where found), ON
 # (require one) or OFF. Prefers OpenBLAS (Debian: libopenblas-dev), then any
 # BLAS that CMake's FindBLAS knows and whose cblas.h is found.
 #

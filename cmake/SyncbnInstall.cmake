@@ -28,6 +28,7 @@ endif()
 # Static libraries carry their private link dependencies: the BLAS and
 # cuDNN libraries found here are recorded by path.
 set(SYNCBN_PACKAGE_WITH_BLAS ${SYNCBN_WITH_BLAS})
+set(SYNCBN_PACKAGE_WITH_DNNL ${SYNCBN_WITH_DNNL})
 set(SYNCBN_PACKAGE_BLAS_LIBRARIES "${BLAS_LIBRARIES}")
 set(SYNCBN_PACKAGE_WITH_CUDNN ${SYNCBN_WITH_CUDNN})
 set(SYNCBN_PACKAGE_WITH_MPI ${SYNCBN_WITH_MPI})

@@ -41,9 +41,13 @@ thread() {
   # Without the libtorch layer: libtorch's intra-op pool (OpenMP) and its
   # autograd engine synchronize in code TSan does not see, so every torch
   # call reads as a race; the layer's threading is the exchange's, which
-  # the other layers' [threads] cases run here.
+  # the other layers' [threads] cases run here. Without oneDNN too, for the
+  # same reason: its primitive cache and its OpenMP threads synchronize in
+  # libraries TSan does not see (im2col runs the convolutions; the oneDNN
+  # engine's own code runs under ASan).
   timed "tsan: build" scripts/build.sh build-tsan -DSYNCBN_SANITIZE=thread -DSYNCBN_CUDA=OFF \
-    -DCMAKE_BUILD_TYPE=Debug -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_BUILD_EXAMPLES=OFF -DSYNCBN_TORCH=OFF
+    -DCMAKE_BUILD_TYPE=Debug -DSYNCBN_BUILD_BENCH=OFF -DSYNCBN_BUILD_EXAMPLES=OFF -DSYNCBN_TORCH=OFF \
+    -DSYNCBN_DNNL=OFF
   # OpenBLAS stays on the calling thread: its own worker pool synchronizes in
   # code TSan does not see, so its workers' writes to the operands read as
   # races (they did for the larger products of test_gemm).

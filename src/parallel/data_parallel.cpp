@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "replica_errors.hpp"
+#include "replica_threads.hpp"
 #include "syncbn/sync/sync_master.hpp"
 #include "syncbn/sync/worker_pool.hpp"
 #include "syncbn/core/cpu.hpp"
@@ -23,7 +24,7 @@ namespace syncbn::parallel {
 
 struct DataParallel::Workers {
   explicit Workers(const std::vector<Device>& devices)
-      : pool(static_cast<int>(devices.size()), [devices](int i) { cuda::set_device(devices[static_cast<std::size_t>(i)]); }) {}
+      : pool(static_cast<int>(devices.size()), detail::replica_thread_setup(devices)) {}
   sync::WorkerPool pool;
 };
 
@@ -108,16 +109,12 @@ namespace {
 // processes of the job that share this node as the launcher tells it
 // (OpenMPI's OMPI_COMM_WORLD_LOCAL_SIZE, MPICH's MPI_LOCALNRANKS; 1
 // otherwise), unless the user has chosen (OPENBLAS_NUM_THREADS or
-// OMP_NUM_THREADS set); one device in one process keeps the default.
+// OMP_NUM_THREADS set); one device in one process keeps the default. The
+// oneDNN convolutions follow the same rule, set per replica worker when it
+// starts (their OpenMP threads are a per-thread setting:
+// replica_threads.hpp).
 void share_cores_with_blas(const std::vector<Device>& devices) {
-  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return;
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-  if (local == nullptr) local = std::getenv("MPI_LOCALNRANKS");
-  const long processes = local != nullptr ? std::max(1L, std::atol(local)) : 1L;
-  const long cpu_replicas = std::count_if(devices.begin(), devices.end(), [](Device d) { return d.is_cpu(); });
-  if (cpu_replicas < 1 || cpu_replicas * processes < 2) return;
-  const auto cores = static_cast<long>(std::max(1u, std::thread::hardware_concurrency()));
-  cpu::set_blas_threads(static_cast<int>(std::max(1L, cores / (cpu_replicas * processes))));
+  if (const int threads = detail::cpu_threads_per_replica(devices); threads > 0) cpu::set_blas_threads(threads);
 }
 
 }  // namespace

@@ -3,7 +3,7 @@
 #include "syncbn/parallel/replicate.hpp"
 
 #include "replica_errors.hpp"
-#include "syncbn/core/cuda.hpp"
+#include "replica_threads.hpp"
 #include "syncbn/sync/worker_pool.hpp"
 #include "syncbn/core/ops.hpp"
 
@@ -32,9 +32,8 @@ void Replication::reset() {
 
 sync::WorkerPool& Replication::worker_pool() {
   if (!threads_.pool) {
-    // Each worker makes its replica's GPU current once.
-    threads_.pool = std::make_shared<sync::WorkerPool>(
-        static_cast<int>(devices_.size()), [devices = devices_](int i) { cuda::set_device(devices[static_cast<std::size_t>(i)]); });
+    threads_.pool = std::make_shared<sync::WorkerPool>(static_cast<int>(devices_.size()),
+                                                       detail::replica_thread_setup(devices_));
   }
   return *threads_.pool;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "support/convolutions.hpp"
+#include "support/conv_checks.hpp"
 #include "support/conv_spec.hpp"
 #include "support/device_under_test.hpp"
 #include "support/matchers.hpp"
@@ -29,121 +30,16 @@ using syncbn::testing::device_tensor;
 using syncbn::testing::kSeed;
 using syncbn::testing::normal_values;
 using syncbn::testing::MessageIs;
+using syncbn::testing::check_conv_case;
+using syncbn::testing::random_conv;
 using syncbn::testing::test_device;
-
-namespace {
-
-std::string describe(const spec::Conv& s) {
-  std::ostringstream os;
-  os << "x (" << s.n << ", " << s.c_in << ", " << s.h << ", " << s.w << "), weight (" << s.c_out << ", "
-     << s.c_in / s.groups << ", " << s.kh << ", " << s.kw << "), stride " << s.sh << "x" << s.sw << ", padding " << s.ph
-     << "x" << s.pw << ", dilation " << s.dh << "x" << s.dw << ", groups " << s.groups;
-  return os.str();
-}
-
-core::Conv2dGeometry geometry(const spec::Conv& s) {
-  return {{s.sh, s.sw}, {s.ph, s.pw}, {s.dh, s.dw}, s.groups};
-}
-
-// A random valid convolution (the padded input holds the dilated kernel);
-// padding up to 3 lets whole kernel rows and columns fall in the padding.
-spec::Conv random_conv(std::mt19937_64& rng) {
-  auto pick = [&](std::int64_t lo, std::int64_t hi) { return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng); };
-  for (;;) {
-    spec::Conv s{};
-    s.groups = pick(1, 3);
-    s.n = pick(0, 3);
-    s.c_in = s.groups * pick(1, 3);
-    s.c_out = s.groups * pick(1, 3);
-    s.h = pick(1, 9);
-    s.w = pick(1, 9);
-    s.kh = pick(1, 4);
-    s.kw = pick(1, 4);
-    s.sh = pick(1, 3);
-    s.sw = pick(1, 3);
-    s.ph = pick(0, 3);
-    s.pw = pick(0, 3);
-    s.dh = pick(1, 2);
-    s.dw = pick(1, 2);
-    if (s.h + 2 * s.ph >= s.dh * (s.kh - 1) + 1 && s.w + 2 * s.pw >= s.dw * (s.kw - 1) + 1) return s;
-  }
-}
-
-std::vector<double> absolute(std::vector<double> v) {
-  for (double& e : v) e = std::abs(e);
-  return v;
-}
-
-// Values rounded to dtype, as the kernels see them.
-std::vector<double> rounded(const std::vector<double>& v, DType dtype) {
-  if (dtype == DType::Float64) return v;
-  std::vector<double> out;
-  for (double e : v) out.push_back(static_cast<float>(e));
-  return out;
-}
-
-// |got - want| <= tol * scale (scale: the sum of the magnitudes of the terms).
-void check_sums(const Tensor& got, const std::vector<double>& want, const std::vector<double>& scale, DType dtype,
-                const std::string& what) {
-  INFO(what);
-  const std::vector<double> g = got.to_vector<double>();
-  REQUIRE(g.size() == want.size());
-  const double tol = dtype == DType::Float64 ? 1e-13 : 1e-5;
-  for (std::size_t i = 0; i < g.size(); ++i) {
-    const double allowed = tol * scale[i] + 1e-300;
-    if (!(std::abs(g[i] - want[i]) <= allowed)) {
-      INFO("first mismatch at index " << i << " of " << g.size() << ": got " << g[i] << ", expected " << want[i]);
-      CHECK(std::abs(g[i] - want[i]) <= allowed);
-      return;
-    }
-  }
-}
-
-void check_case(const spec::Conv& s, DType dtype, bool with_bias, std::mt19937_64& rng) {
-  INFO(describe(s) << ", dtype " << dtype_name(dtype) << (with_bias ? ", bias" : ""));
-  const Shape xs{s.n, s.c_in, s.h, s.w}, ws{s.c_out, s.c_in / s.groups, s.kh, s.kw}, ys{s.n, s.c_out, s.oh(), s.ow()};
-  const auto x = rounded(normal_values(s.x_size(), rng), dtype), w = rounded(normal_values(s.w_size(), rng), dtype);
-  const auto b = with_bias ? rounded(normal_values(s.c_out, rng), dtype) : std::vector<double>{};
-  const auto dy = rounded(normal_values(s.y_size(), rng), dtype);
-  const auto g0 = rounded(normal_values(s.w_size(), rng), dtype), gb0 = rounded(normal_values(s.c_out, rng), dtype);
-
-  const Tensor y = core::conv2d(device_tensor(x, xs, dtype), device_tensor(w, ws, dtype),
-                                with_bias ? device_tensor(b, Shape{s.c_out}, dtype) : Tensor(), geometry(s));
-  REQUIRE(y.shape() == ys);
-  check_sums(y, spec::conv2d(s, x, w, b), spec::conv2d(s, absolute(x), absolute(w), absolute(b)), dtype, "output");
-
-  const Tensor dx = core::conv2d_backward_input(device_tensor(dy, ys, dtype), device_tensor(w, ws, dtype), xs, geometry(s));
-  check_sums(dx, spec::conv2d_grad_input(s, dy, w), spec::conv2d_grad_input(s, absolute(dy), absolute(w)), dtype,
-             "input gradient");
-
-  // The weight and bias gradients accumulate onto what the tensors hold.
-  const Tensor dw = device_tensor(g0, ws, dtype);
-  core::conv2d_backward_weight_(dw, device_tensor(dy, ys, dtype), device_tensor(x, xs, dtype), geometry(s));
-  std::vector<double> want_dw = spec::conv2d_grad_weight(s, dy, x), scale_dw = spec::conv2d_grad_weight(s, absolute(dy), absolute(x));
-  for (std::size_t i = 0; i < want_dw.size(); ++i) {
-    want_dw[i] += g0[i];
-    scale_dw[i] += std::abs(g0[i]);
-  }
-  check_sums(dw, want_dw, scale_dw, dtype, "weight gradient");
-
-  const Tensor db = device_tensor(gb0, Shape{s.c_out}, dtype);
-  core::conv2d_backward_bias_(db, device_tensor(dy, ys, dtype));
-  std::vector<double> want_db = spec::conv2d_grad_bias(s, dy), scale_db = spec::conv2d_grad_bias(s, absolute(dy));
-  for (std::size_t i = 0; i < want_db.size(); ++i) {
-    want_db[i] += gb0[i];
-    scale_db[i] += std::abs(gb0[i]);
-  }
-  check_sums(db, want_db, scale_db, dtype, "bias gradient");
-}
-
-}  // namespace
 
 TEST_CASE("Convolutions of random geometries match the direct sums, forward and backward", "[core][conv]") {
   if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   const DType dtype = GENERATE(DType::Float32, DType::Float64);
   CAPTURE(kSeed, dtype, test_device());
   std::mt19937_64 rng = syncbn::testing::make_rng(1, dtype == DType::Float64);
-  for (int i = 0; i < 60; ++i) check_case(random_conv(rng), dtype, i % 2 == 0, rng);
+  for (int i = 0; i < 60; ++i) check_conv_case(random_conv(rng), dtype, i % 2 == 0, rng);
 }
 
 TEST_CASE("Convolutions of the shapes a ResNet uses match the direct sums", "[core][conv]") {
@@ -158,7 +54,7 @@ TEST_CASE("Convolutions of the shapes a ResNet uses match the direct sums", "[co
       {2, 8, 12, 12, 16, 1, 1, 2, 2, 0, 0},   {3, 16, 7, 5, 8, 1, 1},
       {2, 6, 9, 9, 6, 3, 3, 1, 1, 1, 1, 1, 1, 6},
   };
-  for (const spec::Conv& s : cases) check_case(s, dtype, false, rng);
+  for (const spec::Conv& s : cases) check_conv_case(s, dtype, false, rng);
 }
 
 TEST_CASE("The output size follows PyTorch's formula", "[core][conv]") {

@@ -21,6 +21,7 @@
 #include "support/skip.hpp"
 #include "syncbn/core/cpu.hpp"
 #include "syncbn/nn/loss.hpp"
+#include "syncbn/nn/module.hpp"
 #include "syncbn/nn/resnet.hpp"
 #include "syncbn/nn/sync_batch_norm.hpp"
 #include "syncbn/optim/sgd.hpp"
@@ -121,4 +122,43 @@ TEST_CASE("DataParallel over several CPU devices gives each BLAS call its share 
     CHECK(cpu::blas_threads() == share);
   }
   cpu::set_blas_threads(before);
+}
+
+namespace {
+
+// Records, on each replica's thread, the oneDNN threads that thread has.
+class OneDnnThreadsProbe : public nn::Cloneable<OneDnnThreadsProbe> {
+ public:
+  explicit OneDnnThreadsProbe(std::shared_ptr<std::vector<int>> seen) : seen_(std::move(seen)) {}
+  std::string describe() const override { return "OneDnnThreadsProbe"; }
+  void on_replicate(nn::ReplicationContext& /*ctx*/, int copy_id) override { copy_id_ = copy_id; }
+  Tensor forward(const Tensor& x) override {
+    (*seen_)[static_cast<std::size_t>(copy_id_)] = cpu::onednn_threads();  // each replica its own entry
+    return x;
+  }
+  Tensor backward(const Tensor& g) override { return g; }
+
+ private:
+  std::shared_ptr<std::vector<int>> seen_;
+  int copy_id_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("DataParallel over several CPU devices gives each replica's oneDNN calls its share of the cores",
+          "[replicate][conv][threads]") {
+  if (syncbn::testing::test_on_cuda()) SYNCBN_SKIP("oneDNN serves CPU devices only");
+  if (!cpu::has_onednn()) SYNCBN_SKIP("this build has no oneDNN");
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr)
+    SYNCBN_SKIP("OPENBLAS_NUM_THREADS or OMP_NUM_THREADS is set: DataParallel keeps the user's choice");
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int mine = cpu::onednn_threads();
+  for (const int k : {2, 4}) {
+    CAPTURE(k, cores);
+    auto seen = std::make_shared<std::vector<int>>(static_cast<std::size_t>(k), 0);
+    parallel::DataParallel dp(std::make_shared<OneDnnThreadsProbe>(seen), test_devices(k));
+    (void)dp.forward(Tensor::zeros(Shape{static_cast<std::int64_t>(k), 3}));
+    CHECK(*seen == std::vector<int>(static_cast<std::size_t>(k), std::max(1, cores / k)));
+  }
+  CHECK(cpu::onednn_threads() == mine);  // the caller's thread keeps its own
 }

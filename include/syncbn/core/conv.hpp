@@ -2,10 +2,12 @@
 // Two-dimensional convolution on NCHW tensors (PyTorch's conv2d): the
 // forward and the three gradients, as stages the layers compose.
 //
-// The CPU backend lowers each group of each sample to one matrix product
-// through the BLAS this build found (im2col, Note [Convolution on the CPU] in
-// src/core/cpu/cpu_conv.cpp); the CUDA backend calls cuDNN. A build without
-// the library its backend needs throws Unsupported. float32 and float64.
+// The CPU backend has two engines (cpu::ConvEngine in syncbn/core/cpu.hpp):
+// im2col, which lowers each group of each sample to one matrix product
+// through the BLAS this build found, and oneDNN (float32, where the build
+// found it), chosen per layer shape and stage; the CUDA backend calls
+// cuDNN. A build without the library its backend needs throws Unsupported.
+// float32 and float64.
 
 #include <array>
 #include <cstdint>

@@ -3,6 +3,7 @@
 // ones this CPU runs, and which one the kernels use (Note [CPU dispatch] in
 // docs/design.md).
 
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -71,5 +72,48 @@ int blas_threads() noexcept;
 /// when the BLAS cannot be told (no BLAS, or one other than OpenBLAS).
 /// Throws InvalidArgument for threads < 1.
 bool set_blas_threads(int threads);
+
+/// The engines of the CPU convolutions (Note [Choosing a convolution
+/// engine] in src/core/cpu/conv_engines.cpp): im2col + the BLAS (float32
+/// and float64, every build with a BLAS), and oneDNN (float32, builds that
+/// found libdnnl-dev: SYNCBN_DNNL). Auto measures both at a layer shape's
+/// first use, per stage (forward, input gradient, weight gradient), and
+/// keeps the faster for the process; float64 always runs on im2col.
+enum class ConvEngine : unsigned char { Auto, Im2col, OneDnn };
+/// "auto", "im2col" or "onednn": the names SYNCBN_CONV_ENGINE takes.
+std::string_view conv_engine_name(ConvEngine engine) noexcept;
+/// True when this build has the oneDNN engine.
+bool has_onednn() noexcept;
+/// The engine setting of every later CPU convolution: the one named by the
+/// environment variable SYNCBN_CONV_ENGINE when it is set (read at the first
+/// call), otherwise Auto where the build has oneDNN and Im2col where it
+/// does not. Throws InvalidArgument, naming the variable and the choices,
+/// when it names an unknown engine or oneDNN in a build without it.
+ConvEngine conv_engine();
+/// Pins an engine for the whole process (reproducible runs, tests), or
+/// Auto. Throws Unsupported for OneDnn in a build without it, changing
+/// nothing.
+void set_conv_engine(ConvEngine engine);
+
+/// What Auto measured for one layer shape and stage, and chose.
+struct ConvChoice {
+  std::string layer;  // "64x16x28x28 -> 32, 3x3, stride 2x2, padding 1x1, dilation 1x1, groups 1"
+  std::string stage;  // "forward", "input gradient" or "weight gradient"
+  ConvEngine engine;  // Im2col or OneDnn
+  double im2col_ms, onednn_ms;
+};
+/// The choices made so far, in the order they were made.
+std::vector<ConvChoice> conv_engine_choices();
+/// Forgets them: the next use of each shape measures again.
+void clear_conv_engine_choices();
+/// The threads oneDNN's convolutions start when called from this thread
+/// (OpenMP's, per calling thread: OMP_NUM_THREADS, else one per core), or 0
+/// in a build without oneDNN.
+int onednn_threads() noexcept;
+/// Sets them for the calling thread (DataParallel over several CPU devices
+/// sets each replica worker's: Note [BLAS threads] in
+/// src/parallel/data_parallel.cpp). Returns false, changing nothing, in a
+/// build without oneDNN. Throws InvalidArgument for threads < 1.
+bool set_onednn_threads(int threads);
 
 }  // namespace syncbn::cpu

@@ -49,9 +49,9 @@ extern const core::detail::MemoryKernels kMemoryKernels;
 /// GEMM, as cpu::gemm_engine() says (Note [CPU GEMM engines] in cpu_blas.cpp).
 extern const core::detail::BlasKernels kMatmulKernels;
 
-/// The convolution and pooling tables, one for every level (cpu_conv.cpp
-/// calls the BLAS, which dispatches on the CPU itself; cpu_pool.cpp is
-/// bounded by memory traffic).
+/// The convolution and pooling tables, one for every level (the convolution
+/// engines call the BLAS and oneDNN, which dispatch on the CPU themselves:
+/// conv_engines.cpp; cpu_pool.cpp is bounded by memory traffic).
 extern const core::detail::ConvKernels kConvKernels;
 extern const core::detail::PoolKernels kPoolKernels;
 

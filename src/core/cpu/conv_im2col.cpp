@@ -1,6 +1,7 @@
-// CPU backend: 2-D convolutions as matrix products through the BLAS this
-// build found (compiled once, not per CPU level: the BLAS dispatches on the
-// CPU itself).
+// The im2col engine of the CPU convolutions: matrix products through the
+// BLAS this build found (compiled once, not per CPU level: the BLAS
+// dispatches on the CPU itself). float32 and float64; conv_engines.cpp
+// chooses between it and oneDNN for float32.
 //
 // Note [Convolution on the CPU]
 // For one sample and one group, the input's receptive fields are laid out as
@@ -24,14 +25,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "conv_im2col.hpp"
+
 #include "backend/dispatch.hpp"
-#include "backend/kernels.hpp"
 #include "cpu/blas.hpp"
-#include "cpu/kernel_set.hpp"
 #include "syncbn/error.hpp"
 
 
-namespace syncbn::cpu {
+namespace syncbn::cpu::im2col {
 namespace {
 
 using core::detail::Conv2dShape;
@@ -201,7 +202,9 @@ void backward_bias_typed(std::int64_t n, std::int64_t c, std::int64_t l, const T
   }
 }
 
-void conv_forward(Device, DType dtype, const Conv2dShape& s, const void* x, const void* w, const void* bias, void* y) {
+}  // namespace
+
+void conv_forward(DType dtype, const Conv2dShape& s, const void* x, const void* w, const void* bias, void* y) {
   core::detail::dispatch_floating(dtype, "conv2d", [&](auto tag) {
     using T = decltype(tag);
     forward_typed<T>(s, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
@@ -209,31 +212,25 @@ void conv_forward(Device, DType dtype, const Conv2dShape& s, const void* x, cons
   });
 }
 
-void conv_backward_input(Device, DType dtype, const Conv2dShape& s, const void* dy, const void* w, void* dx) {
+void conv_backward_input(DType dtype, const Conv2dShape& s, const void* dy, const void* w, void* dx) {
   core::detail::dispatch_floating(dtype, "conv2d_backward_input", [&](auto tag) {
     using T = decltype(tag);
     backward_input_typed<T>(s, static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx));
   });
 }
 
-void conv_backward_weight(Device, DType dtype, const Conv2dShape& s, const void* dy, const void* x, void* dw) {
+void conv_backward_weight(DType dtype, const Conv2dShape& s, const void* dy, const void* x, void* dw) {
   core::detail::dispatch_floating(dtype, "conv2d_backward_weight", [&](auto tag) {
     using T = decltype(tag);
     backward_weight_typed<T>(s, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw));
   });
 }
 
-void conv_backward_bias(Device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
-                        void* db) {
+void conv_backward_bias(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy, void* db) {
   core::detail::dispatch_floating(dtype, "conv2d_backward_bias", [&](auto tag) {
     using T = decltype(tag);
     backward_bias_typed<T>(n, c, l, static_cast<const T*>(dy), static_cast<T*>(db));
   });
 }
 
-}  // namespace
-
-const core::detail::ConvKernels kConvKernels{conv_forward, conv_backward_input, conv_backward_weight,
-                                             conv_backward_bias};
-
-}  // namespace syncbn::cpu
+}  // namespace syncbn::cpu::im2col

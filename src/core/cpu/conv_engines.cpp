@@ -1,0 +1,296 @@
+// The CPU convolutions' kernel table: which engine runs each call.
+//
+// Note [Choosing a convolution engine]
+// Neither engine is the faster everywhere. oneDNN's blocked kernels run the
+// 3x3 layers of a ResNet at 150-230 GFLOP/s on one core where im2col + the
+// BLAS reaches about 100, but oneDNN 2.6 has slow paths: measured on the
+// 2-core AMD EPYC of docs/performance.md, the input gradient of stride-2
+// 3x3 layers took 20-47 ms against 3.5-4.3 ms for their forward, a
+// 1-channel stem 17x syncbn's time. So Auto measures both engines the first
+// time a layer shape reaches a stage (forward, input gradient, weight
+// gradient), on the call's own operands into scratch outputs: oneDNN once
+// to build its primitive, then each engine twice, alternately, the faster
+// of each pair kept. It then runs the faster engine for that shape and
+// stage for the rest of the process, as cuDNN's algorithm search does on a
+// GPU. Every replica that meets the shape first measures at the same time,
+// under the load the step itself makes; the first to finish decides. A
+// pinned engine (set_conv_engine, SYNCBN_CONV_ENGINE) skips the search, for
+// reproducible runs: the two engines sum in different orders, so their
+// results differ in the last bits. float64 always runs on im2col (oneDNN
+// has no float64 convolutions).
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "conv_im2col.hpp"
+#include "cpu/kernel_set.hpp"
+#include "syncbn/core/cpu.hpp"
+#include "syncbn/error.hpp"
+#if SYNCBN_WITH_DNNL
+#include "conv_onednn.hpp"
+#endif
+
+namespace syncbn::cpu {
+namespace {
+
+using core::detail::Conv2dShape;
+constexpr const char* kVariable = "SYNCBN_CONV_ENGINE";
+
+enum class Stage : int { Forward, BackwardInput, BackwardWeight };
+
+const char* stage_name(Stage s) {
+  switch (s) {
+    case Stage::Forward: return "forward";
+    case Stage::BackwardInput: return "input gradient";
+    case Stage::BackwardWeight: return "weight gradient";
+  }
+  return "?";
+}
+
+// The setting: unset until the first call reads the environment.
+constexpr int kUnread = -1;
+std::atomic<int> g_setting{kUnread};
+
+ConvEngine default_engine() { return has_onednn() ? ConvEngine::Auto : ConvEngine::Im2col; }
+
+ConvEngine engine_from_environment() {
+  const char* named = std::getenv(kVariable);
+  if (named == nullptr || *named == '\0') return default_engine();
+  const std::string name = named;
+  for (const ConvEngine e : {ConvEngine::Auto, ConvEngine::Im2col, ConvEngine::OneDnn}) {
+    if (name != conv_engine_name(e)) continue;
+    SYNCBN_CHECK(e != ConvEngine::OneDnn || has_onednn(), kVariable, "=", name,
+                 ": this build has no oneDNN, expected auto or im2col (build with libdnnl-dev installed)");
+    return e;
+  }
+  SYNCBN_THROW(InvalidArgument, kVariable, "=", name, ": unknown engine, expected auto, im2col or onednn");
+}
+
+using Key = std::tuple<int, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
+                       std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
+                       std::int64_t, std::int64_t>;
+
+Key key_of(Stage stage, const Conv2dShape& s) {
+  return {static_cast<int>(stage), s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride_h, s.stride_w, s.pad_h,
+          s.pad_w, s.dilation_h, s.dilation_w, s.groups};
+}
+
+std::string describe(const Conv2dShape& s) {
+  const auto pair = [](std::int64_t a, std::int64_t b) { return std::to_string(a) + "x" + std::to_string(b); };
+  return std::to_string(s.n) + "x" + std::to_string(s.c_in) + "x" + pair(s.h, s.w) + " -> " + std::to_string(s.c_out) +
+         ", " + pair(s.kh, s.kw) + ", stride " + pair(s.stride_h, s.stride_w) + ", padding " + pair(s.pad_h, s.pad_w) +
+         ", dilation " + pair(s.dilation_h, s.dilation_w) + ", groups " + std::to_string(s.groups);
+}
+
+struct Choices {
+  std::mutex mutex;
+  std::map<Key, ConvEngine> chosen;
+  std::vector<ConvChoice> log;
+};
+
+Choices& choices() {
+  static Choices c;
+  return c;
+}
+
+std::optional<ConvEngine> chosen(Stage stage, const Conv2dShape& s) {
+  Choices& c = choices();
+  const std::lock_guard lock(c.mutex);
+  const auto it = c.chosen.find(key_of(stage, s));
+  if (it == c.chosen.end()) return std::nullopt;
+  return it->second;
+}
+
+double ms_of(const std::function<void()>& run) {
+  const auto start = std::chrono::steady_clock::now();
+  run();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Times both engines on scratch outputs (Note [Choosing a convolution
+// engine]) and records the faster.
+ConvEngine measure(Stage stage, const Conv2dShape& s, const std::function<void()>& on_im2col,
+                   const std::function<void()>& on_onednn) {
+  on_onednn();  // builds the primitive
+  double im2col_ms = ms_of(on_im2col), onednn_ms = ms_of(on_onednn);
+  im2col_ms = std::min(im2col_ms, ms_of(on_im2col));
+  onednn_ms = std::min(onednn_ms, ms_of(on_onednn));
+  const ConvEngine faster = onednn_ms < im2col_ms ? ConvEngine::OneDnn : ConvEngine::Im2col;
+  Choices& c = choices();
+  const std::lock_guard lock(c.mutex);
+  const auto [it, inserted] = c.chosen.emplace(key_of(stage, s), faster);
+  if (inserted) c.log.push_back({describe(s), stage_name(stage), faster, im2col_ms, onednn_ms});
+  return it->second;  // the first replica to finish decides
+}
+
+// The engine of one float32 call.
+ConvEngine engine_for(Stage stage, const Conv2dShape& s, const std::function<void()>& on_im2col,
+                      const std::function<void()>& on_onednn) {
+  const ConvEngine setting = conv_engine();
+  if (setting != ConvEngine::Auto) return setting;
+  if (!has_blas()) return ConvEngine::OneDnn;  // im2col needs the BLAS
+  if (const auto known = chosen(stage, s)) return *known;
+  return measure(stage, s, on_im2col, on_onednn);
+}
+
+std::size_t elements(std::int64_t a, std::int64_t b, std::int64_t c, std::int64_t d) {
+  return static_cast<std::size_t>(a * b * c * d);
+}
+
+void conv_forward(Device, DType dtype, const Conv2dShape& s, const void* x, const void* w, const void* bias, void* y) {
+#if SYNCBN_WITH_DNNL
+  if (dtype == DType::Float32) {
+    const auto* xf = static_cast<const float*>(x);
+    const auto* wf = static_cast<const float*>(w);
+    const auto* bf = static_cast<const float*>(bias);
+    std::vector<float> scratch;
+    const auto trial = [&](bool onednn) {
+      return [&, onednn] {
+        scratch.resize(elements(s.n, s.c_out, s.oh, s.ow));
+        if (onednn) {
+          onednn::conv_forward(s, xf, wf, bf, scratch.data());
+        } else {
+          im2col::conv_forward(dtype, s, x, w, bias, scratch.data());
+        }
+      };
+    };
+    if (engine_for(Stage::Forward, s, trial(false), trial(true)) == ConvEngine::OneDnn) {
+      onednn::conv_forward(s, xf, wf, bf, static_cast<float*>(y));
+      return;
+    }
+  }
+#endif
+  im2col::conv_forward(dtype, s, x, w, bias, y);
+}
+
+void conv_backward_input(Device, DType dtype, const Conv2dShape& s, const void* dy, const void* w, void* dx) {
+#if SYNCBN_WITH_DNNL
+  if (dtype == DType::Float32) {
+    std::vector<float> scratch;
+    const auto trial = [&](bool onednn) {
+      return [&, onednn] {
+        scratch.resize(elements(s.n, s.c_in, s.h, s.w));
+        if (onednn) {
+          onednn::conv_backward_input(s, static_cast<const float*>(dy), static_cast<const float*>(w), scratch.data());
+        } else {
+          im2col::conv_backward_input(dtype, s, dy, w, scratch.data());
+        }
+      };
+    };
+    if (engine_for(Stage::BackwardInput, s, trial(false), trial(true)) == ConvEngine::OneDnn) {
+      onednn::conv_backward_input(s, static_cast<const float*>(dy), static_cast<const float*>(w),
+                                  static_cast<float*>(dx));
+      return;
+    }
+  }
+#endif
+  im2col::conv_backward_input(dtype, s, dy, w, dx);
+}
+
+void conv_backward_weight(Device, DType dtype, const Conv2dShape& s, const void* dy, const void* x, void* dw) {
+#if SYNCBN_WITH_DNNL
+  if (dtype == DType::Float32) {
+    std::vector<float> scratch;
+    const auto trial = [&](bool onednn) {
+      return [&, onednn] {
+        scratch.assign(elements(s.c_out, s.c_in / s.groups, s.kh, s.kw), 0.0f);
+        if (onednn) {
+          onednn::conv_backward_weight(s, static_cast<const float*>(dy), static_cast<const float*>(x), scratch.data());
+        } else {
+          im2col::conv_backward_weight(dtype, s, dy, x, scratch.data());
+        }
+      };
+    };
+    if (engine_for(Stage::BackwardWeight, s, trial(false), trial(true)) == ConvEngine::OneDnn) {
+      onednn::conv_backward_weight(s, static_cast<const float*>(dy), static_cast<const float*>(x),
+                                   static_cast<float*>(dw));
+      return;
+    }
+  }
+#endif
+  im2col::conv_backward_weight(dtype, s, dy, x, dw);
+}
+
+void conv_backward_bias(Device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
+                        void* db) {
+  im2col::conv_backward_bias(dtype, n, c, l, dy, db);
+}
+
+}  // namespace
+
+std::string_view conv_engine_name(ConvEngine engine) noexcept {
+  switch (engine) {
+    case ConvEngine::Auto: return "auto";
+    case ConvEngine::Im2col: return "im2col";
+    case ConvEngine::OneDnn: return "onednn";
+  }
+  return "?";
+}
+
+bool has_onednn() noexcept { return SYNCBN_WITH_DNNL != 0; }
+
+int onednn_threads() noexcept {
+#if SYNCBN_WITH_DNNL
+  return onednn::threads();
+#else
+  return 0;
+#endif
+}
+
+bool set_onednn_threads(int threads) {
+  SYNCBN_CHECK(threads >= 1, "cpu::set_onednn_threads: ", threads, " threads, expected at least 1");
+#if SYNCBN_WITH_DNNL
+  onednn::set_threads(threads);
+  return true;
+#else
+  return false;
+#endif
+}
+
+ConvEngine conv_engine() {
+  int setting = g_setting.load();
+  if (setting == kUnread) {
+    const ConvEngine from_environment = engine_from_environment();  // throws for a bad name, every call
+    int unread = kUnread;
+    g_setting.compare_exchange_strong(unread, static_cast<int>(from_environment));
+    setting = g_setting.load();
+  }
+  return static_cast<ConvEngine>(setting);
+}
+
+void set_conv_engine(ConvEngine engine) {
+  SYNCBN_CHECK(engine == ConvEngine::Auto || engine == ConvEngine::Im2col || engine == ConvEngine::OneDnn,
+               "cpu::set_conv_engine: engine ", static_cast<int>(engine),
+               ", expected ConvEngine::Auto, Im2col or OneDnn");
+  if (engine == ConvEngine::OneDnn && !has_onednn())
+    SYNCBN_THROW(Unsupported, "cpu::set_conv_engine: this build has no oneDNN, expected ConvEngine::Auto or Im2col "
+                              "(build with libdnnl-dev installed)");
+  g_setting.store(static_cast<int>(engine));
+}
+
+std::vector<ConvChoice> conv_engine_choices() {
+  Choices& c = choices();
+  const std::lock_guard lock(c.mutex);
+  return c.log;
+}
+
+void clear_conv_engine_choices() {
+  Choices& c = choices();
+  const std::lock_guard lock(c.mutex);
+  c.chosen.clear();
+  c.log.clear();
+}
+
+const core::detail::ConvKernels kConvKernels{conv_forward, conv_backward_input, conv_backward_weight,
+                                             conv_backward_bias};
+
+}  // namespace syncbn::cpu
