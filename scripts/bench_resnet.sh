@@ -217,7 +217,10 @@ else
 fi
 
 # The runs of one round (r is the round).
-run_step() { OPENBLAS_NUM_THREADS=1 "$build/bench/bench_resnet_step" "${step_flags[@]}" | tag step step "$r" 3,2 >>"$log"; }
+# One thread per library call for the step: K = 1 against PyTorch's one
+# thread, and K replicas of one thread each (what DataParallel's rule gives
+# them) against PyTorch's K.
+run_step() { OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$build/bench/bench_resnet_step" "${step_flags[@]}" | tag step step "$r" 3,2 >>"$log"; }
 run_blas() {  # run_blas <OPENBLAS_NUM_THREADS or unset> <auto or an OPENBLAS_CORETYPE>
   local vars=(-u OPENBLAS_NUM_THREADS)
   [[ $1 != unset ]] && vars+=("OPENBLAS_NUM_THREADS=$1")
@@ -228,7 +231,7 @@ run_blas() {  # run_blas <OPENBLAS_NUM_THREADS or unset> <auto or an OPENBLAS_CO
 run_conv() {  # run_conv <threads> <auto or an OPENBLAS_CORETYPE>
   local vars=()
   [[ $2 != auto ]] && vars+=("OPENBLAS_CORETYPE=$2")
-  env ${vars[@]+"${vars[@]}"} "$build/bench/bench_conv" --blas-threads "$1" "${conv_flags[@]}" |
+  env ${vars[@]+"${vars[@]}"} OMP_NUM_THREADS="$1" "$build/bench/bench_conv" --blas-threads "$1" "${conv_flags[@]}" |
     tag conv "conv-$1-$2" "$r" 1 "threads=$1" "kernels=$2" >>"$log"
 }
 run_gemm() {  # run_gemm <threads> <auto or an OPENBLAS_CORETYPE>

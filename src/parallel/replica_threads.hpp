@@ -16,11 +16,10 @@
 namespace syncbn::parallel::detail {
 
 /// Threads per library call for each of the CPU replicas of `devices`:
-/// cores / (CPU replicas x processes on this node), at least 1; 0 when the
-/// user chose (OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set) or one replica
-/// runs alone, which keeps the libraries' defaults.
+/// cores / (CPU replicas x processes on this node), at least 1; 0 when one
+/// replica runs alone, which keeps the libraries' defaults. The callers
+/// keep the user's choice instead where the environment names one.
 inline int cpu_threads_per_replica(const std::vector<Device>& devices) {
-  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return 0;
   const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   if (local == nullptr) local = std::getenv("MPI_LOCALNRANKS");
   const long processes = local != nullptr ? std::max(1L, std::atol(local)) : 1L;
@@ -31,10 +30,11 @@ inline int cpu_threads_per_replica(const std::vector<Device>& devices) {
 }
 
 /// The start of worker i: device i becomes current (a GPU), and a CPU
-/// replica's oneDNN calls get their share of the cores (OpenMP's setting is
-/// per thread; OpenBLAS's is process-wide, set by DataParallel).
+/// replica's oneDNN calls get their share of the cores unless
+/// OMP_NUM_THREADS chose (OpenMP's setting is per thread; OpenBLAS's is
+/// process-wide, set by DataParallel).
 inline sync::WorkerPool::OnStart replica_thread_setup(const std::vector<Device>& devices) {
-  const int threads = cpu_threads_per_replica(devices);
+  const int threads = std::getenv("OMP_NUM_THREADS") != nullptr ? 0 : cpu_threads_per_replica(devices);
   return [devices, threads](int i) {
     const Device d = devices[static_cast<std::size_t>(i)];
     cuda::set_device(d);

@@ -9,8 +9,8 @@
 // 1-channel stem 17x syncbn's time. So Auto measures both engines the first
 // time a layer shape reaches a stage (forward, input gradient, weight
 // gradient), on the call's own operands into scratch outputs: oneDNN once
-// to build its primitive, then each engine twice, alternately, the faster
-// of each pair kept. It then runs the faster engine for that shape and
+// to build its primitive, then each engine three times, alternately, the
+// fastest run of each kept. It then runs the faster engine for that shape and
 // stage for the rest of the process, as cuDNN's algorithm search does on a
 // GPU. Every replica that meets the shape first measures at the same time,
 // under the load the step itself makes; the first to finish decides. A
@@ -31,12 +31,12 @@
 #include <tuple>
 #include <vector>
 
-#include "conv_im2col.hpp"
+#include "cpu/conv_im2col.hpp"
 #include "cpu/kernel_set.hpp"
 #include "syncbn/core/cpu.hpp"
 #include "syncbn/error.hpp"
 #if SYNCBN_WITH_DNNL
-#include "conv_onednn.hpp"
+#include "cpu/conv_onednn.hpp"
 #endif
 
 namespace syncbn::cpu {
@@ -116,14 +116,20 @@ double ms_of(const std::function<void()>& run) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
+// Alternate runs of the two engines per measurement, the fastest of each
+// kept: one pair alone let a moment of load on a shared machine decide.
+constexpr int kTrialPairs = 3;
+
 // Times both engines on scratch outputs (Note [Choosing a convolution
 // engine]) and records the faster.
 ConvEngine measure(Stage stage, const Conv2dShape& s, const std::function<void()>& on_im2col,
                    const std::function<void()>& on_onednn) {
   on_onednn();  // builds the primitive
   double im2col_ms = ms_of(on_im2col), onednn_ms = ms_of(on_onednn);
-  im2col_ms = std::min(im2col_ms, ms_of(on_im2col));
-  onednn_ms = std::min(onednn_ms, ms_of(on_onednn));
+  for (int pair = 1; pair < kTrialPairs; ++pair) {
+    im2col_ms = std::min(im2col_ms, ms_of(on_im2col));
+    onednn_ms = std::min(onednn_ms, ms_of(on_onednn));
+  }
   const ConvEngine faster = onednn_ms < im2col_ms ? ConvEngine::OneDnn : ConvEngine::Im2col;
   Choices& c = choices();
   const std::lock_guard lock(c.mutex);

@@ -25,7 +25,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "conv_im2col.hpp"
+#include "cpu/conv_im2col.hpp"
 
 #include "backend/dispatch.hpp"
 #include "cpu/blas.hpp"

@@ -15,7 +15,7 @@
 // DataParallel sets for each replica's worker (Note [BLAS threads] in
 // src/parallel/data_parallel.cpp).
 
-#include "conv_onednn.hpp"
+#include "cpu/conv_onednn.hpp"
 
 #include <algorithm>
 #include <cstddef>
