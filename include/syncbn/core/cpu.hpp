@@ -100,7 +100,7 @@ struct ConvChoice {
   std::string layer;  // "64x16x28x28 -> 32, 3x3, stride 2x2, padding 1x1, dilation 1x1, groups 1"
   std::string stage;  // "forward", "input gradient" or "weight gradient"
   ConvEngine engine;  // Im2col or OneDnn
-  double im2col_ms, onednn_ms;
+  double im2col_ms, onednn_ms;  // onednn_ms infinite: oneDNN refused the shape
 };
 /// The choices made so far, in the order they were made.
 std::vector<ConvChoice> conv_engine_choices();

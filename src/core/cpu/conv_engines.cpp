@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -45,17 +46,6 @@ namespace {
 using core::detail::Conv2dShape;
 constexpr const char* kVariable = "SYNCBN_CONV_ENGINE";
 
-enum class Stage : int { Forward, BackwardInput, BackwardWeight };
-
-const char* stage_name(Stage s) {
-  switch (s) {
-    case Stage::Forward: return "forward";
-    case Stage::BackwardInput: return "input gradient";
-    case Stage::BackwardWeight: return "weight gradient";
-  }
-  return "?";
-}
-
 // The setting: unset until the first call reads the environment.
 constexpr int kUnread = -1;
 std::atomic<int> g_setting{kUnread};
@@ -75,6 +65,30 @@ ConvEngine engine_from_environment() {
   SYNCBN_THROW(InvalidArgument, kVariable, "=", name, ": unknown engine, expected auto, im2col or onednn");
 }
 
+// What Auto chose, for the whole process.
+struct Choices {
+  std::mutex mutex;
+  std::vector<ConvChoice> log;
+};
+
+Choices& choices() {
+  static Choices c;
+  return c;
+}
+
+#if SYNCBN_WITH_DNNL
+
+enum class Stage : int { Forward, BackwardInput, BackwardWeight };
+
+const char* stage_name(Stage s) {
+  switch (s) {
+    case Stage::Forward: return "forward";
+    case Stage::BackwardInput: return "input gradient";
+    case Stage::BackwardWeight: return "weight gradient";
+  }
+  return "?";
+}
+
 using Key = std::tuple<int, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                        std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                        std::int64_t, std::int64_t>;
@@ -91,22 +105,16 @@ std::string describe(const Conv2dShape& s) {
          ", dilation " + pair(s.dilation_h, s.dilation_w) + ", groups " + std::to_string(s.groups);
 }
 
-struct Choices {
-  std::mutex mutex;
-  std::map<Key, ConvEngine> chosen;
-  std::vector<ConvChoice> log;
-};
-
-Choices& choices() {
-  static Choices c;
-  return c;
+std::map<Key, ConvEngine>& chosen_engines() {  // under choices().mutex
+  static std::map<Key, ConvEngine> chosen;
+  return chosen;
 }
 
 std::optional<ConvEngine> chosen(Stage stage, const Conv2dShape& s) {
-  Choices& c = choices();
-  const std::lock_guard lock(c.mutex);
-  const auto it = c.chosen.find(key_of(stage, s));
-  if (it == c.chosen.end()) return std::nullopt;
+  const std::lock_guard lock(choices().mutex);
+  const auto& known = chosen_engines();
+  const auto it = known.find(key_of(stage, s));
+  if (it == known.end()) return std::nullopt;
   return it->second;
 }
 
@@ -124,16 +132,23 @@ constexpr int kTrialPairs = 3;
 // engine]) and records the faster.
 ConvEngine measure(Stage stage, const Conv2dShape& s, const std::function<void()>& on_im2col,
                    const std::function<void()>& on_onednn) {
-  on_onednn();  // builds the primitive
-  double im2col_ms = ms_of(on_im2col), onednn_ms = ms_of(on_onednn);
+  double im2col_ms = 0, onednn_ms = std::numeric_limits<double>::infinity();
+  bool onednn_runs = true;
+  try {
+    on_onednn();  // builds the primitive
+  } catch (const Error&) {
+    onednn_runs = false;  // a shape oneDNN refuses runs on im2col
+  }
+  im2col_ms = ms_of(on_im2col);
+  if (onednn_runs) onednn_ms = ms_of(on_onednn);
   for (int pair = 1; pair < kTrialPairs; ++pair) {
     im2col_ms = std::min(im2col_ms, ms_of(on_im2col));
-    onednn_ms = std::min(onednn_ms, ms_of(on_onednn));
+    if (onednn_runs) onednn_ms = std::min(onednn_ms, ms_of(on_onednn));
   }
   const ConvEngine faster = onednn_ms < im2col_ms ? ConvEngine::OneDnn : ConvEngine::Im2col;
   Choices& c = choices();
   const std::lock_guard lock(c.mutex);
-  const auto [it, inserted] = c.chosen.emplace(key_of(stage, s), faster);
+  const auto [it, inserted] = chosen_engines().emplace(key_of(stage, s), faster);
   if (inserted) c.log.push_back({describe(s), stage_name(stage), faster, im2col_ms, onednn_ms});
   return it->second;  // the first replica to finish decides
 }
@@ -148,31 +163,39 @@ ConvEngine engine_for(Stage stage, const Conv2dShape& s, const std::function<voi
   return measure(stage, s, on_im2col, on_onednn);
 }
 
+// Runs one float32 stage on the engine chosen for it: run(engine, out)
+// writes the stage's `elements` outputs to out (adding to them where the
+// stage accumulates, so that Auto's trials start from zeros).
+template <class Run>
+void run_float32(Stage stage, const Conv2dShape& s, std::size_t elements, void* out, const Run& run) {
+  std::vector<float> scratch;
+  const auto trial = [&](ConvEngine engine) {
+    return [&, engine] {
+      scratch.assign(elements, 0.0f);
+      run(engine, scratch.data());
+    };
+  };
+  run(engine_for(stage, s, trial(ConvEngine::Im2col), trial(ConvEngine::OneDnn)), static_cast<float*>(out));
+}
+
 std::size_t elements(std::int64_t a, std::int64_t b, std::int64_t c, std::int64_t d) {
   return static_cast<std::size_t>(a * b * c * d);
 }
 
+#endif  // SYNCBN_WITH_DNNL
+
 void conv_forward(Device, DType dtype, const Conv2dShape& s, const void* x, const void* w, const void* bias, void* y) {
 #if SYNCBN_WITH_DNNL
   if (dtype == DType::Float32) {
-    const auto* xf = static_cast<const float*>(x);
-    const auto* wf = static_cast<const float*>(w);
-    const auto* bf = static_cast<const float*>(bias);
-    std::vector<float> scratch;
-    const auto trial = [&](bool onednn) {
-      return [&, onednn] {
-        scratch.resize(elements(s.n, s.c_out, s.oh, s.ow));
-        if (onednn) {
-          onednn::conv_forward(s, xf, wf, bf, scratch.data());
-        } else {
-          im2col::conv_forward(dtype, s, x, w, bias, scratch.data());
-        }
-      };
-    };
-    if (engine_for(Stage::Forward, s, trial(false), trial(true)) == ConvEngine::OneDnn) {
-      onednn::conv_forward(s, xf, wf, bf, static_cast<float*>(y));
-      return;
-    }
+    run_float32(Stage::Forward, s, elements(s.n, s.c_out, s.oh, s.ow), y, [&](ConvEngine engine, float* out) {
+      if (engine == ConvEngine::OneDnn) {
+        onednn::conv_forward(s, static_cast<const float*>(x), static_cast<const float*>(w),
+                             static_cast<const float*>(bias), out);
+      } else {
+        im2col::conv_forward(dtype, s, x, w, bias, out);
+      }
+    });
+    return;
   }
 #endif
   im2col::conv_forward(dtype, s, x, w, bias, y);
@@ -181,22 +204,14 @@ void conv_forward(Device, DType dtype, const Conv2dShape& s, const void* x, cons
 void conv_backward_input(Device, DType dtype, const Conv2dShape& s, const void* dy, const void* w, void* dx) {
 #if SYNCBN_WITH_DNNL
   if (dtype == DType::Float32) {
-    std::vector<float> scratch;
-    const auto trial = [&](bool onednn) {
-      return [&, onednn] {
-        scratch.resize(elements(s.n, s.c_in, s.h, s.w));
-        if (onednn) {
-          onednn::conv_backward_input(s, static_cast<const float*>(dy), static_cast<const float*>(w), scratch.data());
-        } else {
-          im2col::conv_backward_input(dtype, s, dy, w, scratch.data());
-        }
-      };
-    };
-    if (engine_for(Stage::BackwardInput, s, trial(false), trial(true)) == ConvEngine::OneDnn) {
-      onednn::conv_backward_input(s, static_cast<const float*>(dy), static_cast<const float*>(w),
-                                  static_cast<float*>(dx));
-      return;
-    }
+    run_float32(Stage::BackwardInput, s, elements(s.n, s.c_in, s.h, s.w), dx, [&](ConvEngine engine, float* out) {
+      if (engine == ConvEngine::OneDnn) {
+        onednn::conv_backward_input(s, static_cast<const float*>(dy), static_cast<const float*>(w), out);
+      } else {
+        im2col::conv_backward_input(dtype, s, dy, w, out);
+      }
+    });
+    return;
   }
 #endif
   im2col::conv_backward_input(dtype, s, dy, w, dx);
@@ -205,22 +220,15 @@ void conv_backward_input(Device, DType dtype, const Conv2dShape& s, const void* 
 void conv_backward_weight(Device, DType dtype, const Conv2dShape& s, const void* dy, const void* x, void* dw) {
 #if SYNCBN_WITH_DNNL
   if (dtype == DType::Float32) {
-    std::vector<float> scratch;
-    const auto trial = [&](bool onednn) {
-      return [&, onednn] {
-        scratch.assign(elements(s.c_out, s.c_in / s.groups, s.kh, s.kw), 0.0f);
-        if (onednn) {
-          onednn::conv_backward_weight(s, static_cast<const float*>(dy), static_cast<const float*>(x), scratch.data());
-        } else {
-          im2col::conv_backward_weight(dtype, s, dy, x, scratch.data());
-        }
-      };
-    };
-    if (engine_for(Stage::BackwardWeight, s, trial(false), trial(true)) == ConvEngine::OneDnn) {
-      onednn::conv_backward_weight(s, static_cast<const float*>(dy), static_cast<const float*>(x),
-                                   static_cast<float*>(dw));
-      return;
-    }
+    run_float32(Stage::BackwardWeight, s, elements(s.c_out, s.c_in / s.groups, s.kh, s.kw), dw,
+                [&](ConvEngine engine, float* out) {
+                  if (engine == ConvEngine::OneDnn) {
+                    onednn::conv_backward_weight(s, static_cast<const float*>(dy), static_cast<const float*>(x), out);
+                  } else {
+                    im2col::conv_backward_weight(dtype, s, dy, x, out);
+                  }
+                });
+    return;
   }
 #endif
   im2col::conv_backward_weight(dtype, s, dy, x, dw);
@@ -292,7 +300,9 @@ std::vector<ConvChoice> conv_engine_choices() {
 void clear_conv_engine_choices() {
   Choices& c = choices();
   const std::lock_guard lock(c.mutex);
-  c.chosen.clear();
+#if SYNCBN_WITH_DNNL
+  chosen_engines().clear();
+#endif
   c.log.clear();
 }
 
