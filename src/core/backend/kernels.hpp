@@ -265,7 +265,8 @@ const BlasKernels& blas_kernels(DeviceKind kind);
 const ActivationKernels& activation_kernels(DeviceKind kind);
 const BatchNormKernels& batchnorm_kernels(DeviceKind kind);
 const LossKernels& loss_kernels(DeviceKind kind);
-/// The CPU convolutions need a BLAS (SYNCBN_BLAS) and the CUDA ones cuDNN:
+/// The CPU convolutions need a BLAS (SYNCBN_BLAS; float32 runs on oneDNN
+/// where the build has it and no BLAS) and the CUDA ones cuDNN:
 /// Unsupported where this build has none.
 const ConvKernels& conv_kernels(DeviceKind kind);
 const PoolKernels& pool_kernels(DeviceKind kind);
