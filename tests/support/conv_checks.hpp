@@ -20,7 +20,6 @@
 
 namespace syncbn::testing {
 
-namespace spec = syncbn::testing::spec;
 
 inline std::string describe(const spec::Conv& s) {
   std::ostringstream os;
