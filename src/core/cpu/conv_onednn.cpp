@@ -150,12 +150,12 @@ struct Prepared {
       if (a == arg) return op;
     SYNCBN_THROW(Error, "oneDNN convolution: no operand ", arg);
   }
+  // The primitive's arguments, built once: dnnl::memory objects are
+  // handles, so rebinding an operand's pointer (bind) shows through them.
+  std::unordered_map<int, dnnl::memory> args;
+
   void run(dnnl::stream& strm) {
-    std::unordered_map<int, dnnl::memory> args;
-    for (auto& [arg, op] : operands) {
-      op.before(strm);
-      args.emplace(arg, op.used());
-    }
+    for (auto& [arg, op] : operands) op.before(strm);
     primitive.execute(strm, args);
     for (auto& [arg, op] : operands) op.after(strm);
     strm.wait();
@@ -206,6 +206,7 @@ std::unique_ptr<Prepared> prepare(const Key& key, const dnnl::engine& eng) {
       break;
     }
   }
+  for (auto& [arg, op] : p->operands) p->args.emplace(arg, op.used());
   return p;
 }
 
