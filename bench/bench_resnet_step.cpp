@@ -4,10 +4,13 @@
 //   bench_resnet_step [--devices-list cpu:0|cpu:0,cpu:1|cpu:0,cpu:1,cpu:2,cpu:3]
 //                     [--blocks 2,1] [--batch 64] [--steps 5] [--warmup 2] [--reps 3]
 //                     [--modes sync,sync+timers,local+timers] [--write-check FILE]
+//                     [--layout nchw|nhwc]
 //
 // Model: nn::resnet with widths {16, 32, 64}, --blocks basic blocks per
 // stage, 1 input channel, 10 classes; input (batch, 1, 28, 28) from randn
-// and random labels, both fixed (seed 7). A step is zero_grad, forward
+// and random labels, both fixed (seed 7). --layout nhwc builds the network
+// channels-last (ResNetOptions::layout) and feeds it the same input
+// permuted to (batch, 28, 28, 1); losses are the same as NCHW's. A step is zero_grad, forward
 // through DataParallel, cross-entropy on the gathered logits, backward (with
 // the gradient reduction) and SGD with momentum 0.9 (lr 0.05).
 //
@@ -148,14 +151,19 @@ void wrap_layers(nn::Module& module, const Timers& timers) {
 
 struct Batch {
   Tensor x, labels;
+  Tensor input;  // x in the network's layout
 };
+
+core::ChannelLayout g_layout = core::ChannelLayout::First;
 
 Batch make_batch(std::int64_t batch) {
   std::mt19937_64 rng(7);
   std::uniform_int_distribution<std::int64_t> pick(0, 9);
   std::vector<std::int64_t> labels(static_cast<std::size_t>(batch));
   for (auto& l : labels) l = pick(rng);
-  return {Tensor::randn(Shape{batch, 1, 28, 28}, 7), Tensor::from_vector(labels, Shape{batch})};
+  const Tensor x = Tensor::randn(Shape{batch, 1, 28, 28}, 7);
+  return {x, Tensor::from_vector(labels, Shape{batch}),
+          g_layout == core::ChannelLayout::Last ? core::to_channels_last(x) : x};
 }
 
 std::shared_ptr<nn::Module> make_model(std::int64_t blocks) {
@@ -165,6 +173,7 @@ std::shared_ptr<nn::Module> make_model(std::int64_t blocks) {
   options.widths = {16, 32, 64};
   options.blocks_per_stage = blocks;
   options.seed = 11;
+  options.layout = g_layout;
   return nn::resnet(options);
 }
 
@@ -201,7 +210,7 @@ class Config {
     const auto t0 = clock_type::now();
     sgd_->zero_grad();
     const auto t1 = clock_type::now();
-    const Tensor logits = dp_->forward(batch_.x);
+    const Tensor logits = dp_->forward(batch_.input);
     const auto t2 = clock_type::now();
     const double loss = loss_.forward(logits, batch_.labels).item();
     const Tensor grad = loss_.backward();
@@ -272,7 +281,7 @@ void write_check(const std::string& path, std::int64_t blocks, const Batch& batc
   std::string losses;
   for (int i = 0; i < 3; ++i) {
     sgd.zero_grad();
-    const double loss = loss_fn.forward(dp.forward(batch.x), batch.labels).item();
+    const double loss = loss_fn.forward(dp.forward(batch.input), batch.labels).item();
     dp.backward(loss_fn.backward());
     sgd.step();
     char text[32];
@@ -297,6 +306,12 @@ int main(int argc, char** argv) {
   const std::vector<long> blocks_list = bench::int_list(flag(argc, argv, "--blocks", "2,1"), "--blocks");
   const std::vector<std::string> modes = bench::str_list(flag(argc, argv, "--modes", "sync,sync+timers,local+timers"));
   const std::string check_path = flag(argc, argv, "--write-check", "");
+  const std::string layout = flag(argc, argv, "--layout", "nchw");
+  if (layout != "nchw" && layout != "nhwc") {
+    std::fprintf(stderr, "--layout: '%s', expected nchw or nhwc\n", layout.c_str());
+    return 2;
+  }
+  g_layout = layout == "nhwc" ? core::ChannelLayout::Last : core::ChannelLayout::First;
   std::vector<std::vector<Device>> lists;
   {
     std::string text = flag(argc, argv, "--devices-list", "cpu:0|cpu:0,cpu:1|cpu:0,cpu:1,cpu:2,cpu:3");
@@ -316,9 +331,9 @@ int main(int argc, char** argv) {
     }
 
   const Batch batch = make_batch(batch_size);
-  std::printf("# bench_resnet_step: ResNet widths 16,32,64, input (%ld,1,28,28), SGD momentum; median of %d samples "
-              "of %d steps (warm-up %d), configurations sampled round-robin\n",
-              static_cast<long>(batch_size), reps, steps, warmup);
+  std::printf("# bench_resnet_step: ResNet widths 16,32,64, input (%ld,1,28,28) %s, SGD momentum; median of %d "
+              "samples of %d steps (warm-up %d), configurations sampled round-robin\n",
+              static_cast<long>(batch_size), layout == "nhwc" ? "channels-last" : "NCHW", reps, steps, warmup);
   std::printf("%s; OpenBLAS threads: %s, kernels: %s\n", bench::cpu_level_line().c_str(),
               openblas_get_num_threads != nullptr ? std::to_string(openblas_get_num_threads()).c_str() : "n/a",
               openblas_get_corename != nullptr ? openblas_get_corename() : "n/a");

@@ -13,6 +13,9 @@ of the operators summed into convolution (names containing "conv"), batch
 norm ("batch_norm") and the rest, in ms per step (the profiled step is
 slower than the plain one; its total is printed beside them).
 
+--channels-last puts the model and the input in torch.channels_last memory
+format (PyTorch's NHWC), as bench_resnet_step --layout nhwc does for syncbn.
+
 --check FILE (written by bench_resnet_step --write-check) loads its
 state_dict, input and labels into this network and compares the losses of
 three single-thread steps with syncbn's (#wrong: relative difference above
@@ -20,6 +23,7 @@ three single-thread steps with syncbn's (#wrong: relative difference above
 
     /usr/bin/python3 bench/torch_resnet_step.py [--blocks 2,1] [--threads 1,2] [--batch 64]
         [--steps 5] [--warmup 2] [--reps 3] [--split-steps 3] [--no-split] [--check FILE]
+        [--channels-last]
 """
 import argparse
 import ctypes
@@ -98,12 +102,15 @@ def read_safetensors(path):
 
 
 class Trainer:
-    def __init__(self, blocks, batch):
+    def __init__(self, blocks, batch, channels_last=False):
         torch.manual_seed(0)
         self.model = resnet(blocks)
+        self.x = torch.randn(batch, 1, 28, 28)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.loss_fn = nn.CrossEntropyLoss()
-        self.x = torch.randn(batch, 1, 28, 28)
         self.y = torch.randint(0, 10, (batch,))
 
     def step(self):
@@ -156,9 +163,11 @@ def main():
     ap.add_argument("--split-steps", type=int, default=3)
     ap.add_argument("--no-split", action="store_true")
     ap.add_argument("--check", metavar="FILE")
+    ap.add_argument("--channels-last", action="store_true")
     args = ap.parse_args()
-    print("# torch_resnet_step: torch %s, mkldnn %s, input (%d,1,28,28)" %
-          (torch.__version__, torch.backends.mkldnn.is_available(), args.batch))
+    print("# torch_resnet_step: torch %s, mkldnn %s, input (%d,1,28,28) %s" %
+          (torch.__version__, torch.backends.mkldnn.is_available(), args.batch,
+           "channels_last" if args.channels_last else "NCHW"))
     if args.check:
         torch.set_num_threads(1)
         set_blas_threads(1)
@@ -169,7 +178,7 @@ def main():
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
             set_blas_threads(threads)
-            trainer = Trainer(blocks, args.batch)
+            trainer = Trainer(blocks, args.batch, args.channels_last)
             for _ in range(args.warmup):
                 trainer.step()
             samples = []

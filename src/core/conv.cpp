@@ -30,21 +30,28 @@ void check_geometry(const Conv2dGeometry& g, const char* op) {
     SYNCBN_CHECK(g.dilation[d] >= 1, op, ": dilation ", g.dilation[d], ", expected >= 1");
   }
   SYNCBN_CHECK(g.groups >= 1, op, ": groups ", g.groups, ", expected >= 1");
+  SYNCBN_CHECK(g.layout == ChannelLayout::First || g.layout == ChannelLayout::Last, op, ": layout ",
+               static_cast<int>(g.layout), ", expected ChannelLayout::First or Last");
 }
+
+const char* dims_of(ChannelLayout layout) { return layout == ChannelLayout::Last ? "(N, H, W, C)" : "(N, C, H, W)"; }
 
 // Resolves and checks the sizes of a convolution of an input of shape x by weight w.
 detail::Conv2dShape resolve(const Shape& x, const Shape& w, const Conv2dGeometry& g, const char* op) {
   check_geometry(g, op);
-  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D (N, C, H, W) shape");
+  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D ", dims_of(g.layout), " shape");
+  const bool last = g.layout == ChannelLayout::Last;
+  const std::int64_t channels = x[last ? 3 : 1];
   SYNCBN_CHECK(w[0] % g.groups == 0, op, ": weight has ", w[0], " output channels, expected a multiple of groups (",
                g.groups, ")");
-  SYNCBN_CHECK(x[1] == w[1] * g.groups, op, ": input has ", x[1], " channels, expected ", w[1] * g.groups,
-               " (weight ", w, " with groups ", g.groups, ")");
+  SYNCBN_CHECK(channels == w[1] * g.groups, op, ": input has ", channels, " channels, expected ", w[1] * g.groups,
+               " (weight ", w, " with groups ", g.groups, last ? ", input channels-last)" : ")");
   detail::Conv2dShape s{};
+  s.channels_last = last;
   s.n = x[0];
-  s.c_in = x[1];
-  s.h = x[2];
-  s.w = x[3];
+  s.c_in = channels;
+  s.h = x[last ? 1 : 2];
+  s.w = x[last ? 2 : 3];
   s.c_out = w[0];
   s.kh = w[2];
   s.kw = w[3];
@@ -70,7 +77,9 @@ detail::Conv2dShape resolve(const Shape& x, const Shape& w, const Conv2dGeometry
   return s;
 }
 
-Shape output_shape(const detail::Conv2dShape& s) { return Shape{s.n, s.c_out, s.oh, s.ow}; }
+Shape output_shape(const detail::Conv2dShape& s) {
+  return s.channels_last ? Shape{s.n, s.oh, s.ow, s.c_out} : Shape{s.n, s.c_out, s.oh, s.ow};
+}
 
 }  // namespace
 
@@ -130,15 +139,26 @@ void conv2d_backward_weight_(const Tensor& grad_weight, const Tensor& grad_outpu
 }
 
 void conv2d_backward_bias_(const Tensor& grad_bias, const Tensor& grad_output, const char* op) {
+  conv2d_backward_bias_(grad_bias, grad_output, ChannelLayout::First, op);
+}
+
+void conv2d_backward_bias_(const Tensor& grad_bias, const Tensor& grad_output, ChannelLayout layout, const char* op) {
+  SYNCBN_CHECK(layout == ChannelLayout::First || layout == ChannelLayout::Last, op, ": layout ",
+               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
   check_operand(grad_bias, op, "grad_bias", 1);
   check_operand(grad_output, op, "grad_output", 4);
   check_like(grad_output, grad_bias, op, "grad_output", "grad_bias");
-  SYNCBN_CHECK(grad_output.size(1) == grad_bias.size(0), op, ": grad_output has ", grad_output.size(1),
-               " channels, expected ", grad_bias.size(0), " (as grad_bias)");
+  const bool last = layout == ChannelLayout::Last;
+  const Shape& dy = grad_output.shape();
+  const std::int64_t channels = dy[last ? 3 : 1];
+  SYNCBN_CHECK(channels == grad_bias.size(0), op, ": grad_output has ", channels, " channels (",
+               channel_layout_name(layout), "), expected ", grad_bias.size(0), " (as grad_bias)");
   if (grad_output.numel() == 0) return;
+  // NHWC is (rows, C) with one position per row: the NCHW kernel with l = 1.
+  const std::int64_t rows = last ? dy[0] * dy[1] * dy[2] : dy[0], positions = last ? 1 : dy[2] * dy[3];
   detail::conv_kernels(grad_bias.device().kind())
-      .backward_bias(grad_bias.device(), grad_bias.dtype(), grad_output.size(0), grad_output.size(1),
-                     grad_output.size(2) * grad_output.size(3), grad_output.raw_data(), grad_bias.raw_data());
+      .backward_bias(grad_bias.device(), grad_bias.dtype(), rows, channels, positions, grad_output.raw_data(),
+                     grad_bias.raw_data());
 }
 
 }  // namespace syncbn::core

@@ -11,18 +11,31 @@
 namespace syncbn::core {
 namespace {
 
-void check_operand(const Tensor& t, const char* op, const char* name) {
-  detail::check_float_operand(t, op, name, 4, "(N, C, H, W)");
+void check_operand(const Tensor& t, const char* op, const char* name, ChannelLayout layout) {
+  detail::check_float_operand(t, op, name, 4, layout == ChannelLayout::Last ? "(N, H, W, C)" : "(N, C, H, W)");
 }
 
-void check_grad(const Tensor& grad_output, const Shape& expected, const char* op) {
-  check_operand(grad_output, op, "grad_output");
+void check_grad(const Tensor& grad_output, const Shape& expected, ChannelLayout layout, const char* op) {
+  check_operand(grad_output, op, "grad_output", layout);
   SYNCBN_CHECK(grad_output.shape() == expected, op, ": grad_output has shape ", grad_output.shape(), ", expected ",
                expected, " (the output's)");
 }
 
+// n, c, h and w of a 4-D shape in `layout`, into s.
+void read_dims(detail::Pool2dShape& s, const Shape& x, ChannelLayout layout, const char* op) {
+  const bool last = layout == ChannelLayout::Last;
+  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D ", last ? "(N, H, W, C)" : "(N, C, H, W)",
+               " shape");
+  s.channels_last = last;
+  s.n = x[0];
+  s.c = x[last ? 3 : 1];
+  s.h = x[last ? 1 : 2];
+  s.w = x[last ? 2 : 3];
+}
+
 detail::Pool2dShape resolve(const Shape& x, const Pool2dGeometry& g, bool is_max, const char* op) {
-  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D (N, C, H, W) shape");
+  SYNCBN_CHECK(g.layout == ChannelLayout::First || g.layout == ChannelLayout::Last, op, ": layout ",
+               static_cast<int>(g.layout), ", expected ChannelLayout::First or Last");
   for (int d = 0; d < 2; ++d) {
     SYNCBN_CHECK(g.kernel[d] >= 1, op, ": kernel_size ", g.kernel[d], ", expected >= 1");
     SYNCBN_CHECK(g.stride[d] >= 1, op, ": stride ", g.stride[d], ", expected >= 1");
@@ -33,10 +46,7 @@ detail::Pool2dShape resolve(const Shape& x, const Pool2dGeometry& g, bool is_max
   SYNCBN_CHECK(is_max || (g.dilation[0] == 1 && g.dilation[1] == 1), op, ": dilation ", g.dilation[0], "x",
                g.dilation[1], ", expected 1x1 (average pooling has no dilation)");
   detail::Pool2dShape s{};
-  s.n = x[0];
-  s.c = x[1];
-  s.h = x[2];
-  s.w = x[3];
+  read_dims(s, x, g.layout, op);
   s.kh = g.kernel[0];
   s.kw = g.kernel[1];
   s.stride_h = g.stride[0];
@@ -53,7 +63,9 @@ detail::Pool2dShape resolve(const Shape& x, const Pool2dGeometry& g, bool is_max
   return s;
 }
 
-Shape output_shape(const detail::Pool2dShape& s) { return Shape{s.n, s.c, s.oh, s.ow}; }
+Shape output_shape(const detail::Pool2dShape& s) {
+  return s.channels_last ? Shape{s.n, s.oh, s.ow, s.c} : Shape{s.n, s.c, s.oh, s.ow};
+}
 
 }  // namespace
 
@@ -68,7 +80,7 @@ std::int64_t pool_output_size(std::int64_t in, std::int64_t kernel, std::int64_t
 }
 
 MaxPool2dResult max_pool2d(const Tensor& x, const Pool2dGeometry& geometry, const char* op) {
-  check_operand(x, op, "input");
+  check_operand(x, op, "input", geometry.layout);
   const detail::Pool2dShape s = resolve(x.shape(), geometry, true, op);
   MaxPool2dResult r{Tensor::empty(output_shape(s), x.dtype(), x.device()),
                     Tensor::empty(output_shape(s), DType::Int64, x.device())};
@@ -79,22 +91,26 @@ MaxPool2dResult max_pool2d(const Tensor& x, const Pool2dGeometry& geometry, cons
 }
 
 Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& indices, const Shape& x_shape, const char* op) {
-  check_operand(grad_output, op, "grad_output");
+  return max_pool2d_backward(grad_output, indices, x_shape, ChannelLayout::First, op);
+}
+
+Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& indices, const Shape& x_shape,
+                           ChannelLayout layout, const char* op) {
+  check_operand(grad_output, op, "grad_output", layout);
   SYNCBN_CHECK(indices.defined() && indices.dtype() == DType::Int64, op, ": indices have dtype ",
                indices.defined() ? dtype_name(indices.dtype()) : "undefined", ", expected int64 (max_pool2d's)");
   SYNCBN_CHECK(indices.shape() == grad_output.shape() && indices.device() == grad_output.device(), op,
                ": indices have shape ", indices.shape(), " on ", indices.device(), ", expected ", grad_output.shape(),
                " on ", grad_output.device(), " (as grad_output)");
-  SYNCBN_CHECK(x_shape.rank() == 4 && x_shape[0] == grad_output.size(0) && x_shape[1] == grad_output.size(1), op,
-               ": input shape ", x_shape, " does not fit grad_output ", grad_output.shape(),
-               ", expected the same N and C");
+  const int channel = layout == ChannelLayout::Last ? 3 : 1;
+  SYNCBN_CHECK(x_shape.rank() == 4 && x_shape[0] == grad_output.size(0) &&
+                   x_shape[channel] == grad_output.size(channel),
+               op, ": input shape ", x_shape, " does not fit grad_output ", grad_output.shape(),
+               ", expected the same N and C (", channel_layout_name(layout), ")");
   detail::Pool2dShape s{};
-  s.n = x_shape[0];
-  s.c = x_shape[1];
-  s.h = x_shape[2];
-  s.w = x_shape[3];
-  s.oh = grad_output.size(2);
-  s.ow = grad_output.size(3);
+  read_dims(s, x_shape, layout, op);
+  s.oh = grad_output.size(layout == ChannelLayout::Last ? 1 : 2);
+  s.ow = grad_output.size(layout == ChannelLayout::Last ? 2 : 3);
   Tensor dx = Tensor::empty(x_shape, grad_output.dtype(), grad_output.device());
   if (dx.numel() == 0) return dx;
   detail::pool_kernels(dx.device().kind())
@@ -103,7 +119,7 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& indices, con
 }
 
 Tensor avg_pool2d(const Tensor& x, const Pool2dGeometry& geometry, const char* op) {
-  check_operand(x, op, "input");
+  check_operand(x, op, "input", geometry.layout);
   const detail::Pool2dShape s = resolve(x.shape(), geometry, false, op);
   Tensor y = Tensor::empty(output_shape(s), x.dtype(), x.device());
   if (y.numel() == 0) return y;
@@ -114,7 +130,7 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dGeometry& geometry, const char* o
 Tensor avg_pool2d_backward(const Tensor& grad_output, const Shape& x_shape, const Pool2dGeometry& geometry,
                            const char* op) {
   const detail::Pool2dShape s = resolve(x_shape, geometry, false, op);
-  check_grad(grad_output, output_shape(s), op);
+  check_grad(grad_output, output_shape(s), geometry.layout, op);
   Tensor dx = Tensor::empty(x_shape, grad_output.dtype(), grad_output.device());
   if (dx.numel() == 0) return dx;
   detail::pool_kernels(dx.device().kind()).avg_backward(dx.device(), dx.dtype(), s, grad_output.raw_data(), dx.raw_data());
@@ -123,15 +139,14 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Shape& x_shape, cons
 
 namespace {
 
-detail::Pool2dShape resolve_adaptive(const Shape& x, std::int64_t out_h, std::int64_t out_w, const char* op) {
-  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D (N, C, H, W) shape");
-  SYNCBN_CHECK(out_h >= 1 && out_w >= 1, op, ": output size ", out_h, "x", out_w, ", expected at least 1x1");
-  SYNCBN_CHECK(x[2] >= 1 && x[3] >= 1, op, ": input has shape ", x, ", expected H and W >= 1");
+detail::Pool2dShape resolve_adaptive(const Shape& x, std::int64_t out_h, std::int64_t out_w, ChannelLayout layout,
+                                     const char* op) {
+  SYNCBN_CHECK(layout == ChannelLayout::First || layout == ChannelLayout::Last, op, ": layout ",
+               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
   detail::Pool2dShape s{};
-  s.n = x[0];
-  s.c = x[1];
-  s.h = x[2];
-  s.w = x[3];
+  read_dims(s, x, layout, op);
+  SYNCBN_CHECK(out_h >= 1 && out_w >= 1, op, ": output size ", out_h, "x", out_w, ", expected at least 1x1");
+  SYNCBN_CHECK(s.h >= 1 && s.w >= 1, op, ": input has shape ", x, ", expected H and W >= 1");
   s.oh = out_h;
   s.ow = out_w;
   return s;
@@ -140,8 +155,13 @@ detail::Pool2dShape resolve_adaptive(const Shape& x, std::int64_t out_h, std::in
 }  // namespace
 
 Tensor adaptive_avg_pool2d(const Tensor& x, std::int64_t out_h, std::int64_t out_w, const char* op) {
-  check_operand(x, op, "input");
-  const detail::Pool2dShape s = resolve_adaptive(x.shape(), out_h, out_w, op);
+  return adaptive_avg_pool2d(x, out_h, out_w, ChannelLayout::First, op);
+}
+
+Tensor adaptive_avg_pool2d(const Tensor& x, std::int64_t out_h, std::int64_t out_w, ChannelLayout layout,
+                           const char* op) {
+  check_operand(x, op, "input", layout);
+  const detail::Pool2dShape s = resolve_adaptive(x.shape(), out_h, out_w, layout, op);
   Tensor y = Tensor::empty(output_shape(s), x.dtype(), x.device());
   if (y.numel() == 0) return y;
   detail::pool_kernels(x.device().kind()).adaptive_avg_forward(x.device(), x.dtype(), s, x.raw_data(), y.raw_data());
@@ -149,9 +169,16 @@ Tensor adaptive_avg_pool2d(const Tensor& x, std::int64_t out_h, std::int64_t out
 }
 
 Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Shape& x_shape, const char* op) {
-  check_operand(grad_output, op, "grad_output");
-  const detail::Pool2dShape s = resolve_adaptive(x_shape, grad_output.size(2), grad_output.size(3), op);
-  check_grad(grad_output, output_shape(s), op);
+  return adaptive_avg_pool2d_backward(grad_output, x_shape, ChannelLayout::First, op);
+}
+
+Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Shape& x_shape, ChannelLayout layout,
+                                    const char* op) {
+  check_operand(grad_output, op, "grad_output", layout);
+  const bool last = layout == ChannelLayout::Last;
+  const detail::Pool2dShape s =
+      resolve_adaptive(x_shape, grad_output.size(last ? 1 : 2), grad_output.size(last ? 2 : 3), layout, op);
+  check_grad(grad_output, output_shape(s), layout, op);
   Tensor dx = Tensor::empty(x_shape, grad_output.dtype(), grad_output.device());
   if (dx.numel() == 0) return dx;
   detail::pool_kernels(dx.device().kind())

@@ -26,7 +26,10 @@ Conv2d::Conv2d(std::int64_t in_channels, std::int64_t out_channels, Size2 kernel
                ", expected >= 1");
   SYNCBN_CHECK(options.dtype == DType::Float32 || options.dtype == DType::Float64, "Conv2d: dtype ",
                dtype_name(options.dtype), ", expected float32 or float64");
-  geometry_ = {options.stride.array(), options.padding.array(), options.dilation.array(), options.groups};
+  SYNCBN_CHECK(options.layout == core::ChannelLayout::First || options.layout == core::ChannelLayout::Last,
+               "Conv2d: layout ", static_cast<int>(options.layout), ", expected ChannelLayout::First or Last");
+  geometry_ = {options.stride.array(), options.padding.array(), options.dilation.array(), options.groups,
+               options.layout};
   // PyTorch's default: kaiming_uniform(a = sqrt(5)) for the weight, which is
   // U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias.
   const std::int64_t fan_in = in_channels / options.groups * kernel_size.h * kernel_size.w;
@@ -49,6 +52,7 @@ std::string Conv2d::describe() const {
   if (dilation != Size2(1)) out += ", dilation=" + dilation.str();
   if (geometry_.groups != 1) out += ", groups=" + std::to_string(geometry_.groups);
   if (!has_bias_) out += ", bias=false";
+  if (geometry_.layout == core::ChannelLayout::Last) out += ", channels_last";
   return out + ")";
 }
 
@@ -61,9 +65,12 @@ Tensor Conv2d::forward(const Tensor& input) {
   check_replica_thread();
   const Tensor& w = parameter(weight_).value;
   detail::check_tensor(input, describe(), "input", w.device(), w.dtype());
-  SYNCBN_CHECK(input.rank() == 4, describe(), ": expected 4-D input (N, ", in_, ", H, W), got ", input.rank(),
-               "-D input of shape ", input.shape());
-  SYNCBN_CHECK(input.size(1) == in_, describe(), ": input has ", input.size(1), " channels, expected ", in_);
+  const bool last = geometry_.layout == core::ChannelLayout::Last;
+  SYNCBN_CHECK(input.rank() == 4, describe(), ": expected 4-D input ",
+               last ? "(N, H, W, " + std::to_string(in_) + ")" : "(N, " + std::to_string(in_) + ", H, W)", ", got ",
+               input.rank(), "-D input of shape ", input.shape());
+  SYNCBN_CHECK(input.size(last ? 3 : 1) == in_, describe(), ": input has ", input.size(last ? 3 : 1),
+               " channels, expected ", in_);
   const std::string name = describe();
   Tensor out = core::conv2d(input, w, has_bias_ ? parameter(bias_).value : Tensor(), geometry_, name.c_str());
   input_ = input;
@@ -81,7 +88,7 @@ Tensor Conv2d::backward(const Tensor& grad_output) {
   // failure leaves the parameter gradients as they were.
   Tensor dx = core::conv2d_backward_input(grad_output, w.value, input_.shape(), geometry_, name.c_str());
   core::conv2d_backward_weight_(w.grad, grad_output, input_, geometry_, name.c_str());
-  if (has_bias_) core::conv2d_backward_bias_(parameter(bias_).grad, grad_output, name.c_str());
+  if (has_bias_) core::conv2d_backward_bias_(parameter(bias_).grad, grad_output, geometry_.layout, name.c_str());
   return dx;
 }
 

@@ -19,17 +19,20 @@ enum : std::size_t { kConv1, kBn1, kRelu, kConv2, kBn2, kDownsample };
 
 // BatchNorm2d, or an Identity in a network without normalisation (the child
 // keeps its name, so the other checkpoint names do not change).
-std::shared_ptr<Module> batch_norm(bool enabled, std::int64_t channels, DType dtype, Device device) {
+std::shared_ptr<Module> batch_norm(bool enabled, std::int64_t channels, DType dtype, Device device,
+                                   core::ChannelLayout layout) {
   if (!enabled) return std::make_shared<Identity>();
   BatchNormOptions options;
   options.dtype = dtype;
   options.device = device;
+  options.layout = layout;
   return std::make_shared<BatchNorm2d>(channels, options);
 }
 
 std::shared_ptr<Module> conv(std::int64_t in, std::int64_t out, Size2 kernel, std::int64_t stride, std::int64_t padding,
-                             std::uint64_t seed, DType dtype, Device device) {
+                             std::uint64_t seed, DType dtype, Device device, core::ChannelLayout layout) {
   Conv2dOptions options;
+  options.layout = layout;
   options.stride = stride;
   options.padding = padding;
   options.bias = false;
@@ -42,26 +45,27 @@ std::shared_ptr<Module> conv(std::int64_t in, std::int64_t out, Size2 kernel, st
 }  // namespace
 
 BasicBlock::BasicBlock(std::int64_t in_channels, std::int64_t out_channels, std::int64_t stride, std::uint64_t seed,
-                       DType dtype, Device device, bool batch_norm_enabled)
-    : in_(in_channels), out_(out_channels), stride_(stride), has_downsample_(stride != 1 || in_channels != out_channels) {
+                       DType dtype, Device device, bool batch_norm_enabled, core::ChannelLayout layout)
+    : in_(in_channels), out_(out_channels), stride_(stride), has_downsample_(stride != 1 || in_channels != out_channels),
+      layout_(layout) {
   SYNCBN_CHECK(in_channels >= 1 && out_channels >= 1 && stride >= 1, "BasicBlock: in_channels ", in_channels,
                ", out_channels ", out_channels, " and stride ", stride, ", expected all >= 1");
-  register_module("conv1", conv(in_channels, out_channels, 3, stride, 1, derive_seed(seed, 1), dtype, device));
-  register_module("bn1", batch_norm(batch_norm_enabled, out_channels, dtype, device));
+  register_module("conv1", conv(in_channels, out_channels, 3, stride, 1, derive_seed(seed, 1), dtype, device, layout));
+  register_module("bn1", batch_norm(batch_norm_enabled, out_channels, dtype, device, layout));
   register_module("relu", std::make_shared<ReLU>());
-  register_module("conv2", conv(out_channels, out_channels, 3, 1, 1, derive_seed(seed, 2), dtype, device));
-  register_module("bn2", batch_norm(batch_norm_enabled, out_channels, dtype, device));
+  register_module("conv2", conv(out_channels, out_channels, 3, 1, 1, derive_seed(seed, 2), dtype, device, layout));
+  register_module("bn2", batch_norm(batch_norm_enabled, out_channels, dtype, device, layout));
   if (has_downsample_) {
     auto downsample = std::make_shared<Sequential>();
-    downsample->add(conv(in_channels, out_channels, 1, stride, 0, derive_seed(seed, 3), dtype, device));
-    downsample->add(batch_norm(batch_norm_enabled, out_channels, dtype, device));
+    downsample->add(conv(in_channels, out_channels, 1, stride, 0, derive_seed(seed, 3), dtype, device, layout));
+    downsample->add(batch_norm(batch_norm_enabled, out_channels, dtype, device, layout));
     register_module("downsample", downsample);
   }
 }
 
 std::string BasicBlock::describe() const {
   return "BasicBlock(" + std::to_string(in_) + ", " + std::to_string(out_) + ", stride=" + std::to_string(stride_) +
-         ")";
+         (layout_ == core::ChannelLayout::Last ? ", channels_last" : "") + ")";
 }
 
 Tensor BasicBlock::forward(const Tensor& input) {
@@ -99,24 +103,29 @@ std::shared_ptr<Sequential> resnet(const ResNetOptions& options) {
                ", expected >= 1");
   SYNCBN_CHECK(options.in_channels >= 1 && options.num_classes >= 1, "resnet: in_channels ", options.in_channels,
                " and num_classes ", options.num_classes, ", expected both >= 1");
+  SYNCBN_CHECK(options.layout == core::ChannelLayout::First || options.layout == core::ChannelLayout::Last,
+               "resnet: layout ", static_cast<int>(options.layout), ", expected ChannelLayout::First or Last");
+  const core::ChannelLayout layout = options.layout;
   auto net = std::make_shared<Sequential>();
   std::uint64_t stream = 0;
   const auto next_seed = [&] { return derive_seed(options.seed, ++stream); };
   std::int64_t channels = options.widths.front();
-  net->add("conv1", conv(options.in_channels, channels, 3, 1, 1, next_seed(), options.dtype, options.device));
-  net->add("bn1", batch_norm(options.batch_norm, channels, options.dtype, options.device));
+  net->add("conv1",
+           conv(options.in_channels, channels, 3, 1, 1, next_seed(), options.dtype, options.device, layout));
+  net->add("bn1", batch_norm(options.batch_norm, channels, options.dtype, options.device, layout));
   net->add("relu", std::make_shared<ReLU>());
   for (std::size_t stage = 0; stage < options.widths.size(); ++stage) {
     auto layer = std::make_shared<Sequential>();
     for (std::int64_t b = 0; b < options.blocks_per_stage; ++b) {
       const std::int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
       layer->add(std::make_shared<BasicBlock>(channels, options.widths[stage], stride, next_seed(), options.dtype,
-                                              options.device, options.batch_norm));
+                                              options.device, options.batch_norm, layout));
       channels = options.widths[stage];
     }
     net->add("layer" + std::to_string(stage + 1), layer);
   }
-  net->add("avgpool", std::make_shared<AdaptiveAvgPool2d>(1));
+  // (N, 1, 1, C) and (N, C, 1, 1) flatten to the same (N, C).
+  net->add("avgpool", std::make_shared<AdaptiveAvgPool2d>(1, layout));
   net->add("flatten", std::make_shared<Flatten>());
   LinearOptions fc;
   fc.seed = next_seed();

@@ -57,6 +57,22 @@ TEST_CASE("Convolutions of the shapes a ResNet uses match the direct sums", "[co
   for (const spec::Conv& s : cases) check_conv_case(s, dtype, false, rng);
 }
 
+TEST_CASE("Channels-last convolutions match the direct sums on the same geometries", "[core][conv][channels-last]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
+  const DType dtype = GENERATE(DType::Float32, DType::Float64);
+  CAPTURE(kSeed, dtype, test_device());
+  std::mt19937_64 rng = syncbn::testing::make_rng(3, dtype == DType::Float64);
+  for (int i = 0; i < 60; ++i) check_conv_case(random_conv(rng), dtype, i % 2 == 0, rng, core::ChannelLayout::Last);
+  // The ResNet's shapes: 3x3 same-size and strided, the 1x1 strided
+  // shortcut, a 1x1 stride-1 layer (one product for the whole batch), depthwise.
+  const spec::Conv cases[] = {
+      {2, 8, 12, 12, 8, 3, 3, 1, 1, 1, 1},    {2, 8, 12, 12, 16, 3, 3, 2, 2, 1, 1},
+      {2, 8, 12, 12, 16, 1, 1, 2, 2, 0, 0},   {3, 16, 7, 5, 8, 1, 1},
+      {2, 6, 9, 9, 6, 3, 3, 1, 1, 1, 1, 1, 1, 6},
+  };
+  for (const spec::Conv& s : cases) check_conv_case(s, dtype, true, rng, core::ChannelLayout::Last);
+}
+
 TEST_CASE("The output size follows PyTorch's formula", "[core][conv]") {
   CHECK(core::conv_output_size(28, 3, 1, 1, 1) == 28);
   CHECK(core::conv_output_size(28, 3, 2, 1, 1) == 14);
@@ -105,6 +121,25 @@ TEST_CASE("Convolution rejects mismatched shapes, bad geometry, dtypes and devic
                        MessageIs("conv2d_backward_weight_: grad_output has shape (2, 6, 3, 4), expected (2, 6, 3, 3) "
                                  "(the output's)"));
   CHECK(gw.to_vector<double>() == std::vector<double>(static_cast<std::size_t>(gw.numel()), 1.0));
+  // Channels-last: the channels are the last dimension, in messages too.
+  core::Conv2dGeometry last = g;
+  last.layout = core::ChannelLayout::Last;
+  const Tensor x_last = Tensor::zeros(Shape{2, 5, 5, 4}, DType::Float32, d);
+  CHECK(core::conv2d(x_last, w, Tensor(), last).shape() == Shape{2, 3, 3, 6});
+  CHECK_THROWS_MATCHES(core::conv2d(x, w, Tensor(), last), InvalidArgument,
+                       MessageIs("conv2d: input has 5 channels, expected 4 (weight (6, 2, 3, 3) with groups 2, input "
+                                 "channels-last)"));
+  CHECK_THROWS_MATCHES(
+      core::conv2d_backward_input(Tensor::zeros(Shape{2, 6, 3, 3}, DType::Float32, d), w, x_last.shape(), last),
+      InvalidArgument,
+      MessageIs("conv2d_backward_input: grad_output has shape (2, 6, 3, 3), expected (2, 3, 3, 6) (the output's)"));
+  const Tensor gb = Tensor::ones(Shape{6}, DType::Float32, d);
+  CHECK_THROWS_MATCHES(core::conv2d_backward_bias_(gb, Tensor::zeros(Shape{2, 6, 3, 3}, DType::Float32, d),
+                                                   core::ChannelLayout::Last),
+                       InvalidArgument,
+                       MessageIs("conv2d_backward_bias_: grad_output has 3 channels (channels-last), expected 6 (as "
+                                 "grad_bias)"));
+  CHECK(gb.to_vector<double>() == std::vector<double>(6, 1.0));
   if (!syncbn::testing::test_on_cuda() && d.is_cpu()) {
     CHECK_THROWS_MATCHES(core::conv2d(x, w.to(Device::cpu(1)), Tensor(), g), InvalidArgument,
                          MessageIs("conv2d: weight is on cpu:1, expected cpu:0 (as input)"));

@@ -58,18 +58,20 @@ std::vector<cpu::ConvEngine> engines_of_this_build() {
 TEST_CASE("Each CPU convolution engine matches the direct sums on random geometries", "[core][conv][engines]") {
   if (syncbn::testing::test_on_cuda()) SYNCBN_SKIP("the CPU engines: nothing to test on " << test_device());
   if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
+  // NCHW, and NHWC where oneDNN reads the activations as they are.
+  const core::ChannelLayout layout = GENERATE(core::ChannelLayout::First, core::ChannelLayout::Last);
   for (const cpu::ConvEngine engine : engines_of_this_build()) {
     const std::string name(cpu::conv_engine_name(engine));
-    CAPTURE(kSeed, name);
+    CAPTURE(kSeed, name, core::channel_layout_name(layout));
     const PinnedEngine pinned(engine);
     std::mt19937_64 rng = syncbn::testing::make_rng(7);
-    for (int i = 0; i < 60; ++i) check_conv_case(random_conv(rng), DType::Float32, i % 2 == 0, rng);
+    for (int i = 0; i < 60; ++i) check_conv_case(random_conv(rng), DType::Float32, i % 2 == 0, rng, layout);
     // A ResNet's 3x3 layers with enough channels for oneDNN's blocked
     // kernels, the strided one, and a 1x1 shortcut.
     const spec::Conv resnet[] = {{2, 16, 8, 8, 16, 3, 3, 1, 1, 1, 1},
                                  {2, 16, 8, 8, 32, 3, 3, 2, 2, 1, 1},
                                  {2, 16, 8, 8, 32, 1, 1, 2, 2, 0, 0}};
-    for (const spec::Conv& s : resnet) check_conv_case(s, DType::Float32, false, rng);
+    for (const spec::Conv& s : resnet) check_conv_case(s, DType::Float32, false, rng, layout);
   }
 }
 

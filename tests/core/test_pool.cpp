@@ -18,6 +18,7 @@
 #include "support/matchers.hpp"
 #include "support/random_values.hpp"
 #include "support/seeds.hpp"
+#include "syncbn/core/batch_norm.hpp"
 #include "syncbn/core/pool.hpp"
 #include "syncbn/error.hpp"
 
@@ -176,6 +177,59 @@ TEST_CASE("Adaptive average pooling matches the specification, overlapping windo
     for (std::size_t o = 0; o < column.size(); ++o) want[static_cast<std::size_t>(k)] += dy[o] * column[o];
   }
   check_close(dx, want, tolerance_for(dtype), "input gradient");
+}
+
+TEST_CASE("Channels-last pooling matches the specification, with the same indices", "[core][pool][channels-last]") {
+  const DType dtype = GENERATE(DType::Float32, DType::Float64);
+  CAPTURE(kSeed, dtype, test_device());
+  std::mt19937_64 rng = syncbn::testing::make_rng(6);
+  // NHWC in, NHWC out: the values are the NCHW ones permuted, compared
+  // with the specification after the permutation back.
+  const auto last = [&](const std::vector<double>& v, const Shape& nchw) {
+    return core::to_channels_last(device_tensor(v, nchw, dtype));
+  };
+  const auto nhwc = [](const Shape& nchw) { return Shape{nchw[0], nchw[2], nchw[3], nchw[1]}; };
+  for (int i = 0; i < 40; ++i) {
+    const spec::Pool s = random_pool(rng, i % 2 == 0);
+    INFO(describe(s));
+    const Shape xs{s.n, s.c, s.h, s.w}, ys{s.n, s.c, s.oh(), s.ow()};
+    core::Pool2dGeometry g = geometry(s);
+    g.layout = core::ChannelLayout::Last;
+    const auto x = integers(xs.numel(), rng);
+    const auto dy = normal_values(ys.numel(), rng, true);
+    std::vector<double> want;
+    std::vector<std::int64_t> at;
+    spec::max_pool2d(s, x, want, at);
+    const core::MaxPool2dResult r = core::max_pool2d(last(x, xs), g);
+    REQUIRE(r.output.shape() == nhwc(ys));
+    check_close(core::to_channels_first(r.output), want, tolerance_for(dtype), "max output");
+    CHECK(core::to_channels_first(r.indices).to_vector<std::int64_t>() == at);
+    const Tensor dx = core::max_pool2d_backward(last(dy, ys), r.indices, nhwc(xs), core::ChannelLayout::Last);
+    check_close(core::to_channels_first(dx), spec::max_pool2d_grad(s, dy, at), tolerance_for(dtype),
+                "max input gradient");
+    if (s.dh == 1 && s.dw == 1) {
+      const Tensor y = core::avg_pool2d(last(x, xs), g);
+      REQUIRE(y.shape() == nhwc(ys));
+      check_close(core::to_channels_first(y), spec::avg_pool2d(s, x), tolerance_for(dtype), "average output");
+      check_close(core::to_channels_first(core::avg_pool2d_backward(last(dy, ys), nhwc(xs), g)),
+                  spec::avg_pool2d_grad(s, dy), tolerance_for(dtype), "average input gradient");
+    }
+  }
+  // Adaptive windows, overlapping (7 -> 3) and global.
+  for (const auto& [oh, ow] : {std::pair<std::int64_t, std::int64_t>{3, 2}, {1, 1}}) {
+    const Shape xs{2, 3, 7, 5}, ys{2, 3, oh, ow};
+    const auto x = normal_values(xs.numel(), rng, true);
+    const Tensor y = core::adaptive_avg_pool2d(last(x, xs), oh, ow, core::ChannelLayout::Last);
+    REQUIRE(y.shape() == nhwc(ys));
+    check_close(core::to_channels_first(y), spec::adaptive_avg_pool2d(6, 7, 5, oh, ow, x), tolerance_for(dtype),
+                "adaptive output");
+    const auto dy = normal_values(ys.numel(), rng, true);
+    const Tensor dx_first = core::adaptive_avg_pool2d_backward(device_tensor(dy, ys, dtype), xs);
+    const Tensor dx_last =
+        core::adaptive_avg_pool2d_backward(last(dy, ys), nhwc(xs), core::ChannelLayout::Last);
+    check_close(core::to_channels_first(dx_last), dx_first.to_vector<double>(), tolerance_for(dtype),
+                "adaptive input gradient");
+  }
 }
 
 TEST_CASE("Output sizes follow PyTorch's rule, ceil_mode included", "[core][pool]") {

@@ -58,23 +58,31 @@ TEST_CASE("Conv2d's gradients match finite differences for every option", "[nn][
   const Case c = GENERATE(Case{2, 3, 3, 1, 1, 1, 1, true}, Case{2, 4, {3, 2}, {2, 1}, {1, 0}, 1, 2, false},
                           Case{3, 2, 1, 1, 0, 1, 1, true}, Case{4, 4, 3, 2, 2, 2, 4, true},
                           Case{2, 2, 2, 1, 0, {1, 2}, 1, false});
-  CAPTURE(c.in, c.out, c.kernel.str(), c.stride.str(), c.padding.str(), c.dilation.str(), c.groups, c.bias);
+  const core::ChannelLayout layout = GENERATE(core::ChannelLayout::First, core::ChannelLayout::Last);
+  CAPTURE(c.in, c.out, c.kernel.str(), c.stride.str(), c.padding.str(), c.dilation.str(), c.groups, c.bias,
+          core::channel_layout_name(layout));
   nn::Conv2dOptions o = conv64(7);
+  o.layout = layout;
   o.stride = c.stride;
   o.padding = c.padding;
   o.dilation = c.dilation;
   o.groups = c.groups;
   o.bias = c.bias;
   nn::Conv2d conv(c.in, c.out, c.kernel, o);
-  check_module_gradients(conv, input(Shape{2, c.in, 5, 6}, 1), 201);
+  const bool last = layout == core::ChannelLayout::Last;
+  check_module_gradients(conv, input(last ? Shape{2, 5, 6, c.in} : Shape{2, c.in, 5, 6}, 1), 201);
 }
 
 TEST_CASE("Pooling layers' gradients match finite differences", "[nn][pool]") {
   // Distinct values keep max pooling away from ties, where it has no derivative.
   std::vector<double> values(2 * 3 * 6 * 5);
   for (std::size_t i = 0; i < values.size(); ++i) values[i] = std::sin(1.7 * static_cast<double>(i) + 0.3) * 3.0;
-  const Tensor x = Tensor::from_vector(values, Shape{2, 3, 6, 5}, test_device());
+  const core::ChannelLayout layout = GENERATE(core::ChannelLayout::First, core::ChannelLayout::Last);
+  CAPTURE(core::channel_layout_name(layout));
+  const bool last = layout == core::ChannelLayout::Last;
+  const Tensor x = Tensor::from_vector(values, last ? Shape{2, 6, 5, 3} : Shape{2, 3, 6, 5}, test_device());
   nn::MaxPool2dOptions max_options;
+  max_options.layout = layout;
   max_options.stride = nn::Size2(2, 1);
   max_options.padding = 1;
   max_options.ceil_mode = true;
@@ -83,11 +91,12 @@ TEST_CASE("Pooling layers' gradients match finite differences", "[nn][pool]") {
   nn::AvgPool2dOptions avg_options;
   avg_options.padding = 1;
   avg_options.count_include_pad = false;
+  avg_options.layout = layout;
   nn::AvgPool2d avg_pool(nn::Size2(3, 2), avg_options);
   check_module_gradients(avg_pool, x, 203);
-  nn::AdaptiveAvgPool2d global(1);
+  nn::AdaptiveAvgPool2d global(1, layout);
   check_module_gradients(global, x, 204);
-  nn::AdaptiveAvgPool2d overlapping(nn::Size2(4, 3));
+  nn::AdaptiveAvgPool2d overlapping(nn::Size2(4, 3), layout);
   check_module_gradients(overlapping, x, 205);
 }
 
@@ -99,6 +108,13 @@ TEST_CASE("Pooling layers default the stride to the kernel size and describe the
   CHECK(avg_pool.describe() == "AvgPool2d(kernel_size=(3, 2), stride=1, padding=0, ceil_mode=true)");
   CHECK(avg_pool.forward(input(Shape{1, 1, 6, 4}, 2)).shape() == Shape{1, 1, 4, 3});
   CHECK(nn::AdaptiveAvgPool2d(nn::Size2(2, 3)).describe() == "AdaptiveAvgPool2d(output_size=(2, 3))");
+  // Channels-last: (N, H, W, C) in and out, said in the description.
+  nn::MaxPool2d max_last(2, nn::MaxPool2dOptions{.layout = core::ChannelLayout::Last});
+  CHECK(max_last.describe() == "MaxPool2d(kernel_size=2, stride=2, padding=0, channels_last)");
+  CHECK(max_last.forward(input(Shape{1, 6, 4, 3}, 2)).shape() == Shape{1, 3, 2, 3});
+  nn::AdaptiveAvgPool2d global_last(1, core::ChannelLayout::Last);
+  CHECK(global_last.describe() == "AdaptiveAvgPool2d(output_size=1, channels_last)");
+  CHECK(global_last.forward(input(Shape{2, 5, 4, 3}, 2)).shape() == Shape{2, 1, 1, 3});
 }
 
 TEST_CASE("Conv2d initialises uniformly in +-1/sqrt(fan_in) from its seed", "[nn][conv]") {

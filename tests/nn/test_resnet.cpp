@@ -1,4 +1,4 @@
-// resnet(): the network with and without batch norm.
+// resnet(): the network with and without batch norm, and in either layout.
 
 #include <catch2/catch.hpp>
 
@@ -7,15 +7,22 @@
 #include <vector>
 
 #include "support/compare.hpp"
+#include "support/convolutions.hpp"
+#include "support/skip.hpp"
 #include "support/device_under_test.hpp"
+#include "support/matchers.hpp"
 #include "support/seeds.hpp"
+#include "syncbn/core/batch_norm.hpp"
 #include "syncbn/core/ops.hpp"
 #include "syncbn/nn/activation.hpp"
 #include "syncbn/nn/batch_norm.hpp"
 #include "syncbn/nn/checkpoint.hpp"
+#include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/resnet.hpp"
+#include "syncbn/optim/sgd.hpp"
 
 using namespace syncbn;
+using syncbn::testing::check_close;
 using syncbn::testing::check_equal;
 using syncbn::testing::test_device;
 
@@ -84,4 +91,93 @@ TEST_CASE("A ResNet without batch norm trains forward and backward like any othe
   for (nn::Parameter* p : net->parameters())
     for (float g : p->grad.to_vector<float>()) grad_norm += static_cast<double>(g) * g;
   CHECK(grad_norm > 0);
+}
+
+TEST_CASE("A channels-last ResNet equals the NCHW one: outputs, gradients, running statistics, steps of SGD",
+          "[nn][conv][channels-last]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
+  const DType dtype = GENERATE(DType::Float64, DType::Float32);
+  CAPTURE(syncbn::testing::kSeed, dtype);
+  // float64: only the orders of the sums differ; float32 adds their rounding.
+  const syncbn::testing::Tolerance tol = dtype == DType::Float64 ? syncbn::testing::Tolerance{1e-10, 1e-11}
+                                                                 : syncbn::testing::Tolerance{2e-4, 2e-5};
+  nn::ResNetOptions options = small_resnet(true);
+  options.in_channels = 3;
+  options.dtype = dtype;
+  auto first = nn::resnet(options);
+  options.layout = core::ChannelLayout::Last;
+  auto last = nn::resnet(options);
+  for (const auto& [path, module] : last->named_modules())
+    if (path == "layer2.0") CHECK(module->describe() == "BasicBlock(4, 8, stride=2, channels_last)");
+
+  // The same parameters and buffers under the same names: a checkpoint does
+  // not depend on the layout.
+  const auto same_state = [&](const std::string& when) {
+    const auto a = nn::state_dict(*first), b = nn::state_dict(*last);
+    REQUIRE(a.size() == b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      CHECK(a[i].first == b[i].first);
+      CHECK(a[i].second.shape() == b[i].second.shape());
+      check_close(b[i].second, a[i].second.to_vector<double>(), tol, when + ": " + a[i].first);
+    }
+  };
+  same_state("at the start");
+
+  optim::SGD sgd_first(first->parameters(), optim::SGDOptions{0.05, 0.9});
+  optim::SGD sgd_last(last->parameters(), optim::SGDOptions{0.05, 0.9});
+  nn::CrossEntropyLoss loss_first, loss_last;
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    const Tensor x = Tensor::randn(Shape{6, 3, 9, 9}, syncbn::testing::kSeed + 70 + static_cast<std::uint64_t>(step),
+                                   dtype, test_device(), 0.3, 1.2);
+    std::vector<std::int64_t> labels;
+    for (std::int64_t i = 0; i < 6; ++i) labels.push_back((i * 7 + step) % 10);
+    const Tensor t = Tensor::from_vector(labels, Shape{6}, test_device());
+    sgd_first.zero_grad();
+    sgd_last.zero_grad();
+    const Tensor y_first = first->forward(x);
+    const Tensor y_last = last->forward(core::to_channels_last(x));
+    check_close(y_last, y_first.to_vector<double>(), tol, "output");
+    loss_first.forward(y_first, t);
+    loss_last.forward(y_last, t);
+    const Tensor dx_first = first->backward(loss_first.backward());
+    const Tensor dx_last = last->backward(loss_last.backward());
+    REQUIRE(dx_last.shape() == Shape{6, 9, 9, 3});
+    check_close(core::to_channels_first(dx_last), dx_first.to_vector<double>(), tol, "input gradient");
+    const auto got = last->named_parameters(), want = first->named_parameters();
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i)
+      check_close(got[i].second->grad, want[i].second->grad.to_vector<double>(), tol, "gradient of " + got[i].first);
+    sgd_first.step();
+    sgd_last.step();
+  }
+  same_state("after three steps");  // weights and running statistics
+
+  // Eval on the running statistics; and the NCHW network's checkpoint
+  // loaded into a fresh channels-last one gives the same outputs.
+  first->eval();
+  last->eval();
+  const Tensor x = Tensor::randn(Shape{4, 3, 9, 9}, syncbn::testing::kSeed + 80, dtype, test_device());
+  const std::vector<double> want = first->forward(x).to_vector<double>();
+  check_close(last->forward(core::to_channels_last(x)), want, tol, "eval output");
+  options.seed = 99;
+  auto loaded = nn::resnet(options);
+  nn::load_state_dict(*loaded, nn::state_dict(*first));
+  loaded->eval();
+  check_close(loaded->forward(core::to_channels_last(x)), want, tol, "eval output after loading");
+}
+
+TEST_CASE("A channels-last ResNet names the layout it expects when given another", "[nn][conv][channels-last]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
+  nn::ResNetOptions options = small_resnet(true);
+  options.in_channels = 3;
+  options.layout = core::ChannelLayout::Last;
+  auto net = nn::resnet(options);
+  const Tensor nchw = Tensor::zeros(Shape{2, 3, 8, 8}, DType::Float32, test_device());
+  CHECK_THROWS_MATCHES(net->forward(nchw), InvalidArgument,
+                       syncbn::testing::MessageIs("Conv2d(3, 4, kernel_size=3, padding=1, bias=false, channels_last): "
+                                                  "input has 8 channels, expected 3"));
+  options.layout = static_cast<core::ChannelLayout>(7);
+  CHECK_THROWS_MATCHES(nn::resnet(options), InvalidArgument,
+                       syncbn::testing::MessageIs("resnet: layout 7, expected ChannelLayout::First or Last"));
 }

@@ -19,6 +19,7 @@
 #include "support/device_under_test.hpp"
 #include "support/seeds.hpp"
 #include "support/skip.hpp"
+#include "syncbn/core/batch_norm.hpp"
 #include "syncbn/core/cpu.hpp"
 #include "syncbn/nn/loss.hpp"
 #include "syncbn/nn/module.hpp"
@@ -35,8 +36,9 @@ using syncbn::testing::test_devices;
 
 namespace {
 
-std::shared_ptr<nn::Module> small_resnet(DType dtype) {
+std::shared_ptr<nn::Module> small_resnet(DType dtype, core::ChannelLayout layout = core::ChannelLayout::First) {
   nn::ResNetOptions options;
+  options.layout = layout;
   options.widths = {4, 6};
   options.blocks_per_stage = 1;
   options.num_classes = 3;
@@ -101,6 +103,51 @@ TEST_CASE("A SyncBatchNorm ResNet on K replicas equals the ResNet on one device 
   synced->eval();
   const Tensor x = Tensor::randn(Shape{batch, 1, 9, 9}, kSeed + 60, dtype, test_device());
   check_close(dp.forward(x), single->forward(x).to_vector<double>(), tol, "eval output");
+}
+
+TEST_CASE("A channels-last SyncBatchNorm ResNet on 2 replicas equals the NCHW ResNet on one device",
+          "[replicate][conv][threads][channels-last]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
+  const DType dtype = GENERATE(DType::Float64, DType::Float32);
+  const std::int64_t batch = 9;  // uneven shards
+  CAPTURE(dtype, kSeed);
+  const syncbn::testing::Tolerance tol = dtype == DType::Float64 ? syncbn::testing::Tolerance{1e-10, 1e-11}
+                                                                 : syncbn::testing::Tolerance{2e-4, 2e-5};
+  auto single = small_resnet(dtype);
+  auto synced = nn::convert_sync_batchnorm(small_resnet(dtype, core::ChannelLayout::Last));
+  parallel::DataParallel dp(synced, test_devices(2), std::nullopt,
+                            parallel::DataParallelOptions{syncbn::testing::test_on_cuda()});
+  optim::SGD sgd_single(single->parameters(), optim::SGDOptions{0.05, 0.9});
+  optim::SGD sgd_multi(synced->parameters(), optim::SGDOptions{0.05, 0.9});
+  nn::CrossEntropyLoss loss_single, loss_multi;
+  for (int step = 0; step < 2; ++step) {
+    CAPTURE(step);
+    const Tensor x = Tensor::randn(Shape{batch, 1, 9, 9}, kSeed + 90 + static_cast<std::uint64_t>(step), dtype,
+                                   test_device(), 0.3, 1.2);
+    std::vector<std::int64_t> labels;
+    for (std::int64_t i = 0; i < batch; ++i) labels.push_back((i * 2 + step) % 3);
+    const Tensor t = Tensor::from_vector(labels, Shape{batch}, test_device());
+    sgd_single.zero_grad();
+    sgd_multi.zero_grad();
+    const Tensor y_single = single->forward(x);
+    const Tensor y_multi = dp.forward(core::to_channels_last(x));  // scattered along N, as NCHW
+    check_close(y_multi, y_single.to_vector<double>(), tol, "output");
+    loss_single.forward(y_single, t);
+    loss_multi.forward(y_multi, t);
+    const Tensor dx_single = single->backward(loss_single.backward());
+    const Tensor dx_multi = dp.backward(loss_multi.backward());
+    check_close(core::to_channels_first(dx_multi), dx_single.to_vector<double>(), tol, "input gradient");
+    const auto got = synced->named_parameters(), want = single->named_parameters();
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i)
+      check_close(got[i].second->grad, want[i].second->grad.to_vector<double>(), tol, "gradient of " + got[i].first);
+    sgd_single.step();
+    sgd_multi.step();
+  }
+  const auto got = synced->named_buffers(), want = single->named_buffers();
+  REQUIRE(got.size() == want.size());
+  for (std::size_t i = 0; i < got.size(); ++i)
+    check_close(*got[i].second, want[i].second->to_vector<double>(), tol, "buffer " + got[i].first);
 }
 
 TEST_CASE("DataParallel over several CPU devices gives each BLAS call its share of the cores",

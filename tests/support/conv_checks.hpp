@@ -16,6 +16,7 @@
 #include "support/conv_spec.hpp"
 #include "support/device_under_test.hpp"
 #include "support/random_values.hpp"
+#include "syncbn/core/batch_norm.hpp"
 #include "syncbn/core/conv.hpp"
 
 namespace syncbn::testing {
@@ -29,8 +30,8 @@ inline std::string describe(const spec::Conv& s) {
   return os.str();
 }
 
-inline core::Conv2dGeometry geometry(const spec::Conv& s) {
-  return {{s.sh, s.sw}, {s.ph, s.pw}, {s.dh, s.dw}, s.groups};
+inline core::Conv2dGeometry geometry(const spec::Conv& s, core::ChannelLayout layout = core::ChannelLayout::First) {
+  return {{s.sh, s.sw}, {s.ph, s.pw}, {s.dh, s.dw}, s.groups, layout};
 }
 
 // A random valid convolution (the padded input holds the dilated kernel);
@@ -87,26 +88,43 @@ inline void check_sums(const Tensor& got, const std::vector<double>& want, const
   }
 }
 
-inline void check_conv_case(const spec::Conv& s, DType dtype, bool with_bias, std::mt19937_64& rng) {
-  INFO(describe(s) << ", dtype " << dtype_name(dtype) << (with_bias ? ", bias" : ""));
-  const Shape xs{s.n, s.c_in, s.h, s.w}, ws{s.c_out, s.c_in / s.groups, s.kh, s.kw}, ys{s.n, s.c_out, s.oh(), s.ow()};
+// With layout Last the activations go in NHWC (the NCHW values permuted by
+// core::to_channels_last) and come back permuted to NCHW for the spec; the
+// weight is NCHW-ordered in both.
+inline void check_conv_case(const spec::Conv& s, DType dtype, bool with_bias, std::mt19937_64& rng,
+                            core::ChannelLayout layout = core::ChannelLayout::First) {
+  const bool last = layout == core::ChannelLayout::Last;
+  INFO(describe(s) << ", dtype " << dtype_name(dtype) << (with_bias ? ", bias" : "") << ", "
+                   << core::channel_layout_name(layout));
+  const Shape xs_nchw{s.n, s.c_in, s.h, s.w}, ws{s.c_out, s.c_in / s.groups, s.kh, s.kw},
+      ys_nchw{s.n, s.c_out, s.oh(), s.ow()};
+  const Shape xs = last ? Shape{s.n, s.h, s.w, s.c_in} : xs_nchw, ys = last ? Shape{s.n, s.oh(), s.ow(), s.c_out} : ys_nchw;
+  // An activation in the layout under test, and a result back in NCHW.
+  const auto activation = [&](const std::vector<double>& v, const Shape& nchw) {
+    const Tensor t = device_tensor(v, nchw, dtype);
+    return last ? core::to_channels_last(t) : t;
+  };
+  const auto nchw = [&](const Tensor& t) { return last ? core::to_channels_first(t) : t; };
   const auto x = rounded(normal_values(s.x_size(), rng), dtype), w = rounded(normal_values(s.w_size(), rng), dtype);
   const auto b = with_bias ? rounded(normal_values(s.c_out, rng), dtype) : std::vector<double>{};
   const auto dy = rounded(normal_values(s.y_size(), rng), dtype);
   const auto g0 = rounded(normal_values(s.w_size(), rng), dtype), gb0 = rounded(normal_values(s.c_out, rng), dtype);
 
-  const Tensor y = core::conv2d(device_tensor(x, xs, dtype), device_tensor(w, ws, dtype),
-                                with_bias ? device_tensor(b, Shape{s.c_out}, dtype) : Tensor(), geometry(s));
+  const Tensor y = core::conv2d(activation(x, xs_nchw), device_tensor(w, ws, dtype),
+                                with_bias ? device_tensor(b, Shape{s.c_out}, dtype) : Tensor(), geometry(s, layout));
   REQUIRE(y.shape() == ys);
-  check_sums(y, spec::conv2d(s, x, w, b), spec::conv2d(s, absolute(x), absolute(w), absolute(b)), dtype, "output");
+  check_sums(nchw(y), spec::conv2d(s, x, w, b), spec::conv2d(s, absolute(x), absolute(w), absolute(b)), dtype,
+             "output");
 
-  const Tensor dx = core::conv2d_backward_input(device_tensor(dy, ys, dtype), device_tensor(w, ws, dtype), xs, geometry(s));
-  check_sums(dx, spec::conv2d_grad_input(s, dy, w), spec::conv2d_grad_input(s, absolute(dy), absolute(w)), dtype,
+  const Tensor dx =
+      core::conv2d_backward_input(activation(dy, ys_nchw), device_tensor(w, ws, dtype), xs, geometry(s, layout));
+  REQUIRE(dx.shape() == xs);
+  check_sums(nchw(dx), spec::conv2d_grad_input(s, dy, w), spec::conv2d_grad_input(s, absolute(dy), absolute(w)), dtype,
              "input gradient");
 
   // The weight and bias gradients accumulate onto what the tensors hold.
   const Tensor dw = device_tensor(g0, ws, dtype);
-  core::conv2d_backward_weight_(dw, device_tensor(dy, ys, dtype), device_tensor(x, xs, dtype), geometry(s));
+  core::conv2d_backward_weight_(dw, activation(dy, ys_nchw), activation(x, xs_nchw), geometry(s, layout));
   std::vector<double> want_dw = spec::conv2d_grad_weight(s, dy, x), scale_dw = spec::conv2d_grad_weight(s, absolute(dy), absolute(x));
   for (std::size_t i = 0; i < want_dw.size(); ++i) {
     want_dw[i] += g0[i];
@@ -115,7 +133,7 @@ inline void check_conv_case(const spec::Conv& s, DType dtype, bool with_bias, st
   check_sums(dw, want_dw, scale_dw, dtype, "weight gradient");
 
   const Tensor db = device_tensor(gb0, Shape{s.c_out}, dtype);
-  core::conv2d_backward_bias_(db, device_tensor(dy, ys, dtype));
+  core::conv2d_backward_bias_(db, activation(dy, ys_nchw), layout);
   std::vector<double> want_db = spec::conv2d_grad_bias(s, dy), scale_db = spec::conv2d_grad_bias(s, absolute(dy));
   for (std::size_t i = 0; i < want_db.size(); ++i) {
     want_db[i] += gb0[i];

@@ -8,14 +8,9 @@
 #include <optional>
 #include <string>
 
+#include "syncbn/core/channel_layout.hpp"
+
 namespace syncbn::core {
-
-/// Where a tensor's channels are. First: (N, C, *) (NCHW); Last: (N, *, C)
-/// (channels-last: NHWC, NDHWC), read by kernels written for that layout.
-enum class ChannelLayout : std::uint8_t { First, Last };
-
-/// "channels-first" or "channels-last".
-const char* channel_layout_name(ChannelLayout layout) noexcept;
 
 /// The activations batch_norm_apply can fuse after the affine map
 /// (inplace_abn's set).

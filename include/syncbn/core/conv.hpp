@@ -1,6 +1,8 @@
 #pragma once
-// Two-dimensional convolution on NCHW tensors (PyTorch's conv2d): the
-// forward and the three gradients, as stages the layers compose.
+// Two-dimensional convolution (PyTorch's conv2d) on NCHW or channels-last
+// NHWC tensors: the forward and the three gradients, as stages the layers
+// compose. The weight is (C_out, C_in / groups, kH, kW) in either layout,
+// as PyTorch stores it, so checkpoints do not depend on the layout.
 //
 // The CPU backend has two engines (cpu::ConvEngine in syncbn/core/cpu.hpp):
 // im2col, which lowers each group of each sample to one matrix product
@@ -12,6 +14,7 @@
 #include <array>
 #include <cstdint>
 
+#include "syncbn/core/channel_layout.hpp"
 #include "syncbn/core/tensor.hpp"
 
 namespace syncbn::core {
@@ -22,6 +25,9 @@ struct Conv2dGeometry {
   std::array<std::int64_t, 2> padding{0, 0};
   std::array<std::int64_t, 2> dilation{1, 1};
   std::int64_t groups = 1;
+  /// The layout of the input, the output and their gradients: First, (N, C,
+  /// H, W), or Last, (N, H, W, C). The names below give the NCHW shapes.
+  ChannelLayout layout = ChannelLayout::First;
 };
 
 /// The output size of one spatial dimension:
@@ -43,8 +49,11 @@ Tensor conv2d_backward_input(const Tensor& grad_output, const Tensor& weight, co
 void conv2d_backward_weight_(const Tensor& grad_weight, const Tensor& grad_output, const Tensor& x,
                              const Conv2dGeometry& geometry, const char* op = "conv2d_backward_weight_");
 
-/// grad_bias += the sum of grad_output (N, C, H, W) over N, H and W.
+/// grad_bias += the sum of grad_output (N, C, H, W) over N, H and W
+/// (grad_output (N, H, W, C) for ChannelLayout::Last).
 void conv2d_backward_bias_(const Tensor& grad_bias, const Tensor& grad_output,
+                           const char* op = "conv2d_backward_bias_");
+void conv2d_backward_bias_(const Tensor& grad_bias, const Tensor& grad_output, ChannelLayout layout,
                            const char* op = "conv2d_backward_bias_");
 
 }  // namespace syncbn::core

@@ -97,7 +97,8 @@ void set_conv_engine(ConvEngine engine);
 
 /// What Auto measured for one layer shape and stage, and chose.
 struct ConvChoice {
-  std::string layer;  // "64x16x28x28 -> 32, 3x3, stride 2x2, padding 1x1, dilation 1x1, groups 1"
+  std::string layer;  // "64x16x28x28 -> 32, 3x3, stride 2x2, padding 1x1, dilation 1x1, groups 1" (NCHW
+                      // sizes; ", channels-last" appended for NHWC operands)
   std::string stage;  // "forward", "input gradient" or "weight gradient"
   ConvEngine engine;  // Im2col or OneDnn
   double im2col_ms, onednn_ms;  // onednn_ms infinite: oneDNN refused the shape

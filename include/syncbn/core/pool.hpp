@@ -1,10 +1,12 @@
 #pragma once
-// Two-dimensional pooling on NCHW tensors (PyTorch's max_pool2d, avg_pool2d
-// and adaptive_avg_pool2d), forward and backward, float32 and float64.
+// Two-dimensional pooling (PyTorch's max_pool2d, avg_pool2d and
+// adaptive_avg_pool2d) on NCHW or channels-last NHWC tensors, forward and
+// backward, float32 and float64.
 
 #include <array>
 #include <cstdint>
 
+#include "syncbn/core/channel_layout.hpp"
 #include "syncbn/core/tensor.hpp"
 
 namespace syncbn::core {
@@ -22,6 +24,9 @@ struct Pool2dGeometry {
   bool ceil_mode = false;
   /// Average pooling only: padding counts in the divisor.
   bool count_include_pad = true;
+  /// The layout of the input, the output and their gradients: First, (N, C,
+  /// H, W), or Last, (N, H, W, C). The shapes below are written NCHW.
+  ChannelLayout layout = ChannelLayout::First;
 };
 
 /// The output size of one spatial dimension (PyTorch's pooling_output_shape).
@@ -42,6 +47,10 @@ MaxPool2dResult max_pool2d(const Tensor& x, const Pool2dGeometry& geometry, cons
 /// dL/dx: each output's gradient added at its maximum's position.
 Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& indices, const Shape& x_shape,
                            const char* op = "max_pool2d_backward");
+/// The same for tensors in `layout` (the indices are positions in a plane
+/// in either layout, as PyTorch's).
+Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& indices, const Shape& x_shape,
+                           ChannelLayout layout, const char* op = "max_pool2d_backward");
 
 /// The mean of each window (padding as zeros; divisor per count_include_pad).
 Tensor avg_pool2d(const Tensor& x, const Pool2dGeometry& geometry, const char* op = "avg_pool2d");
@@ -53,6 +62,11 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Shape& x_shape, cons
 Tensor adaptive_avg_pool2d(const Tensor& x, std::int64_t out_h, std::int64_t out_w,
                            const char* op = "adaptive_avg_pool2d");
 Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Shape& x_shape,
+                                    const char* op = "adaptive_avg_pool2d_backward");
+/// The same for tensors in `layout`.
+Tensor adaptive_avg_pool2d(const Tensor& x, std::int64_t out_h, std::int64_t out_w, ChannelLayout layout,
+                           const char* op = "adaptive_avg_pool2d");
+Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Shape& x_shape, ChannelLayout layout,
                                     const char* op = "adaptive_avg_pool2d_backward");
 
 }  // namespace syncbn::core

@@ -1,5 +1,5 @@
 #pragma once
-// Conv2d: PyTorch's torch.nn.Conv2d (NCHW, zero padding).
+// Conv2d: PyTorch's torch.nn.Conv2d (NCHW or channels-last NHWC, zero padding).
 
 #include <cstdint>
 
@@ -21,10 +21,16 @@ struct Conv2dOptions {
   std::uint64_t seed = 0;
   DType dtype = DType::Float32;
   Device device = Device();
+  /// The layout of the input and output (and their gradients): First,
+  /// (N, C, H, W), or Last, channels-last (N, H, W, C). The weight keeps
+  /// PyTorch's (C_out, C_in / groups, kH, kW) either way, so a checkpoint
+  /// does not depend on the layout.
+  core::ChannelLayout layout = core::ChannelLayout::First;
 };
 
-/// 2-D convolution: input (N, C_in, H, W) -> output (N, C_out, H_out, W_out);
-/// parameters weight (C_out, C_in / groups, kH, kW) and bias (C_out).
+/// 2-D convolution: input (N, C_in, H, W) -> output (N, C_out, H_out, W_out)
+/// ((N, H, W, C) for both with layout Last); parameters weight (C_out,
+/// C_in / groups, kH, kW) and bias (C_out).
 class Conv2d : public Cloneable<Conv2d> {
  public:
   /// Throws InvalidArgument for channels < 1, channels not divisible by

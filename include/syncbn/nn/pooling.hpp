@@ -1,5 +1,6 @@
 #pragma once
-// Pooling layers: PyTorch's MaxPool2d, AvgPool2d and AdaptiveAvgPool2d (NCHW).
+// Pooling layers: PyTorch's MaxPool2d, AvgPool2d and AdaptiveAvgPool2d, on
+// NCHW or, with layout Last, channels-last NHWC tensors.
 
 #include <optional>
 
@@ -15,6 +16,8 @@ struct MaxPool2dOptions {
   Size2 padding = 0;
   Size2 dilation = 1;
   bool ceil_mode = false;
+  /// First: (N, C, H, W) input and output; Last: (N, H, W, C).
+  core::ChannelLayout layout = core::ChannelLayout::First;
 };
 
 /// The maximum of each window; its gradient goes to the window's maximum
@@ -43,6 +46,8 @@ struct AvgPool2dOptions {
   Size2 padding = 0;
   bool ceil_mode = false;
   bool count_include_pad = true;
+  /// First: (N, C, H, W) input and output; Last: (N, H, W, C).
+  core::ChannelLayout layout = core::ChannelLayout::First;
 };
 
 /// The mean of each window.
@@ -65,11 +70,12 @@ class AvgPool2d : public Cloneable<AvgPool2d> {
 };
 
 /// The mean over adaptive windows to a fixed output size (1 for global
-/// average pooling).
+/// average pooling), over (N, C, H, W) input, or (N, H, W, C) with layout
+/// Last.
 class AdaptiveAvgPool2d : public Cloneable<AdaptiveAvgPool2d> {
  public:
-  /// Throws InvalidArgument for an output size < 1.
-  explicit AdaptiveAvgPool2d(Size2 output_size);
+  /// Throws InvalidArgument for an output size < 1 or an unknown layout.
+  explicit AdaptiveAvgPool2d(Size2 output_size, core::ChannelLayout layout = core::ChannelLayout::First);
   std::string describe() const override;
   Tensor forward(const Tensor& input) override;
   Tensor backward(const Tensor& grad_output) override;
@@ -79,6 +85,7 @@ class AdaptiveAvgPool2d : public Cloneable<AdaptiveAvgPool2d> {
 
  private:
   Size2 output_size_;
+  core::ChannelLayout layout_;
   Shape input_shape_, output_shape_;
   bool has_input_ = false;
 };

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "syncbn/core/channel_layout.hpp"
 #include "syncbn/nn/module.hpp"
 #include "syncbn/nn/sequential.hpp"
 
@@ -18,12 +19,14 @@ namespace syncbn::nn {
 /// relu, conv2, bn2 and, when needed, downsample. The batch norms may be
 /// converted to SyncBatchNorm2d (convert_sync_batchnorm). Without
 /// `batch_norm`, each batch norm is an Identity (same child names; no
-/// parameters or buffers there).
+/// parameters or buffers there). With layout Last, the block's input and
+/// output are channels-last (N, H, W, C) and every child reads that layout.
 class BasicBlock : public Cloneable<BasicBlock> {
  public:
   /// Throws InvalidArgument for channels or stride < 1.
   BasicBlock(std::int64_t in_channels, std::int64_t out_channels, std::int64_t stride = 1, std::uint64_t seed = 0,
-             DType dtype = DType::Float32, Device device = Device(), bool batch_norm = true);
+             DType dtype = DType::Float32, Device device = Device(), bool batch_norm = true,
+             core::ChannelLayout layout = core::ChannelLayout::First);
   std::string describe() const override;
   Tensor forward(const Tensor& input) override;
   Tensor backward(const Tensor& grad_output) override;
@@ -34,6 +37,7 @@ class BasicBlock : public Cloneable<BasicBlock> {
  private:
   std::int64_t in_, out_, stride_;
   bool has_downsample_;
+  core::ChannelLayout layout_;
   Tensor output_;  // after the final ReLU, for its backward
 };
 
@@ -47,6 +51,12 @@ struct ResNetOptions {
   /// BatchNorm2d after every convolution; when false, an Identity in its
   /// place (a network without normalisation, for comparison).
   bool batch_norm = true;
+  /// The activations' layout from the stem to the pooling: First, NCHW
+  /// input (N, in_channels, H, W), or Last, channels-last input (N, H, W,
+  /// in_channels), with every convolution, batch norm and the pooling
+  /// reading and writing NHWC and no conversion inside the step. The
+  /// parameters and the checkpoint are the same either way.
+  core::ChannelLayout layout = core::ChannelLayout::First;
   std::uint64_t seed = 0;
   DType dtype = DType::Float32;
   Device device = Device();
@@ -57,7 +67,9 @@ struct ResNetOptions {
 /// BasicBlock), avgpool (AdaptiveAvgPool2d(1)), flatten, fc (Linear).
 /// With batch_norm = false every batch norm (bn1 and those of the blocks) is
 /// an Identity; the weights are initialised the same either way.
-/// Input (N, in_channels, H, W), output (N, num_classes) logits.
+/// Input (N, in_channels, H, W), or (N, H, W, in_channels) with layout
+/// Last (core::to_channels_last converts a batch); output (N, num_classes)
+/// logits.
 std::shared_ptr<Sequential> resnet(const ResNetOptions& options = {});
 
 }  // namespace syncbn::nn

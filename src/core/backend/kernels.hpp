@@ -215,9 +215,12 @@ struct LossKernels {
 struct Conv2dShape {
   std::int64_t n, c_in, h, w, c_out, kh, kw, oh, ow;
   std::int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, groups;
+  /// x, y and their gradients NHWC rather than NCHW; the weight is always
+  /// (c_out, c_in / groups, kh, kw).
+  bool channels_last;
 };
 
-/// Convolutions (float32 / float64), NCHW.
+/// Convolutions (float32 / float64), NCHW or NHWC (Conv2dShape::channels_last).
 struct ConvKernels {
   /// y = conv(x, weight) + bias (bias null: none).
   void (*forward)(Device device, DType dtype, const Conv2dShape& s, const void* x, const void* weight,
@@ -228,20 +231,33 @@ struct ConvKernels {
   /// dweight += the weight gradient for input x and dy.
   void (*backward_weight)(Device device, DType dtype, const Conv2dShape& s, const void* dy, const void* x,
                           void* dweight);
-  /// dbias[j] += the sum of dy over n and the l = oh * ow positions of channel j.
+  /// dbias[j] += the sum of dy (n, c, l) over n and the l positions of
+  /// channel j (NHWC: n = N * oh * ow rows, l = 1).
   void (*backward_bias)(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy,
                         void* dbias);
 };
 
 /// A 2-D pooling with every size resolved and checked (core/pool.cpp):
-/// x (n, c, h, w) -> y (n, c, oh, ow).
+/// x (n, c, h, w) -> y (n, c, oh, ow), or NHWC with channels_last.
 struct Pool2dShape {
   std::int64_t n, c, h, w, oh, ow;
   std::int64_t kh, kw, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   bool count_include_pad;
+  bool channels_last;
 };
 
-/// Pooling (float32 / float64), NCHW. The backward kernels write dx whole.
+/// Where pixel q (h * w + w) of plane p (n * c + channel) of a tensor of
+/// `pixels` pixels per plane lies: NCHW p * pixels + q, NHWC (n * pixels +
+/// q) * c + channel. The pooling kernels walk planes in either layout.
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+inline std::int64_t plane_element(const Pool2dShape& s, std::int64_t p, std::int64_t q, std::int64_t pixels) {
+  return s.channels_last ? ((p / s.c) * pixels + q) * s.c + p % s.c : p * pixels + q;
+}
+
+/// Pooling (float32 / float64), NCHW or NHWC (Pool2dShape::channels_last).
+/// The backward kernels write dx whole.
 struct PoolKernels {
   /// y = the window maxima; indices = their positions h * w_in + w in the plane.
   void (*max_forward)(Device device, DType dtype, const Pool2dShape& s, const void* x, void* y,

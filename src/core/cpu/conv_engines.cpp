@@ -91,18 +91,19 @@ const char* stage_name(Stage s) {
 
 using Key = std::tuple<int, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
                        std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t, std::int64_t,
-                       std::int64_t, std::int64_t>;
+                       std::int64_t, std::int64_t, bool>;
 
 Key key_of(Stage stage, const Conv2dShape& s) {
   return {static_cast<int>(stage), s.n, s.c_in, s.h, s.w, s.c_out, s.kh, s.kw, s.stride_h, s.stride_w, s.pad_h,
-          s.pad_w, s.dilation_h, s.dilation_w, s.groups};
+          s.pad_w, s.dilation_h, s.dilation_w, s.groups, s.channels_last};
 }
 
 std::string describe(const Conv2dShape& s) {
   const auto pair = [](std::int64_t a, std::int64_t b) { return std::to_string(a) + "x" + std::to_string(b); };
   return std::to_string(s.n) + "x" + std::to_string(s.c_in) + "x" + pair(s.h, s.w) + " -> " + std::to_string(s.c_out) +
          ", " + pair(s.kh, s.kw) + ", stride " + pair(s.stride_h, s.stride_w) + ", padding " + pair(s.pad_h, s.pad_w) +
-         ", dilation " + pair(s.dilation_h, s.dilation_w) + ", groups " + std::to_string(s.groups);
+         ", dilation " + pair(s.dilation_h, s.dilation_w) + ", groups " + std::to_string(s.groups) +
+         (s.channels_last ? ", channels-last" : "");
 }
 
 std::map<Key, ConvEngine>& chosen_engines() {  // under choices().mutex

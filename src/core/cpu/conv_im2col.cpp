@@ -1,4 +1,5 @@
-// The im2col engine of the CPU convolutions: matrix products through the
+// The im2col engine of the CPU convolutions on NCHW tensors (NHWC:
+// conv_im2col_nhwc.cpp): matrix products through the
 // BLAS this build found (compiled once, not per CPU level: the BLAS
 // dispatches on the CPU itself). float32 and float64; conv_engines.cpp
 // chooses between it and oneDNN for float32.
@@ -192,6 +193,13 @@ void backward_weight_typed(const Conv2dShape& s, const T* dy, const T* x, T* dw)
 // Sums in float64, as every reduction of the library.
 template <class T>
 void backward_bias_typed(std::int64_t n, std::int64_t c, std::int64_t l, const T* dy, T* db) {
+  if (l == 1) {  // NHWC (or a 1x1 output): rows of c channels, read in order
+    std::vector<double> acc(static_cast<std::size_t>(c), 0.0);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < c; ++j) acc[j] += static_cast<double>(dy[i * c + j]);
+    for (std::int64_t j = 0; j < c; ++j) db[j] = static_cast<T>(static_cast<double>(db[j]) + acc[j]);
+    return;
+  }
   for (std::int64_t j = 0; j < c; ++j) {
     double acc = 0.0;
     for (std::int64_t i = 0; i < n; ++i) {
@@ -205,6 +213,7 @@ void backward_bias_typed(std::int64_t n, std::int64_t c, std::int64_t l, const T
 }  // namespace
 
 void conv_forward(DType dtype, const Conv2dShape& s, const void* x, const void* w, const void* bias, void* y) {
+  if (s.channels_last) return conv_forward_nhwc(dtype, s, x, w, bias, y);
   core::detail::dispatch_floating(dtype, "conv2d", [&](auto tag) {
     using T = decltype(tag);
     forward_typed<T>(s, static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(bias),
@@ -213,6 +222,7 @@ void conv_forward(DType dtype, const Conv2dShape& s, const void* x, const void* 
 }
 
 void conv_backward_input(DType dtype, const Conv2dShape& s, const void* dy, const void* w, void* dx) {
+  if (s.channels_last) return conv_backward_input_nhwc(dtype, s, dy, w, dx);
   core::detail::dispatch_floating(dtype, "conv2d_backward_input", [&](auto tag) {
     using T = decltype(tag);
     backward_input_typed<T>(s, static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx));
@@ -220,6 +230,7 @@ void conv_backward_input(DType dtype, const Conv2dShape& s, const void* dy, cons
 }
 
 void conv_backward_weight(DType dtype, const Conv2dShape& s, const void* dy, const void* x, void* dw) {
+  if (s.channels_last) return conv_backward_weight_nhwc(dtype, s, dy, x, dw);
   core::detail::dispatch_floating(dtype, "conv2d_backward_weight", [&](auto tag) {
     using T = decltype(tag);
     backward_weight_typed<T>(s, static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dw));

@@ -6,7 +6,15 @@
 // their own; on plain NCHW operands it falls back to a GEMM lowering like
 // syncbn's own. So each primitive is created with the layouts left to
 // oneDNN ("any"), and the NCHW operands are reordered into them and the
-// results back, as PyTorch does with NCHW tensors. Primitive descriptors
+// results back, as PyTorch does with NCHW tensors. For channels-last
+// (NHWC) activations the primitive is asked for NHWC itself: oneDNN has
+// kernels that read and write it (brgconv and jit "nxc"), so only the
+// weights are reordered. Left to "any", oneDNN chose nChw16c there too, and
+// the activations' reorders made the ResNet step 25% slower (56.5 against
+// 72.4 ms, docs/performance.md). The weights' reorders are repeated at every
+// call: in training the weights change at every step, and the forward and
+// the input gradient want different blocked orders of them; they cost about
+// 1% of the convolutions' time (measured with ONEDNN_VERBOSE). Primitive descriptors
 // and primitives cost tens of microseconds to create (oneDNN generates the
 // kernel's code), so each thread keeps them per shape and stage, with the
 // reorders and the blocked buffers they need, and only rebinds the
@@ -54,7 +62,7 @@ struct Key {
     const auto fields = [](const Key& k) {
       const Conv2dShape& v = k.s;
       return std::make_tuple(v.n, v.c_in, v.h, v.w, v.c_out, v.kh, v.kw, v.stride_h, v.stride_w, v.pad_h, v.pad_w,
-                             v.dilation_h, v.dilation_w, v.groups, static_cast<int>(k.stage));
+                             v.dilation_h, v.dilation_w, v.groups, v.channels_last, static_cast<int>(k.stage));
     };
     return fields(*this) == fields(o);
   }
@@ -62,7 +70,7 @@ struct Key {
 
 struct KeyHash {
   std::size_t operator()(const Key& k) const noexcept {
-    std::size_t h = static_cast<std::size_t>(k.stage);
+    std::size_t h = static_cast<std::size_t>(k.stage) * 2 + (k.s.channels_last ? 1 : 0);
     for (const std::int64_t v : {k.s.n, k.s.c_in, k.s.h, k.s.w, k.s.c_out, k.s.kh, k.s.kw, k.s.stride_h, k.s.stride_w,
                                  k.s.pad_h, k.s.pad_w, k.s.dilation_h, k.s.dilation_w, k.s.groups})
       h = h * 1000003u ^ static_cast<std::size_t>(v);
@@ -70,7 +78,7 @@ struct KeyHash {
   }
 };
 
-// One operand: the caller's NCHW memory, and where the primitive wants a
+// One operand: the caller's NCHW or NHWC memory, and where the primitive wants a
 // different layout, a buffer in it with the reorder between the two.
 struct Operand {
   dnnl::memory user;
@@ -98,6 +106,9 @@ struct Operand {
 struct Geometry {
   dims src, weights, dst, strides, dilates, pad_l, pad_r;
   tag weights_tag;
+  // The activations' layout asked of the primitive: left to oneDNN for
+  // NCHW operands, NHWC itself for NHWC ones (Note [Convolutions on oneDNN]).
+  tag activations;
 };
 
 Geometry geometry_of(const Conv2dShape& s) {
@@ -111,6 +122,7 @@ Geometry geometry_of(const Conv2dShape& s) {
     g.weights = {s.groups, s.c_out / s.groups, s.c_in / s.groups, s.kh, s.kw};
     g.weights_tag = tag::goihw;
   }
+  g.activations = s.channels_last ? tag::nhwc : tag::any;
   g.strides = {s.stride_h, s.stride_w};
   g.dilates = {s.dilation_h - 1, s.dilation_w - 1};  // oneDNN counts the gaps
   g.pad_l = {s.pad_h, s.pad_w};
@@ -132,7 +144,8 @@ Context& context() {
 }
 
 dnnl::convolution_forward::primitive_desc forward_pd(const Geometry& g, bool bias, const dnnl::engine& eng) {
-  const dnnl::memory::desc src(g.src, f32, tag::any), wei(g.weights, f32, tag::any), dst(g.dst, f32, tag::any);
+  const dnnl::memory::desc src(g.src, f32, g.activations), wei(g.weights, f32, tag::any),
+      dst(g.dst, f32, g.activations);
   const dnnl::memory::desc b = bias ? dnnl::memory::desc({g.dst[1]}, f32, tag::x) : dnnl::memory::desc();
   const dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
                                           wei, b, dst, g.strides, g.dilates, g.pad_l, g.pad_r);
@@ -165,7 +178,8 @@ struct Prepared {
 std::unique_ptr<Prepared> prepare(const Key& key, const dnnl::engine& eng) {
   const Conv2dShape& s = key.s;
   const Geometry g = geometry_of(s);
-  const dnnl::memory::desc src_user(g.src, f32, tag::nchw), dst_user(g.dst, f32, tag::nchw),
+  const tag activations = s.channels_last ? tag::nhwc : tag::nchw;
+  const dnnl::memory::desc src_user(g.src, f32, activations), dst_user(g.dst, f32, activations),
       wei_user(g.weights, f32, g.weights_tag);
   auto p = std::make_unique<Prepared>();
   switch (key.stage) {
@@ -182,7 +196,8 @@ std::unique_ptr<Prepared> prepare(const Key& key, const dnnl::engine& eng) {
     }
     case Stage::BackwardInput: {
       const auto hint = forward_pd(g, false, eng);
-      const dnnl::memory::desc dsrc(g.src, f32, tag::any), wei(g.weights, f32, tag::any), ddst(g.dst, f32, tag::any);
+      const dnnl::memory::desc dsrc(g.src, f32, g.activations), wei(g.weights, f32, tag::any),
+          ddst(g.dst, f32, g.activations);
       const dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, dsrc, wei, ddst, g.strides,
                                                     g.dilates, g.pad_l, g.pad_r);
       const dnnl::convolution_backward_data::primitive_desc pd(d, eng, hint);
@@ -194,7 +209,8 @@ std::unique_ptr<Prepared> prepare(const Key& key, const dnnl::engine& eng) {
     }
     case Stage::BackwardWeight: {
       const auto hint = forward_pd(g, false, eng);
-      const dnnl::memory::desc src(g.src, f32, tag::any), dwei(g.weights, f32, tag::any), ddst(g.dst, f32, tag::any);
+      const dnnl::memory::desc src(g.src, f32, g.activations), dwei(g.weights, f32, tag::any),
+          ddst(g.dst, f32, g.activations);
       const dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, src, dwei, ddst, g.strides,
                                                        g.dilates, g.pad_l, g.pad_r);
       const dnnl::convolution_backward_weights::primitive_desc pd(d, eng, hint);

@@ -1,6 +1,7 @@
 // CPU backend: 2-D pooling, the specification of the CUDA kernels (window
 // bounds and divisors as PyTorch computes them; compiled once, not per CPU
-// level: these loops are bounded by memory traffic, not arithmetic).
+// level: these loops are bounded by memory traffic, not arithmetic). Both
+// layouts walk the same planes; only where a plane's pixels lie differs.
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +16,15 @@ namespace syncbn::cpu {
 namespace {
 
 using core::detail::Pool2dShape;
+
+// Offsets of pixel q of plane p in the input and in the output, in the
+// shape's layout (core::detail::plane_element).
+std::int64_t in_at(const Pool2dShape& s, std::int64_t p, std::int64_t q) {
+  return core::detail::plane_element(s, p, q, s.h * s.w);
+}
+std::int64_t out_at(const Pool2dShape& s, std::int64_t p, std::int64_t q) {
+  return core::detail::plane_element(s, p, q, s.oh * s.ow);
+}
 
 // The first row (column) of adaptive window i of `out` over `in`, and one past its last.
 std::int64_t adaptive_start(std::int64_t i, std::int64_t in, std::int64_t out) { return (i * in) / out; }
@@ -41,7 +51,6 @@ AvgWindow avg_window(const Pool2dShape& s, std::int64_t oy, std::int64_t ox) {
 template <class T>
 void max_forward_typed(const Pool2dShape& s, const T* x, T* y, std::int64_t* indices) {
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
-    const T* plane = x + p * s.h * s.w;
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         T best = -std::numeric_limits<T>::infinity();
@@ -52,7 +61,7 @@ void max_forward_typed(const Pool2dShape& s, const T* x, T* y, std::int64_t* ind
           for (std::int64_t j = 0; j < s.kw; ++j) {
             const std::int64_t ix = ox * s.stride_w - s.pad_w + j * s.dilation_w;
             if (ix < 0 || ix >= s.w) continue;
-            const T v = plane[iy * s.w + ix];
+            const T v = x[in_at(s, p, iy * s.w + ix)];
             // The first maximum wins ties; a NaN replaces anything (PyTorch).
             if (at < 0 || v > best || std::isnan(v)) {
               best = v;
@@ -60,7 +69,7 @@ void max_forward_typed(const Pool2dShape& s, const T* x, T* y, std::int64_t* ind
             }
           }
         }
-        const std::int64_t o = (p * s.oh + oy) * s.ow + ox;
+        const std::int64_t o = out_at(s, p, oy * s.ow + ox);
         y[o] = best;
         indices[o] = at;
       }
@@ -72,22 +81,24 @@ template <class T>
 void max_backward_typed(const Pool2dShape& s, const T* dy, const std::int64_t* indices, T* dx) {
   std::fill(dx, dx + s.n * s.c * s.h * s.w, T(0));
   const std::int64_t l = s.oh * s.ow;
-  for (std::int64_t p = 0; p < s.n * s.c; ++p)
-    for (std::int64_t o = 0; o < l; ++o)
-      if (indices[p * l + o] >= 0) dx[p * s.h * s.w + indices[p * l + o]] += dy[p * l + o];
+  for (std::int64_t p = 0; p < s.n * s.c; ++p) {
+    for (std::int64_t q = 0; q < l; ++q) {
+      const std::int64_t o = out_at(s, p, q);
+      if (indices[o] >= 0) dx[in_at(s, p, indices[o])] += dy[o];
+    }
+  }
 }
 
 template <class T>
 void avg_forward_typed(const Pool2dShape& s, const T* x, T* y) {
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
-    const T* plane = x + p * s.h * s.w;
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const AvgWindow win = avg_window(s, oy, ox);
         double acc = 0.0;
         for (std::int64_t iy = win.h0; iy < win.h1; ++iy)
-          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) acc += static_cast<double>(plane[iy * s.w + ix]);
-        y[(p * s.oh + oy) * s.ow + ox] = static_cast<T>(acc / win.divisor);
+          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) acc += static_cast<double>(x[in_at(s, p, iy * s.w + ix)]);
+        y[out_at(s, p, oy * s.ow + ox)] = static_cast<T>(acc / win.divisor);
       }
     }
   }
@@ -97,13 +108,12 @@ template <class T>
 void avg_backward_typed(const Pool2dShape& s, const T* dy, T* dx) {
   std::fill(dx, dx + s.n * s.c * s.h * s.w, T(0));
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
-    T* plane = dx + p * s.h * s.w;
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const AvgWindow win = avg_window(s, oy, ox);
-        const T g = static_cast<T>(static_cast<double>(dy[(p * s.oh + oy) * s.ow + ox]) / win.divisor);
+        const T g = static_cast<T>(static_cast<double>(dy[out_at(s, p, oy * s.ow + ox)]) / win.divisor);
         for (std::int64_t iy = win.h0; iy < win.h1; ++iy)
-          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) plane[iy * s.w + ix] += g;
+          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) dx[in_at(s, p, iy * s.w + ix)] += g;
       }
     }
   }
@@ -112,15 +122,14 @@ void avg_backward_typed(const Pool2dShape& s, const T* dy, T* dx) {
 template <class T>
 void adaptive_forward_typed(const Pool2dShape& s, const T* x, T* y) {
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
-    const T* plane = x + p * s.h * s.w;
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       const std::int64_t h0 = adaptive_start(oy, s.h, s.oh), h1 = adaptive_end(oy, s.h, s.oh);
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const std::int64_t w0 = adaptive_start(ox, s.w, s.ow), w1 = adaptive_end(ox, s.w, s.ow);
         double acc = 0.0;
         for (std::int64_t iy = h0; iy < h1; ++iy)
-          for (std::int64_t ix = w0; ix < w1; ++ix) acc += static_cast<double>(plane[iy * s.w + ix]);
-        y[(p * s.oh + oy) * s.ow + ox] = static_cast<T>(acc / static_cast<double>((h1 - h0) * (w1 - w0)));
+          for (std::int64_t ix = w0; ix < w1; ++ix) acc += static_cast<double>(x[in_at(s, p, iy * s.w + ix)]);
+        y[out_at(s, p, oy * s.ow + ox)] = static_cast<T>(acc / static_cast<double>((h1 - h0) * (w1 - w0)));
       }
     }
   }
@@ -130,15 +139,14 @@ template <class T>
 void adaptive_backward_typed(const Pool2dShape& s, const T* dy, T* dx) {
   std::fill(dx, dx + s.n * s.c * s.h * s.w, T(0));
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
-    T* plane = dx + p * s.h * s.w;
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       const std::int64_t h0 = adaptive_start(oy, s.h, s.oh), h1 = adaptive_end(oy, s.h, s.oh);
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const std::int64_t w0 = adaptive_start(ox, s.w, s.ow), w1 = adaptive_end(ox, s.w, s.ow);
-        const T g = static_cast<T>(static_cast<double>(dy[(p * s.oh + oy) * s.ow + ox]) /
+        const T g = static_cast<T>(static_cast<double>(dy[out_at(s, p, oy * s.ow + ox)]) /
                                    static_cast<double>((h1 - h0) * (w1 - w0)));
         for (std::int64_t iy = h0; iy < h1; ++iy)
-          for (std::int64_t ix = w0; ix < w1; ++ix) plane[iy * s.w + ix] += g;
+          for (std::int64_t ix = w0; ix < w1; ++ix) dx[in_at(s, p, iy * s.w + ix)] += g;
       }
     }
   }

@@ -74,8 +74,11 @@ class ConvDescriptors {
     SYNCBN_CUDNN_CHECK(cudnnCreateTensorDescriptor(&y_));
     SYNCBN_CUDNN_CHECK(cudnnCreateFilterDescriptor(&w_));
     SYNCBN_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&conv_));
-    SYNCBN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x_, CUDNN_TENSOR_NCHW, type, i(s.n), i(s.c_in), i(s.h), i(s.w)));
-    SYNCBN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y_, CUDNN_TENSOR_NCHW, type, i(s.n), i(s.c_out), i(s.oh), i(s.ow)));
+    // Activations in either layout (cuDNN takes the sizes in NCHW order and
+    // the layout apart); the filter is PyTorch's (c_out, c_in / g, kh, kw).
+    const cudnnTensorFormat_t activations = s.channels_last ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    SYNCBN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(x_, activations, type, i(s.n), i(s.c_in), i(s.h), i(s.w)));
+    SYNCBN_CUDNN_CHECK(cudnnSetTensor4dDescriptor(y_, activations, type, i(s.n), i(s.c_out), i(s.oh), i(s.ow)));
     SYNCBN_CUDNN_CHECK(
         cudnnSetFilter4dDescriptor(w_, type, CUDNN_TENSOR_NCHW, i(s.c_out), i(s.c_in / s.groups), i(s.kh), i(s.kw)));
     SYNCBN_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv_, i(s.pad_h), i(s.pad_w), i(s.stride_h), i(s.stride_w),
@@ -142,8 +145,9 @@ void cuda_conv_forward(Device device, DType dtype, const Conv2dShape& s, const v
                                                workspace.get(), algo.memory, &k.zero, d.y(), y));
     if (bias != nullptr) {
       const long long total = s.n * s.c_out * s.oh * s.ow;
+      // NHWC: the channel of element i is i % c_out (positions per channel run: 1).
       add_bias_kernel<T><<<grid_for(total), kBlock, 0, stream_for(device.index())>>>(
-          total, s.c_out, s.oh * s.ow, static_cast<const T*>(bias), static_cast<T*>(y));
+          total, s.c_out, s.channels_last ? 1 : s.oh * s.ow, static_cast<const T*>(bias), static_cast<T*>(y));
       SYNCBN_CUDA_LAUNCH_CHECK();
     }
   });

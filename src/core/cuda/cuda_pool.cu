@@ -1,4 +1,4 @@
-// CUDA backend: 2-D pooling, one thread per output element. Specification:
+// CUDA backend: 2-D pooling, one thread per output element, NCHW or NHWC. Specification:
 // src/core/cpu/cpu_pool.cpp (same windows, divisors and tie rule). The
 // backward kernels scatter each output's gradient with atomic adds into a
 // zeroed dx, as windows may overlap; so where they overlap, the order of the
@@ -43,12 +43,30 @@ __device__ Window adaptive_window(const Pool2dShape& s, long long oy, long long 
   return {h0, h1, w0, w1, static_cast<double>((h1 - h0) * (w1 - w0))};
 }
 
+// Output element o's plane (n * c + channel) and pixel, in the shape's layout.
+struct OutPos {
+  long long p, oy, ox;
+};
+
+__device__ OutPos out_pos(const Pool2dShape& s, long long o) {
+  if (s.channels_last) {
+    const long long pix = (o / s.c) % (s.oh * s.ow), n = o / (s.c * s.oh * s.ow);
+    return {n * s.c + o % s.c, pix / s.ow, pix % s.ow};
+  }
+  return {o / (s.ow * s.oh), (o / s.ow) % s.oh, o % s.ow};
+}
+
+// Where pixel q of plane p of the input lies.
+__device__ long long in_at(const Pool2dShape& s, long long p, long long q) {
+  return core::detail::plane_element(s, p, q, s.h * s.w);
+}
+
 template <class T>
 __global__ void max_forward_kernel(Pool2dShape s, const T* x, T* y, long long* indices) {
   const long long total = s.n * s.c * s.oh * s.ow;
   SYNCBN_GRID_STRIDE(o, total) {
-    const long long ox = o % s.ow, oy = (o / s.ow) % s.oh, p = o / (s.ow * s.oh);
-    const T* plane = x + p * s.h * s.w;
+    const OutPos at_out = out_pos(s, o);
+    const long long ox = at_out.ox, oy = at_out.oy, p = at_out.p;
     T best = static_cast<T>(-CUDART_INF);  // stays so for a window that holds no input
     long long at = -1;
     for (long long i = 0; i < s.kh; ++i) {
@@ -57,7 +75,7 @@ __global__ void max_forward_kernel(Pool2dShape s, const T* x, T* y, long long* i
       for (long long j = 0; j < s.kw; ++j) {
         const long long ix = ox * s.stride_w - s.pad_w + j * s.dilation_w;
         if (ix < 0 || ix >= s.w) continue;
-        const T v = plane[iy * s.w + ix];
+        const T v = x[in_at(s, p, iy * s.w + ix)];
         if (at < 0 || v > best || isnan(v)) {
           best = v;
           at = iy * s.w + ix;
@@ -73,8 +91,7 @@ template <class T>
 __global__ void max_backward_kernel(Pool2dShape s, const T* dy, const long long* indices, T* dx) {
   const long long total = s.n * s.c * s.oh * s.ow;
   SYNCBN_GRID_STRIDE(o, total) {
-    const long long p = o / (s.ow * s.oh);
-    if (indices[o] >= 0) atomicAdd(dx + p * s.h * s.w + indices[o], dy[o]);
+    if (indices[o] >= 0) atomicAdd(dx + in_at(s, out_pos(s, o).p, indices[o]), dy[o]);
   }
 }
 
@@ -82,12 +99,11 @@ template <class T, bool Adaptive>
 __global__ void avg_forward_kernel(Pool2dShape s, const T* x, T* y) {
   const long long total = s.n * s.c * s.oh * s.ow;
   SYNCBN_GRID_STRIDE(o, total) {
-    const long long ox = o % s.ow, oy = (o / s.ow) % s.oh, p = o / (s.ow * s.oh);
-    const Window win = Adaptive ? adaptive_window(s, oy, ox) : avg_window(s, oy, ox);
-    const T* plane = x + p * s.h * s.w;
+    const OutPos at_out = out_pos(s, o);
+    const Window win = Adaptive ? adaptive_window(s, at_out.oy, at_out.ox) : avg_window(s, at_out.oy, at_out.ox);
     double acc = 0.0;
     for (long long iy = win.h0; iy < win.h1; ++iy)
-      for (long long ix = win.w0; ix < win.w1; ++ix) acc += static_cast<double>(plane[iy * s.w + ix]);
+      for (long long ix = win.w0; ix < win.w1; ++ix) acc += static_cast<double>(x[in_at(s, at_out.p, iy * s.w + ix)]);
     y[o] = static_cast<T>(acc / win.divisor);
   }
 }
@@ -96,12 +112,11 @@ template <class T, bool Adaptive>
 __global__ void avg_backward_kernel(Pool2dShape s, const T* dy, T* dx) {
   const long long total = s.n * s.c * s.oh * s.ow;
   SYNCBN_GRID_STRIDE(o, total) {
-    const long long ox = o % s.ow, oy = (o / s.ow) % s.oh, p = o / (s.ow * s.oh);
-    const Window win = Adaptive ? adaptive_window(s, oy, ox) : avg_window(s, oy, ox);
+    const OutPos at_out = out_pos(s, o);
+    const Window win = Adaptive ? adaptive_window(s, at_out.oy, at_out.ox) : avg_window(s, at_out.oy, at_out.ox);
     const T g = static_cast<T>(static_cast<double>(dy[o]) / win.divisor);
-    T* plane = dx + p * s.h * s.w;
     for (long long iy = win.h0; iy < win.h1; ++iy)
-      for (long long ix = win.w0; ix < win.w1; ++ix) atomicAdd(plane + iy * s.w + ix, g);
+      for (long long ix = win.w0; ix < win.w1; ++ix) atomicAdd(dx + in_at(s, at_out.p, iy * s.w + ix), g);
   }
 }
 
