@@ -44,6 +44,7 @@ const Case kCases[] = {
     {2, 1100, 3},  // rows wider than the 16-bit staging chunk
     {33, 5, 1},    // (N, C): the same in both layouts
     {0, 6, 3},     // an empty shard
+    {4, 256, 300}, // 1,200 rows of 1 KiB (1.2 MB float32): the sums that prefetch
 };
 
 // Element-wise accuracy of a result rounded to dtype, relative to `scale`.

@@ -773,6 +773,19 @@ std::int64_t column_shifted_sums(const T* x, std::int64_t n, std::int64_t c, con
   });
 }
 
+// Note [Prefetching the column sums]
+// Channels-last gradient sums over rows of 1 to 4 KiB walk a tile of 32 rows
+// one block of 64 channels at a time: each block reads 256 B of every row
+// of the tile, rows 1 KiB apart, in two streams (dy and x). The hardware's
+// prefetchers follow that poorly, and the sums waited on memory: 64x256x14x14
+// channels-last forward+backward took 1.19-1.27x its NCHW time. Each vector
+// now asks for the same place two tiles (64 rows) ahead, into L2: 1.07-1.13x
+// in the same runs (one to four tiles ahead measured alike). Inputs that
+// stay in cache (below 1 MiB, or rows of 4 KiB and more, tiled by 4) do not
+// prefetch: there the extra instructions cost up to a fifth ((256, 1024)
+// with the fused relu).
+constexpr std::int64_t kStreamedBytes = std::int64_t{1} << 20;
+
 // The same over dy and x (or y): s[j] += sum(dz), sx[j] += sum(dz * u),
 // su[j] += sum(u) (add_grad_terms), in float64 lanes (Note [Gradient sums
 // in float64]).
@@ -780,10 +793,23 @@ template <ActivationKind K, bool FromOutput, class T>
 std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::int64_t c,
                                   const ChannelColumns<T>& cols, T alpha, double* s, double* sx, double* su) {
   using A = LaneVec<T, true>;
-  return column_vectors<T, 3, true>(n, c, {s, sx, su}, [&](std::int64_t i, std::int64_t j, A (&acc)[3]) {
-    add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, acc[0], acc[1],
-                                  acc[2], ToWide<T>{});
-  });
+  // Inputs streamed from memory in tiles of 32 rows read two tiles ahead
+  // (Note [Prefetching the column sums]).
+  const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
+  const bool streamed = tile > 4 && n * c * static_cast<std::int64_t>(sizeof(T)) >= kStreamedBytes;
+  const auto sums = [&](auto prefetch) {
+    return column_vectors<T, 3, true>(n, c, {s, sx, su}, [&](std::int64_t i, std::int64_t j, A (&acc)[3]) {
+      if constexpr (decltype(prefetch)::value) {
+        if (i + 2 * tile < n) {
+          __builtin_prefetch(dy + (i + 2 * tile) * c + j, 0, 2);
+          __builtin_prefetch(x + (i + 2 * tile) * c + j, 0, 2);
+        }
+      }
+      add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, acc[0], acc[1],
+                                    acc[2], ToWide<T>{});
+    });
+  };
+  return streamed ? sums(std::true_type{}) : sums(std::false_type{});
 }
 
 // Calls fn(T{}) with T = float (float32 and 16-bit inputs) or double.
