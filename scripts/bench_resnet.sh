@@ -4,7 +4,9 @@
 #      of three steps from the same weights and batch agree);
 #   2. the ResNet training step (bench_resnet_step: 1, 2, 4 CPU devices with
 #      SyncBatchNorm2d, the split, OPENBLAS_NUM_THREADS=1) beside PyTorch's
-#      (bench/torch_resnet_step.py, 1 and 2 threads);
+#      (bench/torch_resnet_step.py, 1 and 2 threads); and the same step
+#      channels-last (--layout nhwc, 1 and 2 devices) beside PyTorch's in
+#      torch.channels_last;
 #   3. the step under OPENBLAS_NUM_THREADS unset, 1 and 2, and 1 with
 #      OPENBLAS_CORETYPE=Haswell (OpenBLAS's AVX2 kernels);
 #   4. Conv2d alone (bench_conv, OpenBLAS at 1 and 2 threads, and 1 with the
@@ -73,6 +75,8 @@ summarize() {
     kept[t, $3] = 1
     if (t == "step" && $7 == "sync") { sync_ms[$5, $6, $3] = $8; if (!($5 in seen_blocks)) { seen_blocks[$5] = 1; blocks[++nb] = $5 } }
     if (t == "torch-step") torch_ms[$5, $6, $3] = $7
+    if (t == "step-cl" && $7 == "sync") cl_ms[$5, $6, $3] = $8
+    if (t == "torch-step-cl") torch_cl_ms[$5, $6, $3] = $7
     key = ""; for (i = 5; i < 5 + k; ++i) key = key " " $i
     id = t SUBSEP key
     if (!(id in seen)) { seen[id] = 1; rows[t, ++nrows[t]] = key }
@@ -100,6 +104,21 @@ summarize() {
           if (((b, 1, r) in sync_ms) && ((b, 2, r) in sync_ms)) r3 = r3 " " sync_ms[b, 1, r] / sync_ms[b, 2, r]
         }
         printf "%-7s %28s %28s %28s\n", b, summary(r1), summary(r2), summary(r3)
+      }
+      # Channels-last: against PyTorch in channels_last, and against its
+      # NCHW step (the faster of its two layouts on the CPU).
+      printf "\n## channels-last step: paired ratios per round: median [min-max] (rounds)\n"
+      printf "%-7s %28s %28s %28s %28s\n", "blocks", "K=1 NHWC / PyTorch CL 1", "K=2 NHWC / PyTorch CL 2",
+             "K=1 NHWC / PyTorch NCHW 1", "K=2 NHWC / PyTorch NCHW 2"
+      for (i = 1; i <= nb; ++i) {
+        b = blocks[i]; r1 = r2 = r3 = r4 = ""
+        for (r = 1; r <= rounds; ++r) {
+          if (((b, 1, r) in cl_ms) && ((b, 1, r) in torch_cl_ms)) r1 = r1 " " cl_ms[b, 1, r] / torch_cl_ms[b, 1, r]
+          if (((b, 2, r) in cl_ms) && ((b, 2, r) in torch_cl_ms)) r2 = r2 " " cl_ms[b, 2, r] / torch_cl_ms[b, 2, r]
+          if (((b, 1, r) in cl_ms) && ((b, 1, r) in torch_ms)) r3 = r3 " " cl_ms[b, 1, r] / torch_ms[b, 1, r]
+          if (((b, 2, r) in cl_ms) && ((b, 2, r) in torch_ms)) r4 = r4 " " cl_ms[b, 2, r] / torch_ms[b, 2, r]
+        }
+        printf "%-7s %28s %28s %28s %28s\n", b, summary(r1), summary(r2), summary(r3), summary(r4)
       }
     }
     printf "\n## foreign load: cores used by other processes during each run, by round\n%-20s", "run"
@@ -221,6 +240,10 @@ fi
 # thread, and K replicas of one thread each (what DataParallel's rule gives
 # them) against PyTorch's K.
 run_step() { OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$build/bench/bench_resnet_step" "${step_flags[@]}" | tag step step "$r" 3,2 >>"$log"; }
+run_step_cl() {
+  OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$build/bench/bench_resnet_step" --layout nhwc --modes sync \
+    --devices-list "cpu:0|cpu:0,cpu:1" "${step_flags[@]}" | tag step-cl step-cl "$r" 3 >>"$log"
+}
 run_blas() {  # run_blas <OPENBLAS_NUM_THREADS or unset> <auto or an OPENBLAS_CORETYPE>
   local vars=(-u OPENBLAS_NUM_THREADS)
   [[ $1 != unset ]] && vars+=("OPENBLAS_NUM_THREADS=$1")
@@ -241,6 +264,10 @@ run_gemm() {  # run_gemm <threads> <auto or an OPENBLAS_CORETYPE>
     tag gemm "gemm-$1-$2" "$r" 2 "threads=$1" "kernels=$2" >>"$log"
 }
 run_torch_step() { "$py" bench/torch_resnet_step.py "${step_flags[@]}" | tag torch-step torch-step "$r" 2 >>"$log"; }
+run_torch_step_cl() {
+  "$py" bench/torch_resnet_step.py --channels-last --no-split "${step_flags[@]}" |
+    tag torch-step-cl torch-step-cl "$r" 2 >>"$log"
+}
 run_torch_conv() { "$py" bench/torch_conv.py "${conv_flags[@]}" | tag torch-conv torch-conv "$r" 2 >>"$log"; }
 
 for ((r = 1; r <= rounds; ++r)); do
@@ -250,6 +277,7 @@ for ((r = 1; r <= rounds; ++r)); do
   for who in "${order[@]}"; do
     if [[ $who == syncbn ]]; then
       measured step "$r" run_step
+      measured step-cl "$r" run_step_cl
       for setting in "unset auto" "1 auto" "2 auto" "1 Haswell"; do
         read -r threads kernels <<<"$setting"
         measured "blas-$threads-$kernels" "$r" run_blas "$threads" "$kernels"
@@ -261,6 +289,7 @@ for ((r = 1; r <= rounds; ++r)); do
       done
     elif [[ $have_torch == 1 ]]; then
       measured torch-step "$r" run_torch_step
+      measured torch-step-cl "$r" run_torch_step_cl
       measured torch-conv "$r" run_torch_conv
     fi
   done
