@@ -47,6 +47,7 @@ struct Flags {
   std::vector<std::int64_t> widths{16, 32, 64};
   std::int64_t blocks = 1;
   std::string bn = "sync";
+  std::string layout = "nchw";  // or "nhwc": the network channels-last
   std::int64_t epochs = 3;
   std::optional<std::int64_t> steps;
   std::string optimizer = "sgd";
@@ -172,6 +173,8 @@ Flags parse_flags(int argc, char** argv) {
       f.blocks = parse_int(flag, value(), 1);
     } else if (flag == "--bn") {
       f.bn = parse_choice(flag, value(), {"sync", "local", "none"});
+    } else if (flag == "--layout") {
+      f.layout = parse_choice(flag, value(), {"nchw", "nhwc"});
     } else if (flag == "--epochs") {
       f.epochs = parse_int(flag, value(), 1);
     } else if (flag == "--steps") {
@@ -256,6 +259,7 @@ std::shared_ptr<nn::Module> make_model(const Flags& f, const std::shared_ptr<com
   options.batch_norm = f.bn != "none";
   options.seed = f.seed;
   options.device = f.devices.front();
+  options.layout = f.layout == "nhwc" ? core::ChannelLayout::Last : core::ChannelLayout::First;
   std::shared_ptr<nn::Module> net = nn::resnet(options);
   return f.bn == "sync" ? nn::convert_sync_batchnorm(net, sync::kDefaultSyncTimeout, world) : net;
 }
@@ -267,16 +271,22 @@ struct Trainer {
   std::optional<parallel::DataParallel> local;
   std::optional<distributed::DistributedDataParallel> distributed;
   std::shared_ptr<comm::ProcessGroup> world;  // null without --dist
+  bool channels_last = false;
 
   Trainer(std::shared_ptr<nn::Module> model, const Flags& f, std::shared_ptr<comm::ProcessGroup> group)
-      : world(std::move(group)) {
+      : world(std::move(group)), channels_last(f.layout == "nhwc") {
     const parallel::DataParallelOptions options{.allow_shared_devices = true};
     if (world)
       distributed.emplace(std::move(model), f.devices, world, distributed::DistributedOptions{.local = options});
     else
       local.emplace(std::move(model), f.devices, std::nullopt, options);
   }
-  Tensor forward(const Tensor& x) { return distributed ? distributed->forward(x) : local->forward(x); }
+  // The data set's NCHW images are permuted as they enter a channels-last
+  // network; inside the step nothing changes layout.
+  Tensor forward(const Tensor& images) {
+    const Tensor x = channels_last ? core::to_channels_last(images) : images;
+    return distributed ? distributed->forward(x) : local->forward(x);
+  }
   Tensor backward(const Tensor& dy) { return distributed ? distributed->backward(dy) : local->backward(dy); }
   void train(bool on) { distributed ? distributed->train(on) : local->train(on); }
   // The sum over the processes (the value itself in one process).
@@ -604,8 +614,9 @@ void print_setup(const Flags& f, nn::Module& model, std::int64_t train_images, s
   std::string devices;
   for (const Device& d : f.devices) devices.append(devices.empty() ? "" : ",").append(d.str());
   const std::string widths = widths_text(f.widths);
-  std::printf("%s: ResNet (widths %s, %lld block(s) per stage), %s parameters, bn %s\n", kProgram, widths.c_str(),
-              static_cast<long long>(f.blocks), with_thousands(count_parameters(model)).c_str(), f.bn.c_str());
+  std::printf("%s: ResNet (widths %s, %lld block(s) per stage), %s parameters, bn %s%s\n", kProgram, widths.c_str(),
+              static_cast<long long>(f.blocks), with_thousands(count_parameters(model)).c_str(), f.bn.c_str(),
+              f.layout == "nhwc" ? ", channels-last" : "");
   if (f.processes > 1)
     std::printf("  %d MPI processes, each on devices %s: %d x %zu replica(s) x %lld images = global batch %lld\n",
                 f.processes, devices.c_str(), f.processes, f.devices.size(), static_cast<long long>(f.per_device_batch),

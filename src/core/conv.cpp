@@ -30,16 +30,13 @@ void check_geometry(const Conv2dGeometry& g, const char* op) {
     SYNCBN_CHECK(g.dilation[d] >= 1, op, ": dilation ", g.dilation[d], ", expected >= 1");
   }
   SYNCBN_CHECK(g.groups >= 1, op, ": groups ", g.groups, ", expected >= 1");
-  SYNCBN_CHECK(g.layout == ChannelLayout::First || g.layout == ChannelLayout::Last, op, ": layout ",
-               static_cast<int>(g.layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(g.layout, op);
 }
-
-const char* dims_of(ChannelLayout layout) { return layout == ChannelLayout::Last ? "(N, H, W, C)" : "(N, C, H, W)"; }
 
 // Resolves and checks the sizes of a convolution of an input of shape x by weight w.
 detail::Conv2dShape resolve(const Shape& x, const Shape& w, const Conv2dGeometry& g, const char* op) {
   check_geometry(g, op);
-  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D ", dims_of(g.layout), " shape");
+  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D ", detail::image_dims(g.layout), " shape");
   const bool last = g.layout == ChannelLayout::Last;
   const std::int64_t channels = x[last ? 3 : 1];
   SYNCBN_CHECK(w[0] % g.groups == 0, op, ": weight has ", w[0], " output channels, expected a multiple of groups (",
@@ -143,8 +140,7 @@ void conv2d_backward_bias_(const Tensor& grad_bias, const Tensor& grad_output, c
 }
 
 void conv2d_backward_bias_(const Tensor& grad_bias, const Tensor& grad_output, ChannelLayout layout, const char* op) {
-  SYNCBN_CHECK(layout == ChannelLayout::First || layout == ChannelLayout::Last, op, ": layout ",
-               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(layout, op);
   check_operand(grad_bias, op, "grad_bias", 1);
   check_operand(grad_output, op, "grad_output", 4);
   check_like(grad_output, grad_bias, op, "grad_output", "grad_bias");

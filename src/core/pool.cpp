@@ -12,7 +12,7 @@ namespace syncbn::core {
 namespace {
 
 void check_operand(const Tensor& t, const char* op, const char* name, ChannelLayout layout) {
-  detail::check_float_operand(t, op, name, 4, layout == ChannelLayout::Last ? "(N, H, W, C)" : "(N, C, H, W)");
+  detail::check_float_operand(t, op, name, 4, detail::image_dims(layout));
 }
 
 void check_grad(const Tensor& grad_output, const Shape& expected, ChannelLayout layout, const char* op) {
@@ -24,8 +24,7 @@ void check_grad(const Tensor& grad_output, const Shape& expected, ChannelLayout 
 // n, c, h and w of a 4-D shape in `layout`, into s.
 void read_dims(detail::Pool2dShape& s, const Shape& x, ChannelLayout layout, const char* op) {
   const bool last = layout == ChannelLayout::Last;
-  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D ", last ? "(N, H, W, C)" : "(N, C, H, W)",
-               " shape");
+  SYNCBN_CHECK(x.rank() == 4, op, ": input has shape ", x, ", expected a 4-D ", detail::image_dims(layout), " shape");
   s.channels_last = last;
   s.n = x[0];
   s.c = x[last ? 3 : 1];
@@ -34,8 +33,7 @@ void read_dims(detail::Pool2dShape& s, const Shape& x, ChannelLayout layout, con
 }
 
 detail::Pool2dShape resolve(const Shape& x, const Pool2dGeometry& g, bool is_max, const char* op) {
-  SYNCBN_CHECK(g.layout == ChannelLayout::First || g.layout == ChannelLayout::Last, op, ": layout ",
-               static_cast<int>(g.layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(g.layout, op);
   for (int d = 0; d < 2; ++d) {
     SYNCBN_CHECK(g.kernel[d] >= 1, op, ": kernel_size ", g.kernel[d], ", expected >= 1");
     SYNCBN_CHECK(g.stride[d] >= 1, op, ": stride ", g.stride[d], ", expected >= 1");
@@ -141,8 +139,7 @@ namespace {
 
 detail::Pool2dShape resolve_adaptive(const Shape& x, std::int64_t out_h, std::int64_t out_w, ChannelLayout layout,
                                      const char* op) {
-  SYNCBN_CHECK(layout == ChannelLayout::First || layout == ChannelLayout::Last, op, ": layout ",
-               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(layout, op);
   detail::Pool2dShape s{};
   read_dims(s, x, layout, op);
   SYNCBN_CHECK(out_h >= 1 && out_w >= 1, op, ": output size ", out_h, "x", out_w, ", expected at least 1x1");

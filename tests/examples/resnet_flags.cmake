@@ -8,6 +8,7 @@ file(WRITE "${WORK_DIR}/junk.safetensors.optim.safetensors" "junk")
 
 set(cases
   "--bn|batch|--bn: expected sync, local or none, got 'batch'"
+  "--layout|nwhc|--layout: expected nchw or nhwc, got 'nwhc'"
   "--epochs|0|--epochs: expected an integer >= 1, got '0'"
   "--per-device-batch|8x|--per-device-batch: expected an integer >= 1, got '8x'"
   "--lr|-1|--lr: expected a number > 0, got '-1'"
