@@ -707,8 +707,12 @@ class ChannelColumns {
 // rows of 256 B were best with 4 (1.04x against 1.13-1.17x with 32), and
 // (256, 1024) keeps the 4 it was tuned with. Tile heights divide the flush
 // period, so every channel still flushes on the same rows.
-inline std::int64_t tile_rows(std::int64_t row_bytes) {
-  return row_bytes >= 1024 && row_bytes < 4096 ? kAddsPerFlush : 4;
+// Sums in float64 lanes (Wide) never flush, and take tiles of 64 such rows:
+// half the partials' loads and stores again, 64x256x14x14 channels-last
+// forward+backward 1.15 -> 1.10 of NCHW (medians of 6 paired runs).
+inline std::int64_t tile_rows(std::int64_t row_bytes, bool wide = false) {
+  if (row_bytes >= 1024 && row_bytes < 4096) return wide ? 2 * kAddsPerFlush : kAddsPerFlush;
+  return 4;
 }
 constexpr int kWideBlock = 4;  // vectors per block
 
@@ -746,7 +750,7 @@ std::int64_t column_vectors(std::int64_t n, std::int64_t c, const std::array<dou
   P* const storage = ScratchScope::take<P>(static_cast<std::size_t>(N * end));
   std::array<P*, N> partials;
   for (int k = 0; k < N; ++k) partials[static_cast<std::size_t>(k)] = storage + k * end;
-  const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
+  const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)), Wide);
   // Float64 lanes need no flush: one period of all rows.
   const std::int64_t period = Wide ? std::max<std::int64_t>(n, 1) : kAddsPerFlush;
   for (std::int64_t i0 = 0; i0 < n; i0 += period) {
@@ -774,13 +778,14 @@ std::int64_t column_shifted_sums(const T* x, std::int64_t n, std::int64_t c, con
 }
 
 // Note [Prefetching the column sums]
-// Channels-last gradient sums over rows of 1 to 4 KiB walk a tile of 32 rows
+// Channels-last gradient sums over rows of 1 to 4 KiB walk a tile of rows
 // one block of 64 channels at a time: each block reads 256 B of every row
 // of the tile, rows 1 KiB apart, in two streams (dy and x). The hardware's
 // prefetchers follow that poorly, and the sums waited on memory: 64x256x14x14
-// channels-last forward+backward took 1.19-1.27x its NCHW time. Each vector
-// now asks for the same place two tiles (64 rows) ahead, into L2: 1.07-1.13x
-// in the same runs (one to four tiles ahead measured alike). Inputs that
+// channels-last forward+backward took 1.19-1.27x its NCHW time (tiles of 32
+// rows). Each vector now asks for the same place 64 rows ahead, into L2:
+// 1.07-1.13x in the same runs (32 to 128 rows ahead measured alike), and
+// with tiles of 64 rows (tile_rows) 1.10 against 1.15 with 32. Inputs that
 // stay in cache (below 1 MiB, or rows of 4 KiB and more, tiled by 4) do not
 // prefetch: there the extra instructions cost up to a fifth ((256, 1024)
 // with the fused relu).
@@ -793,16 +798,16 @@ template <ActivationKind K, bool FromOutput, class T>
 std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::int64_t c,
                                   const ChannelColumns<T>& cols, T alpha, double* s, double* sx, double* su) {
   using A = LaneVec<T, true>;
-  // Inputs streamed from memory in tiles of 32 rows read two tiles ahead
+  // Inputs streamed from memory in tiles of 64 rows read a tile ahead
   // (Note [Prefetching the column sums]).
-  const std::int64_t tile = tile_rows(c * static_cast<std::int64_t>(sizeof(T)));
-  const bool streamed = tile > 4 && n * c * static_cast<std::int64_t>(sizeof(T)) >= kStreamedBytes;
+  const std::int64_t row_bytes = c * static_cast<std::int64_t>(sizeof(T)), tile = tile_rows(row_bytes, true);
+  const bool streamed = tile > 4 && n * row_bytes >= kStreamedBytes;
   const auto sums = [&](auto prefetch) {
     return column_vectors<T, 3, true>(n, c, {s, sx, su}, [&](std::int64_t i, std::int64_t j, A (&acc)[3]) {
       if constexpr (decltype(prefetch)::value) {
-        if (i + 2 * tile < n) {
-          __builtin_prefetch(dy + (i + 2 * tile) * c + j, 0, 2);
-          __builtin_prefetch(x + (i + 2 * tile) * c + j, 0, 2);
+        if (i + tile < n) {
+          __builtin_prefetch(dy + (i + tile) * c + j, 0, 2);
+          __builtin_prefetch(x + (i + tile) * c + j, 0, 2);
         }
       }
       add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, acc[0], acc[1],

@@ -23,13 +23,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "cpu/conv_im2col.hpp"
 
 #include "backend/dispatch.hpp"
-#include "cpu/blas.hpp"
 #include "syncbn/error.hpp"
 
 
@@ -37,14 +35,6 @@ namespace syncbn::cpu::im2col {
 namespace {
 
 using core::detail::Conv2dShape;
-
-// C = op(A) * op(B) + beta * C, row-major, through the BLAS (cpu/blas.hpp).
-template <class T>
-void gemm(const char* op, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, const T* a,
-          std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
-  constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
-  blas_gemm(op, dtype, trans_a, trans_b, m, n, k, 1.0, a, lda, b, ldb, static_cast<double>(beta), c, ldc);
-}
 
 bool needs_lowering(const Conv2dShape& s) {
   return !(s.kh == 1 && s.kw == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0);

@@ -5,10 +5,21 @@
 // the BLAS. The entry points take either layout (Conv2dShape::channels_last).
 
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/kernels.hpp"
+#include "cpu/blas.hpp"
 
 namespace syncbn::cpu::im2col {
+
+/// C = op(A) * op(B) + beta * C for row-major T = float or double operands,
+/// through the BLAS (cpu/blas.hpp): the products of both layouts' stages.
+template <class T>
+void gemm(const char* op, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, const T* a,
+          std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
+  constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
+  blas_gemm(op, dtype, trans_a, trans_b, m, n, k, 1.0, a, lda, b, ldb, static_cast<double>(beta), c, ldc);
+}
 
 void conv_forward(DType dtype, const core::detail::Conv2dShape& s, const void* x, const void* w, const void* bias,
                   void* y);

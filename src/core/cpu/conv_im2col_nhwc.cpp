@@ -19,25 +19,16 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "cpu/conv_im2col.hpp"
 
 #include "backend/dispatch.hpp"
-#include "cpu/blas.hpp"
 
 namespace syncbn::cpu::im2col {
 namespace {
 
 using core::detail::Conv2dShape;
-
-template <class T>
-void gemm(const char* op, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, const T* a,
-          std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c, std::int64_t ldc) {
-  constexpr DType dtype = std::is_same_v<T, float> ? DType::Float32 : DType::Float64;
-  blas_gemm(op, dtype, trans_a, trans_b, m, n, k, 1.0, a, lda, b, ldb, static_cast<double>(beta), c, ldc);
-}
 
 struct Sizes {
   std::int64_t cin, cout, taps, k, l;  // per group: input and output channels; kH * kW; K; L
