@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backend/kernels.hpp"
+#include "operand_checks.hpp"
 #include "syncbn/core/ops.hpp"
 #include "syncbn/error.hpp"
 
@@ -40,8 +41,7 @@ Extents check_input(const Tensor& x, const char* op, ChannelLayout layout = Chan
                layout == ChannelLayout::First ? "(N, C, ...)" : "(N, ..., C)");
   SYNCBN_CHECK(x.dtype() == DType::Float32 || x.dtype() == DType::Float64 || is_reduced_precision(x.dtype()), op,
                ": ", name, " has dtype ", dtype_name(x.dtype()), ", expected float32, float64, float16 or bfloat16");
-  SYNCBN_CHECK(layout == ChannelLayout::First || layout == ChannelLayout::Last, op, ": layout ",
-               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(layout, op);
   if (layout == ChannelLayout::Last) {
     std::int64_t rows = 1;
     for (int i = 0; i + 1 < x.rank(); ++i) rows *= x.size(i);

@@ -1,7 +1,7 @@
 #pragma once
-// The argument checks the convolution and pooling stages share: a defined
-// float32 or float64 operand of a given rank, named in the error by the
-// entry point the user called (`op`).
+// The argument checks the convolution, pooling and batch-norm stages share
+// (a defined float32 or float64 operand of a given rank, a known layout),
+// named in the error by the entry point the user called (`op`).
 
 #include "syncbn/core/channel_layout.hpp"
 #include "syncbn/core/tensor.hpp"

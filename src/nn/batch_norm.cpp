@@ -51,8 +51,7 @@ BatchNorm::BatchNorm(std::string kind, int spatial_dims, std::int64_t num_featur
                  ": renorm corrects the batch's statistics towards the running ones, expected track_running_stats = "
                  "true and freeze = false");
   }
-  SYNCBN_CHECK(options.layout == ChannelLayout::First || options.layout == ChannelLayout::Last, kind_, ": layout ",
-               static_cast<int>(options.layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(options.layout, kind_);
   options.activation.check(kind_);
   SYNCBN_CHECK(!options.inplace || options.activation.invertible(), kind_,
                ": inplace recovers the input from the output, expected an invertible activation (identity, "

@@ -26,8 +26,7 @@ Conv2d::Conv2d(std::int64_t in_channels, std::int64_t out_channels, Size2 kernel
                ", expected >= 1");
   SYNCBN_CHECK(options.dtype == DType::Float32 || options.dtype == DType::Float64, "Conv2d: dtype ",
                dtype_name(options.dtype), ", expected float32 or float64");
-  SYNCBN_CHECK(options.layout == core::ChannelLayout::First || options.layout == core::ChannelLayout::Last,
-               "Conv2d: layout ", static_cast<int>(options.layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(options.layout, "Conv2d");
   geometry_ = {options.stride.array(), options.padding.array(), options.dilation.array(), options.groups,
                options.layout};
   // PyTorch's default: kaiming_uniform(a = sqrt(5)) for the weight, which is

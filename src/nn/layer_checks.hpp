@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "syncbn/core/channel_layout.hpp"
 #include "syncbn/error.hpp"
 #include "syncbn/core/tensor.hpp"
 
@@ -24,6 +25,18 @@ inline void check_backward(bool has_forward, const Tensor& grad, const Shape& ou
   SYNCBN_CHECK(grad.defined(), layer, ": grad_output is undefined, expected a tensor");
   SYNCBN_CHECK(grad.shape() == output_shape, layer, ": grad_output has shape ", grad.shape(), ", expected ",
                output_shape, " (the shape of the output)");
+}
+
+/// Checks that `layout` is ChannelLayout::First or Last (an option read from
+/// an integer may be neither).
+inline void check_layout(core::ChannelLayout layout, const std::string& layer) {
+  SYNCBN_CHECK(layout == core::ChannelLayout::First || layout == core::ChannelLayout::Last, layer, ": layout ",
+               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
+}
+
+/// The dimensions of an image batch in `layout`, for messages.
+inline const char* image_dims(core::ChannelLayout layout) {
+  return layout == core::ChannelLayout::Last ? "(N, H, W, C)" : "(N, C, H, W)";
 }
 
 }  // namespace syncbn::nn::detail

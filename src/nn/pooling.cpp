@@ -7,11 +7,6 @@
 namespace syncbn::nn {
 namespace {
 
-void check_layout(core::ChannelLayout layout, const char* layer) {
-  SYNCBN_CHECK(layout == core::ChannelLayout::First || layout == core::ChannelLayout::Last, layer, ": layout ",
-               static_cast<int>(layout), ", expected ChannelLayout::First or Last");
-}
-
 core::Pool2dGeometry make_geometry(const char* layer, Size2 kernel, std::optional<Size2> stride, Size2 padding,
                                    Size2 dilation, bool ceil_mode, bool count_include_pad, core::ChannelLayout layout) {
   const Size2 s = stride.value_or(kernel);
@@ -20,7 +15,7 @@ core::Pool2dGeometry make_geometry(const char* layer, Size2 kernel, std::optiona
   SYNCBN_CHECK(dilation.h >= 1 && dilation.w >= 1, layer, ": dilation ", dilation.str(), ", expected >= 1");
   SYNCBN_CHECK(padding.h >= 0 && padding.w >= 0 && padding.h <= kernel.h / 2 && padding.w <= kernel.w / 2, layer,
                ": padding ", padding.str(), ", expected between 0 and half the kernel size ", kernel.str());
-  check_layout(layout, layer);
+  detail::check_layout(layout, layer);
   core::Pool2dGeometry g;
   g.layout = layout;
   g.kernel = kernel.array();
@@ -36,8 +31,7 @@ Size2 size2(const std::array<std::int64_t, 2>& a) { return Size2(a[0], a[1]); }
 
 void check_input(const Tensor& input, const std::string& layer, core::ChannelLayout layout) {
   SYNCBN_CHECK(input.defined(), layer, ": input is undefined, expected a tensor");
-  SYNCBN_CHECK(input.rank() == 4, layer, ": expected 4-D input ",
-               layout == core::ChannelLayout::Last ? "(N, H, W, C)" : "(N, C, H, W)", ", got ", input.rank(),
+  SYNCBN_CHECK(input.rank() == 4, layer, ": expected 4-D input ", detail::image_dims(layout), ", got ", input.rank(),
                "-D input of shape ", input.shape());
 }
 
@@ -110,7 +104,7 @@ AdaptiveAvgPool2d::AdaptiveAvgPool2d(Size2 output_size, core::ChannelLayout layo
     : output_size_(output_size), layout_(layout) {
   SYNCBN_CHECK(output_size.h >= 1 && output_size.w >= 1, "AdaptiveAvgPool2d: output_size ", output_size.str(),
                ", expected >= 1");
-  check_layout(layout, "AdaptiveAvgPool2d");
+  detail::check_layout(layout, "AdaptiveAvgPool2d");
 }
 
 std::string AdaptiveAvgPool2d::describe() const {

@@ -103,8 +103,7 @@ std::shared_ptr<Sequential> resnet(const ResNetOptions& options) {
                ", expected >= 1");
   SYNCBN_CHECK(options.in_channels >= 1 && options.num_classes >= 1, "resnet: in_channels ", options.in_channels,
                " and num_classes ", options.num_classes, ", expected both >= 1");
-  SYNCBN_CHECK(options.layout == core::ChannelLayout::First || options.layout == core::ChannelLayout::Last,
-               "resnet: layout ", static_cast<int>(options.layout), ", expected ChannelLayout::First or Last");
+  detail::check_layout(options.layout, "resnet");
   const core::ChannelLayout layout = options.layout;
   auto net = std::make_shared<Sequential>();
   std::uint64_t stream = 0;

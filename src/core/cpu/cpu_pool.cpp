@@ -17,13 +17,18 @@ namespace {
 
 using core::detail::Pool2dShape;
 
-// Offsets of pixel q of plane p in the input and in the output, in the
-// shape's layout (core::detail::plane_element).
-std::int64_t in_at(const Pool2dShape& s, std::int64_t p, std::int64_t q) {
-  return core::detail::plane_element(s, p, q, s.h * s.w);
+// Where the pixels of one plane lie, in the shape's layout
+// (core::detail::plane_element): pixel q at base + q * step. Made once per
+// plane, so that the loops over pixels do no division.
+struct Plane {
+  std::int64_t base, step;
+  std::int64_t operator[](std::int64_t q) const { return base + q * step; }
+};
+Plane in_plane(const Pool2dShape& s, std::int64_t p) {
+  return {core::detail::plane_element(s, p, 0, s.h * s.w), s.channels_last ? s.c : 1};
 }
-std::int64_t out_at(const Pool2dShape& s, std::int64_t p, std::int64_t q) {
-  return core::detail::plane_element(s, p, q, s.oh * s.ow);
+Plane out_plane(const Pool2dShape& s, std::int64_t p) {
+  return {core::detail::plane_element(s, p, 0, s.oh * s.ow), s.channels_last ? s.c : 1};
 }
 
 // The first row (column) of adaptive window i of `out` over `in`, and one past its last.
@@ -51,6 +56,7 @@ AvgWindow avg_window(const Pool2dShape& s, std::int64_t oy, std::int64_t ox) {
 template <class T>
 void max_forward_typed(const Pool2dShape& s, const T* x, T* y, std::int64_t* indices) {
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
+    const Plane in = in_plane(s, p), out = out_plane(s, p);
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         T best = -std::numeric_limits<T>::infinity();
@@ -61,7 +67,7 @@ void max_forward_typed(const Pool2dShape& s, const T* x, T* y, std::int64_t* ind
           for (std::int64_t j = 0; j < s.kw; ++j) {
             const std::int64_t ix = ox * s.stride_w - s.pad_w + j * s.dilation_w;
             if (ix < 0 || ix >= s.w) continue;
-            const T v = x[in_at(s, p, iy * s.w + ix)];
+            const T v = x[in[iy * s.w + ix]];
             // The first maximum wins ties; a NaN replaces anything (PyTorch).
             if (at < 0 || v > best || std::isnan(v)) {
               best = v;
@@ -69,7 +75,7 @@ void max_forward_typed(const Pool2dShape& s, const T* x, T* y, std::int64_t* ind
             }
           }
         }
-        const std::int64_t o = out_at(s, p, oy * s.ow + ox);
+        const std::int64_t o = out[oy * s.ow + ox];
         y[o] = best;
         indices[o] = at;
       }
@@ -82,9 +88,10 @@ void max_backward_typed(const Pool2dShape& s, const T* dy, const std::int64_t* i
   std::fill(dx, dx + s.n * s.c * s.h * s.w, T(0));
   const std::int64_t l = s.oh * s.ow;
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
+    const Plane in = in_plane(s, p), out = out_plane(s, p);
     for (std::int64_t q = 0; q < l; ++q) {
-      const std::int64_t o = out_at(s, p, q);
-      if (indices[o] >= 0) dx[in_at(s, p, indices[o])] += dy[o];
+      const std::int64_t o = out[q];
+      if (indices[o] >= 0) dx[in[indices[o]]] += dy[o];
     }
   }
 }
@@ -92,13 +99,14 @@ void max_backward_typed(const Pool2dShape& s, const T* dy, const std::int64_t* i
 template <class T>
 void avg_forward_typed(const Pool2dShape& s, const T* x, T* y) {
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
+    const Plane in = in_plane(s, p), out = out_plane(s, p);
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const AvgWindow win = avg_window(s, oy, ox);
         double acc = 0.0;
         for (std::int64_t iy = win.h0; iy < win.h1; ++iy)
-          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) acc += static_cast<double>(x[in_at(s, p, iy * s.w + ix)]);
-        y[out_at(s, p, oy * s.ow + ox)] = static_cast<T>(acc / win.divisor);
+          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) acc += static_cast<double>(x[in[iy * s.w + ix]]);
+        y[out[oy * s.ow + ox]] = static_cast<T>(acc / win.divisor);
       }
     }
   }
@@ -108,12 +116,13 @@ template <class T>
 void avg_backward_typed(const Pool2dShape& s, const T* dy, T* dx) {
   std::fill(dx, dx + s.n * s.c * s.h * s.w, T(0));
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
+    const Plane in = in_plane(s, p), out = out_plane(s, p);
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const AvgWindow win = avg_window(s, oy, ox);
-        const T g = static_cast<T>(static_cast<double>(dy[out_at(s, p, oy * s.ow + ox)]) / win.divisor);
+        const T g = static_cast<T>(static_cast<double>(dy[out[oy * s.ow + ox]]) / win.divisor);
         for (std::int64_t iy = win.h0; iy < win.h1; ++iy)
-          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) dx[in_at(s, p, iy * s.w + ix)] += g;
+          for (std::int64_t ix = win.w0; ix < win.w1; ++ix) dx[in[iy * s.w + ix]] += g;
       }
     }
   }
@@ -122,14 +131,15 @@ void avg_backward_typed(const Pool2dShape& s, const T* dy, T* dx) {
 template <class T>
 void adaptive_forward_typed(const Pool2dShape& s, const T* x, T* y) {
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
+    const Plane in = in_plane(s, p), out = out_plane(s, p);
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       const std::int64_t h0 = adaptive_start(oy, s.h, s.oh), h1 = adaptive_end(oy, s.h, s.oh);
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const std::int64_t w0 = adaptive_start(ox, s.w, s.ow), w1 = adaptive_end(ox, s.w, s.ow);
         double acc = 0.0;
         for (std::int64_t iy = h0; iy < h1; ++iy)
-          for (std::int64_t ix = w0; ix < w1; ++ix) acc += static_cast<double>(x[in_at(s, p, iy * s.w + ix)]);
-        y[out_at(s, p, oy * s.ow + ox)] = static_cast<T>(acc / static_cast<double>((h1 - h0) * (w1 - w0)));
+          for (std::int64_t ix = w0; ix < w1; ++ix) acc += static_cast<double>(x[in[iy * s.w + ix]]);
+        y[out[oy * s.ow + ox]] = static_cast<T>(acc / static_cast<double>((h1 - h0) * (w1 - w0)));
       }
     }
   }
@@ -139,14 +149,15 @@ template <class T>
 void adaptive_backward_typed(const Pool2dShape& s, const T* dy, T* dx) {
   std::fill(dx, dx + s.n * s.c * s.h * s.w, T(0));
   for (std::int64_t p = 0; p < s.n * s.c; ++p) {
+    const Plane in = in_plane(s, p), out = out_plane(s, p);
     for (std::int64_t oy = 0; oy < s.oh; ++oy) {
       const std::int64_t h0 = adaptive_start(oy, s.h, s.oh), h1 = adaptive_end(oy, s.h, s.oh);
       for (std::int64_t ox = 0; ox < s.ow; ++ox) {
         const std::int64_t w0 = adaptive_start(ox, s.w, s.ow), w1 = adaptive_end(ox, s.w, s.ow);
-        const T g = static_cast<T>(static_cast<double>(dy[out_at(s, p, oy * s.ow + ox)]) /
+        const T g = static_cast<T>(static_cast<double>(dy[out[oy * s.ow + ox]]) /
                                    static_cast<double>((h1 - h0) * (w1 - w0)));
         for (std::int64_t iy = h0; iy < h1; ++iy)
-          for (std::int64_t ix = w0; ix < w1; ++ix) dx[in_at(s, p, iy * s.w + ix)] += g;
+          for (std::int64_t ix = w0; ix < w1; ++ix) dx[in[iy * s.w + ix]] += g;
       }
     }
   }
