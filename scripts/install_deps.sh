@@ -3,7 +3,8 @@
 # missing: a C++20 compiler, CMake >= 3.25, Ninja, Catch2 (v2, Debian's
 # package), OpenBLAS (the CPU convolutions and matrix products; a build
 # without a BLAS refuses CPU convolutions), oneDNN (the CPU convolutions'
-# second engine, float32: libdnnl-dev), OpenMPI (syncbn::distributed's process
+# second engine, float32: libdnnl-dev, with ocl-icd-opencl-dev, which
+# Debian's oneDNN CMake package requires though syncbn never runs OpenCL), OpenMPI (syncbn::distributed's process
 # groups and mpirun for the multi-process tests), nlohmann-json (the
 # safetensors header), zlib (gzip-compressed datasets) and Fashion-MNIST (Debian's dataset-fashion-mnist, which the data
 # tests and the demo read) and libtorch (Debian's libtorch-dev, CPU only: the
@@ -12,7 +13,7 @@
 # Extra packages can be named as arguments (e.g. gnuplot-nox for the plots).
 set -euo pipefail
 
-packages=(cmake g++ ninja-build catch2 libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist libtorch-dev "$@")
+packages=(cmake g++ ninja-build catch2 libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libopenmpi-dev openmpi-bin nlohmann-json3-dev zlib1g-dev dataset-fashion-mnist libtorch-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
