@@ -66,8 +66,9 @@ Shape permuted_shape(const Shape& shape, ChannelLayout from) {
 // batch_norm_apply computes y = act(z), z = (x - mean) * scale + shift, in
 // the same pass. Backward needs dz = dy * act'(z) in place of dy: the
 // kernels recompute z from x and the forward coefficients while they read
-// them, so the fused layer keeps x only, as batch norm alone, and no
-// separate activation output exists. In the in-place mode (from_output) x is
+// them (or, for relu on the CPU, read the forward's z > 0 as bits: Note
+// [The relu mask]), so the fused layer keeps x only, as batch norm alone,
+// and no separate activation output exists. In the in-place mode (from_output) x is
 // not kept at all: y overwrote it, and the kernels recover z = act^-1(y),
 // act'(z) from y (y > 0 exactly where z > 0; elu's alpha * exp(z) is
 // y + alpha) and x - mean = (z - shift) / scale, inplace_abn's inversion.
@@ -81,8 +82,53 @@ void check_form(const BatchNormForm& form, const char* op) {
                "(z), expected an invertible activation (identity, leaky_relu with a slope > 0, elu)");
 }
 
-detail::BatchNormFusion fusion_of(const BatchNormForm& form) {
-  return {form.activation.kind, form.activation.alpha, form.from_output};
+detail::BatchNormFusion fusion_of(const BatchNormForm& form, std::uint8_t* relu_mask = nullptr) {
+  return {form.activation.kind, form.activation.alpha, form.from_output, relu_mask};
+}
+
+// Note [The relu mask]
+// A fused relu's backward needs z > 0 for every element. Recomputed from x
+// and the forward's coefficients (two multiply-adds, a compare and a
+// select per vector, in both backward passes), it made forward+backward of
+// (256, 1024), which stays in cache and is bound by instructions, not
+// memory, 1.19-1.27x plain batch norm's time, its two backward passes
+// 1.37x and 1.40x theirs. So the CPU forward also writes z > 0 as bits, a
+// thirty-second of a float32 tensor, and the backward reads dz = dy where
+// the bit is set and is then plain batch norm's kernel
+// (docs/performance.md, "The relu mask"). One bit per element, eight to a
+// byte; each run of the kernels (a row of channels for l == 1, a channel's
+// values of one sample otherwise) starts on a byte of its own, so that
+// every vector of eight starts on one. The CPU keeps it for float32 and
+// the 16-bit types (float64 vectors hold four lanes, and nothing there is
+// bound by these instructions); CUDA recomputes z, as the CPU does without
+// a mask. The mask is the forward's z > 0 exactly (relu(NaN) = 0, and its
+// gradient 0, as before): gradients with and without it are equal bit for
+// bit.
+
+// Whether the stages of `form` on x keep a relu mask (batch_norm_relu_mask).
+bool keeps_relu_mask(const Tensor& x, const BatchNormForm& form) {
+  return form.activation.kind == ActivationKind::Relu && !form.from_output && x.device().is_cpu() &&
+         x.dtype() != DType::Float64;
+}
+
+// The relu mask's bytes of x viewed as (n, c, l), as an int64 tensor holds them.
+Shape relu_mask_shape(std::int64_t n, std::int64_t c, std::int64_t l) {
+  return Shape{(detail::relu_mask_bytes(n, c, l) + 7) / 8};
+}
+
+// The mask's bytes for the kernels: null for an undefined mask, else
+// checked against what batch_norm_relu_mask makes for x.
+std::uint8_t* relu_mask_of(const Tensor& mask, const Tensor& x, const BatchNormForm& form, std::int64_t n,
+                           std::int64_t c, std::int64_t l, const char* op) {
+  if (!mask.defined()) return nullptr;
+  SYNCBN_CHECK(keeps_relu_mask(x, form), op, ": relu_mask given for ", form.activation.name(),
+               form.from_output ? " from the output" : "", " on ", dtype_name(x.dtype()), " data on ", x.device(),
+               ", expected an undefined tensor (a mask is kept for relu from x on the CPU, float32 or 16-bit data)");
+  const Shape expected = relu_mask_shape(n, c, l);
+  SYNCBN_CHECK(mask.dtype() == DType::Int64 && mask.shape() == expected && mask.device() == x.device(), op,
+               ": relu_mask is ", dtype_name(mask.dtype()), " ", mask.shape(), " on ", mask.device(), ", expected int64 ",
+               expected, " on ", x.device(), " (batch_norm_relu_mask of x)");
+  return static_cast<std::uint8_t*>(mask.raw_data());
 }
 
 // grad_output as the kernels read it: checked against `saved` (its shape in
@@ -385,14 +431,24 @@ Tensor batch_norm_coefficients(const Tensor& mean, const Tensor& invstd, const T
   return coef;
 }
 
-Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form) {
+Tensor batch_norm_relu_mask(const Tensor& x, const BatchNormForm& form) {
+  constexpr const char* op = "batch_norm_relu_mask";
+  const auto [n, c, l] = check_input(x, op, form.layout);
+  check_form(form, op);
+  if (!keeps_relu_mask(x, form)) return Tensor();
+  return Tensor::empty(relu_mask_shape(n, c, l), DType::Int64, x.device());
+}
+
+Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form,
+                        const Tensor& relu_mask) {
   constexpr const char* op = "batch_norm_apply";
   const auto [n, c, l] = check_input(x, op, form.layout);
   check_form(form, op);
   check_coefficients(coefficients, c, 4, x.device(), op, "coefficients");
+  std::uint8_t* const mask = relu_mask_of(relu_mask, x, form, n, c, l, op);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   kernels(x.device()).apply(x.device(), x.dtype(), n, c, l, x.raw_data(), coefficients.data<double>(),
-                            fusion_of(form), y.raw_data());
+                            fusion_of(form, mask), y.raw_data());
   return y;
 }
 
@@ -406,16 +462,17 @@ void batch_norm_apply_(const Tensor& x, const Tensor& coefficients, const BatchN
 }
 
 ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
-                                     const BatchNormForm& form) {
+                                     const BatchNormForm& form, const Tensor& relu_mask) {
   constexpr const char* op = "batch_norm_grad_sums";
   const auto [n, c, l] = check_input(saved, op, form.layout, form.from_output ? "y" : "x");
   check_form(form, op);
   check_coefficients(coefficients, c, 4, saved.device(), op, "coefficients");
+  std::uint8_t* const mask = relu_mask_of(relu_mask, saved, form, n, c, l, op);
   const Tensor dy = grad_in_layout(grad_output, saved, form, op);
   const Device device = saved.device();
   ChannelGradSums out{channel_tensor(c, device), channel_tensor(c, device), channel_tensor(c, device)};
   kernels(device).backward_reduce(device, saved.dtype(), n, c, l, dy.raw_data(), saved.raw_data(),
-                                  coefficients.data<double>(), fusion_of(form), out.sum_dy.data<double>(),
+                                  coefficients.data<double>(), fusion_of(form, mask), out.sum_dy.data<double>(),
                                   out.sum_dy_xmu.data<double>(), out.sum_xmu.data<double>());
   return out;
 }
@@ -485,17 +542,19 @@ void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, 
 }
 
 Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
-                                 const Tensor& backward_coefficients, const BatchNormForm& form) {
+                                 const Tensor& backward_coefficients, const BatchNormForm& form,
+                                 const Tensor& relu_mask) {
   constexpr const char* op = "batch_norm_backward_apply";
   const auto [n, c, l] = check_input(saved, op, form.layout, form.from_output ? "y" : "x");
   check_form(form, op);
   check_coefficients(coefficients, c, 4, saved.device(), op, "coefficients");
   check_coefficients(backward_coefficients, c, 3, saved.device(), op, "backward_coefficients");
+  std::uint8_t* const mask = relu_mask_of(relu_mask, saved, form, n, c, l, op);
   const Tensor dy = grad_in_layout(grad_output, saved, form, op);
   Tensor dx = Tensor::empty(saved.shape(), saved.dtype(), saved.device());
   kernels(saved.device()).backward_apply(saved.device(), saved.dtype(), n, c, l, dy.raw_data(), saved.raw_data(),
                                          coefficients.data<double>(), backward_coefficients.data<double>(),
-                                         fusion_of(form), dx.raw_data());
+                                         fusion_of(form, mask), dx.raw_data());
   return dx;
 }
 

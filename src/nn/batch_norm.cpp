@@ -441,19 +441,16 @@ Tensor BatchNorm::forward(const Tensor& input) {
   for (std::size_t k = 0; k < norms.size(); ++k) {
     GroupStats& norm = norms[k];
     Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
-    if (next.segments_per_group == 0) {  // the whole batch, one segment
-      if (options_.inplace)
-        core::batch_norm_apply_(input, coef, how);
-      else
-        out = core::batch_norm_apply(input, coef, how);
-    } else {
-      const Tensor x = row_of(input, k);
-      if (options_.inplace)
-        core::batch_norm_apply_(x, coef, how);
-      else
-        row_of(out, k).copy_(core::batch_norm_apply(x, coef, how));
-    }
-    next.segments.push_back(SavedSegment{std::move(coef), std::move(norm.invstd), norm.count});
+    const Tensor x = next.segments_per_group == 0 ? input : row_of(input, k);
+    // The fused relu's mask (Note [The relu mask] in core/batch_norm.cpp).
+    Tensor mask = options_.inplace ? Tensor() : core::batch_norm_relu_mask(x, how);
+    if (options_.inplace)
+      core::batch_norm_apply_(x, coef, how);
+    else if (next.segments_per_group == 0)  // the whole batch, one segment
+      out = core::batch_norm_apply(x, coef, how, mask);
+    else
+      row_of(out, k).copy_(core::batch_norm_apply(x, coef, how, mask));
+    next.segments.push_back(SavedSegment{std::move(coef), std::move(norm.invstd), norm.count, std::move(mask)});
   }
   next.input = options_.inplace ? out : input;
   saved_ = std::move(next);
@@ -492,9 +489,10 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
   std::vector<core::ChannelGradSums> local;
   local.reserve(saved.segments.size());
   for (std::size_t k = 0; k < saved.segments.size(); ++k)
-    local.push_back(whole ? core::batch_norm_grad_sums(grad_output, saved.input, saved.segments[k].coef, how)
+    local.push_back(whole ? core::batch_norm_grad_sums(grad_output, saved.input, saved.segments[k].coef, how,
+                                                       saved.segments[k].relu_mask)
                           : core::batch_norm_grad_sums(row_of(grad_output, k), row_of(saved.input, k),
-                                                       saved.segments[k].coef, how));
+                                                       saved.segments[k].coef, how, saved.segments[k].relu_mask));
   // With batch statistics the mean and variance depend on every input of
   // the group, so the group's sums enter dx; with running statistics they
   // do not.
@@ -512,11 +510,11 @@ Tensor BatchNorm::backward(const Tensor& grad_output) {
     const Tensor coef_b = core::batch_norm_backward_coefficients(saved.batch_stats ? segment.count : 0, segment.invstd,
                                                                  weight, total[k], options_.dtype, clamp_eps);
     if (whole) {
-      dx = core::batch_norm_backward_apply(grad_output, saved.input, segment.coef, coef_b, how);
+      dx = core::batch_norm_backward_apply(grad_output, saved.input, segment.coef, coef_b, how, segment.relu_mask);
       continue;
     }
-    row_of(dx, k).copy_(
-        core::batch_norm_backward_apply(row_of(grad_output, k), row_of(saved.input, k), segment.coef, coef_b, how));
+    row_of(dx, k).copy_(core::batch_norm_backward_apply(row_of(grad_output, k), row_of(saved.input, k), segment.coef,
+                                                        coef_b, how, segment.relu_mask));
   }
   add_param_grads(saved, local, total);
   return dx;

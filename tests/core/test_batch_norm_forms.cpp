@@ -51,6 +51,11 @@ const Case kCases[] = {
 // [Prefetching the column sums]).
 const Case kLayoutCases[] = {kCases[0], kCases[1], kCases[2], kCases[3], kCases[4], {4, 256, 256}};
 
+// kCases, rows of 16 channels that fold eight to a row with three left over
+// (Note [Folded rows]), and runs of 1,100 values (two 16-bit staging chunks
+// each): where the relu mask's bytes fall.
+const Case kMaskCases[] = {kCases[0], kCases[1], kCases[2], kCases[3], kCases[4], {43, 16, 1}, {2, 3, 1100}};
+
 // Element-wise accuracy of a result rounded to dtype, relative to `scale`.
 double tolerance(DType dtype) {
   switch (dtype) {
@@ -252,6 +257,57 @@ TEST_CASE("Fused activations match batch norm followed by the activation, also w
   check_close(first_values(dx, layout), want_dx, dx_scale, tolerance(dtype), "dx");
 }
 
+TEST_CASE("The relu mask gives the outputs and gradients of recomputing z, bit for bit",
+          "[core][batchnorm][activation][levels]") {
+  const Case s = GENERATE(from_range(std::begin(kMaskCases), std::end(kMaskCases)));
+  const DType dtype = GENERATE(DType::Float32, DType::Float64, DType::Float16, DType::BFloat16);
+  const ChannelLayout layout = GENERATE(ChannelLayout::First, ChannelLayout::Last);
+  CAPTURE(kSeed, s, dtype, core::channel_layout_name(layout), test_device());
+  const DType param = dtype == DType::Float64 ? DType::Float64 : DType::Float32;
+  const Channels ch = channels(s.c, 0.5);
+  const Tensor x =
+      in_layout(Tensor::randn(Shape{s.n, s.c, s.l}, kSeed + 31, dtype, test_device(), 0.5, 1.5), layout);
+  const Tensor dy = in_layout(Tensor::randn(Shape{s.n, s.c, s.l}, kSeed + 32, dtype, test_device(), 0.1, 1.0), layout);
+  const core::BatchNormForm form{layout, std::nullopt, Activation::relu(), false};
+  const Tensor mask = core::batch_norm_relu_mask(x, form);
+  const bool kept = test_device().is_cpu() && dtype != DType::Float64;
+  REQUIRE(mask.defined() == kept);
+  if (!kept) return;
+  CHECK(mask.dtype() == DType::Int64);
+  // Other forms keep none.
+  CHECK_FALSE(core::batch_norm_relu_mask(x, {layout, std::nullopt, Activation::identity(), false}).defined());
+  CHECK_FALSE(core::batch_norm_relu_mask(x, {layout, std::nullopt, Activation::leaky_relu(0.1), true}).defined());
+
+  const Tensor w = channel_values(ch.weight).to(param), b = channel_values(ch.bias).to(param);
+  const Tensor coef = core::batch_norm_coefficients(channel_values(ch.mean), channel_values(ch.invstd), w, b, param);
+  const Tensor y = core::batch_norm_apply(x, coef, form, mask);
+  CHECK(y.to_vector<double>() == core::batch_norm_apply(x, coef, form).to_vector<double>());
+  const core::ChannelGradSums with = core::batch_norm_grad_sums(dy, x, coef, form, mask);
+  const core::ChannelGradSums without = core::batch_norm_grad_sums(dy, x, coef, form);
+  CHECK(with.sum_dy.to_vector<double>() == without.sum_dy.to_vector<double>());
+  CHECK(with.sum_dy_xmu.to_vector<double>() == without.sum_dy_xmu.to_vector<double>());
+  CHECK(with.sum_xmu.to_vector<double>() == without.sum_xmu.to_vector<double>());
+  const std::int64_t count = 2 * s.n * s.l;
+  const spec::GradSums spec_sums{with.sum_dy.to_vector<double>(), with.sum_dy_xmu.to_vector<double>(),
+                                 with.sum_xmu.to_vector<double>()};
+  const Tensor coef_b = backward_coefficients(count, ch, w, spec_sums, param);
+  CHECK(core::batch_norm_backward_apply(dy, x, coef, coef_b, form, mask).to_vector<double>() ==
+        core::batch_norm_backward_apply(dy, x, coef, coef_b, form).to_vector<double>());
+
+  // The backward reads the mask it is given: a forward whose every z is
+  // negative (bias -1e6) leaves no bit set, and no dy then reaches the sums.
+  Channels negative = ch;
+  for (double& v : negative.bias) v = -1e6;
+  const Tensor coef_negative = core::batch_norm_coefficients(
+      channel_values(ch.mean), channel_values(ch.invstd), w, channel_values(negative.bias).to(param), param);
+  const Tensor none_set = core::batch_norm_relu_mask(x, form);
+  (void)core::batch_norm_apply(x, coef_negative, form, none_set);
+  const core::ChannelGradSums cut = core::batch_norm_grad_sums(dy, x, coef, form, none_set);
+  CHECK(cut.sum_dy.to_vector<double>() == Vec(static_cast<std::size_t>(s.c), 0.0));
+  CHECK(cut.sum_dy_xmu.to_vector<double>() == Vec(static_cast<std::size_t>(s.c), 0.0));
+  if (x.numel() > 0) CHECK(without.sum_dy.to_vector<double>() != Vec(static_cast<std::size_t>(s.c), 0.0));
+}
+
 TEST_CASE("Layout changes place every element and reject what they cannot permute", "[core][batchnorm][layout]") {
   const DType dtype = GENERATE(DType::Float32, DType::Float64, DType::Float16, DType::Int64);
   CAPTURE(dtype, test_device());
@@ -294,6 +350,19 @@ TEST_CASE("Batch-norm forms reject what they cannot compute, naming the stage", 
                        InvalidArgument,
                        MessageIs("batch_norm_grad_sums: grad_output has shape (4, 3, 2), expected (4, 2, 3) (x's, "
                                  "channels-last)"));
+  // A relu mask where none is kept, or of another tensor.
+  if (dev.is_cpu()) {
+    const core::BatchNormForm relu{ChannelLayout::First, std::nullopt, Activation::relu(), false};
+    const Tensor mask = core::batch_norm_relu_mask(x, relu);
+    CHECK_THROWS_MATCHES(core::batch_norm_apply(x, coef, {}, mask), InvalidArgument,
+                         MessageIs("batch_norm_apply: relu_mask given for identity on float32 data on cpu:0, expected "
+                                   "an undefined tensor (a mask is kept for relu from x on the CPU, float32 or 16-bit "
+                                   "data)"));
+    const Tensor wide = Tensor::randn(Shape{4, 3, 20}, kSeed, DType::Float32, dev);
+    CHECK_THROWS_MATCHES(core::batch_norm_grad_sums(wide, wide, coef, relu, mask), InvalidArgument,
+                         MessageIs("batch_norm_grad_sums: relu_mask is int64 (2) on cpu:0, expected int64 (5) on "
+                                   "cpu:0 (batch_norm_relu_mask of x)"));
+  }
   // Channels-last x of 2 channels: the coefficients of 3 do not fit.
   CHECK_THROWS_MATCHES(core::batch_norm_apply(x, coef, {ChannelLayout::Last, std::nullopt, {}, false}), InvalidArgument,
                        MessageIs("batch_norm_apply: coefficients has dtype float64 and shape (12), expected float64 (8) "

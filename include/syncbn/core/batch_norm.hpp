@@ -130,10 +130,20 @@ RenormFactors batch_renorm_factors(const Tensor& mean, const Tensor& invstd, con
 Tensor batch_norm_coefficients(const Tensor& mean, const Tensor& invstd, const Tensor& weight, const Tensor& bias,
                                DType param_dtype);
 
+/// Storage for the fused relu's mask of x (Note [The relu mask] in
+/// core/batch_norm.cpp): z > 0 as bits, which batch_norm_apply fills and
+/// the backward stages read instead of recomputing z (the same gradients,
+/// faster). An int64 tensor on x's device where the stages keep one (relu
+/// from x, CPU, float32 or 16-bit data); undefined otherwise, which every
+/// stage takes as "recompute".
+Tensor batch_norm_relu_mask(const Tensor& x, const BatchNormForm& form);
+
 /// y = act((x - mean) * invstd * weight + bias), with the coefficients of
 /// batch_norm_coefficients and form.activation; y has x's shape, dtype and
-/// device (and layout).
-Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form = {});
+/// device (and layout). A defined relu_mask (batch_norm_relu_mask of x) is
+/// filled with this forward's mask.
+Tensor batch_norm_apply(const Tensor& x, const Tensor& coefficients, const BatchNormForm& form = {},
+                        const Tensor& relu_mask = {});
 
 /// The same, written into x itself (the in-place mode; x must not share
 /// memory with a tensor still needed).
@@ -143,8 +153,9 @@ void batch_norm_apply_(const Tensor& x, const Tensor& coefficients, const BatchN
 /// channel, dz = dy * act'(z), with the mean of the forward's coefficients. `saved` is x, or y
 /// with form.from_output; grad_output has its dtype and device, and its
 /// shape or, in the other layout, the permuted shape.
+/// A defined relu_mask is the one batch_norm_apply filled for this x.
 ChannelGradSums batch_norm_grad_sums(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
-                                     const BatchNormForm& form = {});
+                                     const BatchNormForm& form = {}, const Tensor& relu_mask = {});
 
 /// The coefficients of batch_norm_backward_apply from the gradient sums over
 /// all `count` values per channel of the batch (or ghost group), taken about
@@ -170,7 +181,9 @@ void batch_norm_param_grads(const Tensor& grad_weight, const Tensor& grad_bias, 
 /// invstd * weight, with the forward's and the backward coefficients,
 /// computed in float64 and rounded once to x's dtype; dx has saved's shape
 /// and layout (saved and grad_output as for batch_norm_grad_sums).
+/// relu_mask as for batch_norm_grad_sums.
 Tensor batch_norm_backward_apply(const Tensor& grad_output, const Tensor& saved, const Tensor& coefficients,
-                                 const Tensor& backward_coefficients, const BatchNormForm& form = {});
+                                 const Tensor& backward_coefficients, const BatchNormForm& form = {},
+                                 const Tensor& relu_mask = {});
 
 }  // namespace syncbn::core

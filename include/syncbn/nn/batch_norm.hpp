@@ -220,6 +220,7 @@ class BatchNorm : public Module {
     Tensor coef;
     Tensor invstd;
     std::int64_t count = 0;
+    Tensor relu_mask;  // core::batch_norm_relu_mask's, where the stages keep one
   };
   // What forward keeps for backward. A forward builds a new one and installs
   // it only once it has succeeded, so that a refused forward leaves the

@@ -117,11 +117,27 @@ struct ActivationKernels {
 /// [Fused activation] in core/batch_norm.cpp), checked by the caller: alpha
 /// is LeakyRelu's slope (>= 0) or Elu's alpha (> 0); from_output needs an
 /// invertible activation (not Relu) and a non-zero scale in every channel.
+/// relu_mask (Note [The relu mask] in core/batch_norm.cpp): where set, z > 0
+/// as bits, which apply writes and the backward kernels read in place of
+/// recomputing z; set only for Relu from x on the CPU, for float32 and the
+/// 16-bit types (relu_mask_bytes of them), null everywhere else.
 struct BatchNormFusion {
   ActivationKind kind = ActivationKind::Identity;
   double alpha = 0.0;
   bool from_output = false;
+  std::uint8_t* relu_mask = nullptr;
 };
+
+/// The CPU's relu mask of x viewed as (n, c, l): one bit per element, a
+/// byte per eight, each run starting on a byte of its own: a row of c
+/// channels when l == 1 (channels-last and (N, C) input), a channel's l
+/// values of one sample otherwise.
+constexpr std::int64_t relu_mask_run_bytes(std::int64_t c, std::int64_t l) noexcept {
+  return ((l == 1 ? c : l) + 7) / 8;
+}
+constexpr std::int64_t relu_mask_bytes(std::int64_t n, std::int64_t c, std::int64_t l) noexcept {
+  return (l == 1 ? n : n * c) * relu_mask_run_bytes(c, l);
+}
 
 /// Batch normalization over x viewed as (n, c, l): channel j holds the n*l
 /// elements x[i][j][k]. Statistics and coefficients are float64 arrays of

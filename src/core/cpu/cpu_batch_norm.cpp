@@ -236,19 +236,24 @@ void cpu_forward_coefficients(Device /*device*/, DType param_dtype, std::int64_t
 // streams row by row (the coefficient table stays in L1); measured faster
 // than column blocks, which suit the reductions. `out_run(offset, len,
 // compute)` writes a computed run (in place, or converted to 16 bits).
+// `mask`: the relu mask to write, or null.
 template <ActivationKind K, class T, class OutRun>
 void apply_rows(bool direct, std::int64_t n, std::int64_t c, const void* x, const double* coef, T alpha, void* y,
-                OutRun&& out_run, DType dtype) {
+                OutRun&& out_run, DType dtype, std::uint8_t* mask) {
   const ForwardCoef f(coef, c);
   const ForwardTable<T> table(c, [&](std::int64_t j, auto q) { return forward_term<T, decltype(q)::value>(f, j); });
+  const std::int64_t mask_row = core::detail::relu_mask_run_bytes(c, 1);
   for (std::int64_t i = 0; i < n; ++i) {
+    std::uint8_t* const row_mask = mask != nullptr ? mask + i * mask_row : nullptr;
     if (direct) {
-      row_normalize<K>(static_cast<const T*>(x) + i * c, static_cast<T*>(y) + i * c, 0, c, table, alpha);
+      row_normalize<K>(static_cast<const T*>(x) + i * c, static_cast<T*>(y) + i * c, 0, c, table, alpha, row_mask);
       continue;
     }
     std::int64_t done = 0;
     for_runs<T>(x, dtype, i * c, c, [&](const T* row, std::int64_t len) {
-      out_run(i * c + done, len, [&](T* out) { row_normalize<K>(row, out, done, len, table, alpha); });
+      // done is a multiple of the chunk, so each run starts on a mask byte.
+      std::uint8_t* const run_mask = row_mask != nullptr ? row_mask + done / 8 : nullptr;
+      out_run(i * c + done, len, [&](T* out) { row_normalize<K>(row, out, done, len, table, alpha, run_mask); });
       done += len;
     });
   }
@@ -257,15 +262,18 @@ void apply_rows(bool direct, std::int64_t n, std::int64_t c, const void* x, cons
 // Apply over planes: channels-first (N, C, L), run by run.
 template <ActivationKind K, class T, class OutRun>
 void apply_planes(std::int64_t n, std::int64_t c, std::int64_t l, const void* x, const double* coef, T alpha,
-                  OutRun&& out_run, DType dtype) {
+                  OutRun&& out_run, DType dtype, std::uint8_t* mask) {
   const ForwardCoef f(coef, c);
+  const std::int64_t mask_run = core::detail::relu_mask_run_bytes(c, l);
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < c; ++j) {
       const auto terms = forward_terms<T>(f, j);
       std::int64_t done = 0;
       const std::int64_t base = (i * c + j) * l;
+      std::uint8_t* const plane_mask = mask != nullptr ? mask + (i * c + j) * mask_run : nullptr;
       for_runs<T>(x, dtype, base, l, [&](const T* p, std::int64_t len) {
-        out_run(base + done, len, [&](T* out) { normalize_run<K, T>(p, out, len, terms, alpha); });
+        std::uint8_t* const run_mask = plane_mask != nullptr ? plane_mask + done / 8 : nullptr;
+        out_run(base + done, len, [&](T* out) { normalize_run<K, T>(p, out, len, terms, alpha, run_mask); });
         done += len;
       });
     }
@@ -275,9 +283,10 @@ void apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c
                const double* coef, const BatchNormFusion& fusion, void* y) {
   dispatch_compute(dtype, [&](auto tag) {
     using T = decltype(tag);
-    dispatch_fusion(fusion, [&](auto kind, auto) {
+    dispatch_fusion(fusion, [&](auto kind, auto, auto masked) {
       constexpr ActivationKind K = decltype(kind)::value;
       const T alpha = static_cast<T>(fusion.alpha);
+      std::uint8_t* const mask = decltype(masked)::value && kMaskable<T> ? fusion.relu_mask : nullptr;
       const bool direct = dtype == DType::Float32 || dtype == DType::Float64;
       std::vector<T> out_buffer(direct ? 0 : static_cast<std::size_t>(kChunk));
       // Writes a computed run: in place for float32/float64, converted otherwise.
@@ -290,9 +299,9 @@ void apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c
         }
       };
       if (l == 1)
-        apply_rows<K, T>(direct, n, c, x, coef, alpha, y, out_run, dtype);
+        apply_rows<K, T>(direct, n, c, x, coef, alpha, y, out_run, dtype, mask);
       else
-        apply_planes<K, T>(n, c, l, x, coef, alpha, out_run, dtype);
+        apply_planes<K, T>(n, c, l, x, coef, alpha, out_run, dtype, mask);
     });
   });
 }
@@ -325,20 +334,23 @@ struct GradSumsOut {
 
 // Gradient sums over rows: (N, C) input and channels-last. `both(offset,
 // len, fn)` calls fn(dy_run, x_run, len) over matching runs of dy and x.
-template <ActivationKind K, bool FromOutput, class T, class Both>
+// `mask`: the relu mask when Masked (K is then the identity).
+template <ActivationKind K, bool FromOutput, class T, bool Masked, class Both>
 void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void* dy, const void* x,
-                        const double* coef, T alpha, const GradSumsOut& out, Both&& both) {
+                        const double* coef, T alpha, const GradSumsOut& out, Both&& both, const std::uint8_t* mask) {
   const ChannelColumns<T> cols(coef, c);
+  const std::int64_t mask_row = core::detail::relu_mask_run_bytes(c, 1);
   if (direct) {
     const T* gs = static_cast<const T*>(dy);
     const T* xs = static_cast<const T*>(x);
-    const std::int64_t done =
-        column_gradient_sums<K, FromOutput>(gs, xs, n, c, cols, alpha, out.sum_dy, out.sum_dy_xmu, out.sum_xmu);
+    const std::int64_t done = column_gradient_sums<K, FromOutput, T, Masked>(gs, xs, n, c, cols, alpha, out.sum_dy,
+                                                                             out.sum_dy_xmu, out.sum_xmu, mask);
     for (std::int64_t j = done; j < c; ++j) {
       const ChannelTerms<T> t = cols.at(j);
       for (std::int64_t i = 0; i < n; ++i)
-        add_grad_terms<K, FromOutput>(gs[i * c + j], xs[i * c + j], t, alpha, out.sum_dy[j], out.sum_dy_xmu[j],
-                                      out.sum_xmu[j], ToWide<T>{});
+        add_grad_terms<K, FromOutput>(grad_one<Masked>(gs + i * c, Masked ? mask + i * mask_row : nullptr, j),
+                                      xs[i * c + j], t, alpha, out.sum_dy[j], out.sum_dy_xmu[j], out.sum_xmu[j],
+                                      ToWide<T>{});
     }
     return;
   }
@@ -349,7 +361,8 @@ void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void*
       const ChannelTerms<const T*> at{planes.hi + done,          planes.lo + done,     planes.half_hi + done,
                                       planes.twice_scale + done, planes.offset + done, planes.shift + done};
       const GradSumsOut part = out.at(done);
-      row_gradient_sums<K, FromOutput>(g, xp, len, at, alpha, part.sum_dy, part.sum_dy_xmu, part.sum_xmu);
+      row_gradient_sums<K, FromOutput, T, Masked>(g, xp, len, at, alpha, part.sum_dy, part.sum_dy_xmu, part.sum_xmu,
+                                                  Masked ? mask + i * mask_row + done / 8 : nullptr);
       done += len;
     });
   }
@@ -357,17 +370,21 @@ void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void*
 
 // Gradient sums over planes: channels-first (N, C, L), in memory order with
 // one accumulator set per channel, as the statistics.
-template <ActivationKind K, bool FromOutput, class T, class Both>
+template <ActivationKind K, bool FromOutput, class T, bool Masked, class Both>
 void gradient_sums_planes(std::int64_t n, std::int64_t c, std::int64_t l, const double* coef, T alpha,
-                          const GradSumsOut& out, Both&& both) {
+                          const GradSumsOut& out, Both&& both, const std::uint8_t* mask) {
   std::vector<GradLaneSums<T>> sums(static_cast<std::size_t>(c));
   const ForwardCoef f(coef, c);
+  const std::int64_t mask_run = core::detail::relu_mask_run_bytes(c, l);
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < c; ++j) {
       const ChannelTerms<T> t = channel_terms<T>(f, j);
       auto& sum = sums[static_cast<std::size_t>(j)];
+      std::int64_t done = 0;
       both((i * c + j) * l, l, [&](const T* g, const T* xp, std::int64_t len) {
-        gradient_sums<K, FromOutput>(g, xp, len, t, alpha, sum);
+        gradient_sums<K, FromOutput, T, Masked>(g, xp, len, t, alpha, sum,
+                                                Masked ? mask + (i * c + j) * mask_run + done / 8 : nullptr);
+        done += len;
       });
     }
   for (std::int64_t j = 0; j < c; ++j) {
@@ -381,9 +398,9 @@ void gradient_sums_planes(std::int64_t n, std::int64_t c, std::int64_t l, const 
 
 // The fast sums of cpu_backward_reduce (float64 lanes and partials for every
 // dtype, Note [Gradient sums in float64]).
-template <ActivationKind K, bool FromOutput, class T>
+template <ActivationKind K, bool FromOutput, class T, bool Masked>
 void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* dy, const void* x,
-                        const double* coef, T alpha, const GradSumsOut& out) {
+                        const double* coef, T alpha, const GradSumsOut& out, const std::uint8_t* mask) {
   std::fill(out.sum_dy, out.sum_dy + c, 0.0);
   std::fill(out.sum_dy_xmu, out.sum_dy_xmu + c, 0.0);
   std::fill(out.sum_xmu, out.sum_xmu + c, 0.0);
@@ -402,9 +419,9 @@ void fast_gradient_sums(DType dtype, std::int64_t n, std::int64_t c, std::int64_
     });
   };
   if (l == 1)
-    gradient_sums_rows<K, FromOutput, T>(direct, n, c, dy, x, coef, alpha, out, both);
+    gradient_sums_rows<K, FromOutput, T, Masked>(direct, n, c, dy, x, coef, alpha, out, both, mask);
   else
-    gradient_sums_planes<K, FromOutput, T>(n, c, l, coef, alpha, out, both);
+    gradient_sums_planes<K, FromOutput, T, Masked>(n, c, l, coef, alpha, out, both, mask);
 }
 
 void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l,
@@ -413,11 +430,13 @@ void cpu_backward_reduce(Device /*device*/, DType dtype, std::int64_t n, std::in
   const ScratchScope scratch;
   dispatch_compute(dtype, [&](auto tag) {
     using T = decltype(tag);
-    dispatch_fusion(fusion, [&](auto kind, auto from_output) {
+    dispatch_fusion(fusion, [&](auto kind, auto from_output, auto masked) {
       constexpr ActivationKind K = decltype(kind)::value;
       constexpr bool kFromOutput = decltype(from_output)::value;
-      fast_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, static_cast<T>(fusion.alpha),
-                                            GradSumsOut{sum_dy, sum_dy_xmu, sum_xmu});
+      constexpr bool kMasked = decltype(masked)::value && kMaskable<T>;
+      fast_gradient_sums<kBackwardKind<K, kMasked>, kFromOutput, T, kMasked>(
+          dtype, n, c, l, dy, x, coef, static_cast<T>(fusion.alpha), GradSumsOut{sum_dy, sum_dy_xmu, sum_xmu},
+          fusion.relu_mask);
       center_gradient_sums<kFromOutput>(c, n * l, coef, sum_dy, sum_dy_xmu, sum_xmu);
       redo_overflowed_gradient_sums<K, kFromOutput, T>(dtype, n, c, l, dy, x, coef, fusion.alpha, sum_dy, sum_dy_xmu,
                                                        sum_xmu);
@@ -478,9 +497,10 @@ void cpu_accumulate_param_grads(Device /*device*/, DType param_dtype, std::int64
 
 // Backward apply over rows: (N, C) input and channels-last. `runs(offset,
 // len, fn)` calls fn(dy_run, x_run, dx_run, len) over matching runs.
-template <ActivationKind K, bool FromOutput, class T, class Runs>
+template <ActivationKind K, bool FromOutput, class T, bool Masked, class Runs>
 void backward_apply_rows(std::int64_t n, std::int64_t c, const double* coef, const double* coef_b, T alpha,
-                         Runs&& runs) {
+                         Runs&& runs, const std::uint8_t* mask) {
+  const std::int64_t mask_row = core::detail::relu_mask_run_bytes(c, 1);
   const ForwardCoef f(coef, c);
   const BackwardCoef bc(coef_b, c);
   const BackwardTable<T> table(
@@ -489,24 +509,29 @@ void backward_apply_rows(std::int64_t n, std::int64_t c, const double* coef, con
   for (std::int64_t i = 0; i < n; ++i) {
     std::int64_t done = 0;
     runs(i * c, c, [&](const T* g, const T* xp, T* out, std::int64_t len) {
-      row_backward<K, FromOutput>(g, xp, out, done, len, cols.planes(), alpha, table);
+      row_backward<K, FromOutput, T, Masked>(g, xp, out, done, len, cols.planes(), alpha, table,
+                                             Masked ? mask + i * mask_row + done / 8 : nullptr);
       done += len;
     });
   }
 }
 
 // Backward apply over planes: channels-first (N, C, L), run by run.
-template <ActivationKind K, bool FromOutput, class T, class Runs>
+template <ActivationKind K, bool FromOutput, class T, bool Masked, class Runs>
 void backward_apply_planes(std::int64_t n, std::int64_t c, std::int64_t l, const double* coef, const double* coef_b,
-                           T alpha, Runs&& runs) {
+                           T alpha, Runs&& runs, const std::uint8_t* mask) {
   const ForwardCoef f(coef, c);
   const BackwardCoef bc(coef_b, c);
+  const std::int64_t mask_run = core::detail::relu_mask_run_bytes(c, l);
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = 0; j < c; ++j) {
       const auto terms = backward_terms<FromOutput>(f, bc, j);
       const ChannelTerms<T> ct = channel_terms<T>(f, j);
+      std::int64_t done = 0;
       runs((i * c + j) * l, l, [&](const T* gp, const T* xp, T* out, std::int64_t len) {
-        backward_run<K, FromOutput, T>(gp, xp, out, len, ct, alpha, terms);
+        backward_run<K, FromOutput, T, Masked>(gp, xp, out, len, ct, alpha, terms,
+                                               Masked ? mask + (i * c + j) * mask_run + done / 8 : nullptr);
+        done += len;
       });
     }
 }
@@ -516,8 +541,9 @@ void backward_apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::
                         const BatchNormFusion& fusion, void* dx) {
   dispatch_compute(dtype, [&](auto tag) {
     using T = decltype(tag);
-    dispatch_fusion(fusion, [&](auto kind, auto from_output) {
-      constexpr ActivationKind K = decltype(kind)::value;
+    dispatch_fusion(fusion, [&](auto kind, auto from_output, auto masked) {
+      constexpr bool kMasked = decltype(masked)::value && kMaskable<T>;
+      constexpr ActivationKind K = kBackwardKind<decltype(kind)::value, kMasked>;
       constexpr bool kFromOutput = decltype(from_output)::value;
       const T alpha = static_cast<T>(fusion.alpha);
       const bool direct = dtype == DType::Float32 || dtype == DType::Float64;
@@ -538,9 +564,9 @@ void backward_apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::
         });
       };
       if (l == 1)
-        backward_apply_rows<K, kFromOutput, T>(n, c, coef, coef_b, alpha, runs);
+        backward_apply_rows<K, kFromOutput, T, kMasked>(n, c, coef, coef_b, alpha, runs, fusion.relu_mask);
       else
-        backward_apply_planes<K, kFromOutput, T>(n, c, l, coef, coef_b, alpha, runs);
+        backward_apply_planes<K, kFromOutput, T, kMasked>(n, c, l, coef, coef_b, alpha, runs, fusion.relu_mask);
     });
   });
 }
@@ -557,9 +583,13 @@ void backward_apply_kernel(Device /*device*/, DType dtype, std::int64_t n, std::
 // 1.5-1.7x slower: their column tiles already span many rows.)
 
 // R for n rows of c elements of dtype (l == 1), or 0 to read them as they are.
-std::int64_t fold_factor(std::int64_t n, std::int64_t c, std::int64_t l, DType dtype) {
+// A relu mask is kept per row of c (Note [The relu mask] in
+// core/batch_norm.cpp): folded rows keep its layout only where c fills
+// whole mask bytes.
+std::int64_t fold_factor(std::int64_t n, std::int64_t c, std::int64_t l, DType dtype, const BatchNormFusion& fusion) {
   const auto size = static_cast<std::int64_t>(dtype_size(dtype));
   if (l != 1 || c <= 0 || c * size >= 512) return 0;
+  if (fusion.relu_mask != nullptr && c % 8 != 0) return 0;
   constexpr std::int64_t kBlockChannels = 32;  // whole 4-vector blocks of float32 lanes, two of float64
   std::int64_t r = 1;
   while (r * c * size < 512 || (r * c) % kBlockChannels != 0) ++r;
@@ -575,6 +605,13 @@ const double* repeat_planes(const double* coef, std::int64_t c, int planes, std:
   return out;
 }
 
+// fusion with its relu mask (if any) from element `elements` of rows whose
+// width fills whole mask bytes.
+BatchNormFusion mask_from(BatchNormFusion fusion, std::int64_t elements) {
+  if (fusion.relu_mask != nullptr) fusion.relu_mask += elements / 8;
+  return fusion;
+}
+
 const void* offset_rows(const void* p, DType dtype, std::int64_t elements) {
   return static_cast<const char*>(p) + elements * static_cast<std::int64_t>(dtype_size(dtype));
 }
@@ -585,14 +622,14 @@ void* offset_rows(void* p, DType dtype, std::int64_t elements) {
 void cpu_apply(Device device, DType dtype, std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
                const double* coef, const BatchNormFusion& fusion, void* y) {
   const ScratchScope scratch;
-  const std::int64_t r = fold_factor(n, c, l, dtype);
+  const std::int64_t r = fold_factor(n, c, l, dtype, fusion);
   if (r == 0) {
     apply_kernel(device, dtype, n, c, l, x, coef, fusion, y);
     return;
   }
   const std::int64_t wide = n / r, done = wide * r * c;
   apply_kernel(device, dtype, wide, r * c, 1, x, repeat_planes(coef, c, 4, r), fusion, y);
-  apply_kernel(device, dtype, n - wide * r, c, 1, offset_rows(x, dtype, done), coef, fusion,
+  apply_kernel(device, dtype, n - wide * r, c, 1, offset_rows(x, dtype, done), coef, mask_from(fusion, done),
                offset_rows(y, dtype, done));
 }
 
@@ -600,7 +637,7 @@ void cpu_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_t
                         const void* x, const double* coef, const double* coef_b, const BatchNormFusion& fusion,
                         void* dx) {
   const ScratchScope scratch;
-  const std::int64_t r = fold_factor(n, c, l, dtype);
+  const std::int64_t r = fold_factor(n, c, l, dtype, fusion);
   if (r == 0) {
     backward_apply_kernel(device, dtype, n, c, l, dy, x, coef, coef_b, fusion, dx);
     return;
@@ -609,7 +646,7 @@ void cpu_backward_apply(Device device, DType dtype, std::int64_t n, std::int64_t
   backward_apply_kernel(device, dtype, wide, r * c, 1, dy, x, repeat_planes(coef, c, 4, r),
                         repeat_planes(coef_b, c, 3, r), fusion, dx);
   backward_apply_kernel(device, dtype, n - wide * r, c, 1, offset_rows(dy, dtype, done), offset_rows(x, dtype, done),
-                        coef, coef_b, fusion, offset_rows(dx, dtype, done));
+                        coef, coef_b, mask_from(fusion, done), offset_rows(dx, dtype, done));
 }
 
 }  // namespace
