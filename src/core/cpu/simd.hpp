@@ -104,6 +104,10 @@ inline std::uint8_t positive_lanes(Vec<float> v) {
 #endif
 }
 
+/// widen(v) where bit k of `bits` is set, 0 in the other lanes: at the
+/// AVX-512 level the conversion's own mask, no instruction more.
+inline WideVec<float> widen_kept(std::uint8_t bits, Vec<float> v);
+
 /// v where bit k of `bits` is set, 0 in the other lanes.
 inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
@@ -117,6 +121,15 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
   const Lanes bit_of_lane{1, 2, 4, 8, 16, 32, 64, 128};
   const Lanes keep = ((Lanes{} + static_cast<std::int32_t>(bits)) & bit_of_lane) != 0;  // all ones or zero
   return reinterpret_cast<Vec<float>>(reinterpret_cast<Lanes>(v) & keep);
+#endif
+}
+
+inline WideVec<float> widen_kept(std::uint8_t bits, Vec<float> v) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  __asm__("" : "+v"(v));  // a plain load of v, as in keep_lanes
+  return reinterpret_cast<WideVec<float>>(_mm512_maskz_cvtps_pd(bits, reinterpret_cast<__m256>(v)));
+#else
+  return widen<float>(keep_lanes(bits, v));
 #endif
 }
 
