@@ -442,8 +442,9 @@ Tensor BatchNorm::forward(const Tensor& input) {
     GroupStats& norm = norms[k];
     Tensor coef = core::batch_norm_coefficients(norm.mean, norm.invstd, weight, bias, options_.dtype);
     const Tensor x = next.segments_per_group == 0 ? input : row_of(input, k);
-    // The fused relu's mask (Note [The relu mask] in core/batch_norm.cpp).
-    Tensor mask = options_.inplace ? Tensor() : core::batch_norm_relu_mask(x, how);
+    // The fused relu's mask (Note [The relu mask] in core/batch_norm.cpp);
+    // none in place, whose form reads the output.
+    Tensor mask = core::batch_norm_relu_mask(x, how);
     if (options_.inplace)
       core::batch_norm_apply_(x, coef, how);
     else if (next.segments_per_group == 0)  // the whole batch, one segment

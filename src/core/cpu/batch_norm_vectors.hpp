@@ -339,6 +339,14 @@ struct ToWide {
 template <class T>
 constexpr bool kMaskable = std::is_same_v<T, float>;
 
+// The mask's bytes of run `run` (a row, or one sample's channel; runs of
+// run_bytes, relu_mask_run_bytes) from its element `done` (a multiple of 8),
+// or null where there is no mask.
+template <class Byte>
+Byte* mask_of_run(Byte* mask, std::int64_t run, std::int64_t run_bytes, std::int64_t done = 0) {
+  return mask != nullptr ? mask + run * run_bytes + done / 8 : nullptr;
+}
+
 inline bool mask_bit(const std::uint8_t* mask, std::int64_t i) { return ((mask[i >> 3] >> (i & 7)) & 1) != 0; }
 
 // float64 lanes of dz = dy where the mask's byte is set.
@@ -940,7 +948,7 @@ std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::
       }
       add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, acc[0], acc[1],
                                     acc[2], ToWide<T>{},
-                                    dz_wide<Masked, T>(Masked ? mask + i * mask_row : nullptr, j));
+                                    dz_wide<Masked, T>(mask_of_run(mask, i, mask_row), j));
     });
   };
   return streamed ? sums(std::true_type{}) : sums(std::false_type{});
