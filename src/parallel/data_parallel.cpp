@@ -112,7 +112,9 @@ namespace {
 // OMP_NUM_THREADS set); one device in one process keeps the default. The
 // oneDNN convolutions follow the same rule, set per replica worker when it
 // starts (their OpenMP threads are a per-thread setting:
-// replica_threads.hpp), unless OMP_NUM_THREADS is set.
+// replica_threads.hpp), unless OMP_NUM_THREADS is set. In a build with
+// oneDNN, Auto's engine search then leaves the BLAS one thread per call
+// (Note [One pool of threads beside oneDNN] in src/core/cpu/conv_engines.cpp).
 void share_cores_with_blas(const std::vector<Device>& devices) {
   if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("OMP_NUM_THREADS") != nullptr) return;
   if (const int threads = detail::cpu_threads_per_replica(devices); threads > 0) cpu::set_blas_threads(threads);

@@ -9,6 +9,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <thread>
@@ -106,6 +107,36 @@ TEST_CASE("Auto measures both engines once per layer shape and stage and keeps t
   CHECK(cpu::conv_engine_choices().size() == 4);
   cpu::clear_conv_engine_choices();
   CHECK(cpu::conv_engine_choices().empty());
+}
+
+TEST_CASE("Auto's search leaves the BLAS one thread per call unless the user chose its threads",
+          "[core][conv][engines][threads]") {
+  if (syncbn::testing::test_on_cuda()) SYNCBN_SKIP("the CPU engines: nothing to test on " << test_device());
+  if (!cpu::has_onednn() || !cpu::has_blas()) SYNCBN_SKIP("this build has one CPU convolution engine, nothing to choose");
+  if (cpu::blas_threads() == 0) SYNCBN_SKIP("this build's BLAS cannot be told its threads");
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("GOTO_NUM_THREADS") != nullptr)
+    SYNCBN_SKIP("OPENBLAS_NUM_THREADS or GOTO_NUM_THREADS is set: the search keeps the user's choice");
+  const int before = cpu::blas_threads();
+  const Tensor x = Tensor::randn(Shape{2, 8, 7, 7}, kSeed), w = Tensor::randn(Shape{8, 8, 3, 3}, kSeed + 1);
+  const core::Conv2dGeometry g{{1, 1}, {1, 1}, {1, 1}, 1};
+  {
+    const PinnedEngine pinned(cpu::ConvEngine::Im2col);
+    REQUIRE(cpu::set_blas_threads(2));
+    (void)core::conv2d(x, w, Tensor(), g);
+    CHECK(cpu::blas_threads() == 2);  // no search, no change
+  }
+  {
+    const PinnedEngine pinned(cpu::ConvEngine::Auto);
+    cpu::clear_conv_engine_choices();
+    (void)core::conv2d(x, w, Tensor(), g);
+    CHECK(cpu::conv_engine_choices().size() == 1);
+    CHECK(cpu::blas_threads() == 1);  // the search gave the cores to oneDNN's OpenMP threads
+    REQUIRE(cpu::set_blas_threads(2));
+    (void)core::conv2d(x, w, Tensor(), g);  // a known shape: no search
+    CHECK(cpu::blas_threads() == 2);
+    cpu::clear_conv_engine_choices();
+  }
+  cpu::set_blas_threads(before);
 }
 
 TEST_CASE("The convolution engine setting names its engines and refuses what the build lacks",

@@ -68,7 +68,10 @@ void set_gemm_engine(GemmEngine engine);
 /// one other than OpenBLAS.
 int blas_threads() noexcept;
 /// Sets them (DataParallel over several CPU devices sets them itself: Note
-/// [BLAS threads] in src/parallel/data_parallel.cpp). Returns false, changing nothing,
+/// [BLAS threads] in src/parallel/data_parallel.cpp; so does Auto's search of
+/// a convolution engine, to one thread, unless OPENBLAS_NUM_THREADS is set:
+/// Note [One pool of threads beside oneDNN] in src/core/cpu/conv_engines.cpp).
+/// Returns false, changing nothing,
 /// when the BLAS cannot be told (no BLAS, or one other than OpenBLAS).
 /// Throws InvalidArgument for threads < 1.
 bool set_blas_threads(int threads);

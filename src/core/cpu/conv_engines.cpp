@@ -129,10 +129,40 @@ double ms_of(const std::function<void()>& run) {
 // kept: one pair alone let a moment of load on a shared machine decide.
 constexpr int kTrialPairs = 3;
 
+// Note [One pool of threads beside oneDNN]
+// The two engines run on two thread pools: oneDNN on the calling thread's
+// OpenMP team, the BLAS of im2col on OpenBLAS's own workers, which keep
+// spinning for about 0.1 s (2^28 cycles, OpenBLAS's default timeout) after
+// each call that used them. With both pools at one thread per core, every
+// oneDNN run in that time shares its cores with spinning workers: measured
+// on 2 cores with the defaults (2 OpenBLAS threads, 2 OpenMP threads), the
+// oneDNN trials right after im2col's took 15-31 ms where they take 0.6-1.0,
+// and in each of three runs of the ResNet step Auto put one 3x3 layer's
+// stage on im2col that way (the step 63 ms instead of 41 when it was the
+// 64x64x7x7 weight gradient). im2col's own per-sample products gain nothing
+// from OpenBLAS's threads here either (pinned, 64x32x14x14 forward and
+// backward 13.5 ms at 2 threads, 8.6 at 1). So, unless the user chose
+// (OPENBLAS_NUM_THREADS or GOTO_NUM_THREADS set), Auto gives the BLAS one
+// thread per call before it measures, and the cores stay with oneDNN's
+// OpenMP threads, one pool. A later set_blas_threads holds until the next
+// search. With OPENBLAS_THREAD_TIMEOUT=4 (workers that stop spinning at
+// once) the trials were right at 2 BLAS threads as well. What this cannot
+// reach: OpenBLAS's workers also spin for their first 0.1 s after the
+// library loads, so a search that early (a benchmark's first layer) can
+// still see them: the 1-channel stem's forward went to im2col in about
+// half the starts of bench_conv (0.25 against 0.17 ms); stopping the
+// workers would need OpenBLAS's internal shutdown, unsafe while another
+// thread is in a call.
+void leave_cores_to_openmp() {
+  if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("GOTO_NUM_THREADS") != nullptr) return;
+  if (blas_threads() > 1) set_blas_threads(1);
+}
+
 // Times both engines on scratch outputs (Note [Choosing a convolution
 // engine]) and records the faster.
 ConvEngine measure(Stage stage, const Conv2dShape& s, const std::function<void()>& on_im2col,
                    const std::function<void()>& on_onednn) {
+  leave_cores_to_openmp();
   double im2col_ms = 0, onednn_ms = std::numeric_limits<double>::infinity();
   bool onednn_runs = true;
   try {
