@@ -244,15 +244,15 @@ void apply_rows(bool direct, std::int64_t n, std::int64_t c, const void* x, cons
   const ForwardTable<T> table(c, [&](std::int64_t j, auto q) { return forward_term<T, decltype(q)::value>(f, j); });
   const std::int64_t mask_row = core::detail::relu_mask_run_bytes(c, 1);
   for (std::int64_t i = 0; i < n; ++i) {
+    std::uint8_t* const row_mask = mask != nullptr ? mask + i * mask_row : nullptr;
     if (direct) {
-      row_normalize<K>(static_cast<const T*>(x) + i * c, static_cast<T*>(y) + i * c, 0, c, table, alpha,
-                       mask_of_run(mask, i, mask_row));
+      row_normalize<K>(static_cast<const T*>(x) + i * c, static_cast<T*>(y) + i * c, 0, c, table, alpha, row_mask);
       continue;
     }
     std::int64_t done = 0;
     for_runs<T>(x, dtype, i * c, c, [&](const T* row, std::int64_t len) {
       // done is a multiple of the chunk, so each run starts on a mask byte.
-      std::uint8_t* const run_mask = mask_of_run(mask, i, mask_row, done);
+      std::uint8_t* const run_mask = row_mask != nullptr ? row_mask + done / 8 : nullptr;
       out_run(i * c + done, len, [&](T* out) { row_normalize<K>(row, out, done, len, table, alpha, run_mask); });
       done += len;
     });
@@ -270,8 +270,9 @@ void apply_planes(std::int64_t n, std::int64_t c, std::int64_t l, const void* x,
       const auto terms = forward_terms<T>(f, j);
       std::int64_t done = 0;
       const std::int64_t base = (i * c + j) * l;
+      std::uint8_t* const plane_mask = mask != nullptr ? mask + (i * c + j) * mask_run : nullptr;
       for_runs<T>(x, dtype, base, l, [&](const T* p, std::int64_t len) {
-        std::uint8_t* const run_mask = mask_of_run(mask, i * c + j, mask_run, done);
+        std::uint8_t* const run_mask = plane_mask != nullptr ? plane_mask + done / 8 : nullptr;
         out_run(base + done, len, [&](T* out) { normalize_run<K, T>(p, out, len, terms, alpha, run_mask); });
         done += len;
       });
@@ -347,7 +348,7 @@ void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void*
     for (std::int64_t j = done; j < c; ++j) {
       const ChannelTerms<T> t = cols.at(j);
       for (std::int64_t i = 0; i < n; ++i)
-        add_grad_terms<K, FromOutput>(grad_one<Masked>(gs + i * c, mask_of_run(mask, i, mask_row), j),
+        add_grad_terms<K, FromOutput>(grad_one<Masked>(gs + i * c, Masked ? mask + i * mask_row : nullptr, j),
                                       xs[i * c + j], t, alpha, out.sum_dy[j], out.sum_dy_xmu[j], out.sum_xmu[j],
                                       ToWide<T>{});
     }
@@ -361,7 +362,7 @@ void gradient_sums_rows(bool direct, std::int64_t n, std::int64_t c, const void*
                                       planes.twice_scale + done, planes.offset + done, planes.shift + done};
       const GradSumsOut part = out.at(done);
       row_gradient_sums<K, FromOutput, T, Masked>(g, xp, len, at, alpha, part.sum_dy, part.sum_dy_xmu, part.sum_xmu,
-                                                  mask_of_run(mask, i, mask_row, done));
+                                                  Masked ? mask + i * mask_row + done / 8 : nullptr);
       done += len;
     });
   }
@@ -382,7 +383,7 @@ void gradient_sums_planes(std::int64_t n, std::int64_t c, std::int64_t l, const 
       std::int64_t done = 0;
       both((i * c + j) * l, l, [&](const T* g, const T* xp, std::int64_t len) {
         gradient_sums<K, FromOutput, T, Masked>(g, xp, len, t, alpha, sum,
-                                                mask_of_run(mask, i * c + j, mask_run, done));
+                                                Masked ? mask + (i * c + j) * mask_run + done / 8 : nullptr);
         done += len;
       });
     }
@@ -509,7 +510,7 @@ void backward_apply_rows(std::int64_t n, std::int64_t c, const double* coef, con
     std::int64_t done = 0;
     runs(i * c, c, [&](const T* g, const T* xp, T* out, std::int64_t len) {
       row_backward<K, FromOutput, T, Masked>(g, xp, out, done, len, cols.planes(), alpha, table,
-                                             mask_of_run(mask, i, mask_row, done));
+                                             Masked ? mask + i * mask_row + done / 8 : nullptr);
       done += len;
     });
   }
@@ -529,7 +530,7 @@ void backward_apply_planes(std::int64_t n, std::int64_t c, std::int64_t l, const
       std::int64_t done = 0;
       runs((i * c + j) * l, l, [&](const T* gp, const T* xp, T* out, std::int64_t len) {
         backward_run<K, FromOutput, T, Masked>(gp, xp, out, len, ct, alpha, terms,
-                                               mask_of_run(mask, i * c + j, mask_run, done));
+                                               Masked ? mask + (i * c + j) * mask_run + done / 8 : nullptr);
         done += len;
       });
     }
