@@ -96,13 +96,6 @@ int memory_run(const std::string& mode, int blocks, const Shape& shape) {
   return 0;
 }
 
-// "32x64x56x56" as a shape.
-Shape parse_shape(std::string text, const char* what) {
-  for (char& ch : text)
-    if (ch == 'x') ch = ',';
-  const auto dims = bench::int_list(text, what);
-  return Shape(std::vector<std::int64_t>(dims.begin(), dims.end()));
-}
 
 struct Variant {
   std::string name;
@@ -115,7 +108,7 @@ static int run(int argc, char** argv) {
   using bench::flag;
   if (bench::has_flag(argc, argv, "--memory")) {
     return memory_run(flag(argc, argv, "--memory", ""), std::stoi(flag(argc, argv, "--blocks", "4")),
-                      parse_shape(flag(argc, argv, "--shape", "32x64x56x56"), "--shape"));
+                      bench::shape_of(flag(argc, argv, "--shape", "32x64x56x56"), "--shape"));
   }
   const auto shapes = bench::str_list(flag(argc, argv, "--shapes", "32x64x56x56,64x256x14x14,256x1024,8x32x16x32x32"));
   const Device device = Device::parse(flag(argc, argv, "--device", "cpu:0"));
@@ -127,7 +120,7 @@ static int run(int argc, char** argv) {
               bench::cpu_level_line().c_str(), rounds);
   std::printf("%-16s %-11s %10s %10s %18s\n", "shape", "what", "time_ms", "GB/s", "ratio to bn [range]");
   for (const auto& text : shapes) {
-    const Shape shape = parse_shape(text, "--shapes");
+    const Shape shape = bench::shape_of(text, "--shapes");
     const std::int64_t c = shape[1];
     const double bytes = static_cast<double>(shape.numel()) * 4.0;
     const Tensor x = Tensor::randn(shape, 1, DType::Float32, Device::cpu(), 0.5, 2.0).to(device);

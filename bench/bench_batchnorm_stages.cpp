@@ -30,13 +30,6 @@ namespace {
 using namespace syncbn;
 using clock_type = std::chrono::steady_clock;
 
-Shape parse_shape(std::string text) {
-  for (char& ch : text)
-    if (ch == 'x') ch = ',';
-  const auto dims = bench::int_list(text, "--shapes");
-  return Shape(std::vector<std::int64_t>(dims.begin(), dims.end()));
-}
-
 double fastest_seconds(const std::function<void()>& fn, int calls) {
   fn();  // warm: first-touch of outputs, scratch
   double best = 1e30;
@@ -100,7 +93,7 @@ int run(int argc, char** argv) {
               bench::cpu_level_line().c_str(), calls, rounds);
   std::printf("%-16s %-15s %-8s %10s %10s %18s\n", "shape", "variant", "stage", "ms", "GB/s", "ratio to bn [range]");
   for (const auto& text : shapes) {
-    const Shape shape = parse_shape(text);
+    const Shape shape = bench::shape_of(text, "--shapes");
     const Tensor x = Tensor::randn(shape, 1, DType::Float32, Device::cpu(), 0.5, 2.0);
     const Tensor dy = Tensor::randn(shape, 2, DType::Float32, Device::cpu());
     std::vector<Variant> variants;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "syncbn/core/cpu.hpp"
+#include "syncbn/core/shape.hpp"
 
 namespace syncbn::bench {
 
@@ -47,6 +48,15 @@ inline std::vector<long> int_list(const std::string& text, const char* what) {
     out.push_back(v);
   }
   return out;
+}
+
+/// "32x64x56x56" as a shape (exits with a message naming `what` on a bad
+/// size).
+inline Shape shape_of(std::string text, const char* what) {
+  for (char& ch : text)
+    if (ch == 'x') ch = ',';
+  const auto dims = int_list(text, what);
+  return Shape(std::vector<std::int64_t>(dims.begin(), dims.end()));
 }
 
 /// Splits "a,b,c".
