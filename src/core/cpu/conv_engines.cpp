@@ -152,7 +152,7 @@ constexpr int kTrialPairs = 3;
 // still see them: the 1-channel stem's forward went to im2col in about
 // half the starts of bench_conv (0.25 against 0.17 ms); stopping the
 // workers would need OpenBLAS's internal shutdown, unsafe while another
-// thread is in a call.
+// thread is in a call (docs/performance.md has the plan for it).
 void leave_cores_to_openmp() {
   if (std::getenv("OPENBLAS_NUM_THREADS") != nullptr || std::getenv("GOTO_NUM_THREADS") != nullptr) return;
   if (blas_threads() > 1) set_blas_threads(1);
