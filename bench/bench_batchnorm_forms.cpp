@@ -96,7 +96,6 @@ int memory_run(const std::string& mode, int blocks, const Shape& shape) {
   return 0;
 }
 
-
 struct Variant {
   std::string name;
   std::function<void()> step;

@@ -2,8 +2,9 @@
 // engine] in src/core/cpu/conv_engines.cpp): each pinned engine against the
 // direct sums of support/conv_spec.hpp on random geometries (strides,
 // padding, dilation, groups, bias, empty batches), float32; Auto's
-// measured choice per layer shape and stage, made once; the setting's
-// errors. CTest runs the [engines] cases again with oneDNN held to AVX2
+// measured choice per layer shape and stage, made once, and the BLAS's
+// threads it leaves (Note [One pool of threads beside oneDNN]); the
+// setting's errors. CTest runs the [engines] cases again with oneDNN held to AVX2
 // and to SSE4.1 (ONEDNN_MAX_CPU_ISA), since oneDNN picks its kernels by
 // itself, not by SYNCBN_CPU_CAPABILITY.
 
