@@ -137,9 +137,10 @@ constexpr int kTrialPairs = 3;
 // oneDNN run in that time shares its cores with spinning workers: measured
 // on 2 cores with the defaults (2 OpenBLAS threads, 2 OpenMP threads), the
 // oneDNN trials right after im2col's took 15-31 ms where they take 0.6-1.0,
-// and in each of three runs of the ResNet step Auto put one 3x3 layer's
-// stage on im2col that way (the step 63 ms instead of 41 when it was the
-// 64x64x7x7 weight gradient). im2col's own per-sample products lose with
+// and in each of three runs of the ResNet step Auto put one layer's stage
+// on im2col that way (the stem's forward, a 1x1 shortcut's forward, and
+// the 64x64x7x7 weight gradient, which made the step 63 ms instead of 41).
+// im2col's own per-sample products lose with
 // OpenBLAS's second thread here anyway (pinned, 64x32x14x14 forward and
 // backward 13.5 ms at 2 threads, 8.6 at 1). So, unless the user chose
 // (OPENBLAS_NUM_THREADS or GOTO_NUM_THREADS set), Auto gives the BLAS one
