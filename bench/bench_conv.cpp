@@ -225,8 +225,6 @@ int main(int argc, char** argv) {
 #endif
     std::fflush(stdout);
   }
-  for (const auto& c : cpu::conv_engine_choices())
-    std::printf("# auto: %s, %s: %s (im2col %.3f ms, onednn %.3f ms)\n", c.layer.c_str(), c.stage.c_str(),
-                std::string(cpu::conv_engine_name(c.engine)).c_str(), c.im2col_ms, c.onednn_ms);
+  bench::print_conv_choices();
   return 0;
 }

@@ -59,6 +59,14 @@ inline Shape shape_of(std::string text, const char* what) {
   return Shape(std::vector<std::int64_t>(dims.begin(), dims.end()));
 }
 
+/// Auto's convolution engine choices so far, one "# auto:" line each (Note
+/// [Choosing a convolution engine]): a layer on the slower engine shows here.
+inline void print_conv_choices() {
+  for (const auto& c : cpu::conv_engine_choices())
+    std::printf("# auto: %s, %s: %s (im2col %.3f ms, onednn %.3f ms)\n", c.layer.c_str(), c.stage.c_str(),
+                std::string(cpu::conv_engine_name(c.engine)).c_str(), c.im2col_ms, c.onednn_ms);
+}
+
 /// Splits "a,b,c".
 inline std::vector<std::string> str_list(const std::string& text) {
   std::vector<std::string> out;

@@ -104,10 +104,6 @@ inline std::uint8_t positive_lanes(Vec<float> v) {
 #endif
 }
 
-/// widen(v) where bit k of `bits` is set, 0 in the other lanes: at the
-/// AVX-512 level the conversion's own mask, no instruction more.
-inline WideVec<float> widen_kept(std::uint8_t bits, Vec<float> v);
-
 /// v where bit k of `bits` is set, 0 in the other lanes.
 inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
@@ -124,6 +120,8 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 #endif
 }
 
+/// widen(v) where bit k of `bits` is set, 0 in the other lanes: at the
+/// AVX-512 level the conversion's own mask, no instruction more.
 inline WideVec<float> widen_kept(std::uint8_t bits, Vec<float> v) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
   __asm__("" : "+v"(v));  // a plain load of v, as in keep_lanes
