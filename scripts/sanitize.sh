@@ -5,10 +5,11 @@
 #            that run replica threads, a rendezvous or a collective
 #            ([threads]); only the binaries that hold them are built.
 #   address  Clang with AddressSanitizer + UndefinedBehaviorSanitizer
-#            (build-asan/): the whole tree (libraries, tests, examples,
-#            benchmarks) compiled by a second compiler with -Werror, and every
-#            test but the long training runs, the [levels] cases at every CPU
-#            level.
+#            (build-asan/): the libraries, tests and examples compiled by a
+#            second compiler with -Werror, and every test but the long
+#            training runs, the [levels] cases at every CPU level. Without the
+#            benchmarks, which no test runs (the plain build compiles them
+#            with -Werror): a minute of the CI's 2 cores.
 # Both are CPU-only (SYNCBN_CUDA=OFF), which also exercises the "no CUDA
 # backend" errors.
 #   scripts/sanitize.sh [thread|address|all] [extra ctest arguments...]   (default: all)
@@ -63,7 +64,7 @@ address() {
   # IValue is incomplete); the layer's own logic is the exchange and the
   # stages, which run here through the other layers' tests.
   timed "asan: build" env CXX=clang++ scripts/build.sh build-asan -DSYNCBN_SANITIZE=address,undefined -DSYNCBN_CUDA=OFF \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCBN_WERROR=ON -DSYNCBN_TORCH=OFF
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSYNCBN_WERROR=ON -DSYNCBN_TORCH=OFF -DSYNCBN_BUILD_BENCH=OFF
   (cd build-asan && export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
      UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" &&
      timed "asan: test" "${norandom[@]}" ctest --output-on-failure --parallel "$jobs" --output-junit junit.xml "$@")
