@@ -121,10 +121,13 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 }
 
 /// widen(v) where bit k of `bits` is set, 0 in the other lanes: at the
-/// AVX-512 level the conversion's own mask, no instruction more.
+/// AVX-512 level the conversion's own mask, no instruction more. Folded
+/// lets GCC fold a load of v into the masked conversion, for data that stay
+/// in cache (see keep_lanes for data streamed from memory).
+template <bool Folded = false>
 inline WideVec<float> widen_kept(std::uint8_t bits, Vec<float> v) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
-  __asm__("" : "+v"(v));  // a plain load of v, as in keep_lanes
+  if constexpr (!Folded) __asm__("" : "+v"(v));  // a plain load of v, as in keep_lanes
   return reinterpret_cast<WideVec<float>>(_mm512_maskz_cvtps_pd(bits, reinterpret_cast<__m256>(v)));
 #else
   return widen<float>(keep_lanes(bits, v));
