@@ -387,6 +387,8 @@ template <class... F>
 struct Overloads : F... {
   using F::operator()...;
 };
+template <class... F>
+Overloads(F...) -> Overloads<F...>;  // Clang 14 deduces no aggregate's arguments
 
 // How the vector of dz at element i of a run (the mask's run when Masked)
 // is widened to float64: the mask applied in the conversion itself, with no
