@@ -28,18 +28,6 @@
 namespace {
 
 using namespace syncbn;
-using clock_type = std::chrono::steady_clock;
-
-double fastest_seconds(const std::function<void()>& fn, int calls) {
-  fn();  // warm: first-touch of outputs, scratch
-  double best = 1e30;
-  for (int i = 0; i < calls; ++i) {
-    const auto start = clock_type::now();
-    fn();
-    best = std::min(best, std::chrono::duration<double>(clock_type::now() - start).count());
-  }
-  return best;
-}
 
 // One variant's operands and its four stages.
 struct Variant {
@@ -103,7 +91,7 @@ int run(int argc, char** argv) {
     for (int r = 0; r < rounds; ++r)
       for (std::size_t s = 0; s < 4; ++s)
         for (std::size_t v = 0; v < variants.size(); ++v)
-          times[v][s].push_back(fastest_seconds(variants[v].stages[s], calls));
+          times[v][s].push_back(bench::fastest_seconds(variants[v].stages[s], calls));
     // Bytes each stage reads and writes: moments x; apply x, y; sums dy, x;
     // bapply dy, x, dx (the mask's thirty-second of x left out).
     const double tensor_bytes = static_cast<double>(shape.numel()) * 4.0;

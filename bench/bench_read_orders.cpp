@@ -21,7 +21,6 @@
 // ratio to nchw with its range.
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -173,15 +172,7 @@ int main(int argc, char** argv) try {
   };
   std::vector<std::vector<double>> best(orders.size());
   for (int r = 0; r < rounds; ++r)
-    for (std::size_t o = 0; o < orders.size(); ++o) {
-      double fastest = 1e30;
-      for (int k = 0; k < calls; ++k) {
-        const auto t0 = std::chrono::steady_clock::now();
-        orders[o].run();
-        fastest = std::min(fastest, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      }
-      best[o].push_back(fastest);
-    }
+    for (std::size_t o = 0; o < orders.size(); ++o) best[o].push_back(bench::fastest_seconds(orders[o].run, calls));
   const double bytes = 2.0 * static_cast<double>(count) * sizeof(float);
   std::printf("# bench_read_orders: %s float32 x 2 (%.1f MiB), fastest of %d calls, %d rounds, tiles of %lld rows\n",
               shape.str().c_str(), bytes / (1 << 20), calls, rounds, static_cast<long long>(tile));

@@ -92,6 +92,19 @@ inline Summary summarize(std::vector<double> v) {
   return s;
 }
 
+/// The fastest of `calls` timed calls of fn, after one untimed call (the
+/// outputs' and scratch's first touch).
+inline double fastest_seconds(const std::function<void()>& fn, int calls) {
+  fn();
+  double best = 1e30;
+  for (int i = 0; i < calls; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return best;
+}
+
 /// Median seconds per call of fn: `warmup` calls, then `reps` samples, each
 /// repeating fn (followed by `settle`, e.g. a device synchronisation) until
 /// at least min_s seconds have passed.

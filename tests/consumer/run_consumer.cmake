@@ -1,15 +1,13 @@
 # cmake -DWAY=installed|subproject -DSOURCE_DIR=<syncbn> -DBUILD_DIR=<syncbn build> -DWORK_DIR=<scratch>
-#       -DGENERATOR=<generator> -DCXX=<compiler> [-DJOBS=N] [-DBUILD_TYPE=<type>]
-#       [-DTARGET=<target>] -P run_consumer.cmake
+#       -DGENERATOR=<generator> -DCXX=<compiler> [-DJOBS=N] [-DBUILD_TYPE=<type>] -P run_consumer.cmake
 #
 # installed:  cmake --install BUILD_DIR into WORK_DIR/prefix, then configure,
 #             build and run tests/consumer/installed against it;
 # subproject: configure, build and run tests/consumer/subproject, which adds
 #             SOURCE_DIR with add_subdirectory (CPU only, Catch2 unavailable),
 #             in build type BUILD_TYPE (empty: CMake's default).
-# TARGET: what to build of the application's project (empty: everything,
-#         syncbn's libtorch layer included where libtorch is found; app: the
-#         application and the libraries it links, as a user's own build does).
+# Either way only the application's target is built (the application and
+# the libraries it links), as a user's own build does.
 
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -38,10 +36,6 @@ elseif(WAY STREQUAL "subproject")
 else()
   message(FATAL_ERROR "WAY: expected installed or subproject, got '${WAY}'")
 endif()
-set(target_args)
-if(TARGET)
-  set(target_args --target "${TARGET}")
-endif()
-run("${CMAKE_COMMAND}" --build "${app_build}" --parallel ${JOBS} ${target_args})
+run("${CMAKE_COMMAND}" --build "${app_build}" --parallel ${JOBS} --target app)
 run("${app_build}/app")
 message(STATUS "${last_output}")

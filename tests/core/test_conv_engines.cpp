@@ -4,9 +4,9 @@
 // padding, dilation, groups, bias, empty batches), float32; Auto's
 // measured choice per layer shape and stage, made once, and the BLAS's
 // threads it leaves (Note [One pool of threads beside oneDNN]); the
-// setting's errors. CTest runs the [engines] cases again with oneDNN held to AVX2
-// and to SSE4.1 (ONEDNN_MAX_CPU_ISA), since oneDNN picks its kernels by
-// itself, not by SYNCBN_CPU_CAPABILITY.
+// setting's errors. CTest runs the [engines] cases again with oneDNN held
+// to AVX2 and to SSE4.1 (ONEDNN_MAX_CPU_ISA), since oneDNN picks its
+// kernels by itself, not by SYNCBN_CPU_CAPABILITY.
 
 #include <catch2/catch.hpp>
 

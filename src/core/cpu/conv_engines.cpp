@@ -140,9 +140,9 @@ constexpr int kTrialPairs = 3;
 // and in each of three runs of the ResNet step Auto put one layer's stage
 // on im2col that way (the stem's forward, a 1x1 shortcut's forward, and
 // the 64x64x7x7 weight gradient, which made the step 63 ms instead of 41).
-// im2col's own per-sample products lose with
-// OpenBLAS's second thread here anyway (pinned, 64x32x14x14 forward and
-// backward 13.5 ms at 2 threads, 8.6 at 1). So, unless the user chose
+// im2col's own per-sample products lose with OpenBLAS's second thread here
+// anyway (pinned, 64x32x14x14 forward and backward 13.5 ms at 2 threads,
+// 8.6 at 1). So, unless the user chose
 // (OPENBLAS_NUM_THREADS or GOTO_NUM_THREADS set), Auto gives the BLAS one
 // thread per call before it measures, and the cores stay with oneDNN's
 // OpenMP threads, one pool. A later set_blas_threads holds until the next
