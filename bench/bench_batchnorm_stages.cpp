@@ -3,14 +3,15 @@
 // bench_batchnorm_forms compares:
 //
 //   bench_batchnorm_stages [--shapes 64x256x14x14,256x1024] [--rounds 9] [--calls 25]
-//                          [--variants bn,cl-bn,relu-mask,relu-recompute]
+//                          [--variants bn,cl-bn,relu-mask,relu-recompute,cl-relu-mask]
 //
 // Stages (the core::batch_norm_* calls nn::BatchNorm makes per forward and
 // backward): moments (batch_norm_moments), apply (batch_norm_apply),
 // sums (batch_norm_grad_sums), bapply (batch_norm_backward_apply).
 // Variants: bn (NCHW), cl-bn (the same batch channels-last), relu-mask (NCHW
 // with the fused relu, its mask kept by the forward), relu-recompute (the
-// fused relu recomputing z in both backward stages, as without the mask).
+// fused relu recomputing z in both backward stages, as without the mask),
+// cl-relu-mask (channels-last with the fused relu and its mask).
 // A stage's time in a round is the fastest of --calls calls (the machine's
 // other work only ever adds time); every round times every variant's stage
 // in turn, and each ratio to bn is the median of the per-round ratios
@@ -40,15 +41,15 @@ const char* const kStageNames[] = {"moments", "apply", "sums", "bapply"};
 Variant make_variant(const std::string& name, const Tensor& x_first, const Tensor& dy_first) {
   core::BatchNormForm form;
   bool mask = false;
-  if (name == "cl-bn") {
-    form.layout = core::ChannelLayout::Last;
-  } else if (name == "relu-mask" || name == "relu-recompute") {
+  if (name == "cl-bn" || name == "cl-relu-mask") form.layout = core::ChannelLayout::Last;
+  if (name == "relu-mask" || name == "relu-recompute" || name == "cl-relu-mask") {
     form.activation = core::Activation::relu();
-    mask = name == "relu-mask";
-  } else {
-    SYNCBN_CHECK(name == "bn", "bench_batchnorm_stages: --variants ", name,
-                 ", expected bn, cl-bn, relu-mask or relu-recompute");
+    mask = name != "relu-recompute";
   }
+  SYNCBN_CHECK(name == "bn" || name == "cl-bn" || name == "relu-mask" || name == "relu-recompute" ||
+                   name == "cl-relu-mask",
+               "bench_batchnorm_stages: --variants ", name,
+               ", expected bn, cl-bn, relu-mask, relu-recompute or cl-relu-mask");
   const Tensor x = form.layout == core::ChannelLayout::Last ? core::to_channels_last(x_first) : x_first;
   const Tensor dy = form.layout == core::ChannelLayout::Last ? core::to_channels_last(dy_first) : dy_first;
   const core::ChannelMoments m = core::batch_norm_moments(x, form.layout);

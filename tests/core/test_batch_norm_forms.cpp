@@ -53,8 +53,11 @@ const Case kLayoutCases[] = {kCases[0], kCases[1], kCases[2], kCases[3], kCases[
 
 // kCases, rows of 16 channels that fold eight to a row with three left over
 // (Note [Folded rows]), and runs of 1,100 values (two 16-bit staging chunks
-// each): where the relu mask's bytes fall.
-const Case kMaskCases[] = {kCases[0], kCases[1], kCases[2], kCases[3], kCases[4], {43, 16, 1}, {2, 3, 1100}};
+// each): where the relu mask's bytes fall; and 1 MiB of channels-last rows
+// of 1 KiB and of 256 B in float32, the masked gradient sums' streamed
+// code (prefetching, and not: Note [Prefetching the column sums]).
+const Case kMaskCases[] = {kCases[0], kCases[1],    kCases[2],      kCases[3], kCases[4],
+                           {43, 16, 1}, {2, 3, 1100}, {4, 256, 256}, {4, 64, 1024}};
 
 // Element-wise accuracy of a result rounded to dtype, relative to `scale`.
 double tolerance(DType dtype) {
