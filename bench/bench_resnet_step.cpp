@@ -3,7 +3,7 @@
 //
 //   bench_resnet_step [--devices-list cpu:0|cpu:0,cpu:1|cpu:0,cpu:1,cpu:2,cpu:3]
 //                     [--blocks 2,1] [--batch 64] [--steps 5] [--warmup 2] [--reps 3]
-//                     [--modes sync,sync+timers,local+timers] [--write-check FILE]
+//                     [--modes sync,sync+timers,local+timers,eval,eval+frozen] [--write-check FILE]
 //                     [--layout nchw|nhwc]
 //
 // Model: nn::resnet with widths {16, 32, 64}, --blocks basic blocks per
@@ -22,11 +22,18 @@
 //                 whole model; its step time beside `sync` shows the cost of
 //                 the timers.
 //   local+timers  the same, with per-replica BatchNorm2d (no exchange).
+//   eval          inference instead of a step: the model in eval mode, the
+//                 forward through DataParallel and the loss only.
+//   eval+frozen   the same under cpu::FrozenConvWeights, one guard per
+//                 sample: oneDNN reorders each weight at the sample's first
+//                 step only (Note [Frozen weights] in
+//                 src/core/cpu/conv_onednn.cpp).
 //
 // Output: per (blocks, K, mode) the median step time over --reps samples of
 // --steps steps (min and max beside it), samples/s, and the check column:
 // the first step's loss of every SyncBatchNorm run (and of K = 1) must match
-// that of the same model on one device within 1e-4 relative (#wrong). Then
+// that of the same model on one device within 1e-4 relative (#wrong; the
+// eval modes against eval on one device). Then
 // the split table per (blocks, K).
 //
 // --write-check FILE writes the first --blocks model's initial state_dict,
@@ -42,6 +49,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -191,11 +199,12 @@ class Config {
       : blocks_(blocks), devices_(std::move(devices)), mode_(std::move(mode)), batch_(batch) {
     std::shared_ptr<nn::Module> model = make_model(blocks);
     if (mode_ != "local+timers") model = nn::convert_sync_batchnorm(model);
-    timed_ = mode_ != "sync";
+    timed_ = mode_.ends_with("+timers");
     if (timed_) {
       wrap_layers(*model, timers_);
       model = std::make_shared<Timed>(model, timers_.replica);
     }
+    if (evaluates()) model->eval();  // the outermost module too: DataParallel passes its mode on
     model_ = model;
     dp_ = std::make_unique<parallel::DataParallel>(model_, devices_);
     sgd_ = std::make_unique<optim::SGD>(model_->parameters(), optim::SGDOptions{.lr = kLr, .momentum = kMomentum});
@@ -204,9 +213,16 @@ class Config {
   const std::string& mode() const { return mode_; }
   std::size_t k() const { return devices_.size(); }
   std::int64_t blocks() const { return blocks_; }
+  bool evaluates() const { return mode_.starts_with("eval"); }
 
   // One step; adds its phases to `split` and returns the loss.
   double step(Split& split) {
+    if (evaluates()) {
+      const auto t0 = clock_type::now();
+      const double loss = loss_.forward(dp_->forward(batch_.input), batch_.labels).item();
+      split.step += std::chrono::duration<double>(clock_type::now() - t0).count();
+      return loss;
+    }
     const auto t0 = clock_type::now();
     sgd_->zero_grad();
     const auto t1 = clock_type::now();
@@ -230,7 +246,11 @@ class Config {
   Split sample(int steps) {
     timers_.reset();
     Split split;
-    for (int i = 0; i < steps; ++i) step(split);
+    {
+      std::optional<cpu::FrozenConvWeights> frozen;
+      if (mode_ == "eval+frozen") frozen.emplace();
+      for (int i = 0; i < steps; ++i) step(split);
+    }
     const double per = 1.0 / steps, replicas = static_cast<double>(k());
     split.step *= per;
     split.loss_optim *= per;
@@ -325,8 +345,9 @@ int main(int argc, char** argv) {
     }
   }
   for (const auto& m : modes)
-    if (m != "sync" && m != "sync+timers" && m != "local+timers") {
-      std::fprintf(stderr, "--modes: unknown mode '%s', expected sync, sync+timers or local+timers\n", m.c_str());
+    if (m != "sync" && m != "sync+timers" && m != "local+timers" && m != "eval" && m != "eval+frozen") {
+      std::fprintf(stderr, "--modes: unknown mode '%s', expected sync, sync+timers, local+timers, eval or eval+frozen\n",
+                   m.c_str());
       return 2;
     }
 
@@ -351,12 +372,15 @@ int main(int argc, char** argv) {
     for (int rep = 0; rep < reps; ++rep)
       for (auto& c : configs) c->samples.push_back(c->sample(steps));
 
-    // The check's reference: the first step of the same model on one device.
-    double reference = 0;
+    // The check's reference: the first step of the same model on one device
+    // (in eval mode for the eval modes).
+    double reference = 0, eval_reference = 0;
     {
       Config single(blocks, {Device::parse("cpu:0")}, "sync", batch);
       Split ignored;
       reference = single.step(ignored);
+      Config single_eval(blocks, {Device::parse("cpu:0")}, "eval", batch);
+      eval_reference = single_eval.step(ignored);
     }
     std::printf("%-6s %2s %-13s %10s %10s %10s %10s %7s\n", "blocks", "K", "mode", "step_ms", "min", "max",
                 "samples/s", "#wrong");
@@ -364,7 +388,8 @@ int main(int argc, char** argv) {
     for (auto& c : configs) {
       const bench::Summary st = field(c->samples, [](const Split& s) { return s.step; });
       const bool checked = c->mode() != "local+timers" || c->k() == 1;
-      const long wrong = std::abs(c->first_loss - reference) > 1e-4 * std::abs(reference) ? 1 : 0;
+      const double want = c->evaluates() ? eval_reference : reference;
+      const long wrong = std::abs(c->first_loss - want) > 1e-4 * std::abs(want) ? 1 : 0;
       std::printf("%-6ld %2zu %-13s %10.2f %10.2f %10.2f %10.0f %7s\n", blocks, c->k(), c->mode().c_str(),
                   st.median * 1e3, st.min * 1e3, st.max * 1e3, static_cast<double>(batch_size) / st.median,
                   checked ? std::to_string(wrong).c_str() : "-");

@@ -499,8 +499,11 @@ StepResult train_step(const Flags& f, Trainer& trainer, optim::Optimizer& opt, o
 }
 
 // Accuracy in eval mode (running statistics), in batches across the
-// replicas; with --dist, each process takes every P-th batch.
+// replicas; with --dist, each process takes every P-th batch. The weights
+// stay as they are until it returns, so the CPU convolutions may keep their
+// reordered copies (cpu::FrozenConvWeights).
 double evaluate(const Flags& f, Trainer& trainer, const data::Dataset& test, std::int64_t batch_size) {
+  const cpu::FrozenConvWeights frozen;
   trainer.train(false);
   data::BatchIterator batches(test, {.batch_size = batch_size, .shuffle = false, .device = f.devices.front()});
   std::int64_t correct = 0;

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/compare.hpp"
 #include "support/conv_checks.hpp"
 #include "support/convolutions.hpp"
 #include "support/device_under_test.hpp"
@@ -28,11 +29,13 @@
 
 using namespace syncbn;
 namespace spec = syncbn::testing::spec;
+using syncbn::testing::check_close;
 using syncbn::testing::check_conv_case;
 using syncbn::testing::kSeed;
 using syncbn::testing::MessageIs;
 using syncbn::testing::random_conv;
 using syncbn::testing::test_device;
+using syncbn::testing::Tolerance;
 
 namespace {
 
@@ -178,4 +181,76 @@ TEST_CASE("oneDNN's threads are set per calling thread", "[core][conv][engines][
   CHECK(other_after == mine + 1);
   CHECK(other_before == mine);
   CHECK(cpu::onednn_threads() == mine);  // the other thread's setting stays its own
+}
+
+TEST_CASE("Frozen weights are reordered once per layer, thread and stage and convolve as reordering at each call",
+          "[core][conv][engines][frozen]") {
+  if (syncbn::testing::test_on_cuda()) SYNCBN_SKIP("the CPU engines: nothing to test on " << test_device());
+  if (!cpu::has_onednn()) SYNCBN_SKIP("this build has no oneDNN: FrozenConvWeights does nothing");
+  const core::ChannelLayout layout = GENERATE(core::ChannelLayout::First, core::ChannelLayout::Last);
+  CAPTURE(kSeed, core::channel_layout_name(layout));
+  const PinnedEngine pinned(cpu::ConvEngine::OneDnn);
+  const Tolerance tol = syncbn::testing::tolerance_for(DType::Float32);
+  // Layers of one shape (one primitive per stage) with 16 channels, which
+  // oneDNN's forward reads in a blocked order at every ISA; whether the
+  // input gradient does depends on the ISA (not with SSE4.1 on NCHW).
+  const core::Conv2dGeometry g{{1, 1}, {1, 1}, {1, 1}, 1, layout};
+  const Shape x_shape = layout == core::ChannelLayout::First ? Shape{2, 16, 6, 6} : Shape{2, 6, 6, 16};
+  const Tensor x = Tensor::randn(x_shape, kSeed);
+  const Tensor w_a = Tensor::randn(Shape{16, 16, 3, 3}, kSeed + 1), w_b = Tensor::randn(Shape{16, 16, 3, 3}, kSeed + 2),
+               w_c = Tensor::randn(Shape{16, 16, 3, 3}, kSeed + 3);
+  const Tensor bias = Tensor::randn(Shape{16}, kSeed + 4);
+  // Reordered at each call: the reference.
+  const std::vector<double> y_a = core::conv2d(x, w_a, bias, g).to_vector<double>();
+  const std::vector<double> y_b = core::conv2d(x, w_b, Tensor(), g).to_vector<double>();
+  const std::vector<double> y_c = core::conv2d(x, w_c, bias, g).to_vector<double>();
+  const std::vector<double> dx_a = core::conv2d_backward_input(x, w_a, x_shape, g).to_vector<double>();
+  const std::vector<double> dx_b = core::conv2d_backward_input(x, w_b, x_shape, g).to_vector<double>();
+  REQUIRE(cpu::kept_conv_weights() == 0);
+  {
+    const cpu::FrozenConvWeights frozen;
+    std::size_t kept = 0;
+    for (int round = 0; round < 2; ++round) {
+      CAPTURE(round);
+      check_close(core::conv2d(x, w_a, bias, g), y_a, tol, "layer a's forward");
+      check_close(core::conv2d(x, w_b, Tensor(), g), y_b, tol, "layer b's forward");
+      check_close(core::conv2d_backward_input(x, w_a, x_shape, g), dx_a, tol, "layer a's input gradient");
+      check_close(core::conv2d_backward_input(x, w_b, x_shape, g), dx_b, tol, "layer b's input gradient");
+      // Each forward (with and without bias: two primitives) keeps a copy,
+      // the input gradients one each or none: made in the first round only.
+      if (round == 0) kept = cpu::kept_conv_weights();
+      CHECK((kept == 2 || kept == 4));
+      CHECK(cpu::kept_conv_weights() == kept);
+    }
+    // Another thread (a replica's worker) keeps its own.
+    std::size_t other_kept = 0;
+    std::thread other([&] {
+      (void)core::conv2d(x, w_a, Tensor(), g);
+      other_kept = cpu::kept_conv_weights();
+    });
+    other.join();
+    CHECK(other_kept == 1);
+    {
+      const cpu::FrozenConvWeights nested;  // no new epoch: nothing dropped when it ends
+    }
+    CHECK(cpu::kept_conv_weights() == kept);
+    // The promise's other side: a weight written under the guard is
+    // convolved with the values it had when it was first read.
+    check_close(core::conv2d(x, w_c, bias, g), y_c, tol, "layer c's forward");
+    REQUIRE(cpu::kept_conv_weights() == kept + 1);
+    float* c = w_c.data<float>();
+    for (std::int64_t i = 0; i < w_c.numel(); ++i) c[i] *= 2.0f;
+    check_close(core::conv2d(x, w_c, bias, g), y_c, tol, "layer c's forward, its weight written under the guard");
+  }
+  // After the last guard: the weight's new values, the copies dropped.
+  const Tensor y_after = core::conv2d(x, w_c, bias, g);
+  CHECK(cpu::kept_conv_weights() == 0);
+  const std::vector<double> b = bias.to_vector<double>();
+  std::vector<double> want = y_c;  // conv(x, 2 w) + bias = 2 (y_c - bias) + bias
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double channel_bias = b[layout == core::ChannelLayout::First ? (i / 36) % 16 : i % 16];
+    want[i] = 2.0 * (want[i] - channel_bias) + channel_bias;
+  }
+  check_close(y_after, want, tol, "layer c's forward after the guard, its weight doubled");
+  check_close(core::conv2d(x, w_b, Tensor(), g), y_b, tol, "layer b's forward after the guard");
 }

@@ -3,6 +3,7 @@
 // ones this CPU runs, and which one the kernels use (Note [CPU dispatch] in
 // docs/design.md).
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -119,5 +120,29 @@ int onednn_threads() noexcept;
 /// src/parallel/data_parallel.cpp). Returns false, changing nothing, in a
 /// build without oneDNN. Throws InvalidArgument for threads < 1.
 bool set_onednn_threads(int threads);
+
+/// A promise that the convolutions' weights do not change, for inference
+/// (and input gradients) between training runs. While one lives (made on
+/// any thread; they nest), the oneDNN engine keeps each weight it reorders
+/// into its blocked order, per calling thread, layer shape, stage and
+/// weight address, and convolves later calls with that copy rather than
+/// reordering the weight again (Note [Frozen weights] in
+/// src/core/cpu/conv_onednn.cpp). The promise: every weight a convolution
+/// reads while one lives keeps its values and its memory until the last one
+/// ends; a weight written (or freed, and another placed at its address)
+/// meanwhile may be convolved with its old values. Each thread drops its
+/// copies at its first convolution after the last guard ends. Training has
+/// no use for it (its weights change at every step); in a build without
+/// oneDNN it does nothing.
+class FrozenConvWeights {
+ public:
+  FrozenConvWeights();
+  ~FrozenConvWeights();
+  FrozenConvWeights(const FrozenConvWeights&) = delete;
+  FrozenConvWeights& operator=(const FrozenConvWeights&) = delete;
+};
+/// The reordered weights the calling thread keeps under FrozenConvWeights
+/// (0 in a build without oneDNN).
+std::size_t kept_conv_weights() noexcept;
 
 }  // namespace syncbn::cpu

@@ -302,6 +302,16 @@ bool set_onednn_threads(int threads) {
 #endif
 }
 
+#if SYNCBN_WITH_DNNL
+FrozenConvWeights::FrozenConvWeights() { onednn::freeze_weights(); }
+FrozenConvWeights::~FrozenConvWeights() { onednn::thaw_weights(); }
+std::size_t kept_conv_weights() noexcept { return onednn::kept_weights(); }
+#else
+FrozenConvWeights::FrozenConvWeights() = default;
+FrozenConvWeights::~FrozenConvWeights() = default;
+std::size_t kept_conv_weights() noexcept { return 0; }
+#endif
+
 ConvEngine conv_engine() {
   int setting = g_setting.load();
   if (setting == kUnread) {

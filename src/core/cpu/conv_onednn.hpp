@@ -3,6 +3,7 @@
 // [Convolutions on oneDNN] in conv_onednn.cpp. Built where libdnnl-dev is
 // found (SYNCBN_DNNL); conv_engines.cpp chooses between it and im2col.
 
+#include <cstddef>
 #include <cstdint>
 
 #include "backend/kernels.hpp"
@@ -15,6 +16,12 @@ void conv_forward(const core::detail::Conv2dShape& s, const float* x, const floa
 void conv_backward_input(const core::detail::Conv2dShape& s, const float* dy, const float* w, float* dx);
 /// dw += the weight gradient.
 void conv_backward_weight(const core::detail::Conv2dShape& s, const float* dy, const float* x, float* dw);
+
+/// cpu::FrozenConvWeights begins and ends (Note [Frozen weights] in
+/// conv_onednn.cpp); kept_weights: the copies the calling thread keeps.
+void freeze_weights();
+void thaw_weights() noexcept;
+std::size_t kept_weights() noexcept;
 
 /// The OpenMP threads the calling thread's primitives run on.
 int threads() noexcept;
