@@ -4,7 +4,8 @@
 // padding, dilation, groups, bias, empty batches), float32; Auto's
 // measured choice per layer shape and stage, made once, and the BLAS's
 // threads it leaves (Note [One pool of threads beside oneDNN]); the
-// setting's errors. CTest runs the [engines] cases again with oneDNN held
+// setting's errors; the weights kept under cpu::FrozenConvWeights (Note
+// [Frozen weights] in src/core/cpu/conv_onednn.cpp). CTest runs the [engines] cases again with oneDNN held
 // to AVX2 and to SSE4.1 (ONEDNN_MAX_CPU_ISA), since oneDNN picks its
 // kernels by itself, not by SYNCBN_CPU_CAPABILITY.
 

@@ -150,9 +150,9 @@ Geometry geometry_of(const Conv2dShape& s) {
 // outermost guard starts an epoch; a thread drops its copies when it sees
 // the epoch change, so copies never outlive the promise they rest on.
 std::mutex g_freeze_mutex;
-int g_freeze_depth = 0;            // guarded by g_freeze_mutex
-std::uint64_t g_last_epoch = 0;    // guarded by g_freeze_mutex
-std::atomic<std::uint64_t> g_epoch{0};  // 0: no guard alive
+int g_freeze_depth = 0;          // guarded by g_freeze_mutex
+std::uint64_t g_last_epoch = 0;  // guarded by g_freeze_mutex
+std::atomic<std::uint64_t> g_epoch{0};  // the epoch of the guards alive, 0 where none is
 
 struct KeptKey {
   Key key;
