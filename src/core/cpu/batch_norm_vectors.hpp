@@ -362,9 +362,11 @@ struct KeptWide {
 // Where a loop walks four vectors at a time (the column sums' blocks, the
 // row backward unrolled by four), it reads their four bytes as one 32-bit
 // word and takes vector v's byte by a shift: one load where there were
-// four, and one address where GCC kept four offsets. Where the column
-// sums' input stays in cache (no prefetch), the masked conversion also
-// reads dy itself (widen_kept<true>), four loads fewer per block again.
+// four, and one address where GCC kept four offsets (the backward apply
+// takes the byte in a mask register instead, below). Where the column sums
+// do not take their streamed code (column_gradient_sums says where), the
+// masked conversion also reads dy itself (widen_kept<true>), four loads
+// fewer per block again.
 // Measured on (256, 1024), the four stages against plain batch norm's:
 // 1.10-1.14x before, 1.07-1.09x with the words, 1.03-1.07x with the fold
 // too (docs/performance.md, "Mask words"); the same fold in the backward
@@ -396,7 +398,7 @@ inline KeptWide<> kept_of_word_in_mask_register(std::uint32_t word) {
   if constexpr (V == 0) return KeptWide<>{static_cast<__mmask8>(k)};
   else return KeptWide<>{static_cast<__mmask8>(_kshiftri_mask32(k, 8 * V))};
 #else
-  return KeptWide<>{static_cast<std::uint8_t>(word >> (8 * V))};
+  return kept_of_word(word, V);
 #endif
 }
 

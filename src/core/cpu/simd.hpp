@@ -122,8 +122,9 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 
 /// widen(v) where bit k of `bits` is set, 0 in the other lanes: at the
 /// AVX-512 level the conversion's own mask, no instruction more. Folded
-/// lets GCC fold a load of v into the masked conversion, for data that stay
-/// in cache (see keep_lanes for data streamed from memory).
+/// lets GCC fold a load of v into the masked conversion, where the caller
+/// measured it faster (on Zen 4 it streams slowly from memory: see
+/// keep_lanes).
 template <bool Folded = false>
 inline WideVec<float> widen_kept(std::uint8_t bits, Vec<float> v) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
