@@ -78,7 +78,15 @@ constexpr int kAddsPerFlush = 32;  // adds per float32 lane before a float64 flu
 template <class T, bool Wide>
 using LaneScalar = std::conditional_t<Wide, double, T>;
 template <class T, bool Wide>
-using LaneVec [[gnu::vector_size(kLanes<T> * sizeof(LaneScalar<T, Wide>))]] = LaneScalar<T, Wide>;
+struct LaneOf {
+  using type = Vec<T>;
+};
+template <class T>
+struct LaneOf<T, true> {
+  using type = WideVec<T>;
+};
+template <class T, bool Wide>
+using LaneVec = typename LaneOf<T, Wide>::type;
 
 template <class T, bool Wide>
 inline LaneVec<T, Wide> load_lanes(const LaneScalar<T, Wide>* p) {
@@ -329,6 +337,15 @@ struct ToWide {
     if constexpr (kIsVector<V>) return widen<T>(v);
     else return static_cast<double>(v);
   }
+  // wide(v) * m + a and a + wide(v), as KeptWide computes them with a mask.
+  template <class V, class W>
+  W fma(V v, W m, W a) const {
+    return (*this)(v) * m + a;
+  }
+  template <class W, class V>
+  W add(W a, V v) const {
+    return a + (*this)(v);
+  }
 };
 
 // ---- the relu mask (Note [The relu mask] in core/batch_norm.cpp) -------------
@@ -348,29 +365,42 @@ constexpr bool kMaskable = std::is_same_v<T, float>;
 // builds in turn).
 inline bool mask_bit(const std::uint8_t* mask, std::int64_t i) { return ((mask[i >> 3] >> (i & 7)) & 1) != 0; }
 
-// float64 lanes of dz = dy where the mask's byte is set.
-template <bool Folded = false>
+// Note [The mask on the sum]
+// The backward kernels take dz = dy where the mask's bit is set, 0 in the
+// other lanes, only into a float64 sum or multiply-add (the gradient sums'
+// sum(dz) and sum(dz * x), the backward apply's dz * g + rest). So the mask
+// applies to that operation (AVX-512's merge mask: the lanes whose bit is
+// clear keep the sum as it was, as adding dz = 0 would, but for the sign of
+// a zero) and dy converts to float64 unmasked, its load folded into the
+// conversion as in plain batch norm: no operation more per vector than
+// plain batch norm's but the mask's byte. Masking the conversion instead
+// took a select or a masked conversion per vector, and a masked conversion
+// that reads dy from memory streams slowly on Zen 4 (keep_lanes in
+// simd.hpp). Measured on (256, 1024), against plain batch norm's stage: the
+// backward apply 0.97-1.00x where the masked conversion took 1.06-1.08x,
+// the gradient sums 1.04-1.05x where they took 1.08-1.10x
+// (docs/performance.md, "The mask on the sum").
 struct KeptWide {
   std::uint8_t bits;
-  WideVec<float> operator()(Vec<float> v) const { return widen_kept<Folded>(bits, v); }
+  // widen(dz) * m + a and a + widen(dz), each where the bit is set.
+  WideVec<float> fma(Vec<float> v, WideVec<float> m, WideVec<float> a) const { return fma_kept(bits, v, m, a); }
+  WideVec<float> add(WideVec<float> a, Vec<float> v) const { return add_kept(bits, a, v); }
 };
 
 // Note [Mask words]
-// The relu mask's backward loops read one mask byte per vector beside dy,
-// x and the coefficients, and they are bound by loads (the backward apply
-// of (N, C) rows reads three float64 coefficient vectors per eight values).
-// Where a loop walks four vectors at a time (the column sums' blocks, the
-// row backward unrolled by four), it reads their four bytes as one 32-bit
-// word and takes vector v's byte by a shift: one load where there were
-// four, and one address where GCC kept four offsets (the backward apply
-// takes the byte in a mask register instead, below). Where the column sums
-// do not take their streamed code (column_gradient_sums says where), the
-// masked conversion also reads dy itself (widen_kept<true>), four loads
-// fewer per block again.
-// Measured on (256, 1024), the four stages against plain batch norm's:
-// 1.10-1.14x before, 1.07-1.09x with the words, 1.03-1.07x with the fold
-// too (docs/performance.md, "Mask words"); the same fold in the backward
-// apply measured worse and is left out.
+// The relu mask's backward loops read one mask byte per vector beside dy
+// and x. Where a loop walks four vectors at a time (the column sums'
+// blocks, the row backward unrolled by four), it reads their four bytes as
+// one 32-bit word: one load where there were four, and one address where
+// GCC kept four offsets. At the AVX-512 level vector v's byte is then taken
+// in a mask register (a kmovd per word and a kshiftrd per vector, where a
+// shift in a general register and a kmovb cost two operations per vector),
+// elsewhere by a shift. Measured on (256, 1024), the four stages against
+// plain batch norm's: 1.10-1.14x with a byte load per vector, 1.07-1.09x
+// with the words (docs/performance.md, "Mask words"); the mask registers
+// took the backward apply from 1.10-1.11x to 1.07-1.08x ("Mask registers"),
+// and the gradient sums, once the mask was on the sums (Note [The mask on
+// the sum]), from 1.08x to 1.04-1.05x.
 inline std::uint32_t mask_word(const std::uint8_t* bytes) {
   std::uint32_t word;
   __builtin_memcpy(&word, bytes, sizeof word);
@@ -379,26 +409,16 @@ inline std::uint32_t mask_word(const std::uint8_t* bytes) {
   __asm__("" : "+r"(word));
   return word;
 }
-template <bool Folded = false>
-inline KeptWide<Folded> kept_of_word(std::uint32_t word, int v) {
-  return KeptWide<Folded>{static_cast<std::uint8_t>(word >> (8 * v))};
-}
-// The same with the byte taken in a mask register where AVX-512 has them:
-// one kmovd per word and a kshiftrd per vector, where the shift above costs
-// a shift and a kmovb per vector. Measured in the backward apply of (N, C)
-// rows only: 1.07-1.08x plain batch norm's stage against 1.10-1.11x, and
-// the whole (256, 1024) layer 1.04-1.05x against 1.05-1.09x; in the column
-// sums it measured worse (1.06-1.10 against 1.02-1.09), and they keep the
-// shift.
-// (V a template argument: the shift's count is an immediate.)
+// Vector V's byte of a word (V a template argument: the mask register's
+// shift count is an immediate).
 template <int V>
-inline KeptWide<> kept_of_word_in_mask_register(std::uint32_t word) {
+inline KeptWide kept_of_word(std::uint32_t word) {
 #if defined(__AVX512BW__)
   const __mmask32 k = _cvtu32_mask32(word);
-  if constexpr (V == 0) return KeptWide<>{static_cast<__mmask8>(k)};
-  else return KeptWide<>{static_cast<__mmask8>(_kshiftri_mask32(k, 8 * V))};
+  if constexpr (V == 0) return KeptWide{static_cast<__mmask8>(k)};
+  else return KeptWide{static_cast<__mmask8>(_kshiftri_mask32(k, 8 * V))};
 #else
-  return kept_of_word(word, V);
+  return KeptWide{static_cast<std::uint8_t>(word >> (8 * V))};
 #endif
 }
 
@@ -411,13 +431,11 @@ template <class... F>
 Overloads(F...) -> Overloads<F...>;  // Clang 14 deduces no aggregate's arguments
 
 // How the vector of dz at element i of a run (the mask's run when Masked)
-// is widened to float64: the mask applied in the conversion itself, with no
-// select of its own (a select before the conversion measured 1.16x plain
-// batch norm's backward apply in isolation, the masked conversion 1.0-1.05x;
-// in the library, (256, 1024) forward+backward 1.11 against 1.13 of plain).
+// enters the float64 sums and multiply-adds: widened, and with the mask's
+// byte on the operation (Note [The mask on the sum]).
 template <bool Masked, class T>
 inline auto dz_wide(const std::uint8_t* mask, std::int64_t i) {
-  if constexpr (Masked) return KeptWide<>{mask[i / kLanes<T>]};
+  if constexpr (Masked) return KeptWide{mask[i / kLanes<T>]};
   else return ToWide<T>{};
 }
 
@@ -440,21 +458,38 @@ void relu_masked_run(float* y, std::int64_t len, std::uint8_t* mask, ZVec&& z_ve
   constexpr std::int64_t lanes = kLanes<float>;
   std::int64_t i = 0;
   // Eight vectors' bytes stored as one word: a byte store per vector made
-  // the (256, 1024) forward 1.5x slower (AMD Zen 4).
+  // the (256, 1024) forward 1.5x slower (AMD Zen 4). With AVX-512 the word
+  // is joined in mask registers (kunpck: seven for eight vectors, where a
+  // move out, a shift and an or per vector took 24): that stage 1.05x plain
+  // batch norm's against 1.06x (two pairs of runs; earlier ones measured it
+  // inside their noise).
   for (; i + 8 * lanes <= len; i += 8 * lanes) {
+#if defined(__AVX512BW__)
+    __mmask8 k[8];
+    for (int v = 0; v < 8; ++v) {
+      const Vec<float> z = z_vec(i + v * lanes);
+      k[v] = positive_lanes(z);
+      store<float>(y + i + v * lanes, kept_part(k[v], z));
+    }
+    const __mmask64 word = _mm512_kunpackd(
+        _mm512_kunpackw(_mm512_kunpackb(k[7], k[6]), _mm512_kunpackb(k[5], k[4])),
+        _mm512_kunpackw(_mm512_kunpackb(k[3], k[2]), _mm512_kunpackb(k[1], k[0])));
+    _store_mask64(reinterpret_cast<__mmask64*>(mask + i / lanes), word);
+#else
     std::uint64_t word = 0;
     for (int v = 0; v < 8; ++v) {
       const Vec<float> z = z_vec(i + v * lanes);
       const std::uint8_t bits = positive_lanes(z);
-      store<float>(y + i + v * lanes, keep_lanes(bits, z));
+      store<float>(y + i + v * lanes, kept_part(bits, z));
       word |= static_cast<std::uint64_t>(bits) << (8 * v);
     }
     __builtin_memcpy(mask + i / lanes, &word, sizeof word);
+#endif
   }
   for (; i + lanes <= len; i += lanes) {
     const Vec<float> z = z_vec(i);
     const std::uint8_t bits = positive_lanes(z);
-    store<float>(y + i, keep_lanes(bits, z));
+    store<float>(y + i, kept_part(bits, z));
     mask[i / lanes] = bits;
   }
   if (i == len) return;
@@ -512,10 +547,9 @@ template <ActivationKind K, bool FromOutput, class V, class W, class Terms, clas
 inline void add_grad_terms(V dy, V s, const Terms& t, E alpha, W& a, W& b, W& c, Wide wide, WideDz wide_dz = {}) {
   V dz, u;
   fused_grad<K, FromOutput>(dy, s, t, alpha, dz, u);
-  const W wdz = wide_dz(dz);
   const W wu = FromOutput ? wide(u) : wide(s);
-  a += wdz;
-  b += wdz * wu;
+  a = wide_dz.add(a, dz);
+  b = wide_dz.fma(dz, wu, b);
   c += wu;
 }
 
@@ -725,12 +759,12 @@ void backward_run(const T* __restrict dy, const T* __restrict s, T* __restrict d
   for (; i + lanes <= len; i += lanes) {
     Vec<T> dz, d;
     fused_grad<K, FromOutput, true>(load(dy + i), load(s + i), vc, alpha, dz, d);
-    store<T>(dx + i, narrow<T>((dz_wide<Masked, T>(mask, i)(dz) * g - k) - widen<T>(d) * twice_bg));
+    store<T>(dx + i, narrow<T>(dz_wide<Masked, T>(mask, i).fma(dz, g, -(widen<T>(d) * twice_bg) - k)));
   }
   for (; i < len; ++i) {
     T dz, d;
     fused_grad<K, FromOutput, true>(grad_one<Masked>(dy, mask, i), s[i], c, alpha, dz, d);
-    dx[i] = static_cast<T>((static_cast<double>(dz) * t[kG] - t[kK]) - static_cast<double>(d) * t[kTwiceBg]);
+    dx[i] = static_cast<T>(static_cast<double>(dz) * t[kG] + (-(static_cast<double>(d) * t[kTwiceBg]) - t[kK]));
   }
 }
 
@@ -800,8 +834,9 @@ void row_backward(const T* __restrict dy, const T* __restrict s, T* __restrict d
   auto vector_at = [&](std::int64_t jj, const double* qj, auto wide_dz) {
     Vec<T> dz, d;
     terms(load(dy + jj), load(s + jj), j0 + jj, dz, d);
-    store<T>(dx + jj, narrow<T>((wide_dz(dz) * load_wide<T>(qj + kG * lanes) - load_wide<T>(qj + kK * lanes)) -
-                                widen<T>(d) * load_wide<T>(qj + kTwiceBg * lanes)));
+    store<T>(dx + jj, narrow<T>(wide_dz.fma(dz, load_wide<T>(qj + kG * lanes),
+                                            -(widen<T>(d) * load_wide<T>(qj + kTwiceBg * lanes)) -
+                                                load_wide<T>(qj + kK * lanes))));
   };
   std::int64_t j = 0;
   if constexpr (Masked) {
@@ -809,7 +844,7 @@ void row_backward(const T* __restrict dy, const T* __restrict s, T* __restrict d
     for (; j + 4 * lanes <= len; j += 4 * lanes, q += 4 * kBackwardTerms * lanes) {
       const std::uint32_t word = mask_word(mask + j / lanes);
       [&]<int... v>(std::integer_sequence<int, v...>) {
-        (vector_at(j + v * lanes, q + v * kBackwardTerms * lanes, kept_of_word_in_mask_register<v>(word)), ...);
+        (vector_at(j + v * lanes, q + v * kBackwardTerms * lanes, kept_of_word<v>(word)), ...);
       }(std::make_integer_sequence<int, 4>{});
     }
   }
@@ -818,8 +853,8 @@ void row_backward(const T* __restrict dy, const T* __restrict s, T* __restrict d
     const std::int64_t at = j0 + j;
     T dz, d;
     terms(grad_one<Masked>(dy, mask, j), s[j], at, dz, d);
-    dx[j] = static_cast<T>((static_cast<double>(dz) * t.at(at, kG) - t.at(at, kK)) -
-                           static_cast<double>(d) * t.at(at, kTwiceBg));
+    dx[j] = static_cast<T>(static_cast<double>(dz) * t.at(at, kG) +
+                           (-(static_cast<double>(d) * t.at(at, kTwiceBg)) - t.at(at, kK)));
   }
 }
 
@@ -1009,23 +1044,15 @@ std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::
   const std::int64_t mask_row = core::detail::relu_mask_run_bytes(c, 1);
   using A = LaneVec<T, true>;
   // Inputs streamed from memory in tiles of 64 rows read a tile ahead
-  // (Note [Prefetching the column sums]). The mask is folded into the
-  // conversion's load of dy (Note [Mask words]) where the sums do not
-  // prefetch, except for rows under 1 KiB streamed from memory: there the
-  // folded load made channels-last sums of 32 and 64 channels 3.1x plain
-  // batch norm's (0.94-1.07x without it), so they take the streamed code
-  // with nothing to prefetch (ahead = n). Rows of 4 KiB measured faster
-  // folded at every size ((8192, 1024): 1.07x against 1.14x).
+  // (Note [Prefetching the column sums]).
   const std::int64_t row_bytes = c * static_cast<std::int64_t>(sizeof(T)), tile = tile_rows(row_bytes, true);
-  const bool big = n * row_bytes >= kStreamedBytes, prefetched = big && tile > 4;
-  const bool streamed = prefetched || (Masked && big && row_bytes < 1024);
-  const std::int64_t ahead = prefetched ? tile : n;
+  const bool prefetched = n * row_bytes >= kStreamedBytes && tile > 4;
   const auto sums = [&](auto prefetch) {
     const auto vector_at = [&](std::int64_t i, std::int64_t j, A (&acc)[3], auto wide_dz) {
       if constexpr (decltype(prefetch)::value) {
-        if (i + ahead < n) {
-          __builtin_prefetch(dy + (i + ahead) * c + j, 0, 2);
-          __builtin_prefetch(x + (i + ahead) * c + j, 0, 2);
+        if (i + tile < n) {
+          __builtin_prefetch(dy + (i + tile) * c + j, 0, 2);
+          __builtin_prefetch(x + (i + tile) * c + j, 0, 2);
         }
       }
       add_grad_terms<K, FromOutput>(load(dy + i * c + j), load(x + i * c + j), cols.vectors(j), alpha, acc[0], acc[1],
@@ -1039,15 +1066,16 @@ std::int64_t column_gradient_sums(const T* dy, const T* x, std::int64_t n, std::
       static_assert(kWideBlock == 4, "a block's mask bytes are one 32-bit word");
       const auto block = [&](std::int64_t i, std::int64_t j, A (&acc)[kWideBlock][3]) {
         const std::uint32_t word = mask_word(mask + i * mask_row + j / kLanes<T>);
-        for (int v = 0; v < kWideBlock; ++v)
-          vector_at(i, j + v * kLanes<T>, acc[v], kept_of_word<!decltype(prefetch)::value>(word, v));
+        [&]<int... v>(std::integer_sequence<int, v...>) {
+          (vector_at(i, j + v * kLanes<T>, acc[v], kept_of_word<v>(word)), ...);
+        }(std::make_integer_sequence<int, kWideBlock>{});
       };
       return column_vectors<T, 3, true>(n, c, {s, sx, su}, Overloads{block, one});
     } else {
       return column_vectors<T, 3, true>(n, c, {s, sx, su}, one);
     }
   };
-  return streamed ? sums(std::true_type{}) : sums(std::false_type{});
+  return prefetched ? sums(std::true_type{}) : sums(std::false_type{});
 }
 
 // Calls fn(T{}) with T = float (float32 and 16-bit inputs) or double.

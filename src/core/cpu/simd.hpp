@@ -36,7 +36,40 @@ inline void store(T* p, Vec<T> v) {
 /// The lanes of a Vec<T> as doubles (64 bytes for float, 32 for double):
 /// what a kernel computes in float64 on float32 data uses.
 template <class T>
-using WideVec [[gnu::vector_size(kLanes<T> * sizeof(double))]] = double;
+struct WideOf {
+  using type [[gnu::vector_size(kLanes<T> * sizeof(double))]] = double;
+};
+
+#if defined(__AVX__) && !defined(__AVX512F__)
+// Note [Wide pairs]
+// Without AVX-512 a 64-byte vector has no register: GCC keeps a generic one
+// in memory and copies it in 8-byte pieces through general registers, which
+// made the float64 gradient sums of (256, 1024) at the avx2 level 5.5x their
+// avx512 time (and slower than the baseline level's). So the eight float64
+// lanes of a float vector are two 32-byte vectors there, each a register.
+struct WidePair {
+  Vec<double> lo, hi;
+  double operator[](int lane) const { return lane < 4 ? lo[lane] : hi[lane - 4]; }
+  WidePair& operator+=(WidePair b) {
+    lo += b.lo;
+    hi += b.hi;
+    return *this;
+  }
+};
+inline WidePair operator+(WidePair a, WidePair b) { return {a.lo + b.lo, a.hi + b.hi}; }
+inline WidePair operator-(WidePair a, WidePair b) { return {a.lo - b.lo, a.hi - b.hi}; }
+inline WidePair operator*(WidePair a, WidePair b) { return {a.lo * b.lo, a.hi * b.hi}; }
+inline WidePair operator-(WidePair a) { return {-a.lo, -a.hi}; }
+inline WidePair operator+(WidePair a, double b) { return {a.lo + b, a.hi + b}; }
+
+template <>
+struct WideOf<float> {
+  using type = WidePair;
+};
+#endif
+
+template <class T>
+using WideVec = typename WideOf<T>::type;
 
 // At the AVX-512 level one instruction each way. GCC 12 lowers the generic
 // conversion of eight floats to eight doubles as two four-lane conversions
@@ -50,6 +83,12 @@ inline WideVec<T> widen(Vec<T> v) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>)
     return reinterpret_cast<WideVec<T>>(_mm512_maskz_cvtps_pd(0xff, reinterpret_cast<__m256>(v)));
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 f = reinterpret_cast<__m256>(v);
+    return {reinterpret_cast<Vec<double>>(_mm256_cvtps_pd(_mm256_castps256_ps128(f))),
+            reinterpret_cast<Vec<double>>(_mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)))};
+  } else
 #endif
   return __builtin_convertvector(v, WideVec<T>);
 }
@@ -59,6 +98,11 @@ inline Vec<T> narrow(WideVec<T> v) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>)
     return reinterpret_cast<Vec<T>>(_mm512_maskz_cvtpd_ps(0xff, reinterpret_cast<__m512d>(v)));
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    return reinterpret_cast<Vec<T>>(_mm256_set_m128(_mm256_cvtpd_ps(reinterpret_cast<__m256d>(v.hi)),
+                                                    _mm256_cvtpd_ps(reinterpret_cast<__m256d>(v.lo))));
+  } else
 #endif
   return __builtin_convertvector(v, Vec<T>);
 }
@@ -66,14 +110,28 @@ inline Vec<T> narrow(WideVec<T> v) {
 /// kLanes<T> doubles from p.
 template <class T>
 inline WideVec<T> load_wide(const double* p) {
-  WideVec<T> v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
+#if defined(__AVX__) && !defined(__AVX512F__)
+  // Half by half: copied whole, the pair went through the stack in 16-byte
+  // pieces and was read back in 32-byte ones, a store-forwarding stall.
+  if constexpr (std::is_same_v<T, float>) return {load<double>(p), load<double>(p + 4)};
+  else
+#endif
+  {
+    WideVec<T> v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  }
 }
 
 /// kLanes<T> doubles to p.
 template <class T>
 inline void store_wide(double* p, WideVec<T> v) {
+#if defined(__AVX__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    store<double>(p, v.lo);
+    store<double>(p + 4, v.hi);
+  } else
+#endif
   __builtin_memcpy(p, &v, sizeof v);
 }
 
@@ -104,6 +162,20 @@ inline std::uint8_t positive_lanes(Vec<float> v) {
 #endif
 }
 
+#if defined(__AVX__) && !defined(__AVX512F__)
+// Every byte's eight lanes as all-ones or zero words (8 KiB): a byte's lane
+// mask in one load where spreading its bits took four operations.
+struct alignas(32) LaneMasks {
+  std::int32_t of[256][8];
+};
+inline constexpr LaneMasks kLaneMasks = [] {
+  LaneMasks t{};
+  for (int b = 0; b < 256; ++b)
+    for (int k = 0; k < 8; ++k) t.of[b][k] = ((b >> k) & 1) != 0 ? -1 : 0;
+  return t;
+}();
+#endif
+
 /// v where bit k of `bits` is set, 0 in the other lanes.
 inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
@@ -112,6 +184,9 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
   // memory (the relu mask's gradient sums on 32x64x56x56).
   __asm__("" : "+v"(v));
   return reinterpret_cast<Vec<float>>(_mm256_maskz_mov_ps(bits, reinterpret_cast<__m256>(v)));
+#elif defined(__AVX__)
+  const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(kLaneMasks.of[bits]));
+  return reinterpret_cast<Vec<float>>(_mm256_and_ps(reinterpret_cast<__m256>(v), keep));
 #else
   using Lanes [[gnu::vector_size(32)]] = std::int32_t;
   const Lanes bit_of_lane{1, 2, 4, 8, 16, 32, 64, 128};
@@ -120,18 +195,44 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 #endif
 }
 
-/// widen(v) where bit k of `bits` is set, 0 in the other lanes: at the
-/// AVX-512 level the conversion's own mask, no instruction more. Folded
-/// lets GCC fold a load of v into the masked conversion, where the caller
-/// measured it faster (on Zen 4 it streams slowly from memory: see
-/// keep_lanes).
-template <bool Folded = false>
-inline WideVec<float> widen_kept(std::uint8_t bits, Vec<float> v) {
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-  if constexpr (!Folded) __asm__("" : "+v"(v));  // a plain load of v, as in keep_lanes
-  return reinterpret_cast<WideVec<float>>(_mm512_maskz_cvtps_pd(bits, reinterpret_cast<__m256>(v)));
+/// z where bits = positive_lanes(z) is set, 0 in the other lanes: the
+/// relu's output. Without AVX-512's masked move, max(z, 0) is one
+/// instruction where keep_lanes takes two (the same lanes: max gives 0 for
+/// NaN and for -0, as the clear bit does).
+inline Vec<float> kept_part(std::uint8_t bits, Vec<float> z) {
+#if defined(__AVX__) && !defined(__AVX512F__)
+  (void)bits;
+  return reinterpret_cast<Vec<float>>(_mm256_max_ps(reinterpret_cast<__m256>(z), _mm256_setzero_ps()));
 #else
-  return widen<float>(keep_lanes(bits, v));
+  return keep_lanes(bits, z);
+#endif
+}
+
+/// widen(v) * m + a where bit k of `bits` is set, a in the other lanes: the
+/// value of widen(keep_lanes(bits, v)) * m + a (but for the sign of a zero
+/// sum), with the mask on the multiply-add (AVX-512's merge mask) rather
+/// than on v, which then converts unmasked, its load folded into the
+/// conversion (a masked conversion or load of v had a cost of its own on
+/// Zen 4: keep_lanes).
+inline WideVec<float> fma_kept(std::uint8_t bits, Vec<float> v, WideVec<float> m, WideVec<float> a) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  return reinterpret_cast<WideVec<float>>(_mm512_mask3_fmadd_pd(reinterpret_cast<__m512d>(widen<float>(v)),
+                                                                 reinterpret_cast<__m512d>(m),
+                                                                 reinterpret_cast<__m512d>(a), bits));
+#else
+  return widen<float>(keep_lanes(bits, v)) * m + a;
+#endif
+}
+
+/// a + widen(v) where bit k of `bits` is set, a in the other lanes: the same
+/// for a sum (a + 0 there, but for the sign of a zero).
+inline WideVec<float> add_kept(std::uint8_t bits, WideVec<float> a, Vec<float> v) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  return reinterpret_cast<WideVec<float>>(
+      _mm512_mask_add_pd(reinterpret_cast<__m512d>(a), bits, reinterpret_cast<__m512d>(a),
+                         reinterpret_cast<__m512d>(widen<float>(v))));
+#else
+  return a + widen<float>(keep_lanes(bits, v));
 #endif
 }
 
