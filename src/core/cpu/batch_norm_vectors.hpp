@@ -378,8 +378,9 @@ inline bool mask_bit(const std::uint8_t* mask, std::int64_t i) { return ((mask[i
 // that reads dy from memory streams slowly on Zen 4 (keep_lanes in
 // simd.hpp). Measured on (256, 1024), against plain batch norm's stage: the
 // backward apply 0.97-1.00x where the masked conversion took 1.06-1.08x,
-// the gradient sums 1.04-1.05x where they took 1.08-1.10x
-// (docs/performance.md, "The mask on the sum").
+// the gradient sums 1.04-1.09x where they took 1.06-1.10x; the whole layer
+// 1.01-1.04x where it took 1.04-1.07x (docs/performance.md, "The mask on
+// the sum").
 struct KeptWide {
   std::uint8_t bits;
   // widen(dz) * m + a and a + widen(dz), each where the bit is set.
@@ -400,7 +401,7 @@ struct KeptWide {
 // with the words (docs/performance.md, "Mask words"); the mask registers
 // took the backward apply from 1.10-1.11x to 1.07-1.08x ("Mask registers"),
 // and the gradient sums, once the mask was on the sums (Note [The mask on
-// the sum]), from 1.08x to 1.04-1.05x.
+// the sum]), from 1.08x with the shift to 1.04-1.05x (two pairs of runs).
 inline std::uint32_t mask_word(const std::uint8_t* bytes) {
   std::uint32_t word;
   __builtin_memcpy(&word, bytes, sizeof word);
