@@ -167,6 +167,79 @@ TEST_CASE("A channels-last ResNet equals the NCHW one: outputs, gradients, runni
   check_close(loaded->forward(core::to_channels_last(x)), want, tol, "eval output after loading");
 }
 
+TEST_CASE("A ResNet's batch norms fuse the ReLU after them and equal separate ReLUs bit for bit, in either layout",
+          "[nn][conv][activation]") {
+  if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
+  const DType dtype = GENERATE(DType::Float32, DType::Float64);
+  const core::ChannelLayout layout = GENERATE(core::ChannelLayout::First, core::ChannelLayout::Last);
+  CAPTURE(syncbn::testing::kSeed, dtype, core::channel_layout_name(layout));
+  nn::ResNetOptions options = small_resnet(true);
+  options.in_channels = 3;
+  options.dtype = dtype;
+  options.layout = layout;
+  auto fused = nn::resnet(options);
+  options.fused_relu = false;
+  auto separate = nn::resnet(options);
+
+  // Where a ReLU follows a batch norm, the batch norm applies it and the
+  // relu child is an Identity; the separate form keeps torchvision's ReLUs.
+  int fused_count = 0;
+  for (const auto& [path, module] : fused->named_modules()) {
+    if (path == "relu" || path.ends_with(".relu")) CHECK(module->describe() == "Identity()");
+    if (auto* bn = dynamic_cast<nn::BatchNorm*>(module)) {
+      const bool first_of_pair = path == "bn1" || path.ends_with(".bn1");
+      CHECK((bn->options().activation.kind == core::ActivationKind::Relu) == first_of_pair);
+      fused_count += first_of_pair ? 1 : 0;
+    }
+  }
+  CHECK(fused_count == 3);  // the stem's and the two blocks'
+  for (const auto& [path, module] : separate->named_modules()) {
+    if (path == "relu" || path.ends_with(".relu")) CHECK(module->describe() == "ReLU()");
+    if (auto* bn = dynamic_cast<nn::BatchNorm*>(module))
+      CHECK(bn->options().activation.kind == core::ActivationKind::Identity);
+  }
+
+  optim::SGD sgd_fused(fused->parameters(), optim::SGDOptions{0.05, 0.9});
+  optim::SGD sgd_separate(separate->parameters(), optim::SGDOptions{0.05, 0.9});
+  nn::CrossEntropyLoss loss_fused, loss_separate;
+  const bool last = layout == core::ChannelLayout::Last;
+  for (int step = 0; step < 2; ++step) {
+    CAPTURE(step);
+    Tensor x = Tensor::randn(Shape{6, 3, 9, 9}, syncbn::testing::kSeed + 90 + static_cast<std::uint64_t>(step), dtype,
+                             test_device(), 0.3, 1.2);
+    if (last) x = core::to_channels_last(x);
+    std::vector<std::int64_t> labels;
+    for (std::int64_t i = 0; i < 6; ++i) labels.push_back((i * 3 + step) % 10);
+    const Tensor t = Tensor::from_vector(labels, Shape{6}, test_device());
+    sgd_fused.zero_grad();
+    sgd_separate.zero_grad();
+    const Tensor y_fused = fused->forward(x);
+    const Tensor y_separate = separate->forward(x);
+    CHECK(y_fused.to_vector<double>() == y_separate.to_vector<double>());
+    loss_fused.forward(y_fused, t);
+    loss_separate.forward(y_separate, t);
+    CHECK(fused->backward(loss_fused.backward()).to_vector<double>() ==
+          separate->backward(loss_separate.backward()).to_vector<double>());
+    const auto got = fused->named_parameters(), want = separate->named_parameters();
+    REQUIRE(got.size() == want.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(got[i].first);
+      CHECK(got[i].first == want[i].first);
+      CHECK(got[i].second->grad.to_vector<double>() == want[i].second->grad.to_vector<double>());
+    }
+    sgd_fused.step();
+    sgd_separate.step();
+  }
+  // The same checkpoint: names, weights and running statistics.
+  const auto a = nn::state_dict(*fused), b = nn::state_dict(*separate);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(a[i].first);
+    CHECK(a[i].first == b[i].first);
+    CHECK(a[i].second.to_vector<double>() == b[i].second.to_vector<double>());
+  }
+}
+
 TEST_CASE("A channels-last ResNet names the layout it expects when given another", "[nn][conv][channels-last]") {
   if (const std::string why = syncbn::testing::convolutions_unavailable(); !why.empty()) SYNCBN_SKIP(why);
   nn::ResNetOptions options = small_resnet(true);

@@ -16,7 +16,10 @@ namespace syncbn::nn {
 /// 3x3 convolutions without bias, the shortcut the identity or
 /// `downsample` = Sequential(1x1 convolution with the block's stride, BatchNorm2d)
 /// when the stride or the channel count changes. Children: conv1, bn1,
-/// relu, conv2, bn2 and, when needed, downsample. The batch norms may be
+/// relu, conv2, bn2 and, when needed, downsample. With `fused_relu` (the
+/// default) bn1 applies the ReLU after it itself
+/// (BatchNormOptions::activation) and relu is an Identity: the same values,
+/// bit for bit, one pass fewer. The batch norms may be
 /// converted to SyncBatchNorm2d (convert_sync_batchnorm). Without
 /// `batch_norm`, each batch norm is an Identity (same child names; no
 /// parameters or buffers there). With layout Last, the block's input and
@@ -26,7 +29,7 @@ class BasicBlock : public Cloneable<BasicBlock> {
   /// Throws InvalidArgument for channels or stride < 1.
   BasicBlock(std::int64_t in_channels, std::int64_t out_channels, std::int64_t stride = 1, std::uint64_t seed = 0,
              DType dtype = DType::Float32, Device device = Device(), bool batch_norm = true,
-             core::ChannelLayout layout = core::ChannelLayout::First);
+             core::ChannelLayout layout = core::ChannelLayout::First, bool fused_relu = true);
   std::string describe() const override;
   Tensor forward(const Tensor& input) override;
   Tensor backward(const Tensor& grad_output) override;
@@ -57,6 +60,11 @@ struct ResNetOptions {
   /// reading and writing NHWC and no conversion inside the step. The
   /// parameters and the checkpoint are the same either way.
   core::ChannelLayout layout = core::ChannelLayout::First;
+  /// Each ReLU that follows a batch norm (the stem's and each block's
+  /// first) applied by the batch norm itself, its relu child an Identity:
+  /// the same values, bit for bit, without the ReLU's passes over the
+  /// activation. false keeps separate ReLU modules (torchvision's form).
+  bool fused_relu = true;
   std::uint64_t seed = 0;
   DType dtype = DType::Float32;
   Device device = Device();
@@ -64,9 +72,11 @@ struct ResNetOptions {
 
 /// A ResNet for small images (CIFAR-style stem: one 3x3 convolution, no
 /// max pooling): children conv1, bn1, relu, layer1 ... layerK (Sequential of
-/// BasicBlock), avgpool (AdaptiveAvgPool2d(1)), flatten, fc (Linear).
+/// BasicBlock), avgpool (AdaptiveAvgPool2d(1)), flatten, fc (Linear). bn1
+/// fuses the ReLU with `fused_relu`, as in the blocks.
 /// With batch_norm = false every batch norm (bn1 and those of the blocks) is
-/// an Identity; the weights are initialised the same either way.
+/// an Identity and each relu a ReLU; the weights are initialised the same
+/// either way.
 /// Input (N, in_channels, H, W), or (N, H, W, in_channels) with layout
 /// Last (core::to_channels_last converts a batch); output (N, num_classes)
 /// logits.
