@@ -475,7 +475,10 @@ void relu_masked_run(float* y, std::int64_t len, std::uint8_t* mask, ZVec&& z_ve
     const __mmask64 word = _mm512_kunpackd(
         _mm512_kunpackw(_mm512_kunpackb(k[7], k[6]), _mm512_kunpackb(k[5], k[4])),
         _mm512_kunpackw(_mm512_kunpackb(k[3], k[2]), _mm512_kunpackb(k[1], k[0])));
-    _store_mask64(reinterpret_cast<__mmask64*>(mask + i / lanes), word);
+    // Out through a copy: the mask's bytes have no 8-byte alignment, which
+    // _store_mask64's pointer type would claim (UBSan reports it).
+    const std::uint64_t bits = _cvtmask64_u64(word);
+    __builtin_memcpy(mask + i / lanes, &bits, sizeof bits);
 #else
     std::uint64_t word = 0;
     for (int v = 0; v < 8; ++v) {
