@@ -40,7 +40,15 @@ struct WideOf {
   using type [[gnu::vector_size(kLanes<T> * sizeof(double))]] = double;
 };
 
+// The avx2 level: 32-byte registers, and neither 64-byte ones nor mask
+// registers (Note [Wide pairs], keep_lanes, kept_part).
 #if defined(__AVX__) && !defined(__AVX512F__)
+#define SYNCBN_AVX_WITHOUT_AVX512 1
+#else
+#define SYNCBN_AVX_WITHOUT_AVX512 0
+#endif
+
+#if SYNCBN_AVX_WITHOUT_AVX512
 // Note [Wide pairs]
 // Without AVX-512 a 64-byte vector has no register: GCC keeps a generic one
 // in memory and copies it in 8-byte pieces through general registers, which
@@ -83,7 +91,7 @@ inline WideVec<T> widen(Vec<T> v) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>)
     return reinterpret_cast<WideVec<T>>(_mm512_maskz_cvtps_pd(0xff, reinterpret_cast<__m256>(v)));
-#elif defined(__AVX__)
+#elif SYNCBN_AVX_WITHOUT_AVX512
   if constexpr (std::is_same_v<T, float>) {
     const __m256 f = reinterpret_cast<__m256>(v);
     return {reinterpret_cast<Vec<double>>(_mm256_cvtps_pd(_mm256_castps256_ps128(f))),
@@ -98,7 +106,7 @@ inline Vec<T> narrow(WideVec<T> v) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>)
     return reinterpret_cast<Vec<T>>(_mm512_maskz_cvtpd_ps(0xff, reinterpret_cast<__m512d>(v)));
-#elif defined(__AVX__)
+#elif SYNCBN_AVX_WITHOUT_AVX512
   if constexpr (std::is_same_v<T, float>) {
     return reinterpret_cast<Vec<T>>(_mm256_set_m128(_mm256_cvtpd_ps(reinterpret_cast<__m256d>(v.hi)),
                                                     _mm256_cvtpd_ps(reinterpret_cast<__m256d>(v.lo))));
@@ -110,7 +118,7 @@ inline Vec<T> narrow(WideVec<T> v) {
 /// kLanes<T> doubles from p.
 template <class T>
 inline WideVec<T> load_wide(const double* p) {
-#if defined(__AVX__) && !defined(__AVX512F__)
+#if SYNCBN_AVX_WITHOUT_AVX512
   // Half by half: copied whole, the pair went through the stack in 16-byte
   // pieces and was read back in 32-byte ones, a store-forwarding stall.
   if constexpr (std::is_same_v<T, float>) return {load<double>(p), load<double>(p + 4)};
@@ -126,7 +134,7 @@ inline WideVec<T> load_wide(const double* p) {
 /// kLanes<T> doubles to p.
 template <class T>
 inline void store_wide(double* p, WideVec<T> v) {
-#if defined(__AVX__) && !defined(__AVX512F__)
+#if SYNCBN_AVX_WITHOUT_AVX512
   if constexpr (std::is_same_v<T, float>) {
     store<double>(p, v.lo);
     store<double>(p + 4, v.hi);
@@ -162,7 +170,7 @@ inline std::uint8_t positive_lanes(Vec<float> v) {
 #endif
 }
 
-#if defined(__AVX__) && !defined(__AVX512F__)
+#if SYNCBN_AVX_WITHOUT_AVX512
 // Every byte's eight lanes as all-ones or zero words (8 KiB): a byte's lane
 // mask in one load where spreading its bits took four operations.
 struct alignas(32) LaneMasks {
@@ -184,7 +192,7 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
   // memory (the relu mask's gradient sums on 32x64x56x56).
   __asm__("" : "+v"(v));
   return reinterpret_cast<Vec<float>>(_mm256_maskz_mov_ps(bits, reinterpret_cast<__m256>(v)));
-#elif defined(__AVX__)
+#elif SYNCBN_AVX_WITHOUT_AVX512
   const __m256 keep = _mm256_load_ps(reinterpret_cast<const float*>(kLaneMasks.of[bits]));
   return reinterpret_cast<Vec<float>>(_mm256_and_ps(reinterpret_cast<__m256>(v), keep));
 #else
@@ -200,7 +208,7 @@ inline Vec<float> keep_lanes(std::uint8_t bits, Vec<float> v) {
 /// instruction where keep_lanes takes two (the same lanes: max gives 0 for
 /// NaN and for -0, as the clear bit does).
 inline Vec<float> kept_part(std::uint8_t bits, Vec<float> z) {
-#if defined(__AVX__) && !defined(__AVX512F__)
+#if SYNCBN_AVX_WITHOUT_AVX512
   (void)bits;
   return reinterpret_cast<Vec<float>>(_mm256_max_ps(reinterpret_cast<__m256>(z), _mm256_setzero_ps()));
 #else
